@@ -1,0 +1,15 @@
+"""Providers bundled with the toolkit, built on its public API only."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from toolkit import ActionProvider
+
+
+def bundled() -> list[tuple[str, "ActionProvider"]]:
+    """Every bundled provider with the URL prefix ``aptk serve`` mounts it at."""
+    from .hello import provider as hello
+
+    return [("/hello", hello)]

@@ -1,0 +1,249 @@
+"""The factory that turns an :class:`~toolkit.provider.ActionProvider` into a Flask blueprint.
+
+Both route styles of the Action Provider API are served (``/run``, ``/{id}/status``, ... and ``/actions``,
+``/actions/{id}``, ...). Every error leaves as ``{"code", "description"}`` JSON from one handler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .auth import Identity, bearer_token
+from .authorization import require_visible
+from .documents import (
+    ActionStatusSchema,
+    LogEntrySchema,
+    ProviderDescriptionSchema,
+    Status,
+)
+from .errors import ApiError, BadActionRequest, UnauthorizedRequest
+from .extension import Toolkit, get_toolkit
+from .store import ROLES
+
+if TYPE_CHECKING:
+    from .provider import ActionProvider
+
+logger = logging.getLogger("toolkit.blueprint")
+
+_status_schema = ActionStatusSchema()
+_log_entry_schema = LogEntrySchema()
+_description_schema = ProviderDescriptionSchema()
+MAX_LOG_LIMIT = 100
+
+
+def error_response(error: ApiError) -> Response:
+    response = jsonify(error.to_dict())
+    response.status_code = error.status
+    response.headers.update(error.headers())
+    return response
+
+
+def handle_http_exception(exc: HTTPException) -> Response | HTTPException:
+    """Werkzeug's own errors (unknown route, wrong method, body too large) as wire JSON.
+
+    Registered on the app, since routing errors never reach a blueprint; other paths of the app keep
+    Flask's default pages.
+    """
+    prefixes = current_app.extensions.get("aptk_prefixes", ())
+    if request.blueprint is None and not any(_under(request.path, p) for p in prefixes):
+        return exc
+    code = {400: "BadActionRequest", 404: "NotFound", 405: "MethodNotAllowed", 413: "RequestTooLarge"}.get(
+        exc.code or 500, exc.name.replace(" ", "")
+    )
+    response = jsonify({"code": code, "description": exc.description or exc.name})
+    response.status_code = exc.code or 500
+    if exc.code == 405 and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+def _under(path: str, prefix: str) -> bool:
+    prefix = prefix.rstrip("/")
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def handle_unexpected(exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        return handle_http_exception(exc)
+    logger.exception("unexpected error serving %s %s", request.method, request.path)
+    response = jsonify({"code": "InternalServerError", "description": "The server failed unexpectedly."})
+    response.status_code = 500
+    return response
+
+
+def _json_body() -> Any:
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        raise BadActionRequest("The request has no body; send an ActionRequest as JSON.")
+
+    def reject_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(raw, parse_constant=reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadActionRequest(f"The request body is not valid JSON: {exc}.") from None
+
+
+def _choices(name: str, allowed: dict[str, Any], default: list[Any]) -> list[Any]:
+    values = [v.strip() for raw in request.args.getlist(name) for v in raw.split(",") if v.strip()]
+    if not values:
+        return default
+    chosen = []
+    for value in values:
+        key = value.lower()
+        if key not in allowed:
+            raise BadActionRequest(f"{name}: {value!r} is not one of {', '.join(allowed)}.")
+        chosen.append(allowed[key])
+    return chosen
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadActionRequest(f"{name}: {raw!r} is not an integer.") from None
+    if not low <= value <= high:
+        raise BadActionRequest(f"{name}: must be between {low} and {high}.")
+    return value
+
+
+def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None, name: str | None = None) -> Blueprint:
+    bp = Blueprint(name or provider.name, __name__, url_prefix=url_prefix)
+
+    @bp.record
+    def _register(state) -> None:
+        get_toolkit(state.app).runtime.register(provider)
+        prefixes = state.app.extensions.setdefault("aptk_prefixes", [])
+        if not prefixes:
+            state.app.register_error_handler(HTTPException, handle_http_exception)
+        prefixes.append(state.url_prefix or "/")
+
+    def toolkit() -> Toolkit:
+        return current_app.extensions["aptk"]
+
+    def authenticate() -> Identity:
+        identity = toolkit().verifier.verify(bearer_token(request.headers.get("Authorization")))
+        if provider.globus_auth_scope not in identity.scopes:
+            raise UnauthorizedRequest(
+                f"The token does not carry this provider's scope {provider.globus_auth_scope!r}.",
+                error="insufficient_scope",
+            )
+        return identity
+
+    def optional_identity() -> Identity | None:
+        if request.headers.get("Authorization"):
+            return authenticate()
+        return None
+
+    def status_response(action, code: int = 200) -> Response:
+        response = jsonify(_status_schema.dump(action))
+        response.status_code = code
+        return response
+
+    bp.register_error_handler(ApiError, error_response)
+    bp.register_error_handler(Exception, handle_unexpected)
+
+    @bp.before_request
+    def _start() -> None:
+        toolkit().runtime.start()
+
+    def route(rules: list[tuple[str, str]]) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+        def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
+            for rule, method in rules:
+                bp.add_url_rule(rule, view.__name__, view, methods=[method], strict_slashes=False)
+            return view
+
+        return decorate
+
+    @route([("/", "GET")])
+    def introspect() -> Response:
+        if set(provider.visible_to) != {"public"}:
+            require_visible(provider, optional_identity() or authenticate())
+        return jsonify(_description_schema.dump(describe(provider)))
+
+    @route([("/openapi.json", "GET")])
+    def openapi() -> Response:
+        from .openapi import openapi_document
+
+        if set(provider.visible_to) != {"public"}:
+            require_visible(provider, authenticate())
+        return jsonify(openapi_document(provider, request.script_root + (bp.url_prefix or "")))
+
+    @route([("/run", "POST"), ("/actions", "POST")])
+    def run() -> Response:
+        identity = authenticate()
+        action, created = toolkit().runtime.run(provider, identity, _json_body())
+        return status_response(action, 202 if created else 200)
+
+    @route([("/actions", "GET")])
+    def enumerate_actions() -> Response:
+        identity = authenticate()
+        statuses = _choices("status", {s.value.lower(): s for s in Status}, list(Status))
+        roles = _choices("roles", {r: r for r in ROLES}, ["creator_id"])
+        actions = toolkit().runtime.enumerate(provider, identity, statuses, roles)
+        return jsonify([_status_schema.dump(a) for a in actions])
+
+    @route([("/<action_id>/status", "GET"), ("/actions/<action_id>", "GET")])
+    def status(action_id: str) -> Response:
+        return status_response(toolkit().runtime.status(provider, authenticate(), action_id))
+
+    @route([("/<action_id>/cancel", "POST"), ("/actions/<action_id>/cancel", "POST")])
+    def cancel(action_id: str) -> Response:
+        return status_response(toolkit().runtime.cancel(provider, authenticate(), action_id))
+
+    @route([("/<action_id>/release", "POST"), ("/actions/<action_id>", "DELETE")])
+    def release(action_id: str) -> Response:
+        return status_response(toolkit().runtime.release(provider, authenticate(), action_id))
+
+    @route([("/<action_id>/resume", "POST"), ("/actions/<action_id>/resume", "POST")])
+    def resume(action_id: str) -> Response:
+        return status_response(toolkit().runtime.resume(provider, authenticate(), action_id))
+
+    @route([("/<action_id>/log", "GET"), ("/actions/<action_id>/log", "GET")])
+    def log(action_id: str) -> Response:
+        identity = authenticate()
+        limit = _int_arg("limit", 10, 1, MAX_LOG_LIMIT)
+        marker = request.args.get("marker", "0")
+        if not marker.isdigit() or len(marker) > 18:
+            raise BadActionRequest(f"marker: {marker!r} is not a marker this provider returned.")
+        entries, more = toolkit().runtime.log(provider, identity, action_id, int(marker), limit)
+        page: dict[str, Any] = {
+            "entries": [_log_entry_schema.dump(e) for e in entries],
+            "limit": limit,
+            "has_next_page": more,
+        }
+        if more:
+            page["marker"] = str(entries[-1].entry_id)
+        return jsonify(page)
+
+    return bp
+
+
+def describe(provider: "ActionProvider") -> dict[str, Any]:
+    """The provider description document (``GET /``)."""
+    return {
+        "types": ["Action"],
+        "api_version": "1.0",
+        "title": provider.title,
+        "subtitle": provider.subtitle,
+        "description": provider.description,
+        "keywords": provider.keywords,
+        "globus_auth_scope": provider.globus_auth_scope,
+        "admin_contact": provider.admin_contact,
+        "synchronous": provider.synchronous,
+        "log_supported": provider.log_supported,
+        "visible_to": provider.visible_to,
+        "runnable_by": provider.runnable_by,
+        "administered_by": provider.administered_by,
+        "maximum_deadline": provider.maximum_deadline,
+        "input_schema": provider.input_schema,
+    }

@@ -1,0 +1,142 @@
+"""Exceptions raised by the toolkit and by provider callbacks.
+
+The tree::
+
+    ToolkitError
+    ├── ApiError                  an HTTP error with a stable wire ``code``; renders itself as JSON
+    │   ├── BadActionRequest      400
+    │   ├── UnauthorizedRequest   401 (carries ``WWW-Authenticate: Bearer``)
+    │   ├── ForbiddenRequest      403
+    │   ├── ActionNotFound        404
+    │   ├── ActionConflict        409
+    │   ├── RequestTooLarge       413
+    │   └── ServiceUnavailable    503
+    ├── ActionOutcome             raised by a run callback to end or pause the action
+    │   ├── ActionFailed          -> FAILED with details {code, description}
+    │   └── ActionInactive        -> INACTIVE until resumed
+    ├── ActionCancelled           raised inside a callback whose action was cancelled, released or timed out
+    └── ConfigurationError        a setup mistake; also a ValueError
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ToolkitError(Exception):
+    """Root of every exception the toolkit raises on purpose."""
+
+
+class ApiError(ToolkitError):
+    """An error answered over HTTP as ``{"code": ..., "description": ...}``."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "InternalServerError"
+    default_description: ClassVar[str] = "The server could not complete the request."
+
+    def __init__(self, description: str | None = None, *, code: str | None = None) -> None:
+        self.description = description or self.default_description
+        if code is not None:
+            self.code = code  # type: ignore[misc]
+        super().__init__(self.description)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "description": self.description}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class BadActionRequest(ApiError):
+    status = 400
+    code = "BadActionRequest"
+    default_description = "The request is malformed or invalid."
+
+
+class UnauthorizedRequest(ApiError):
+    status = 401
+    code = "UnauthorizedRequest"
+    default_description = "A valid bearer token is required."
+
+    def __init__(self, description: str | None = None, *, error: str = "invalid_token") -> None:
+        super().__init__(description)
+        self.error = error
+
+    def headers(self) -> dict[str, str]:
+        # RFC 6750 section 3; the description is ours, never the token's content.
+        safe = self.description.replace('"', "'")
+        return {"WWW-Authenticate": f'Bearer error="{self.error}", error_description="{safe}"'}
+
+
+class ForbiddenRequest(ApiError):
+    status = 403
+    code = "ForbiddenRequest"
+    default_description = "You are not allowed to do this."
+
+
+class ActionNotFound(ApiError):
+    status = 404
+    code = "ActionNotFound"
+    default_description = "No such action."
+
+
+class ActionConflict(ApiError):
+    status = 409
+    code = "ActionConflict"
+    default_description = "The request conflicts with the state of the action."
+
+
+class RequestTooLarge(ApiError):
+    status = 413
+    code = "RequestTooLarge"
+    default_description = "The request body is too large."
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    code = "ServiceUnavailable"
+    default_description = "A service this provider depends on is unavailable; try again later."
+
+
+class ActionOutcome(ToolkitError):
+    """Raised by a run callback to end the run in a state other than SUCCEEDED."""
+
+    def __init__(self, code: str, description: str, **details: Any) -> None:
+        super().__init__(f"{code}: {description}")
+        self.code = code
+        self.description = description
+        self.extra = details
+
+    def details(self) -> dict[str, Any]:
+        return {**self.extra, "code": self.code, "description": self.description}
+
+
+class ActionFailed(ActionOutcome):
+    """End the action FAILED; ``details`` will carry ``code``, ``description`` and any keyword given."""
+
+
+class ActionInactive(ActionOutcome):
+    """Pause the action (INACTIVE) until someone calls ``/resume``; the callback then runs again."""
+
+    def __init__(
+        self,
+        code: str,
+        description: str,
+        *,
+        required_scope: str | None = None,
+        resolution_url: str | None = None,
+        **details: Any,
+    ) -> None:
+        if required_scope is not None:
+            details["required_scope"] = required_scope
+        if resolution_url is not None:
+            details["resolution_url"] = resolution_url
+        super().__init__(code, description, **details)
+
+
+class ActionCancelled(ToolkitError):
+    """The action ended (cancelled, released, past its deadline) while its callback still ran."""
+
+
+class ConfigurationError(ToolkitError, ValueError):
+    """A provider or server is set up wrongly; the message says how to fix it."""

@@ -1,0 +1,121 @@
+"""Per-app state: the store, executor, token verifier and lifecycle runtime, kept in ``app.extensions``.
+
+Deployment values come from ``app.config`` (or the environment, same names):
+
+==========================  ==============================================================  ==================
+key                         meaning                                                         default
+==========================  ==============================================================  ==================
+``APTK_DATA_DIR``           where the SQLite database and the dev signing key live          ``~/.local/share/aptk``
+``APTK_DATABASE_URL``       any SQLAlchemy URL                                              SQLite in the data dir
+``APTK_AUTH``               token verifier: ``dev``                                          ``dev``
+``APTK_EXECUTOR_THREADS``   callbacks run at once per process                               ``8``
+``APTK_LEASE_SECONDS``      how long a silent process keeps its actions before recovery      ``30``
+==========================  ==============================================================  ==================
+
+Behaviour is injected through :class:`Toolkit`'s keyword arguments (``store=``, ``executor=``, ``verifier=``,
+``clock=``), which is how tests swap any of them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask
+
+from .auth import DevTokenVerifier, TokenVerifier
+from .errors import ConfigurationError
+from .executor import Executor, ThreadExecutor
+from .lifecycle import Runtime
+from .store import SQLStore, Store
+
+if TYPE_CHECKING:
+    from .typing import Clock
+
+EXTENSION = "aptk"
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("APTK_DATA_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "aptk"
+
+
+def _setting(app: Flask, key: str, default: Any) -> Any:
+    if key in app.config:
+        return app.config[key]
+    return os.environ.get(key, default)
+
+
+def _number(app: Flask, key: str, default: float, kind=float) -> Any:
+    value = _setting(app, key, default)
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{key} must be a number, not {value!r}") from None
+    if number <= 0:
+        raise ConfigurationError(f"{key} must be positive, not {value!r}")
+    return number
+
+
+class Toolkit:
+    """The toolkit's Flask extension. Blueprints from :meth:`ActionProvider.blueprint` create one on demand."""
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        store: Store | None = None,
+        executor: Executor | None = None,
+        verifier: TokenVerifier | None = None,
+        clock: "Clock | None" = None,
+    ) -> None:
+        self._store = store
+        self._executor = executor
+        self._verifier = verifier
+        self._clock = clock
+        self.runtime: Runtime | None = None
+        self.verifier: TokenVerifier | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        if EXTENSION in app.extensions:
+            raise ConfigurationError("The toolkit is already set up on this app; create Toolkit(app) once.")
+        data_dir = Path(_setting(app, "APTK_DATA_DIR", default_data_dir()))
+        store = self._store
+        if store is None:
+            url = _setting(app, "APTK_DATABASE_URL", None)
+            if not url:
+                data_dir.mkdir(parents=True, exist_ok=True)
+                url = f"sqlite:///{data_dir / 'aptk.db'}"
+            store = SQLStore(url)
+        executor = self._executor or ThreadExecutor(_number(app, "APTK_EXECUTOR_THREADS", 8, int))
+        self.verifier = self._verifier or self._make_verifier(app, data_dir)
+        self.runtime = Runtime(
+            store,
+            executor,
+            clock=self._clock or time.time,
+            lease_seconds=_number(app, "APTK_LEASE_SECONDS", 30.0),
+        )
+        self.data_dir = data_dir
+        app.extensions[EXTENSION] = self
+
+    @staticmethod
+    def _make_verifier(app: Flask, data_dir: Path) -> TokenVerifier:
+        kind = _setting(app, "APTK_AUTH", "dev")
+        if kind == "dev":
+            return DevTokenVerifier.from_data_dir(data_dir)
+        raise ConfigurationError(f"APTK_AUTH={kind!r} is not a known token verifier; use 'dev'.")
+
+
+def get_toolkit(app: Flask) -> Toolkit:
+    """The app's :class:`Toolkit`, created from ``app.config`` if the app has none yet."""
+    toolkit = app.extensions.get(EXTENSION)
+    if toolkit is None:
+        toolkit = Toolkit(app)
+    return toolkit

@@ -1,0 +1,434 @@
+"""The one place that moves actions between states.
+
+Every transition is a compare-and-set on the store, so that any process sharing the database may serve any
+request: a run served by one gunicorn worker can be cancelled through another, and a callback that finishes
+after its action was cancelled changes nothing.
+
+Each process runs one maintenance thread that
+
+* heartbeats the actions its executor is running, and tells their callbacks when they were ended elsewhere;
+* fails actions past their ``deadline``;
+* takes up actions whose process died (stale heartbeat): runs them again or fails them, as the provider says;
+* deletes completed actions once ``release_after`` has passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Iterable
+
+from marshmallow import ValidationError
+
+from .authorization import require_manage, require_monitor, require_runnable
+from .documents import (
+    Action,
+    ActionRequestSchema,
+    Status,
+    describe_validation_error,
+)
+from .errors import (
+    ActionCancelled,
+    ActionConflict,
+    ActionFailed,
+    ActionInactive,
+    ActionNotFound,
+    BadActionRequest,
+)
+from .executor import Executor
+from .store import LogEntry, Store
+
+if TYPE_CHECKING:
+    from .auth import Identity
+    from .provider import ActionProvider
+    from .typing import Clock
+
+logger = logging.getLogger("toolkit.lifecycle")
+
+ACTIVE_STATES = frozenset({Status.ACTIVE, Status.INACTIVE})
+COMPLETED_STATES = frozenset({Status.SUCCEEDED, Status.FAILED})
+_request_schema = ActionRequestSchema()
+
+
+class RunContext:
+    """What a run callback gets besides its body: who asked, progress reporting, cancellation, a log."""
+
+    def __init__(self, runtime: "Runtime", provider: "ActionProvider", action: Action, resumed: bool) -> None:
+        self._runtime = runtime
+        self._provider = provider
+        self._event = threading.Event()
+        self.action_id = action.action_id
+        self.attempt = action.attempts
+        self.resumed = resumed
+        self.creator_id = action.creator_id
+        self.principals = frozenset(action.principals)
+        self.request_id = action.request_id
+        self.label = action.label
+        self.deadline = action.deadline
+        self.details = dict(action.details)
+        """The action's details when this run started (what an earlier attempt reported)."""
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the action was cancelled, released or passed its deadline; stop working then."""
+        return self._event.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`ActionCancelled` if the action has ended; call it between units of work."""
+        if self._event.is_set():
+            raise ActionCancelled(self.action_id)
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, waking (and raising :class:`ActionCancelled`) at once if the action ends."""
+        if self._event.wait(max(0.0, seconds)):
+            raise ActionCancelled(self.action_id)
+
+    def progress(self, details: dict[str, Any] | None = None, display_status: str | None = None) -> None:
+        """Publish progress: ``details`` replaces the action's details; both show in ``/status`` at once."""
+        changes: dict[str, Any] = {"heartbeat": self._runtime.clock()}
+        if details is not None:
+            changes["details"] = _json_object(details)
+        if display_status is not None:
+            changes["display_status"] = display_status[:64]
+        updated = self._runtime.store.update(self.action_id, where=self._ownership(), **changes)
+        if updated is None:
+            self._event.set()
+            raise ActionCancelled(self.action_id)
+
+    def log(self, description: str, **details: Any) -> None:
+        """Add a line to the action's ``/log``."""
+        self._runtime.store.append_log(
+            self.action_id, self._runtime.clock(), "Log", description, _json_object(details) if details else None
+        )
+
+    def _ownership(self) -> dict[str, Any]:
+        return {"status": Status.ACTIVE, "runner": self._runtime.runner_id, "attempts": self.attempt}
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    """A copy of ``value`` that is a JSON object, or a TypeError saying why not."""
+    if not isinstance(value, dict):
+        raise TypeError(f"details must be a dict, not {type(value).__name__}")
+    return json.loads(json.dumps(value))
+
+
+def request_hash(document: dict[str, Any]) -> str:
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Runtime:
+    """Action state transitions for every provider served by one app, over one store and one executor."""
+
+    def __init__(
+        self,
+        store: Store,
+        executor: Executor,
+        *,
+        clock: "Clock" = time.time,
+        lease_seconds: float = 30.0,
+        tick_seconds: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.clock = clock
+        self.lease_seconds = lease_seconds
+        self.heartbeat_seconds = max(tick_seconds, lease_seconds / 5)
+        self.tick_seconds = tick_seconds
+        self.providers: dict[str, ActionProvider] = {}
+        self.runner_id = ""
+        self._running: dict[str, RunContext] = {}
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def register(self, provider: "ActionProvider") -> None:
+        known = self.providers.get(provider.name)
+        if known is not None and known is not provider:
+            raise ValueError(f"two providers are named {provider.name!r}; give one another name=")
+        self.providers[provider.name] = provider
+
+    # --- background maintenance -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start this process's maintenance thread (idempotent; restarts after a fork)."""
+        with self._lock:
+            if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+                return
+            if self._pid is None:
+                self.store.create_schema()
+            self._pid = os.getpid()
+            self.runner_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            self._running = {}
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._maintain, name="aptk-maintenance", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop maintenance and hand this process's running actions to other processes at once."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        if self.runner_id:
+            try:
+                self.store.heartbeat(self.runner_id, 0.0)
+            except Exception:  # pragma: no cover - best effort at exit
+                logger.exception("could not hand over running actions")
+        self.executor.shutdown(wait=False)
+
+    def _maintain(self) -> None:
+        last_heartbeat = 0.0
+        while not self._stop.wait(self.tick_seconds):
+            try:
+                now = self.clock()
+                if now - last_heartbeat >= self.heartbeat_seconds:
+                    self.store.heartbeat(self.runner_id, now)
+                    last_heartbeat = now
+                self._notice_ended()
+                self.sweep(now)
+            except Exception:
+                logger.exception("action maintenance failed; retrying")
+
+    def _notice_ended(self) -> None:
+        running = dict(self._running)
+        if not running:
+            return
+        alive = self.store.still_running(self.runner_id, {i: c.attempt for i, c in running.items()})
+        for action_id, ctx in running.items():
+            if action_id not in alive:
+                ctx._event.set()
+
+    def sweep(self, now: float | None = None) -> None:
+        """Enforce deadlines, take up actions of dead processes, delete expired ones."""
+        now = self.clock() if now is None else now
+        for action in self.store.find(statuses=ACTIVE_STATES, deadline_before=now):
+            self._expire_deadline(action, now)
+        for action in self.store.find(statuses={Status.ACTIVE}, heartbeat_before=now - self.lease_seconds):
+            self._recover(action, now)
+        self.store.purge_expired(now)
+
+    def _expire_deadline(self, action: Action, now: float) -> Action | None:
+        details = {"code": "DeadlineExceeded", "description": "The action did not complete before its deadline."}
+        return self._finish(action.action_id, {"status": ACTIVE_STATES}, Status.FAILED, details, now)
+
+    def _recover(self, action: Action, now: float) -> None:
+        provider = self.providers.get(action.provider)
+        if provider is None:
+            return  # served by another app sharing this database
+        where = {"status": Status.ACTIVE, "runner": action.runner, "attempts": action.attempts}
+        if provider.recovery == "rerun" and action.attempts < provider.max_attempts:
+            claimed = self.store.update(
+                action.action_id, where=where, runner=self.runner_id, heartbeat=now, attempts=action.attempts + 1,
+                log=(now, "ActionRecovered", f"The process running attempt {action.attempts} stopped; running again."),
+            )
+            if claimed is not None:
+                self._dispatch(provider, claimed, resumed=False)
+            return
+        details = {
+            "code": "WorkerLost",
+            "description": f"The process running this action stopped unexpectedly (attempt {action.attempts}).",
+        }
+        self._finish(action.action_id, where, Status.FAILED, details, now)
+
+    # --- running callbacks --------------------------------------------------------------------------------
+
+    def _dispatch(self, provider: "ActionProvider", action: Action, *, resumed: bool) -> None:
+        ctx = RunContext(self, provider, action, resumed)
+        self._running[action.action_id] = ctx
+        if provider.synchronous:
+            self._execute(provider, action, ctx)
+        else:
+            self.executor.submit(lambda: self._execute(provider, action, ctx))
+
+    def _execute(self, provider: "ActionProvider", action: Action, ctx: RunContext) -> None:
+        ownership = ctx._ownership()
+        try:
+            body = provider.validate_body(action.body)
+            result = provider.run_callback(body, ctx)
+            if result is None:
+                result = {}
+            details = _json_object(result)
+        except ActionCancelled:
+            return
+        except ActionInactive as exc:
+            self._finish(action.action_id, ownership, Status.INACTIVE, exc.details(), self.clock())
+        except ActionFailed as exc:
+            self._finish(action.action_id, ownership, Status.FAILED, exc.details(), self.clock())
+        except Exception:
+            logger.exception("run callback of %s failed for action %s", provider.name, action.action_id)
+            details = {
+                "code": "ActionError",
+                "description": f"The provider failed unexpectedly; its log has the details (action {action.action_id}).",
+            }
+            self._finish(action.action_id, ownership, Status.FAILED, details, self.clock())
+        else:
+            self._finish(action.action_id, ownership, Status.SUCCEEDED, details, self.clock())
+        finally:
+            self._running.pop(action.action_id, None)
+
+    def _finish(
+        self, action_id: str, where: dict[str, Any], status: Status, details: dict[str, Any], now: float
+    ) -> Action | None:
+        changes: dict[str, Any] = {"status": status, "details": details, "runner": None, "display_status": None}
+        if status in COMPLETED_STATES:
+            changes["completion_time"] = now
+        description = f"Action {status.value}"
+        if "code" in details:
+            description += f": {details['code']}"
+        updated = self.store.update(action_id, where=where, log=(now, f"Action{status.value.title()}", description),
+                                    **changes)
+        ctx = self._running.get(action_id)
+        if updated is not None and ctx is not None and status is not Status.SUCCEEDED:
+            ctx._event.set()
+        return updated
+
+    # --- the API operations ------------------------------------------------------------------------------------
+
+    def run(self, provider: "ActionProvider", identity: "Identity", document: Any) -> tuple[Action, bool]:
+        """Create (or find, for a repeated ``request_id``) an action; True if it is new."""
+        require_runnable(provider, identity)
+        if not isinstance(document, dict):
+            raise BadActionRequest("The request body must be a JSON object (an ActionRequest).")
+        try:
+            request = _request_schema.load(document)
+        except ValidationError as exc:
+            raise BadActionRequest(describe_validation_error(exc)) from None
+        provider.validate_body(request["body"])
+        now = self.clock()
+        deadline = request.get("deadline")
+        if deadline is not None:
+            deadline = deadline.timestamp()
+            if deadline <= now:
+                raise BadActionRequest("deadline: is in the past.")
+            if deadline > now + provider.maximum_deadline_seconds:
+                raise BadActionRequest(
+                    f"deadline: is beyond this provider's maximum_deadline ({provider.maximum_deadline})."
+                )
+        self.start()
+        action = Action(
+            action_id=uuid.uuid4().hex,
+            provider=provider.name,
+            request_id=request["request_id"],
+            request_hash=request_hash(document),
+            creator_id=identity.id,
+            status=Status.ACTIVE,
+            body=request["body"],
+            label=request.get("label"),
+            monitor_by=request.get("monitor_by", []),
+            manage_by=request.get("manage_by", []),
+            start_time=now,
+            release_after=request.get("release_after", provider.default_release_after_seconds),
+            deadline=deadline,
+            attempts=1,
+            runner=self.runner_id,
+            heartbeat=now,
+            principals=sorted(identity.principals),
+        )
+        stored, created = self.store.create(action, log=(now, "ActionStarted", "Action started"))
+        if not created:
+            if stored.request_hash != action.request_hash:
+                raise ActionConflict(
+                    f"request_id {action.request_id!r} was already used with a different request "
+                    f"(action {stored.action_id})."
+                )
+            return self._current(provider, stored), False
+        self._dispatch(provider, stored, resumed=False)
+        return self._current(provider, stored), True
+
+    def _current(self, provider: "ActionProvider", action: Action) -> Action:
+        """The action as it is now, deadlines applied; 404 if released or expired."""
+        fresh = self.store.get(action.action_id)
+        if fresh is None or fresh.provider != provider.name:
+            raise ActionNotFound(f"No action {action.action_id} (it may have been released).")
+        now = self.clock()
+        if fresh.expires_at is not None and fresh.expires_at <= now:
+            raise ActionNotFound(f"No action {action.action_id}: it expired and was released.")
+        if fresh.status in ACTIVE_STATES and fresh.deadline is not None and fresh.deadline <= now:
+            return self._expire_deadline(fresh, now) or self._current(provider, fresh)
+        return fresh
+
+    def _load(self, provider: "ActionProvider", action_id: str) -> Action:
+        stub = Action(action_id, provider.name, "", "", "", Status.ACTIVE, {})
+        return self._current(provider, stub)
+
+    def status(self, provider: "ActionProvider", identity: "Identity", action_id: str) -> Action:
+        action = self._load(provider, action_id)
+        require_monitor(provider, action, identity)
+        return action
+
+    def cancel(self, provider: "ActionProvider", identity: "Identity", action_id: str) -> Action:
+        action = self._load(provider, action_id)
+        require_manage(provider, action, identity)
+        if action.status in COMPLETED_STATES:
+            raise ActionConflict(f"Action {action_id} already {action.status.value}; it cannot be cancelled.")
+        details = {"code": "ActionCancelled", "description": "The action was cancelled at the caller's request."}
+        updated = self._finish(action_id, {"status": ACTIVE_STATES}, Status.FAILED, details, self.clock())
+        if updated is None:
+            current = self._load(provider, action_id)
+            raise ActionConflict(f"Action {action_id} already {current.status.value}; it cannot be cancelled.")
+        if provider.cancel_callback is not None:
+            try:
+                provider.cancel_callback(updated, identity)
+            except Exception:
+                logger.exception("cancel hook of %s failed for action %s", provider.name, action_id)
+        return updated
+
+    def release(self, provider: "ActionProvider", identity: "Identity", action_id: str) -> Action:
+        action = self._load(provider, action_id)
+        require_manage(provider, action, identity)
+        if action.status not in COMPLETED_STATES:
+            raise ActionConflict(
+                f"Action {action_id} is {action.status.value}; only a SUCCEEDED or FAILED action can be released "
+                "(cancel it first)."
+            )
+        if not self.store.delete(action_id, where={"status": COMPLETED_STATES}):
+            raise ActionNotFound(f"No action {action_id} (it may have been released).")
+        return action
+
+    def resume(self, provider: "ActionProvider", identity: "Identity", action_id: str) -> Action:
+        action = self._load(provider, action_id)
+        require_manage(provider, action, identity)
+        if action.status is Status.ACTIVE:
+            return action
+        if action.status in COMPLETED_STATES:
+            raise ActionConflict(f"Action {action_id} already {action.status.value}; it cannot be resumed.")
+        if provider.resume_callback is not None:
+            provider.resume_callback(action, identity)
+        self.start()
+        now = self.clock()
+        resumed = self.store.update(
+            action_id,
+            where={"status": Status.INACTIVE},
+            status=Status.ACTIVE,
+            runner=self.runner_id,
+            heartbeat=now,
+            attempts=action.attempts + 1,
+            details={},
+            display_status=None,
+            log=(now, "ActionResumed", "Action resumed"),
+        )
+        if resumed is None:
+            return self._load(provider, action_id)  # someone else resumed or ended it meanwhile
+        self._dispatch(provider, resumed, resumed=True)
+        return self._current(provider, resumed)
+
+    def log(
+        self, provider: "ActionProvider", identity: "Identity", action_id: str, after: int, limit: int
+    ) -> tuple[list[LogEntry], bool]:
+        action = self._load(provider, action_id)
+        require_monitor(provider, action, identity)
+        entries = self.store.log_page(action_id, after, limit + 1)
+        return entries[:limit], len(entries) > limit
+
+    def enumerate(
+        self, provider: "ActionProvider", identity: "Identity", statuses: Iterable[Status], roles: Iterable[str]
+    ) -> list[Action]:
+        return self.store.enumerate(provider.name, identity.principals, roles, statuses, self.clock())
+

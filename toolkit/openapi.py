@@ -1,0 +1,172 @@
+"""The OpenAPI 3.1 document each provider serves at ``<prefix>/openapi.json``.
+
+Generated from the marshmallow schemas of :mod:`toolkit.documents` (via apispec), with the provider's own input
+schema embedded as the ``body`` of the ActionRequest.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import Schema
+
+from .documents import (
+    ActionRequestSchema,
+    ActionStatusSchema,
+    ErrorSchema,
+    LogPageSchema,
+    ProviderDescriptionSchema,
+    Status,
+)
+
+if TYPE_CHECKING:
+    from .provider import ActionProvider
+
+OPENAPI_VERSION = "3.1.0"
+_BODY = "#/components/schemas/ActionBody"
+
+
+def _plugin() -> MarshmallowPlugin:
+    plugin = MarshmallowPlugin(schema_name_resolver=lambda schema: None)
+    APISpec("schemas", "1", OPENAPI_VERSION, plugins=[plugin])
+    return plugin
+
+
+def marshmallow_to_json_schema(schema: Schema) -> dict[str, Any]:
+    """The JSON Schema of a marshmallow schema (nested schemas inlined), as shown by introspection."""
+    return _plugin().converter.schema2jsonschema(schema)
+
+
+def _rebase_refs(node: Any, base: str) -> Any:
+    """Point ``#/...`` references inside an embedded schema at where the schema now lives."""
+    if isinstance(node, dict):
+        return {
+            k: (base + v[1:] if k == "$ref" and isinstance(v, str) and v.startswith("#/") else _rebase_refs(v, base))
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_rebase_refs(v, base) for v in node]
+    return node
+
+
+@lru_cache(maxsize=1)
+def _document_schemas() -> dict[str, dict[str, Any]]:
+    convert = _plugin().converter.schema2jsonschema
+    return {
+        "ActionStatus": convert(ActionStatusSchema()),
+        "ProviderDescription": convert(ProviderDescriptionSchema()),
+        "LogPage": convert(LogPageSchema()),
+        "Error": convert(ErrorSchema()),
+        "ActionRequest": convert(ActionRequestSchema()),
+    }
+
+
+def _json(ref: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {
+        400: "Malformed or invalid request",
+        401: "Missing, invalid or expired token, or a token without this provider's scope",
+        403: "Authenticated, but not allowed",
+        404: "Unknown or released action",
+        409: "Conflict with the action's state or an earlier request",
+    }
+    return {str(s): {"description": text[s], "content": _json("Error")} for s in statuses}
+
+
+def openapi_document(provider: "ActionProvider", prefix: str) -> dict[str, Any]:
+    schemas = copy.deepcopy(_document_schemas())
+    body = {k: v for k, v in provider.input_schema.items() if k != "$schema"}
+    schemas["ActionBody"] = _rebase_refs(body, _BODY)
+    schemas["ActionRequest"]["properties"]["body"] = {"$ref": _BODY}
+    schemas["ActionStatusList"] = {"type": "array", "items": {"$ref": "#/components/schemas/ActionStatus"}}
+
+    spec = APISpec(
+        title=f"{provider.title} action provider",
+        version="1.0",
+        openapi_version=OPENAPI_VERSION,
+        info={"description": provider.description or provider.title},
+        servers=[{"url": prefix or "/"}],
+    )
+    for name, schema in schemas.items():
+        spec.components.schema(name, schema)
+    spec.components.security_scheme(
+        "bearer", {"type": "http", "scheme": "bearer", "description": f"Scope: {provider.globus_auth_scope}"}
+    )
+
+    action_id = {"name": "action_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    status_ok = {"description": "The action's status", "content": _json("ActionStatus")}
+    secured = [{"bearer": []}]
+    public = [] if set(provider.visible_to) == {"public"} else secured
+
+    def op(summary: str, responses: dict[str, Any], *, path_id: bool = True, security=secured,
+           parameters=(), **extra) -> dict:
+        operation = {"summary": summary, "responses": responses, "security": security, **extra}
+        params = ([action_id] if path_id else []) + list(parameters)
+        if params:
+            operation["parameters"] = params
+        return operation
+
+    run = op(
+        "Start an action",
+        {
+            "202": {"description": "A new action", "content": _json("ActionStatus")},
+            "200": {"description": "The action of an earlier request with this request_id", "content": _json("ActionStatus")},
+            **_errors(400, 401, 403, 409),
+        },
+        path_id=False,
+        requestBody={"required": True, "content": _json("ActionRequest")},
+    )
+    status = op("An action's status", {"200": status_ok, **_errors(401, 403, 404)})
+    cancel = op("Cancel an action", {"200": status_ok, **_errors(401, 403, 404, 409)})
+    release = op("Release a completed action", {"200": status_ok, **_errors(401, 403, 404, 409)})
+    resume = op("Resume an INACTIVE action", {"200": status_ok, **_errors(401, 403, 404, 409)})
+    log_params = [
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+        {"name": "marker", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
+    ]
+    log = op("An action's log", {"200": {"description": "A page of log entries", "content": _json("LogPage")},
+                                 **_errors(400, 401, 403, 404)}, parameters=log_params)
+    statuses = "^(" + "|".join(s.value for s in Status) + ")(,(" + "|".join(s.value for s in Status) + "))*$"
+    enumerate_ = op(
+        "The caller's actions",
+        {"200": {"description": "Matching actions", "content": _json("ActionStatusList")}, **_errors(400, 401)},
+        path_id=False,
+        parameters=[
+            {"name": "status", "in": "query", "schema": {"type": "string", "pattern": statuses}},
+            {"name": "roles", "in": "query",
+             "schema": {"type": "string", "pattern": "^(creator_id|monitor_by|manage_by)(,(creator_id|monitor_by|manage_by))*$"}},
+        ],
+    )
+    introspect = op(
+        "Describe this provider",
+        {"200": {"description": "The provider description", "content": _json("ProviderDescription")},
+         **({} if public == [] else _errors(401, 403))},
+        path_id=False,
+        security=public,
+    )
+
+    paths = {
+        "/": {"get": introspect},
+        "/run": {"post": run},
+        "/actions": {"post": run, "get": enumerate_},
+        "/{action_id}/status": {"get": status},
+        "/{action_id}/cancel": {"post": cancel},
+        "/{action_id}/release": {"post": release},
+        "/{action_id}/resume": {"post": resume},
+        "/{action_id}/log": {"get": log},
+        "/actions/{action_id}": {"get": status, "delete": release},
+        "/actions/{action_id}/cancel": {"post": cancel},
+        "/actions/{action_id}/resume": {"post": resume},
+        "/actions/{action_id}/log": {"get": log},
+    }
+    for path, operations in paths.items():
+        spec.path(path=path, operations=copy.deepcopy(operations))
+    return spec.to_dict()
+

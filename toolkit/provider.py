@@ -1,0 +1,191 @@
+"""What a provider author declares: description fields, an input schema, a run callback and optional hooks."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, TypeVar
+
+import jsonschema
+from marshmallow import Schema, ValidationError
+
+from .documents import (
+    ALL_AUTHENTICATED_USERS,
+    PRINCIPAL_URN,
+    PUBLIC,
+    describe_validation_error,
+    parse_duration,
+)
+from .errors import BadActionRequest, ConfigurationError
+
+if TYPE_CHECKING:
+    from flask import Blueprint
+
+    from .typing import CancelCallback, ResumeCallback, RunCallback
+
+F = TypeVar("F", bound=Callable[..., Any])
+Recovery = Literal["rerun", "fail"]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "provider"
+
+
+def _principals(field: str, values: Iterable[str], words: tuple[str, ...]) -> list[str]:
+    if isinstance(values, str):
+        raise ConfigurationError(f"{field} must be a list of principals, not the string {values!r}")
+    result = list(values)
+    for value in result:
+        if value not in words and not PRINCIPAL_URN.match(value):
+            allowed = " or ".join(repr(w) for w in words)
+            raise ConfigurationError(
+                f"{field}: {value!r} is not a principal URN (urn:globus:auth:identity:<uuid>, "
+                f"urn:globus:groups:id:<uuid>){' or ' + allowed if words else ''}"
+            )
+    return result
+
+
+class ActionProvider:
+    """An action provider: what it says about itself, what input it takes, and what it does.
+
+    ``input_schema`` is a JSON Schema (a dict) or a marshmallow schema (class or instance); the callback gets the
+    validated body (for marshmallow, what ``load`` returned). Call :meth:`blueprint` to serve it.
+
+    ``recovery`` says what happens to an action whose process died while it ran: ``"rerun"`` runs the callback
+    again (up to ``max_attempts`` runs), ``"fail"`` ends it FAILED with code ``WorkerLost``.
+    """
+
+    def __init__(
+        self,
+        *,
+        title: str,
+        input_schema: Mapping[str, Any] | Schema | type[Schema],
+        name: str | None = None,
+        subtitle: str | None = None,
+        description: str | None = None,
+        keywords: Iterable[str] = (),
+        globus_auth_scope: str | None = None,
+        admin_contact: str | None = None,
+        synchronous: bool = False,
+        log_supported: bool = True,
+        visible_to: Iterable[str] = (PUBLIC,),
+        runnable_by: Iterable[str] = (ALL_AUTHENTICATED_USERS,),
+        administered_by: Iterable[str] = (),
+        maximum_deadline: str = "P30D",
+        default_release_after: str = "P30D",
+        recovery: Recovery = "fail",
+        max_attempts: int = 3,
+    ) -> None:
+        if not title:
+            raise ConfigurationError("An ActionProvider needs a title.")
+        self.title = title
+        self.name = name or _slug(title)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ConfigurationError(f"name {self.name!r} may only hold letters, digits, '_', '.' and '-'")
+        self.subtitle = subtitle
+        self.description = description
+        self.keywords = list(keywords)
+        self.globus_auth_scope = globus_auth_scope or f"urn:aptk:scope:{self.name}"
+        self.admin_contact = admin_contact
+        self.synchronous = synchronous
+        self.log_supported = log_supported
+        self.visible_to = _principals("visible_to", visible_to, (PUBLIC, ALL_AUTHENTICATED_USERS))
+        self.runnable_by = _principals("runnable_by", runnable_by, (ALL_AUTHENTICATED_USERS,))
+        self.administered_by = _principals("administered_by", administered_by, ())
+        try:
+            self.maximum_deadline_seconds = parse_duration(maximum_deadline).total_seconds()
+            self.default_release_after_seconds = parse_duration(default_release_after).total_seconds()
+        except ValueError as exc:
+            raise ConfigurationError(f"maximum_deadline / default_release_after: {exc}") from None
+        self.maximum_deadline = maximum_deadline
+        if recovery not in ("rerun", "fail"):
+            raise ConfigurationError(f"recovery must be 'rerun' or 'fail', not {recovery!r}")
+        if max_attempts < 1:
+            raise ConfigurationError("max_attempts must be at least 1")
+        self.recovery = recovery
+        self.max_attempts = max_attempts
+        self._set_input_schema(input_schema)
+        self.run_callback: RunCallback | None = None
+        self.cancel_callback: CancelCallback | None = None
+        self.resume_callback: ResumeCallback | None = None
+
+    def __repr__(self) -> str:
+        return f"<ActionProvider {self.name!r}>"
+
+    # --- input ----------------------------------------------------------------------------------------------
+
+    def _set_input_schema(self, schema: Mapping[str, Any] | Schema | type[Schema]) -> None:
+        if isinstance(schema, type) and issubclass(schema, Schema):
+            schema = schema()
+        if isinstance(schema, Schema):
+            from .openapi import marshmallow_to_json_schema
+
+            self._marshmallow = schema
+            self.input_schema = marshmallow_to_json_schema(schema)
+            self._validator = None
+            return
+        if not isinstance(schema, Mapping):
+            raise ConfigurationError("input_schema must be a JSON Schema dict or a marshmallow Schema")
+        schema = dict(schema)
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        try:
+            cls.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise ConfigurationError(f"input_schema is not a valid JSON Schema: {exc.message}") from None
+        self._marshmallow = None
+        self.input_schema = schema
+        self._validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+    def validate_body(self, body: dict[str, Any]) -> Any:
+        """The validated body, or a 400 whose description names each offending field."""
+        if self._marshmallow is not None:
+            try:
+                return self._marshmallow.load(body)
+            except ValidationError as exc:
+                raise BadActionRequest(describe_validation_error(exc, "body")) from None
+        errors = sorted(self._validator.iter_errors(body), key=lambda e: list(e.absolute_path))
+        if errors:
+            lines = [f"{_json_path(e)}: {e.message}" for e in errors[:10]]
+            raise BadActionRequest("; ".join(lines))
+        return body
+
+    # --- callbacks ------------------------------------------------------------------------------------------
+
+    def run(self, fn: F) -> F:
+        """Register the run callback: ``fn(body, ctx)`` returns the SUCCEEDED details (a dict, or None).
+
+        It may raise :class:`~toolkit.ActionFailed` or :class:`~toolkit.ActionInactive` instead.
+        """
+        self.run_callback = fn  # type: ignore[assignment]
+        return fn
+
+    def cancel(self, fn: F) -> F:
+        """Register a hook ``fn(action, identity)`` called once an action has been cancelled."""
+        self.cancel_callback = fn  # type: ignore[assignment]
+        return fn
+
+    def resume(self, fn: F) -> F:
+        """Register a hook ``fn(action, identity)`` called before an INACTIVE action runs again.
+
+        Raise an :class:`~toolkit.errors.ApiError` (e.g. ``ActionConflict``) to refuse the resume.
+        """
+        self.resume_callback = fn  # type: ignore[assignment]
+        return fn
+
+    # --- serving --------------------------------------------------------------------------------------------
+
+    def blueprint(self, url_prefix: str | None = None, *, name: str | None = None) -> "Blueprint":
+        """A Flask blueprint serving every route of the Action Provider API for this provider."""
+        from .blueprint import make_blueprint
+
+        if self.run_callback is None:
+            raise ConfigurationError(
+                f"{self!r} has no run callback; decorate a function with @{self.name}.run before serving it."
+            )
+        return make_blueprint(self, url_prefix=url_prefix, name=name)
+
+
+def _json_path(error: jsonschema.ValidationError) -> str:
+    path = "body"
+    for part in error.absolute_path:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path

@@ -1,0 +1,104 @@
+"""The app that serves the bundled providers, and the gunicorn application behind ``aptk serve``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Mapping
+
+from flask import Flask, jsonify, request
+
+from .extension import Toolkit, get_toolkit
+from .provider import ActionProvider
+
+logger = logging.getLogger("toolkit.server")
+
+
+def create_app(
+    config: Mapping[str, Any] | None = None,
+    providers: Iterable[tuple[str, ActionProvider]] | None = None,
+    **toolkit_options: Any,
+) -> Flask:
+    """A Flask app serving ``providers`` (default: every bundled provider) at their URL prefixes.
+
+    ``config`` sets ``APTK_*`` keys (see :mod:`toolkit.extension`); ``toolkit_options`` go to :class:`Toolkit`.
+    """
+    app = Flask("aptk")
+    app.config.setdefault("MAX_CONTENT_LENGTH", 10 * 1024 * 1024)
+    app.json.sort_keys = False
+    if config:
+        app.config.update(config)
+    Toolkit(app, **toolkit_options)
+    if providers is None:
+        from providers import bundled
+
+        providers = bundled()
+    mounted = []
+    for prefix, provider in providers:
+        app.register_blueprint(provider.blueprint(url_prefix=prefix))
+        mounted.append((prefix, provider))
+
+    @app.get("/")
+    def index():
+        """What this server hosts, for people and for `aptk` itself."""
+        root = request.script_root
+        return jsonify(
+            {
+                "providers": [
+                    {"url": f"{root}{prefix}/", "name": p.name, "title": p.title, "scope": p.globus_auth_scope}
+                    for prefix, p in mounted
+                ]
+            }
+        )
+
+    return app
+
+
+def start_runtime(app: Flask) -> None:
+    """Start the app's background maintenance now rather than at its first request."""
+    get_toolkit(app).runtime.start()
+
+
+def stop_runtime(app: Flask) -> None:
+    get_toolkit(app).runtime.stop()
+
+
+def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    workers: int = 2,
+    threads: int = 8,
+    config: Mapping[str, Any] | None = None,
+) -> None:
+    """Run the bundled providers under gunicorn until interrupted (Ctrl-C stops it cleanly)."""
+    from gunicorn.app.base import BaseApplication
+
+    class Application(BaseApplication):
+        def load_config(self) -> None:
+            options = {
+                "bind": f"{host}:{port}",
+                "workers": workers,
+                "worker_class": "gthread",
+                "threads": threads,
+                "graceful_timeout": 10,
+                "timeout": 60,
+                "accesslog": "-",
+                "post_worker_init": lambda worker: start_runtime(worker.wsgi),
+                "worker_exit": lambda server, worker: _stop_quietly(worker),
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Flask:
+            return create_app(config)
+
+    Application().run()
+
+
+def _stop_quietly(worker: Any) -> None:
+    app = getattr(worker, "wsgi", None)
+    if isinstance(app, Flask):
+        try:
+            stop_runtime(app)
+        except Exception:  # pragma: no cover - the process is exiting anyway
+            logger.exception("could not stop the action runtime cleanly")

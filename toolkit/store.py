@@ -1,0 +1,384 @@
+"""Durable action state, on SQLAlchemy Core.
+
+SQLite (a file) is the embedded default; any SQLAlchemy URL works, PostgreSQL being the choice when several hosts
+serve one provider. Every change is a single conditional statement or transaction, so that several processes
+(gunicorn workers, hosts) can share one database safely: idempotent creation rests on a unique index, state
+changes on compare-and-set updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any, Iterable, Iterator, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from .documents import Action, Status
+
+metadata = sa.MetaData()
+
+actions = sa.Table(
+    "aptk_actions",
+    metadata,
+    sa.Column("action_id", sa.String(64), primary_key=True),
+    sa.Column("provider", sa.String(128), nullable=False),
+    sa.Column("request_id", sa.String(256), nullable=False),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("creator_id", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("details", sa.JSON, nullable=False),
+    sa.Column("label", sa.String(64)),
+    sa.Column("monitor_by", sa.JSON, nullable=False),
+    sa.Column("manage_by", sa.JSON, nullable=False),
+    sa.Column("start_time", sa.Float),
+    sa.Column("completion_time", sa.Float),
+    sa.Column("release_after", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float),
+    sa.Column("display_status", sa.String(64)),
+    sa.Column("deadline", sa.Float),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("runner", sa.String(128)),
+    sa.Column("heartbeat", sa.Float),
+    sa.Column("principals", sa.JSON, nullable=False),
+    sa.UniqueConstraint("provider", "creator_id", "request_id", name="aptk_actions_request"),
+    sa.Index("aptk_actions_status_heartbeat", "status", "heartbeat"),
+    sa.Index("aptk_actions_status_deadline", "status", "deadline"),
+    sa.Index("aptk_actions_expires_at", "expires_at"),
+)
+
+# One row per (action, role, principal), so that /actions?roles= is an indexed lookup.
+action_roles = sa.Table(
+    "aptk_action_roles",
+    metadata,
+    sa.Column("action_id", sa.String(64), primary_key=True),
+    sa.Column("role", sa.String(16), primary_key=True),
+    sa.Column("principal", sa.String(128), primary_key=True),
+    sa.Index("aptk_action_roles_principal", "principal", "role"),
+)
+
+action_log = sa.Table(
+    "aptk_action_log",
+    metadata,
+    sa.Column("entry_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("action_id", sa.String(64), nullable=False, index=True),
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Column("code", sa.String(64), nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("details", sa.JSON),
+)
+
+ROLES = ("creator_id", "monitor_by", "manage_by")
+
+LogRecord = tuple[float, str, str]
+"""A log line written with a state change: (time, code, description)."""
+_COLUMNS = [c.name for c in actions.columns if c.name != "expires_at"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LogEntry:
+    entry_id: int
+    time: float
+    code: str
+    description: str
+    details: dict[str, Any] | None = None
+
+
+class Store(Protocol):
+    """What the lifecycle needs from a store; :class:`SQLStore` is the implementation."""
+
+    def create_schema(self) -> None: ...
+    def create(self, action: Action, log: LogRecord) -> tuple[Action, bool]: ...
+    def get(self, action_id: str) -> Action | None: ...
+    def update(self, action_id: str, *, where: dict[str, Any], log: LogRecord | None = None,
+               **changes: Any) -> Action | None: ...
+    def delete(self, action_id: str, *, where: dict[str, Any]) -> bool: ...
+    def append_log(self, action_id: str, time: float, code: str, description: str,
+                   details: dict[str, Any] | None = None) -> None: ...
+    def log_page(self, action_id: str, after: int, limit: int) -> list[LogEntry]: ...
+    def enumerate(self, provider: str, principals: Iterable[str], roles: Iterable[str],
+                  statuses: Iterable[Status], now: float) -> list[Action]: ...
+    def find(self, *, statuses: Iterable[Status], heartbeat_before: float | None = None,
+             deadline_before: float | None = None, limit: int = 100) -> list[Action]: ...
+    def heartbeat(self, runner: str, now: float) -> None: ...
+    def still_running(self, runner: str, attempts_by_id: dict[str, int]) -> set[str]: ...
+    def purge_expired(self, now: float) -> int: ...
+
+
+class SQLStore:
+    """A :class:`Store` on any SQLAlchemy database URL."""
+
+    def __init__(self, url: str, **engine_options: Any) -> None:
+        self.url = sa.engine.make_url(url)
+        self._engine: sa.Engine | None = None
+        self._engine_options = engine_options
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SQLStore({self.url.render_as_string(hide_password=True)!r})"
+
+    # --- connection management -------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> sa.Engine:
+        """Created on first use, so that a store built before a fork is not shared across processes."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = self._make_engine()
+        return self._engine
+
+    def _make_engine(self) -> sa.Engine:
+        options = dict(self._engine_options)
+        if self.url.get_backend_name() != "sqlite":
+            options.setdefault("pool_pre_ping", True)
+            return sa.create_engine(self.url, **options)
+        options.setdefault("connect_args", {"timeout": 60, "check_same_thread": False})
+        engine = sa.create_engine(self.url, **options)
+
+        @sa.event.listens_for(engine, "connect")
+        def _connect(dbapi_connection, _record):
+            # Let SQLAlchemy's "begin" event open transactions, so writers take the lock at once
+            # (BEGIN IMMEDIATE) instead of failing with SQLITE_BUSY when a read turns into a write.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            if self.url.database not in (None, "", ":memory:"):
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(connection):
+            read_only = connection.get_execution_options().get("aptk_read_only", False)
+            connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+        return engine
+
+    def _read(self) -> Iterator[sa.Connection]:
+        return self.engine.connect().execution_options(aptk_read_only=True)
+
+    def create_schema(self) -> None:
+        """Create the tables if they are missing; safe to call from several processes at once."""
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    metadata.create_all(conn)
+                return
+            except (OperationalError, ProgrammingError, IntegrityError):
+                # Another process created a table between our check and our CREATE.
+                if attempt == 4:
+                    raise
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    # --- rows <-> actions --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _row(action: Action) -> dict[str, Any]:
+        row = {name: getattr(action, name) for name in _COLUMNS}
+        row["status"] = action.status.value
+        row["expires_at"] = action.expires_at
+        return row
+
+    @staticmethod
+    def _action(row: sa.Row) -> Action:
+        values = {name: row._mapping[name] for name in _COLUMNS}
+        values["status"] = Status(values["status"])
+        return Action(**values)
+
+    @staticmethod
+    def _roles(action: Action) -> list[dict[str, str]]:
+        rows = {("creator_id", action.creator_id)}
+        rows.update(("monitor_by", p) for p in action.monitor_by)
+        rows.update(("manage_by", p) for p in action.manage_by)
+        return [{"action_id": action.action_id, "role": r, "principal": p} for r, p in sorted(rows)]
+
+    # --- operations ----------------------------------------------------------------------------------------
+
+    def create(self, action: Action, log: LogRecord) -> tuple[Action, bool]:
+        """Insert ``action``; if its (provider, creator, request_id) exists, return that one instead."""
+        for _ in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(actions.insert().values(**self._row(action)))
+                    conn.execute(action_roles.insert(), self._roles(action))
+                    conn.execute(
+                        action_log.insert().values(
+                            action_id=action.action_id, time=log[0], code=log[1], description=log[2]
+                        )
+                    )
+                return action, True
+            except IntegrityError:
+                existing = self._by_request(action.provider, action.creator_id, action.request_id)
+                if existing is not None:
+                    return existing, False
+                # The other action was released between our insert and our read: try again.
+        raise RuntimeError("could not create or find the action")  # pragma: no cover
+
+    def _by_request(self, provider: str, creator_id: str, request_id: str) -> Action | None:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(actions).where(
+                    actions.c.provider == provider,
+                    actions.c.creator_id == creator_id,
+                    actions.c.request_id == request_id,
+                )
+            ).first()
+        return None if row is None else self._action(row)
+
+    def get(self, action_id: str) -> Action | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(actions).where(actions.c.action_id == action_id)).first()
+        return None if row is None else self._action(row)
+
+    def _conditions(self, where: dict[str, Any]) -> list[Any]:
+        conditions = []
+        for name, expected in where.items():
+            column = actions.c[name]
+            if isinstance(expected, (set, frozenset, list, tuple)):
+                conditions.append(column.in_([_plain(v) for v in expected]))
+            elif expected is None:
+                conditions.append(column.is_(None))
+            else:
+                conditions.append(column == _plain(expected))
+        return conditions
+
+    def update(
+        self, action_id: str, *, where: dict[str, Any], log: LogRecord | None = None, **changes: Any
+    ) -> Action | None:
+        """Apply ``changes`` if the action still matches ``where``; the new action, or None if it did not."""
+        values = {k: _plain(v) for k, v in changes.items()}
+        with self.engine.begin() as conn:
+            if "completion_time" in values or "release_after" in values:
+                current = conn.execute(
+                    sa.select(actions.c.completion_time, actions.c.release_after).where(
+                        actions.c.action_id == action_id
+                    )
+                ).first()
+                if current is None:
+                    return None
+                completion = values.get("completion_time", current.completion_time)
+                release_after = values.get("release_after", current.release_after)
+                values["expires_at"] = None if completion is None else completion + release_after
+            result = conn.execute(
+                actions.update()
+                .where(actions.c.action_id == action_id, *self._conditions(where))
+                .values(**values)
+            )
+            if result.rowcount != 1:
+                return None
+            if log is not None:
+                conn.execute(
+                    action_log.insert().values(action_id=action_id, time=log[0], code=log[1], description=log[2])
+                )
+            row = conn.execute(sa.select(actions).where(actions.c.action_id == action_id)).first()
+        return self._action(row)
+
+    def delete(self, action_id: str, *, where: dict[str, Any]) -> bool:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                actions.delete().where(actions.c.action_id == action_id, *self._conditions(where))
+            )
+            if result.rowcount != 1:
+                return False
+            conn.execute(action_roles.delete().where(action_roles.c.action_id == action_id))
+            conn.execute(action_log.delete().where(action_log.c.action_id == action_id))
+        return True
+
+    def append_log(
+        self, action_id: str, time: float, code: str, description: str, details: dict[str, Any] | None = None
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                action_log.insert().values(
+                    action_id=action_id, time=time, code=code, description=description, details=details
+                )
+            )
+
+    def log_page(self, action_id: str, after: int, limit: int) -> list[LogEntry]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(action_log)
+                .where(action_log.c.action_id == action_id, action_log.c.entry_id > after)
+                .order_by(action_log.c.entry_id)
+                .limit(limit)
+            ).all()
+        return [LogEntry(r.entry_id, r.time, r.code, r.description, r.details) for r in rows]
+
+    def enumerate(
+        self, provider: str, principals: Iterable[str], roles: Iterable[str], statuses: Iterable[Status],
+        now: float,
+    ) -> list[Action]:
+        matching = (
+            sa.select(action_roles.c.action_id)
+            .where(action_roles.c.principal.in_(list(principals)), action_roles.c.role.in_(list(roles)))
+            .distinct()
+        )
+        query = (
+            sa.select(actions)
+            .where(
+                actions.c.provider == provider,
+                actions.c.status.in_([s.value for s in statuses]),
+                actions.c.action_id.in_(matching),
+                sa.or_(actions.c.expires_at.is_(None), actions.c.expires_at > now),
+            )
+            .order_by(actions.c.start_time, actions.c.action_id)
+        )
+        with self._read() as conn:
+            return [self._action(r) for r in conn.execute(query)]
+
+    def find(
+        self,
+        *,
+        statuses: Iterable[Status],
+        heartbeat_before: float | None = None,
+        deadline_before: float | None = None,
+        limit: int = 100,
+    ) -> list[Action]:
+        query = sa.select(actions).where(actions.c.status.in_([s.value for s in statuses]))
+        if heartbeat_before is not None:
+            query = query.where(actions.c.runner.is_not(None), actions.c.heartbeat < heartbeat_before)
+        if deadline_before is not None:
+            query = query.where(actions.c.deadline.is_not(None), actions.c.deadline < deadline_before)
+        with self._read() as conn:
+            return [self._action(r) for r in conn.execute(query.limit(limit))]
+
+    def heartbeat(self, runner: str, now: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                actions.update()
+                .where(actions.c.runner == runner, actions.c.status == Status.ACTIVE.value)
+                .values(heartbeat=now)
+            )
+
+    def still_running(self, runner: str, attempts_by_id: dict[str, int]) -> set[str]:
+        """Which of these actions this runner still owns (ACTIVE, same runner, same attempt)."""
+        if not attempts_by_id:
+            return set()
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(actions.c.action_id, actions.c.attempts).where(
+                    actions.c.action_id.in_(list(attempts_by_id)),
+                    actions.c.runner == runner,
+                    actions.c.status == Status.ACTIVE.value,
+                )
+            ).all()
+        return {r.action_id for r in rows if attempts_by_id[r.action_id] == r.attempts}
+
+    def purge_expired(self, now: float) -> int:
+        with self.engine.begin() as conn:
+            expired = sa.select(actions.c.action_id).where(actions.c.expires_at <= now)
+            conn.execute(action_roles.delete().where(action_roles.c.action_id.in_(expired)))
+            conn.execute(action_log.delete().where(action_log.c.action_id.in_(expired)))
+            return conn.execute(actions.delete().where(actions.c.expires_at <= now)).rowcount
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Status) else value
+
