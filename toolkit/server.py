@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from flask import Flask, jsonify, request
@@ -86,6 +87,9 @@ def serve(
                 "post_worker_init": lambda worker: start_runtime(worker.wsgi),
                 "worker_exit": lambda server, worker: _stop_quietly(worker),
             }
+            if "control_socket" in self.cfg.settings and config and config.get("APTK_DATA_DIR"):
+                # One control socket per data directory, so that several servers can run side by side.
+                options["control_socket"] = str(Path(config["APTK_DATA_DIR"]) / "gunicorn.ctl")
             for key, value in options.items():
                 self.cfg.set(key, value)
 
