@@ -1,0 +1,30 @@
+import pytest
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+def no_nulls(document, path="$"):
+    """Every path in a JSON document whose value is null."""
+    if document is None:
+        return [path]
+    if isinstance(document, dict):
+        return [p for k, v in document.items() for p in no_nulls(v, f"{path}.{k}")]
+    if isinstance(document, list):
+        return [p for i, v in enumerate(document) for p in no_nulls(v, f"{path}[{i}]")]
+    return []
