@@ -6,6 +6,7 @@ Both route styles of the Action Provider API are served (``/run``, ``/{id}/statu
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import TYPE_CHECKING, Any, Callable
@@ -91,15 +92,15 @@ def _json_body() -> Any:
 
 
 def _choices(name: str, allowed: dict[str, Any], default: list[Any]) -> list[Any]:
-    values = [v.strip() for raw in request.args.getlist(name) for v in raw.split(",") if v.strip()]
-    if not values:
+    """Comma-separated, case-insensitive values of query parameter ``name``; ``default`` when absent."""
+    raw_values = request.args.getlist(name)
+    if not raw_values:
         return default
     chosen = []
-    for value in values:
-        key = value.lower()
-        if key not in allowed:
+    for value in (v for raw in raw_values for v in raw.split(",")):
+        if value.lower() not in allowed:
             raise BadActionRequest(f"{name}: {value!r} is not one of {', '.join(allowed)}.")
-        chosen.append(allowed[key])
+        chosen.append(allowed[value.lower()])
     return chosen
 
 
@@ -156,11 +157,23 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
     def _start() -> None:
         toolkit().runtime.start()
 
-    def route(rules: list[tuple[str, str]]) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+    def route(
+        rules: list[tuple[str, str]], query: tuple[str, ...] = ()
+    ) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+        """Serve ``view`` at ``rules``; a query parameter not in ``query`` is a 400 (a typo must not pass)."""
+
         def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
+            @functools.wraps(view)
+            def checked(**kwargs: Any) -> Response:
+                unknown = sorted(set(request.args) - set(query))
+                if unknown:
+                    accepted = f"; this route takes {', '.join(query)}" if query else ""
+                    raise BadActionRequest(f"Unknown query parameter {unknown[0]!r}{accepted}.")
+                return view(**kwargs)
+
             for rule, method in rules:
-                bp.add_url_rule(rule, view.__name__, view, methods=[method], strict_slashes=False)
-            return view
+                bp.add_url_rule(rule, view.__name__, checked, methods=[method], strict_slashes=False)
+            return checked
 
         return decorate
 
@@ -184,7 +197,7 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
         action, created = toolkit().runtime.run(provider, identity, _json_body())
         return status_response(action, 202 if created else 200)
 
-    @route([("/actions", "GET")])
+    @route([("/actions", "GET")], query=("status", "roles"))
     def enumerate_actions() -> Response:
         identity = authenticate()
         statuses = _choices("status", {s.value.lower(): s for s in Status}, list(Status))
@@ -208,7 +221,7 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
     def resume(action_id: str) -> Response:
         return status_response(toolkit().runtime.resume(provider, authenticate(), action_id))
 
-    @route([("/<action_id>/log", "GET"), ("/actions/<action_id>/log", "GET")])
+    @route([("/<action_id>/log", "GET"), ("/actions/<action_id>/log", "GET")], query=("limit", "marker"))
     def log(action_id: str) -> Response:
         identity = authenticate()
         limit = _int_arg("limit", 10, 1, MAX_LOG_LIMIT)

@@ -172,8 +172,10 @@ class Runtime:
             self._thread.start()
 
     def stop(self) -> None:
-        """Stop maintenance and hand this process's running actions to other processes at once."""
+        """Stop maintenance, stop running callbacks, and hand their actions to other processes at once."""
         self._stop.set()
+        for ctx in list(self._running.values()):
+            ctx._event.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         if self.runner_id:

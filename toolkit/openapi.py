@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
@@ -22,6 +22,7 @@ from .documents import (
     ProviderDescriptionSchema,
     Status,
 )
+from .store import ROLES
 
 if TYPE_CHECKING:
     from .provider import ActionProvider
@@ -63,6 +64,12 @@ def _document_schemas() -> dict[str, dict[str, Any]]:
         "Error": convert(ErrorSchema()),
         "ActionRequest": convert(ActionRequestSchema()),
     }
+
+
+def _words(words: Iterable[str]) -> str:
+    """A pattern for a comma-separated list of ``words``, any case (ECMA regexes have no (?i))."""
+    alternatives = "|".join("".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in w) for w in words)
+    return f"^({alternatives})(,({alternatives}))*$"
 
 
 def _json(ref: str) -> dict[str, Any]:
@@ -123,25 +130,25 @@ def openapi_document(provider: "ActionProvider", prefix: str) -> dict[str, Any]:
         path_id=False,
         requestBody={"required": True, "content": _json("ActionRequest")},
     )
-    status = op("An action's status", {"200": status_ok, **_errors(401, 403, 404)})
-    cancel = op("Cancel an action", {"200": status_ok, **_errors(401, 403, 404, 409)})
-    release = op("Release a completed action", {"200": status_ok, **_errors(401, 403, 404, 409)})
-    resume = op("Resume an INACTIVE action", {"200": status_ok, **_errors(401, 403, 404, 409)})
+    status = op("An action's status", {"200": status_ok, **_errors(400, 401, 403, 404)})
+    cancel = op("Cancel an action", {"200": status_ok, **_errors(400, 401, 403, 404, 409)})
+    release = op("Release a completed action", {"200": status_ok, **_errors(400, 401, 403, 404, 409)})
+    resume = op("Resume an INACTIVE action", {"200": status_ok, **_errors(400, 401, 403, 404, 409)})
     log_params = [
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
         {"name": "marker", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
     ]
     log = op("An action's log", {"200": {"description": "A page of log entries", "content": _json("LogPage")},
                                  **_errors(400, 401, 403, 404)}, parameters=log_params)
-    statuses = "^(" + "|".join(s.value for s in Status) + ")(,(" + "|".join(s.value for s in Status) + "))*$"
     enumerate_ = op(
         "The caller's actions",
         {"200": {"description": "Matching actions", "content": _json("ActionStatusList")}, **_errors(400, 401)},
         path_id=False,
         parameters=[
-            {"name": "status", "in": "query", "schema": {"type": "string", "pattern": statuses}},
-            {"name": "roles", "in": "query",
-             "schema": {"type": "string", "pattern": "^(creator_id|monitor_by|manage_by)(,(creator_id|monitor_by|manage_by))*$"}},
+            {"name": "status", "in": "query", "schema": {"type": "string", "pattern": _words([s.value for s in Status])},
+             "description": "Comma-separated statuses (any case); default: all."},
+            {"name": "roles", "in": "query", "schema": {"type": "string", "pattern": _words(ROLES)},
+             "description": "Comma-separated roles (any case); default: creator_id."},
         ],
     )
     introspect = op(

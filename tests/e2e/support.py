@@ -1,0 +1,256 @@
+"""End-to-end helpers: the real `aptk serve` (gunicorn) as a subprocess, real tokens from `aptk token`.
+
+Nothing here imports the server into the test process: every server is started the way a new user starts it,
+on a free port, in its own process group, and is always torn down (SIGINT, then SIGKILL of the group).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+import requests
+
+VENV_BIN = Path(sys.executable).parent
+APTK = str(VENV_BIN / "aptk") if (VENV_BIN / "aptk").exists() else "aptk"
+HELLO_SCOPE = "urn:aptk:scope:hello"
+STARTUP_SECONDS = 30
+REQUEST_TIMEOUT = 10
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (bind port 0, read it back, let it go)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def nulls(document: Any, path: str = "$") -> list[str]:
+    """Every path in a JSON document whose value is null."""
+    if document is None:
+        return [path]
+    if isinstance(document, dict):
+        return [p for key, value in document.items() for p in nulls(value, f"{path}.{key}")]
+    if isinstance(document, list):
+        return [p for i, value in enumerate(document) for p in nulls(value, f"{path}[{i}]")]
+    return []
+
+
+class Server:
+    """One `aptk serve` process group on a data directory."""
+
+    def __init__(self, data_dir: Path, log_dir: Path, *, workers: int = 3, env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        self.log_dir = log_dir
+        self.workers = workers
+        self.env = {**os.environ, **(env or {})}
+        self.env.pop("APTK_DATA_DIR", None)
+        self.process: subprocess.Popen | None = None
+        self.port: int | None = None
+        self.starts = 0
+        self.stdout_path: Path | None = None
+        self.stderr_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def hello(self) -> str:
+        return f"{self.url}/hello"
+
+    def start(self) -> "Server":
+        assert self.process is None or self.process.poll() is not None, "already running"
+        self.starts += 1
+        self.port = free_port()
+        self.stdout_path = self.log_dir / f"server-{self.starts}.out"
+        self.stderr_path = self.log_dir / f"server-{self.starts}.err"
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.process = subprocess.Popen(
+                [APTK, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port),
+                 "--workers", str(self.workers)],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+            )
+        self._wait_until_answering()
+        return self
+
+    def _wait_until_answering(self) -> None:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"aptk serve exited with {self.process.returncode}:\n{self.stderr()}")
+            try:
+                if requests.get(self.url + "/", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        self.kill()
+        raise AssertionError(f"aptk serve did not answer GET / within {STARTUP_SECONDS} s:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path else ""
+
+    def interrupt(self, *, group: bool = True, timeout: float = 15) -> int:
+        """Send SIGINT (to the whole process group, as Ctrl-C in a terminal does) and wait; the exit code.
+
+        Raises subprocess.TimeoutExpired if the server is still running after ``timeout`` seconds.
+        """
+        assert self.process is not None
+        try:
+            if group:
+                os.killpg(self.process.pid, signal.SIGINT)
+            else:
+                self.process.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL every process of the server's group (master and workers alike)."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=10)
+        self._wait_group_gone()
+
+    def _wait_group_gone(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Always leaves nothing running: SIGINT first, SIGKILL of the group if that did not do."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            try:
+                self.interrupt(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # stragglers (workers) of a master that is gone
+        except ProcessLookupError:
+            pass
+        if self.process.poll() is None:
+            self.process.wait(timeout=10)
+        self._wait_group_gone()
+
+    # --- tokens ------------------------------------------------------------------------------------------
+
+    def token_command(self, identity: str, *, groups: Iterable[str] = (), scopes: Iterable[str] = (),
+                      expires: str | None = None) -> list[str]:
+        command = [APTK, "token", "--data-dir", str(self.data_dir), "--identity", identity]
+        for group in groups:
+            command += ["--group", group]
+        for scope in scopes:
+            command += ["--scope", scope]
+        if expires is not None:
+            command += ["--expires", expires]
+        return command
+
+    def tokens(self, commands: dict[str, list[str]]) -> dict[str, str]:
+        """Run several `aptk token` commands at once; their tokens by name."""
+        running = {
+            name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, text=True)
+            for name, cmd in commands.items()
+        }
+        tokens = {}
+        for name, proc in running.items():
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, f"{commands[name]} failed: {err}"
+            tokens[name] = out.strip()
+            assert tokens[name].count(".") == 2, f"not a JWT: {out!r}"
+        return tokens
+
+    def token(self, identity: str, **options: Any) -> str:
+        return self.tokens({"t": self.token_command(identity, **options)})["t"]
+
+
+class Api:
+    """Raw HTTP to a provider, with a bearer token; checks that no JSON answer ever holds a null."""
+
+    def __init__(self, base: str, token: str | None) -> None:
+        self.base = base
+        self.token = token
+
+    def request(self, method: str, path: str, *, token: Any = ..., **kwargs: Any) -> requests.Response:
+        """``token=None`` sends no Authorization header; by default this Api's token is sent."""
+        headers = dict(kwargs.pop("headers", {}))
+        token = self.token if token is ... else token
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        # A new connection for every call, so that calls spread over gunicorn's workers.
+        headers.setdefault("Connection", "close")
+        response = requests.request(method, self.base + path, headers=headers, timeout=REQUEST_TIMEOUT, **kwargs)
+        if response.headers.get("Content-Type", "").startswith("application/json"):
+            document = response.json()
+            found = nulls(document)
+            assert not found, f"{method} {path} answered {response.status_code} with null at {found}: {document}"
+        return response
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+    def run(self, body: dict[str, Any], **fields: Any) -> requests.Response:
+        document = {"request_id": fields.pop("request_id", str(uuid.uuid4())), "body": body, **fields}
+        return self.post("/run", json=document)
+
+    def wait_for(self, action_id: str, statuses: Iterable[str], timeout: float) -> dict[str, Any]:
+        """Poll status until the action is in one of ``statuses``; the status document."""
+        wanted = set(statuses)
+        deadline = time.monotonic() + timeout
+        document: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            response = self.get(f"/{action_id}/status")
+            assert response.status_code == 200, response.text
+            document = response.json()
+            if document["status"] in wanted:
+                return document
+            time.sleep(0.1)
+        raise AssertionError(f"action {action_id} not {sorted(wanted)} within {timeout} s: {json.dumps(document)}")
+
+
+# --- concurrent clients in separate processes ---------------------------------------------------------------
+
+_start_together = None
+
+
+def start_together(barrier) -> None:
+    """Pool initializer: keep the barrier every client waits at before it sends its request."""
+    global _start_together
+    _start_together = barrier
+
+
+def post_when_all_ready(args: tuple[str, str, dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    """Pool task: wait until every client is ready, then POST ``document`` to ``url``; (status, JSON answer)."""
+    url, token, document = args
+    _start_together.wait(timeout=30)
+    response = requests.post(url, json=document, headers={"Authorization": f"Bearer {token}", "Connection": "close"},
+                             timeout=REQUEST_TIMEOUT)
+    return response.status_code, response.json()
