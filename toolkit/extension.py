@@ -87,6 +87,7 @@ class Toolkit:
         if EXTENSION in app.extensions:
             raise ConfigurationError("The toolkit is already set up on this app; create Toolkit(app) once.")
         data_dir = Path(_setting(app, "APTK_DATA_DIR", default_data_dir()))
+        app.config["APTK_DATA_DIR"] = str(data_dir)
         store = self._store
         if store is None:
             url = _setting(app, "APTK_DATABASE_URL", None)
@@ -101,6 +102,7 @@ class Toolkit:
             executor,
             clock=self._clock or time.time,
             lease_seconds=_number(app, "APTK_LEASE_SECONDS", 30.0),
+            config=app.config,
         )
         self.data_dir = data_dir
         app.extensions[EXTENSION] = self

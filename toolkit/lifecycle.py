@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from marshmallow import ValidationError
 
@@ -73,6 +73,16 @@ class RunContext:
         self.deadline = action.deadline
         self.details = dict(action.details)
         """The action's details when this run started (what an earlier attempt reported)."""
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """The app's configuration (``APTK_DATA_DIR`` is always set), for providers that need settings."""
+        return self._runtime.config
+
+    @property
+    def store(self) -> Store:
+        """The store actions live in; a provider may keep tables of its own in ``store.engine``."""
+        return self._runtime.store
 
     @property
     def cancelled(self) -> bool:
@@ -134,8 +144,10 @@ class Runtime:
         clock: "Clock" = time.time,
         lease_seconds: float = 30.0,
         tick_seconds: float = 0.5,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         self.store = store
+        self.config: Mapping[str, Any] = config if config is not None else {}
         self.executor = executor
         self.clock = clock
         self.lease_seconds = lease_seconds
