@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from .auth import load_dev_key, load_or_create_dev_key, mint_dev_token
+from .auth.config import KINDS
 from .client import ActionProviderClient, ClientError
 from .documents import parse_duration
 from .errors import ConfigurationError
@@ -57,42 +58,91 @@ def main() -> None:
     """Action Provider Toolkit: serve providers, mint dev tokens, call providers."""
 
 
+def _load_config_file(path: Path) -> dict[str, Any]:
+    """APTK_* settings from a JSON or TOML file."""
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except ImportError:
+        raise click.BadParameter("TOML needs Python 3.11; use a .json file", param_hint="--config") from None
+    except ValueError as exc:
+        raise click.BadParameter(f"{path}: {exc}", param_hint="--config") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and k.startswith("APTK_") for k in data):
+        raise click.BadParameter(f"{path}: expected a table of APTK_* settings", param_hint="--config")
+    return data
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="gunicorn workers.")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256), help="Threads per worker.")
 @data_dir_option
-def serve(host: str, port: int, workers: int, threads: int, data_dir: Path) -> None:
-    """Serve every bundled provider (hello at /hello) with gunicorn."""
-    from .server import create_app, serve as run_server
-    from .store import SQLStore
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A JSON or TOML file of APTK_* settings.")
+@click.option("--auth", type=click.Choice(KINDS), help="Token verifier (APTK_AUTH); default dev.")
+@click.option("--issuer", help="Authorization server issuer URL (APTK_AUTH_ISSUER).")
+@click.option("--audience", help="Accepted token audience (APTK_AUTH_AUDIENCE).")
+@click.option("--jwks-uri", help="JWKS URL, if not discovered from the issuer (APTK_AUTH_JWKS_URI).")
+@click.option("--introspection-url", help="RFC 7662 endpoint, if not discovered (APTK_AUTH_INTROSPECTION_URL).")
+@click.option("--client-id", help="This provider's client id, for introspection (APTK_AUTH_CLIENT_ID).")
+@click.option("--groups-claim", help="Claim holding group ids (APTK_AUTH_GROUPS_CLAIM); default groups.")
+def serve(host: str, port: int, workers: int, threads: int, data_dir: Path, config_file: Path | None,
+          **auth: str | None) -> None:
+    """Serve every bundled provider (hello at /hello) with gunicorn.
 
+    The client secret is read from APTK_AUTH_CLIENT_SECRET (or the --config file), never from the command line.
+    """
+    from .server import create_app, serve as run_server
+
+    config: dict[str, Any] = _load_config_file(config_file) if config_file else {}
+    config.update({f"APTK_AUTH_{k.upper()}" if k != "auth" else "APTK_AUTH": v for k, v in auth.items() if v})
+    config["APTK_DATA_DIR"] = str(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     load_or_create_dev_key(data_dir)
-    config = {"APTK_DATA_DIR": str(data_dir)}
-    # Create the tables once, before the workers start, and fail here if the settings are wrong.
-    app = create_app(config)
-    app.extensions["aptk"].runtime.store.create_schema()
-    if isinstance(app.extensions["aptk"].runtime.store, SQLStore):
-        app.extensions["aptk"].runtime.store.dispose()
+    # Build the app once before the workers start: a wrong setting stops here, with its name.
+    try:
+        app = create_app(config)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    store = app.extensions["aptk"].runtime.store
+    store.create_schema()
+    store.dispose()
     click.echo(f"aptk: data in {data_dir}; providers at http://{host}:{port}/", err=True)
-    click.echo(f"aptk: get a token with: aptk token --data-dir {data_dir} --identity <uuid>", err=True)
+    if (config.get("APTK_AUTH") or "dev") == "dev":
+        click.echo(f"aptk: get a token with: aptk token --data-dir {data_dir} --identity <uuid>", err=True)
     run_server(host=host, port=port, workers=workers, threads=threads, config=config)
 
 
 @main.command()
-@click.option("--identity", required=True, callback=_uuid, help="Identity UUID the token speaks for.")
-@click.option("--group", "groups", multiple=True, callback=_uuid, help="A group UUID (repeatable).")
+@click.option("--identity", callback=_uuid, help="Dev token: the identity UUID it speaks for.")
+@click.option("--group", "groups", multiple=True, callback=_uuid, help="Dev token: a group UUID (repeatable).")
 @click.option(
-    "--scope", "scopes", multiple=True, help="A scope (repeatable); default: the scope of every bundled provider."
+    "--scope", "scopes", multiple=True, help="A scope (repeatable); dev default: the scope of every bundled provider."
 )
-@click.option("--expires", default="1h", show_default=True, help="Lifetime: 3600, 30m, 12h, 7d or PT1H.")
-@click.option("--username", default=None, help="A username to carry in the token.")
+@click.option("--expires", default="1h", show_default=True, help="Dev token lifetime: 3600, 30m, 12h, 7d or PT1H.")
+@click.option("--username", default=None, help="Dev token: a username to carry.")
 @data_dir_option
-def token(identity: str, groups: tuple[str, ...], scopes: tuple[str, ...], expires: str, username: str | None,
-          data_dir: Path) -> None:
-    """Print a dev bearer token that `aptk serve --data-dir DIR` accepts."""
+@click.option("--client-id", help="Fetch a client-credentials token from an authorization server as this client.")
+@click.option("--client-secret", envvar="APTK_CLIENT_SECRET", help="The client's secret ($APTK_CLIENT_SECRET).")
+@click.option("--issuer", help="The authorization server (its token endpoint is discovered).")
+@click.option("--token-url", help="The token endpoint, instead of --issuer.")
+@click.option("--resource", help="RFC 8707 resource (the audience) to ask the token for.")
+def token(identity: str | None, groups: tuple[str, ...], scopes: tuple[str, ...], expires: str,
+          username: str | None, data_dir: Path, client_id: str | None, client_secret: str | None,
+          issuer: str | None, token_url: str | None, resource: str | None) -> None:
+    """Print a bearer token: a dev token for `aptk serve --data-dir DIR`, or with --client-id, an access token
+    from an authorization server (client-credentials grant)."""
+    if client_id:
+        click.echo(_client_credentials_token(client_id, client_secret, issuer, token_url, scopes, resource))
+        return
+    if not identity:
+        raise click.UsageError("Give --identity <uuid> for a dev token, or --client-id to fetch one.")
     try:
         key = load_dev_key(data_dir)
     except ConfigurationError as exc:
@@ -106,6 +156,38 @@ def token(identity: str, groups: tuple[str, ...], scopes: tuple[str, ...], expir
             key, identity, groups=groups, scopes=scopes, expires_in=_duration_seconds(expires), username=username
         )
     )
+
+
+def _client_credentials_token(client_id: str, client_secret: str | None, issuer: str | None,
+                              token_url: str | None, scopes: tuple[str, ...], resource: str | None) -> str:
+    import requests
+
+    from .auth.base import Unreachable, discover
+
+    if not client_secret:
+        raise click.UsageError("--client-id needs the client secret in $APTK_CLIENT_SECRET (or --client-secret).")
+    session = requests.Session()
+    try:
+        if not token_url:
+            if not issuer:
+                raise click.UsageError("--client-id needs --issuer or --token-url.")
+            token_url = discover(session, issuer, timeout=10)["token_endpoint"]
+        form = {"grant_type": "client_credentials"}
+        if scopes:
+            form["scope"] = " ".join(scopes)
+        if resource:
+            form["resource"] = resource
+        response = session.post(token_url, data=form, auth=(client_id, client_secret), timeout=10)
+    except (requests.RequestException, Unreachable, KeyError) as exc:
+        raise click.ClickException(f"could not reach the authorization server: {exc}") from None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {}
+    if response.status_code != 200 or "access_token" not in answer:
+        reason = answer.get("error_description") or answer.get("error") or f"HTTP {response.status_code}"
+        raise click.ClickException(f"the authorization server refused: {reason}")
+    return answer["access_token"]
 
 
 # --- client commands ---------------------------------------------------------------------------------------

@@ -97,6 +97,9 @@ class ServiceUnavailable(ApiError):
     code = "ServiceUnavailable"
     default_description = "A service this provider depends on is unavailable; try again later."
 
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
 
 class ActionOutcome(ToolkitError):
     """Raised by a run callback to end the run in a state other than SUCCEEDED."""

@@ -7,7 +7,8 @@ key                         meaning                                             
 ==========================  ==============================================================  ==================
 ``APTK_DATA_DIR``           where the SQLite database and the dev signing key live          ``~/.local/share/aptk``
 ``APTK_DATABASE_URL``       any SQLAlchemy URL                                              SQLite in the data dir
-``APTK_AUTH``               token verifier: ``dev``                                          ``dev``
+``APTK_AUTH``               token verifier: ``dev``, ``jwt``, ``introspection``, ``globus``  ``dev``
+``APTK_AUTH_*``             the verifier's settings (see :mod:`toolkit.auth.config`)
 ``APTK_EXECUTOR_THREADS``   callbacks run at once per process                               ``8``
 ``APTK_LEASE_SECONDS``      how long a silent process keeps its actions before recovery      ``30``
 ==========================  ==============================================================  ==================
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
-from .auth import DevTokenVerifier, TokenVerifier
+from .auth import TokenVerifier, verifier_from_config
 from .errors import ConfigurationError
 from .executor import Executor, ThreadExecutor
 from .lifecycle import Runtime
@@ -104,15 +105,13 @@ class Toolkit:
             lease_seconds=_number(app, "APTK_LEASE_SECONDS", 30.0),
             config=app.config,
         )
+        self.runtime.verifier = self.verifier
         self.data_dir = data_dir
         app.extensions[EXTENSION] = self
 
     @staticmethod
     def _make_verifier(app: Flask, data_dir: Path) -> TokenVerifier:
-        kind = _setting(app, "APTK_AUTH", "dev")
-        if kind == "dev":
-            return DevTokenVerifier.from_data_dir(data_dir)
-        raise ConfigurationError(f"APTK_AUTH={kind!r} is not a known token verifier; use 'dev'.")
+        return verifier_from_config(lambda name: _setting(app, name, None), data_dir)
 
 
 def get_toolkit(app: Flask) -> Toolkit:

@@ -40,6 +40,7 @@ from .errors import (
     ActionInactive,
     ActionNotFound,
     BadActionRequest,
+    ConfigurationError,
 )
 from .executor import Executor
 from .store import LogEntry, Store
@@ -59,8 +60,17 @@ _request_schema = ActionRequestSchema()
 class RunContext:
     """What a run callback gets besides its body: who asked, progress reporting, cancellation, a log."""
 
-    def __init__(self, runtime: "Runtime", provider: "ActionProvider", action: Action, resumed: bool) -> None:
+    def __init__(
+        self,
+        runtime: "Runtime",
+        provider: "ActionProvider",
+        action: Action,
+        resumed: bool,
+        identity: "Identity | None" = None,
+    ) -> None:
         self._runtime = runtime
+        self.identity = identity
+        """Who started (or resumed) this run, with their token; None when a run is taken up after a crash."""
         self._provider = provider
         self._event = threading.Event()
         self.action_id = action.action_id
@@ -73,6 +83,23 @@ class RunContext:
         self.deadline = action.deadline
         self.details = dict(action.details)
         """The action's details when this run started (what an earlier attempt reported)."""
+
+    def dependent_tokens(self) -> dict[str, dict[str, Any]]:
+        """Tokens to call downstream services as the caller, by resource server (Globus Auth verifier).
+
+        When the caller's token is not at hand (the run was taken up after a crash), the action goes INACTIVE
+        asking for a resume, which brings a fresh token.
+        """
+        if self.identity is None or not self.identity.token:
+            raise ActionInactive(
+                "CredentialsRequired",
+                "This action needs the caller's credentials again; resume it to continue.",
+                required_scope=self._provider.globus_auth_scope,
+            )
+        issue = getattr(self._runtime.verifier, "dependent_tokens", None)
+        if issue is None:
+            raise ConfigurationError("The token verifier cannot issue dependent tokens; use APTK_AUTH=globus.")
+        return issue(self.identity.token)
 
     @property
     def config(self) -> Mapping[str, Any]:
@@ -147,6 +174,7 @@ class Runtime:
         config: Mapping[str, Any] | None = None,
     ) -> None:
         self.store = store
+        self.verifier: Any = None
         self.config: Mapping[str, Any] = config if config is not None else {}
         self.executor = executor
         self.clock = clock
@@ -253,8 +281,10 @@ class Runtime:
 
     # --- running callbacks --------------------------------------------------------------------------------
 
-    def _dispatch(self, provider: "ActionProvider", action: Action, *, resumed: bool) -> None:
-        ctx = RunContext(self, provider, action, resumed)
+    def _dispatch(
+        self, provider: "ActionProvider", action: Action, *, resumed: bool, identity: "Identity | None" = None
+    ) -> None:
+        ctx = RunContext(self, provider, action, resumed, identity)
         self._running[action.action_id] = ctx
         if provider.synchronous:
             self._execute(provider, action, ctx)
@@ -353,7 +383,7 @@ class Runtime:
                     f"(action {stored.action_id})."
                 )
             return self._current(provider, stored), False
-        self._dispatch(provider, stored, resumed=False)
+        self._dispatch(provider, stored, resumed=False, identity=identity)
         return self._current(provider, stored), True
 
     def _current(self, provider: "ActionProvider", action: Action) -> Action:
@@ -430,7 +460,7 @@ class Runtime:
         )
         if resumed is None:
             return self._load(provider, action_id)  # someone else resumed or ended it meanwhile
-        self._dispatch(provider, resumed, resumed=True)
+        self._dispatch(provider, resumed, resumed=True, identity=identity)
         return self._current(provider, resumed)
 
     def log(

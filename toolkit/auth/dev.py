@@ -1,87 +1,24 @@
-"""Bearer-token verification.
-
-Every verifier follows one protocol, :class:`TokenVerifier`: a token string in, an :class:`Identity` out, or an
-:class:`~toolkit.errors.UnauthorizedRequest` (bad token) or :class:`~toolkit.errors.ServiceUnavailable` (the
-authorization server cannot be reached). The blueprint only ever sees that protocol, so a verifier is chosen by
-configuration without touching provider code.
-
-:class:`DevTokenVerifier` checks tokens minted by ``aptk token`` with a key kept in the server's data directory.
-"""
+"""Local development tokens: ``aptk serve`` keeps an Ed25519 key in its data directory, ``aptk token`` signs
+with it, :class:`DevTokenVerifier` checks."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 import uuid
 from pathlib import Path
-from typing import Iterable, Protocol, runtime_checkable
+from typing import Iterable
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .documents import ALL_AUTHENTICATED_USERS, group_urn, identity_urn
-from .errors import ConfigurationError, UnauthorizedRequest
+from ..errors import ConfigurationError, UnauthorizedRequest
+from .base import Identity
 
 DEV_ISSUER = "aptk-dev"
 DEV_KEY_FILE = "dev-signing-key.pem"
 _DEV_ALGORITHM = "EdDSA"
-
-
-@dataclasses.dataclass(frozen=True)
-class Identity:
-    """Who made a request: an identity URN, every principal it speaks for, and the token's scopes."""
-
-    id: str
-    principals: frozenset[str]
-    scopes: frozenset[str]
-    username: str | None = None
-    expires_at: float | None = None
-    token: str | None = dataclasses.field(default=None, repr=False, compare=False)
-
-    @classmethod
-    def build(
-        cls,
-        identity_id: str,
-        *,
-        groups: Iterable[str] = (),
-        linked_identities: Iterable[str] = (),
-        scopes: Iterable[str] = (),
-        username: str | None = None,
-        expires_at: float | None = None,
-        token: str | None = None,
-    ) -> "Identity":
-        """Make an identity from bare UUIDs (or URNs); adds ``all_authenticated_users``."""
-        me = _as_urn(identity_id, identity_urn)
-        principals = {me, ALL_AUTHENTICATED_USERS}
-        principals.update(_as_urn(i, identity_urn) for i in linked_identities)
-        principals.update(_as_urn(g, group_urn) for g in groups)
-        return cls(me, frozenset(principals), frozenset(scopes), username, expires_at, token)
-
-
-def _as_urn(value: str, make) -> str:
-    return value if value.startswith("urn:") else make(value)
-
-
-@runtime_checkable
-class TokenVerifier(Protocol):
-    """Turns a bearer token into an :class:`Identity`, or raises :class:`UnauthorizedRequest`."""
-
-    def verify(self, token: str) -> Identity: ...
-
-
-def bearer_token(authorization: str | None) -> str:
-    """The token of an ``Authorization: Bearer <token>`` header, or a 401 saying what is wrong."""
-    if not authorization:
-        raise UnauthorizedRequest("Missing 'Authorization: Bearer <token>' header.", error="invalid_request")
-    scheme, _, token = authorization.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
-        raise UnauthorizedRequest(
-            "Malformed Authorization header; expected 'Bearer <token>'.", error="invalid_request"
-        )
-    return token
 
 
 # --- local development tokens ----------------------------------------------------------------------------
