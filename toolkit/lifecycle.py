@@ -344,7 +344,9 @@ class Runtime:
             request = _request_schema.load(document)
         except ValidationError as exc:
             raise BadActionRequest(describe_validation_error(exc)) from None
-        provider.validate_body(request["body"])
+        body = provider.validate_body(request["body"])
+        if provider.check_callback is not None:
+            provider.check_callback(body, identity)
         now = self.clock()
         deadline = request.get("deadline")
         if deadline is not None:

@@ -20,7 +20,7 @@ from .errors import BadActionRequest, ConfigurationError
 if TYPE_CHECKING:
     from flask import Blueprint
 
-    from .typing import CancelCallback, ResumeCallback, RunCallback
+    from .typing import CancelCallback, CheckCallback, ResumeCallback, RunCallback
 
 F = TypeVar("F", bound=Callable[..., Any])
 Recovery = Literal["rerun", "fail"]
@@ -105,6 +105,7 @@ class ActionProvider:
         self.max_attempts = max_attempts
         self._set_input_schema(input_schema)
         self.run_callback: RunCallback | None = None
+        self.check_callback: CheckCallback | None = None
         self.cancel_callback: CancelCallback | None = None
         self.resume_callback: ResumeCallback | None = None
 
@@ -156,6 +157,16 @@ class ActionProvider:
         It may raise :class:`~toolkit.ActionFailed` or :class:`~toolkit.ActionInactive` instead.
         """
         self.run_callback = fn  # type: ignore[assignment]
+        return fn
+
+    def check(self, fn: F) -> F:
+        """Register a hook ``fn(body, identity)`` run at ``/run`` before the action exists.
+
+        For checks the schema cannot make (does that collection exist? may this caller use it?): raise an
+        :class:`~toolkit.errors.ApiError` such as ``BadActionRequest`` (400) or ``ForbiddenRequest`` (403) to
+        refuse the request; nothing is stored then.
+        """
+        self.check_callback = fn  # type: ignore[assignment]
         return fn
 
     def cancel(self, fn: F) -> F:

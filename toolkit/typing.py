@@ -12,6 +12,9 @@ if TYPE_CHECKING:
 RunCallback = Callable[[Any, "RunContext"], Optional[dict]]
 """``fn(body, ctx)``: returns the details of a SUCCEEDED action, or raises ActionFailed / ActionInactive."""
 
+CheckCallback = Callable[[Any, "Identity"], None]
+"""``fn(body, identity)``: called at /run before the action is stored; raise an ApiError to refuse."""
+
 CancelCallback = Callable[["Action", "Identity"], None]
 """``fn(action, identity)``: called after an action was cancelled (to release outside resources)."""
 

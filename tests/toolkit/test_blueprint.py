@@ -382,3 +382,21 @@ class TestSetup:
         assert (response.status_code, response.json["details"]) == (202, {"echo": "x"})
         # The app's own routes keep Flask's default error pages.
         assert app.test_client().get("/elsewhere").mimetype == "text/html"
+
+
+def test_check_hook_refuses_before_anything_is_stored(tmp_path):
+    from toolkit import ForbiddenRequest
+
+    provider = make_provider(synchronous=True)
+
+    @provider.check
+    def only_short(body, identity):
+        if body["text"] == "no":
+            raise ForbiddenRequest(f"{identity.id} may not say no")
+
+    client = provider_client(provider, tmp_path)
+    error = error_of(client.run, {"text": "no"})
+    assert (error.status, error.code) == (403, "ForbiddenRequest")
+    assert "urn:globus:auth:identity:" in error.description
+    assert client.actions() == []
+    assert client.run({"text": "yes"})["status"] == "SUCCEEDED"
