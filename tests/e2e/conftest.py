@@ -15,21 +15,25 @@ from .support import HELLO_SCOPE, Api, Server
 
 @pytest.fixture
 def start_server(tmp_path_factory):
-    """start_server(workers=3, env={...}) -> a running Server on a new data dir; all are stopped at teardown.
+    """start_server(workers=3, env={...}, tokens={name: token_command kwargs}) -> a running Server on a new
+    data dir, its tokens in ``server.minted``; all are stopped at teardown.
 
     server.start() again (after it stopped) serves the same data dir on a new port.
     """
     servers: list[Server] = []
 
-    def start(*, workers: int = 3, env: dict[str, str] | None = None) -> Server:
+    def start(*, workers: int = 3, env: dict[str, str] | None = None, tokens=None) -> Server:
         base = tmp_path_factory.mktemp("aptk")
         server = Server(base / "data", base, workers=workers, env=env)
         servers.append(server)
-        return server.start()
+        return server.start(tokens)
 
     yield start
     for server in servers:
         server.stop()
+
+
+IDS = {name: str(uuid.uuid4()) for name in ("alice", "bob", "carol", "group")}
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +42,14 @@ def shared_server(tmp_path_factory):
     base = tmp_path_factory.mktemp("aptk-shared")
     server = Server(base / "data", base, workers=3)
     try:
-        server.start()
+        server.start(
+            tokens={
+                "alice": {"identity": IDS["alice"]},
+                "bob": {"identity": IDS["bob"]},
+                "carol": {"identity": IDS["carol"], "groups": [IDS["group"]]},
+                "alice_without_scope": {"identity": IDS["alice"], "scopes": ["urn:aptk:scope:other"]},
+            }
+        )
         yield server
     finally:
         server.stop()
@@ -75,26 +86,18 @@ class People:
 
 @pytest.fixture(scope="session")
 def people(shared_server: Server) -> People:
-    ids = {name: str(uuid.uuid4()) for name in ("alice", "bob", "carol", "group")}
-    tokens = shared_server.tokens(
-        {
-            "alice": shared_server.token_command(ids["alice"]),
-            "bob": shared_server.token_command(ids["bob"]),
-            "carol": shared_server.token_command(ids["carol"], groups=[ids["group"]]),
-            "alice_without_scope": shared_server.token_command(ids["alice"], scopes=["urn:aptk:scope:other"]),
-        }
-    )
+    tokens = shared_server.minted
     # `aptk token --expires` cannot mint a token that is already expired (and the dev verifier allows 30 s of
     # clock skew), so sign one that expired long ago with the server's own key.
     expired = mint_dev_token(
-        load_dev_key(shared_server.data_dir), ids["alice"], scopes=[HELLO_SCOPE], now=time.time() - 7200,
+        load_dev_key(shared_server.data_dir), IDS["alice"], scopes=[HELLO_SCOPE], now=time.time() - 7200,
         expires_in=60,
     )
     return People(
-        alice=Person(ids["alice"], tokens["alice"]),
-        bob=Person(ids["bob"], tokens["bob"]),
-        carol=Person(ids["carol"], tokens["carol"]),
-        group=ids["group"],
+        alice=Person(IDS["alice"], tokens["alice"]),
+        bob=Person(IDS["bob"], tokens["bob"]),
+        carol=Person(IDS["carol"], tokens["carol"]),
+        group=IDS["group"],
         alice_without_scope=tokens["alice_without_scope"],
         alice_expired=expired,
     )

@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import requests
 
@@ -58,6 +58,7 @@ class Server:
         self.starts = 0
         self.stdout_path: Path | None = None
         self.stderr_path: Path | None = None
+        self.minted: dict[str, str] = {}
 
     @property
     def url(self) -> str:
@@ -67,7 +68,12 @@ class Server:
     def hello(self) -> str:
         return f"{self.url}/hello"
 
-    def start(self) -> "Server":
+    def start(self, tokens: Mapping[str, Mapping[str, Any]] | None = None) -> "Server":
+        """Start `aptk serve` and wait until ``GET /`` answers.
+
+        ``tokens`` (name -> keyword arguments of :meth:`token_command`) are minted with `aptk token` while the
+        workers boot, as soon as the server has created its signing key; they end up in ``self.minted``.
+        """
         assert self.process is None or self.process.poll() is not None, "already running"
         self.starts += 1
         self.port = free_port()
@@ -83,22 +89,29 @@ class Server:
                 env=self.env,
                 start_new_session=True,
             )
-        self._wait_until_answering()
+        minting = {}
+        if tokens:
+            self._wait_for(lambda: (self.data_dir / "dev-signing-key.pem").exists(), "create its signing key")
+            minting = self._spawn_tokens({name: self.token_command(**kw) for name, kw in tokens.items()})
+        self._wait_for(self._answers, "answer GET /")
+        self.minted = self._collect_tokens(minting)
         return self
 
-    def _wait_until_answering(self) -> None:
+    def _answers(self) -> bool:
+        try:
+            return requests.get(self.url + "/", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def _wait_for(self, condition, what: str) -> None:
         deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
+        while not condition():
             if self.process.poll() is not None:
                 raise AssertionError(f"aptk serve exited with {self.process.returncode}:\n{self.stderr()}")
-            try:
-                if requests.get(self.url + "/", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        self.kill()
-        raise AssertionError(f"aptk serve did not answer GET / within {STARTUP_SECONDS} s:\n{self.stderr()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"aptk serve did not {what} within {STARTUP_SECONDS} s:\n{self.stderr()}")
+            time.sleep(0.05)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path else ""
@@ -139,12 +152,16 @@ class Server:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        """Always leaves nothing running: SIGINT first, SIGKILL of the group if that did not do."""
+        """Always leaves nothing running: SIGINT to the master first, SIGKILL of the group if that did not do.
+
+        (Only the master gets SIGINT: a SIGINT to the workers too can deadlock one of them; see
+        test_ctrl_c_in_a_terminal_stops_every_process_within_five_seconds.)
+        """
         if self.process is None:
             return
         if self.process.poll() is None:
             try:
-                self.interrupt(timeout=10)
+                self.interrupt(group=False, timeout=10)
             except subprocess.TimeoutExpired:
                 pass
         try:
@@ -168,19 +185,25 @@ class Server:
             command += ["--expires", expires]
         return command
 
-    def tokens(self, commands: dict[str, list[str]]) -> dict[str, str]:
-        """Run several `aptk token` commands at once; their tokens by name."""
-        running = {
-            name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, text=True)
+    def _spawn_tokens(self, commands: Mapping[str, list[str]]) -> dict[str, tuple[list[str], subprocess.Popen]]:
+        return {
+            name: (cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, text=True))
             for name, cmd in commands.items()
         }
+
+    @staticmethod
+    def _collect_tokens(running: Mapping[str, tuple[list[str], subprocess.Popen]]) -> dict[str, str]:
         tokens = {}
-        for name, proc in running.items():
+        for name, (cmd, proc) in running.items():
             out, err = proc.communicate(timeout=60)
-            assert proc.returncode == 0, f"{commands[name]} failed: {err}"
+            assert proc.returncode == 0, f"{cmd} failed: {err}"
             tokens[name] = out.strip()
-            assert tokens[name].count(".") == 2, f"not a JWT: {out!r}"
+            assert tokens[name].count(".") == 2, f"{cmd} printed no JWT: {out!r}"
         return tokens
+
+    def tokens(self, commands: Mapping[str, list[str]]) -> dict[str, str]:
+        """Run several `aptk token` commands at once; their tokens by name."""
+        return self._collect_tokens(self._spawn_tokens(commands))
 
     def token(self, identity: str, **options: Any) -> str:
         return self.tokens({"t": self.token_command(identity, **options)})["t"]

@@ -12,6 +12,7 @@ import pytest
 from .support import Api, post_when_all_ready, start_together
 
 CLIENTS = 8
+A_USER = {"user": {"identity": str(uuid.uuid4())}}
 
 
 # --- one action, many worker processes -----------------------------------------------------------------------
@@ -106,8 +107,8 @@ def test_the_same_request_id_with_another_body_is_a_conflict(alice: Api):
 
 
 def test_actions_survive_a_clean_restart_unchanged(start_server):
-    server = start_server(workers=2)
-    api = Api(server.hello, server.token(str(uuid.uuid4())))
+    server = start_server(workers=2, tokens=A_USER)
+    api = Api(server.hello, server.minted["user"])
     done = api.run({"echo_string": "durable"}, label="survives restarts").json()["action_id"]
     paused = api.run({"echo_string": "paused", "require_resume": True}).json()["action_id"]
     before = {
@@ -125,8 +126,8 @@ def test_actions_survive_a_clean_restart_unchanged(start_server):
 
 
 def test_actions_of_a_killed_server_run_again_after_a_restart(start_server):
-    server = start_server(workers=2, env={"APTK_LEASE_SECONDS": "2"})
-    api = Api(server.hello, server.token(str(uuid.uuid4())))
+    server = start_server(workers=2, env={"APTK_LEASE_SECONDS": "2"}, tokens=A_USER)
+    api = Api(server.hello, server.minted["user"])
     names = [f"crash-{i}" for i in range(4)]
     ids = [api.run({"echo_string": name, "sleep_time": 3}).json()["action_id"] for name in names]
     for action_id in ids:  # every callback is running (it reported its progress) when the server dies
@@ -148,11 +149,11 @@ def test_actions_of_a_killed_server_run_again_after_a_restart(start_server):
     assert api.get("/actions", params={"status": "ACTIVE,INACTIVE"}).json() == []
 
 
-def test_ctrl_c_stops_the_server_with_exit_code_0_and_no_traceback(start_server):
+def test_sigint_stops_the_server_with_exit_code_0_and_no_traceback(start_server):
     server = start_server(workers=3)
     assert Api(server.hello, None).get("/").status_code == 200  # a worker has served a request
 
-    exit_code = server.interrupt(group=True, timeout=10)
+    exit_code = server.interrupt(group=False, timeout=5)
 
     assert exit_code == 0
     stderr = server.stderr()
@@ -161,20 +162,47 @@ def test_ctrl_c_stops_the_server_with_exit_code_0_and_no_traceback(start_server)
 
 
 @pytest.mark.xfail(
-    strict=True,
-    reason="toolkit bug: Runtime.stop() does not wake running callbacks, so a worker running an action cannot exit "
-    "until gunicorn SIGKILLs it after graceful_timeout (10 s)",
+    strict=False,  # the deadlock is a race: it shows in about one Ctrl-C in three
+    reason="bug: Ctrl-C sends SIGINT to the gunicorn workers as well as the master, whose SIGQUIT then re-enters "
+    "gunicorn's gthread handle_quit while the first call holds ThreadPoolExecutor._shutdown_lock; the worker "
+    "deadlocks until it is SIGKILLed after graceful_timeout (10 s)",
 )
-def test_ctrl_c_stops_the_server_within_five_seconds_while_an_action_runs(start_server):
-    server = start_server(workers=1)
-    api = Api(server.hello, server.token(str(uuid.uuid4())))
+def test_ctrl_c_in_a_terminal_stops_every_process_within_five_seconds(start_server):
+    server = start_server(workers=3)
+    assert Api(server.hello, None).get("/").status_code == 200
+
+    try:
+        exit_code = server.interrupt(group=True, timeout=5)  # what Ctrl-C does: SIGINT to the whole group
+    except subprocess.TimeoutExpired:
+        server.kill()
+        exit_code = None
+
+    assert exit_code == 0
+    stderr = server.stderr()
+    assert "Traceback" not in stderr
+    assert "[ERROR]" not in stderr
+
+
+def test_sigint_while_an_action_runs_stops_promptly_and_the_next_start_takes_the_action_up(start_server):
+    server = start_server(workers=1, tokens=A_USER)
+    api = Api(server.hello, server.minted["user"])
     action_id = api.run({"echo_string": "interrupted", "sleep_time": 30}).json()["action_id"]
     api.wait_for(action_id, {"ACTIVE"}, timeout=5)
 
     try:
-        exit_code = server.interrupt(group=True, timeout=5)
+        exit_code = server.interrupt(group=False, timeout=5)  # gunicorn would SIGKILL a stuck worker at 10 s
     except subprocess.TimeoutExpired:
+        server.kill()
         exit_code = None
+    stderr = server.stderr()
+    server.start()
+    api.base = server.hello
 
     assert exit_code == 0
-    assert "SIGKILL" not in server.stderr()
+    assert "SIGKILL" not in stderr
+    deadline = time.monotonic() + 5
+    while "ActionRecovered" not in [e["code"] for e in api.get(f"/{action_id}/log").json()["entries"]]:
+        assert time.monotonic() < deadline, "the next start did not take the interrupted action up within 5 s"
+        time.sleep(0.1)
+    assert api.get(f"/{action_id}/status").json()["status"] == "ACTIVE"
+    api.post(f"/{action_id}/cancel")
