@@ -7,27 +7,56 @@
 >>> app.register_blueprint(hello.blueprint(url_prefix="/hello"))  # doctest: +SKIP
 """
 
-from .auth import DevTokenVerifier, Identity, TokenVerifier, mint_dev_token
-from .documents import Action, Status
-from .errors import (
-    ActionCancelled,
-    ActionConflict,
-    ActionFailed,
-    ActionInactive,
-    ActionNotFound,
-    ApiError,
-    BadActionRequest,
-    ConfigurationError,
-    ForbiddenRequest,
-    ServiceUnavailable,
-    ToolkitError,
-    UnauthorizedRequest,
-)
-from .executor import Executor, ThreadExecutor
-from .extension import Toolkit
-from .lifecycle import RunContext
-from .provider import ActionProvider
-from .store import SQLStore, Store
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Names are imported on first use, so that `aptk token` and friends start fast.
+_LOCATIONS = {
+    "DevTokenVerifier": "auth", "Identity": "auth", "TokenVerifier": "auth", "mint_dev_token": "auth",
+    "Action": "documents", "Status": "documents",
+    "ActionCancelled": "errors", "ActionConflict": "errors", "ActionFailed": "errors", "ActionInactive": "errors",
+    "ActionNotFound": "errors", "ApiError": "errors", "BadActionRequest": "errors", "ConfigurationError": "errors",
+    "ForbiddenRequest": "errors", "ServiceUnavailable": "errors", "ToolkitError": "errors",
+    "UnauthorizedRequest": "errors",
+    "Executor": "executor", "ThreadExecutor": "executor",
+    "Toolkit": "extension",
+    "RunContext": "lifecycle",
+    "ActionProvider": "provider",
+    "SQLStore": "store", "Store": "store",
+}
+
+if TYPE_CHECKING:
+    from .auth import DevTokenVerifier, Identity, TokenVerifier, mint_dev_token
+    from .documents import Action, Status
+    from .errors import (
+        ActionCancelled,
+        ActionConflict,
+        ActionFailed,
+        ActionInactive,
+        ActionNotFound,
+        ApiError,
+        BadActionRequest,
+        ConfigurationError,
+        ForbiddenRequest,
+        ServiceUnavailable,
+        ToolkitError,
+        UnauthorizedRequest,
+    )
+    from .executor import Executor, ThreadExecutor
+    from .extension import Toolkit
+    from .lifecycle import RunContext
+    from .provider import ActionProvider
+    from .store import SQLStore, Store
+
+
+def __getattr__(name: str) -> Any:
+    module = _LOCATIONS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Action",

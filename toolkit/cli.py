@@ -7,16 +7,18 @@ import re
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+if TYPE_CHECKING:
+    from .client import ActionProviderClient
+
 from .auth import load_dev_key, load_or_create_dev_key, mint_dev_token
 from .auth.config import KINDS
-from .client import ActionProviderClient, ClientError
 from .documents import parse_duration
 from .errors import ConfigurationError
-from .extension import default_data_dir
+from .settings import default_data_dir
 
 _SIMPLE_DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -196,7 +198,9 @@ url_argument = click.argument("url")
 token_option = click.option("--token", envvar="APTK_TOKEN", required=True, help="Bearer token ($APTK_TOKEN).")
 
 
-def _client(url: str, token: str) -> ActionProviderClient:
+def _client(url: str, token: str) -> "ActionProviderClient":
+    from .client import ActionProviderClient
+
     return ActionProviderClient(url, token)
 
 
@@ -205,6 +209,8 @@ def _print(document: Any) -> None:
 
 
 def _calling(fn, *args, **kwargs) -> Any:
+    from .client import ClientError
+
     try:
         return fn(*args, **kwargs)
     except ClientError as exc:

@@ -19,7 +19,6 @@ Behaviour is injected through :class:`Toolkit`'s keyword arguments (``store=``, 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,37 +29,13 @@ from .auth import TokenVerifier, verifier_from_config
 from .errors import ConfigurationError
 from .executor import Executor, ThreadExecutor
 from .lifecycle import Runtime
+from .settings import default_data_dir, number as _number, setting as _setting
 from .store import SQLStore, Store
 
 if TYPE_CHECKING:
     from .typing import Clock
 
 EXTENSION = "aptk"
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("APTK_DATA_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "aptk"
-
-
-def _setting(app: Flask, key: str, default: Any) -> Any:
-    if key in app.config:
-        return app.config[key]
-    return os.environ.get(key, default)
-
-
-def _number(app: Flask, key: str, default: float, kind=float) -> Any:
-    value = _setting(app, key, default)
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"{key} must be a number, not {value!r}") from None
-    if number <= 0:
-        raise ConfigurationError(f"{key} must be positive, not {value!r}")
-    return number
 
 
 class Toolkit:

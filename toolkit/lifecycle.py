@@ -180,6 +180,8 @@ class Runtime:
         self.clock = clock
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = max(tick_seconds, lease_seconds / 5)
+        # Deadlines are also applied whenever an action is read, so the sweep need not be frequent.
+        self.sweep_seconds = max(tick_seconds, min(2.0, lease_seconds / 2))
         self.tick_seconds = tick_seconds
         self.providers: dict[str, ActionProvider] = {}
         self.runner_id = ""
@@ -226,7 +228,7 @@ class Runtime:
         self.executor.shutdown(wait=False)
 
     def _maintain(self) -> None:
-        last_heartbeat = 0.0
+        last_heartbeat = last_sweep = 0.0
         while not self._stop.wait(self.tick_seconds):
             try:
                 now = self.clock()
@@ -234,7 +236,9 @@ class Runtime:
                     self.store.heartbeat(self.runner_id, now)
                     last_heartbeat = now
                 self._notice_ended()
-                self.sweep(now)
+                if now - last_sweep >= self.sweep_seconds:
+                    self.sweep(now)
+                    last_sweep = now
             except Exception:
                 logger.exception("action maintenance failed; retrying")
 
@@ -294,7 +298,7 @@ class Runtime:
     def _execute(self, provider: "ActionProvider", action: Action, ctx: RunContext) -> None:
         ownership = ctx._ownership()
         try:
-            body = provider.validate_body(action.body)
+            body = provider.load_body(action.body)
             result = provider.run_callback(body, ctx)
             if result is None:
                 result = {}
@@ -386,7 +390,8 @@ class Runtime:
                 )
             return self._current(provider, stored), False
         self._dispatch(provider, stored, resumed=False, identity=identity)
-        return self._current(provider, stored), True
+        # An asynchronous action is ACTIVE as stored; a synchronous one has finished, so read it again.
+        return (self._current(provider, stored) if provider.synchronous else stored), True
 
     def _current(self, provider: "ActionProvider", action: Action) -> Action:
         """The action as it is now, deadlines applied; 404 if released or expired."""

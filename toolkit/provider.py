@@ -149,6 +149,10 @@ class ActionProvider:
             raise BadActionRequest("; ".join(lines))
         return body
 
+    def load_body(self, body: dict[str, Any]) -> Any:
+        """What the run callback receives for a body already validated at ``/run``."""
+        return body if self._marshmallow is None else self.validate_body(body)
+
     # --- callbacks ------------------------------------------------------------------------------------------
 
     def run(self, fn: F) -> F:

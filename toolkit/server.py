@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -84,7 +85,7 @@ def serve(
                 "graceful_timeout": 10,
                 "timeout": 60,
                 "accesslog": "-",
-                "post_worker_init": lambda worker: start_runtime(worker.wsgi),
+                "post_worker_init": _worker_started,
                 "worker_exit": lambda server, worker: _stop_quietly(worker),
             }
             if "control_socket" in self.cfg.settings and config and config.get("APTK_DATA_DIR"):
@@ -97,6 +98,13 @@ def serve(
             return create_app(config)
 
     Application().run()
+
+
+def _worker_started(worker: Any) -> None:
+    # Ctrl-C reaches the whole process group; the master then stops each worker gracefully. A worker that
+    # also handled SIGINT itself could deadlock in its own shutdown (seen with gthread workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    start_runtime(worker.wsgi)
 
 
 def _stop_quietly(worker: Any) -> None:

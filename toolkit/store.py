@@ -8,6 +8,7 @@ changes on compare-and-set updates.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from typing import Any, Iterable, Iterator, Protocol
@@ -115,6 +116,8 @@ class SQLStore:
         self._engine: sa.Engine | None = None
         self._engine_options = engine_options
         self._lock = threading.Lock()
+        # Only SQLite has a single writer; elsewhere the lock is a no-op.
+        self._write_lock: Any = threading.Lock() if self.url.get_backend_name() == "sqlite" else contextlib.nullcontext()
 
     def __repr__(self) -> str:
         return f"SQLStore({self.url.render_as_string(hide_password=True)!r})"
@@ -157,8 +160,16 @@ class SQLStore:
 
         return engine
 
-    def _read(self) -> Iterator[sa.Connection]:
+    def _read(self) -> sa.Connection:
         return self.engine.connect().execution_options(aptk_read_only=True)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        """A write transaction. On SQLite, threads of one process queue on a lock here rather than in SQLite's
+        busy handler, which polls with sleeps of up to 100 ms instead of waking when the lock is free."""
+        with self._write_lock:
+            with self.engine.begin() as conn:
+                yield conn
 
     def create_schema(self) -> None:
         """Create the tables if they are missing; safe to call from several processes at once."""
@@ -205,14 +216,10 @@ class SQLStore:
         """Insert ``action``; if its (provider, creator, request_id) exists, return that one instead."""
         for _ in range(3):
             try:
-                with self.engine.begin() as conn:
-                    conn.execute(actions.insert().values(**self._row(action)))
-                    conn.execute(action_roles.insert(), self._roles(action))
-                    conn.execute(
-                        action_log.insert().values(
-                            action_id=action.action_id, time=log[0], code=log[1], description=log[2]
-                        )
-                    )
+                with self._write() as conn:
+                    conn.execute(_INSERT_ACTION, self._row(action))
+                    conn.execute(_INSERT_ROLE, self._roles(action))
+                    conn.execute(_INSERT_LOG, _log_row(action.action_id, log))
                 return action, True
             except IntegrityError:
                 existing = self._by_request(action.provider, action.creator_id, action.request_id)
@@ -254,34 +261,25 @@ class SQLStore:
     ) -> Action | None:
         """Apply ``changes`` if the action still matches ``where``; the new action, or None if it did not."""
         values = {k: _plain(v) for k, v in changes.items()}
-        with self.engine.begin() as conn:
-            if "completion_time" in values or "release_after" in values:
-                current = conn.execute(
-                    sa.select(actions.c.completion_time, actions.c.release_after).where(
-                        actions.c.action_id == action_id
-                    )
-                ).first()
-                if current is None:
-                    return None
-                completion = values.get("completion_time", current.completion_time)
-                release_after = values.get("release_after", current.release_after)
-                values["expires_at"] = None if completion is None else completion + release_after
-            result = conn.execute(
-                actions.update()
-                .where(actions.c.action_id == action_id, *self._conditions(where))
-                .values(**values)
-            )
-            if result.rowcount != 1:
+        if "completion_time" in values or "release_after" in values:
+            completion = values.get("completion_time", actions.c.completion_time)
+            release_after = values.get("release_after", actions.c.release_after)
+            values["expires_at"] = None if completion is None else completion + release_after
+        statement = actions.update().where(actions.c.action_id == action_id, *self._conditions(where)).values(**values)
+        returning = self.engine.dialect.update_returning
+        with self._write() as conn:
+            result = conn.execute(statement.returning(*actions.c) if returning else statement)
+            row = result.first() if returning else None
+            if (row is None) if returning else (result.rowcount != 1):
                 return None
             if log is not None:
-                conn.execute(
-                    action_log.insert().values(action_id=action_id, time=log[0], code=log[1], description=log[2])
-                )
-            row = conn.execute(sa.select(actions).where(actions.c.action_id == action_id)).first()
+                conn.execute(_INSERT_LOG, _log_row(action_id, log))
+            if not returning:
+                row = conn.execute(sa.select(actions).where(actions.c.action_id == action_id)).first()
         return self._action(row)
 
     def delete(self, action_id: str, *, where: dict[str, Any]) -> bool:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             result = conn.execute(
                 actions.delete().where(actions.c.action_id == action_id, *self._conditions(where))
             )
@@ -294,12 +292,9 @@ class SQLStore:
     def append_log(
         self, action_id: str, time: float, code: str, description: str, details: dict[str, Any] | None = None
     ) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                action_log.insert().values(
-                    action_id=action_id, time=time, code=code, description=description, details=details
-                )
-            )
+        with self._write() as conn:
+            conn.execute(_INSERT_LOG, {"action_id": action_id, "time": time, "code": code,
+                                       "description": description, "details": details})
 
     def log_page(self, action_id: str, after: int, limit: int) -> list[LogEntry]:
         with self._read() as conn:
@@ -350,7 +345,7 @@ class SQLStore:
             return [self._action(r) for r in conn.execute(query.limit(limit))]
 
     def heartbeat(self, runner: str, now: float) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 actions.update()
                 .where(actions.c.runner == runner, actions.c.status == Status.ACTIVE.value)
@@ -372,11 +367,23 @@ class SQLStore:
         return {r.action_id for r in rows if attempts_by_id[r.action_id] == r.attempts}
 
     def purge_expired(self, now: float) -> int:
-        with self.engine.begin() as conn:
+        with self._read() as conn:
+            if conn.execute(sa.select(actions.c.action_id).where(actions.c.expires_at <= now).limit(1)).first() is None:
+                return 0
+        with self._write() as conn:
             expired = sa.select(actions.c.action_id).where(actions.c.expires_at <= now)
             conn.execute(action_roles.delete().where(action_roles.c.action_id.in_(expired)))
             conn.execute(action_log.delete().where(action_log.c.action_id.in_(expired)))
             return conn.execute(actions.delete().where(actions.c.expires_at <= now)).rowcount
+
+
+_INSERT_ACTION = actions.insert()
+_INSERT_ROLE = action_roles.insert()
+_INSERT_LOG = action_log.insert()
+
+
+def _log_row(action_id: str, log: LogRecord) -> dict[str, Any]:
+    return {"action_id": action_id, "time": log[0], "code": log[1], "description": log[2], "details": None}
 
 
 def _plain(value: Any) -> Any:

@@ -1,7 +1,8 @@
 """End-to-end helpers: the real `aptk serve` (gunicorn) as a subprocess, real tokens from `aptk token`.
 
 Nothing here imports the server into the test process: every server is started the way a new user starts it,
-on a free port, in its own process group, and is always torn down (SIGINT, then SIGKILL of the group).
+on a free port, in its own process group, and is always torn down (SIGINT to the master, then SIGKILL of the
+group). Server logs stay in the test's temporary directory (server-N.out: access log, server-N.err: the rest).
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ class Server:
         self.data_dir = data_dir
         self.log_dir = log_dir
         self.workers = workers
-        self.env = {**os.environ, **(env or {})}
-        self.env.pop("APTK_DATA_DIR", None)
+        # The developer's own APTK_* settings must not leak into the server under test.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("APTK_")}
+        self.env = {**inherited, **(env or {})}
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
         self.starts = 0
@@ -257,6 +259,17 @@ class Api:
                 return document
             time.sleep(0.1)
         raise AssertionError(f"action {action_id} not {sorted(wanted)} within {timeout} s: {json.dumps(document)}")
+
+
+    def wait_until_sleeping(self, action_id: str, timeout: float = 5) -> dict[str, Any]:
+        """Poll until hello's callback reports that it sleeps (display_status), i.e. it is running right now."""
+        deadline = time.monotonic() + timeout
+        while True:
+            document = self.get(f"/{action_id}/status").json()
+            if document.get("display_status") == "sleeping":
+                return document
+            assert time.monotonic() < deadline, f"action {action_id} never started sleeping: {document}"
+            time.sleep(0.05)
 
 
 # --- concurrent clients in separate processes ---------------------------------------------------------------

@@ -34,7 +34,7 @@ def test_an_action_started_through_one_worker_is_visible_through_every_worker(al
 
 def test_cancelling_through_any_worker_fails_the_running_action_within_two_seconds(alice: Api):
     action_id = alice.run({"echo_string": "cancel me", "sleep_time": 30}).json()["action_id"]
-    alice.wait_for(action_id, {"ACTIVE"}, timeout=5)
+    alice.wait_until_sleeping(action_id)
 
     cancelled_at = time.monotonic()
     cancelled = alice.post(f"/{action_id}/cancel")
@@ -48,18 +48,6 @@ def test_cancelling_through_any_worker_fails_the_running_action_within_two_secon
     assert elapsed < 2
     later = [alice.get(f"/{action_id}/status").json() for _ in range(10)]
     assert {(s["status"], s["details"]["code"]) for s in later} == {("FAILED", "ActionCancelled")}
-
-
-def test_a_cancelled_action_stays_cancelled_when_its_callback_would_have_finished(alice: Api):
-    action_id = alice.run({"echo_string": "too late", "sleep_time": 1}).json()["action_id"]
-    assert alice.post(f"/{action_id}/cancel").status_code == 200
-
-    time.sleep(2)  # past the end of the callback's sleep, wherever it ran
-
-    status = alice.get(f"/{action_id}/status").json()
-    assert status["status"] == "FAILED"
-    assert status["details"]["code"] == "ActionCancelled"
-    assert "hello" not in status["details"]
 
 
 def test_releasing_through_any_worker_removes_the_action_for_every_worker(alice: Api):
@@ -130,11 +118,8 @@ def test_actions_of_a_killed_server_run_again_after_a_restart(start_server):
     api = Api(server.hello, server.minted["user"])
     names = [f"crash-{i}" for i in range(4)]
     ids = [api.run({"echo_string": name, "sleep_time": 3}).json()["action_id"] for name in names]
-    for action_id in ids:  # every callback is running (it reported its progress) when the server dies
-        deadline = time.monotonic() + 5
-        while api.get(f"/{action_id}/status").json().get("display_status") != "sleeping":
-            assert time.monotonic() < deadline, f"{action_id} never started sleeping"
-            time.sleep(0.05)
+    for action_id in ids:  # every callback is running when the server dies
+        api.wait_until_sleeping(action_id)
 
     server.kill()
     server.start()
@@ -143,9 +128,9 @@ def test_actions_of_a_killed_server_run_again_after_a_restart(start_server):
     finished = [api.wait_for(action_id, {"SUCCEEDED", "FAILED"}, timeout=20) for action_id in ids]
     assert [s["status"] for s in finished] == ["SUCCEEDED"] * len(ids)
     assert [s["details"] for s in finished] == [{"hello": name} for name in names]
-    for action_id in ids:
-        codes = [entry["code"] for entry in api.get(f"/{action_id}/log", params={"limit": 100}).json()["entries"]]
-        assert "ActionRecovered" in codes, codes
+    logs = [[e["code"] for e in api.get(f"/{action_id}/log", params={"limit": 100}).json()["entries"]]
+            for action_id in ids]
+    assert logs == [["ActionStarted", "ActionRecovered", "ActionSucceeded"]] * len(ids)
     assert api.get("/actions", params={"status": "ACTIVE,INACTIVE"}).json() == []
 
 
@@ -161,12 +146,6 @@ def test_sigint_stops_the_server_with_exit_code_0_and_no_traceback(start_server)
     assert "[ERROR]" not in stderr
 
 
-@pytest.mark.xfail(
-    strict=False,  # the deadlock is a race: it shows in about one Ctrl-C in three
-    reason="bug: Ctrl-C sends SIGINT to the gunicorn workers as well as the master, whose SIGQUIT then re-enters "
-    "gunicorn's gthread handle_quit while the first call holds ThreadPoolExecutor._shutdown_lock; the worker "
-    "deadlocks until it is SIGKILLed after graceful_timeout (10 s)",
-)
 def test_ctrl_c_in_a_terminal_stops_every_process_within_five_seconds(start_server):
     server = start_server(workers=3)
     assert Api(server.hello, None).get("/").status_code == 200
@@ -187,7 +166,7 @@ def test_sigint_while_an_action_runs_stops_promptly_and_the_next_start_takes_the
     server = start_server(workers=1, tokens=A_USER)
     api = Api(server.hello, server.minted["user"])
     action_id = api.run({"echo_string": "interrupted", "sleep_time": 30}).json()["action_id"]
-    api.wait_for(action_id, {"ACTIVE"}, timeout=5)
+    api.wait_until_sleeping(action_id)
 
     try:
         exit_code = server.interrupt(group=False, timeout=5)  # gunicorn would SIGKILL a stuck worker at 10 s

@@ -84,18 +84,21 @@ def test_introspection_describes_the_provider(alice: Api):
 
 
 @pytest.mark.parametrize("style", STYLES)
-def test_run_answers_202_with_a_new_action(alice: Api, people, style):
-    document = request_document({"echo_string": "new"}, label="a new action")
+def test_run_answers_202_with_a_new_active_action(alice: Api, people, style):
+    document = request_document({"echo_string": "new", "sleep_time": 30}, label="a new action")
 
     response = call(alice, style, "run", json=document)
 
     assert response.status_code == 202
     status = response.json()
-    assert status["status"] in {"ACTIVE", "SUCCEEDED"}
+    assert status["status"] == "ACTIVE"
     assert status["creator_id"] == people.alice.urn
     assert status["label"] == "a new action"
+    assert status["release_after"] == "P30D"
     assert isinstance(status["details"], dict)
-    assert status["action_id"]
+    assert {"action_id", "start_time"} <= set(status)
+    assert "completion_time" not in status  # no value yet: left out, not null
+    alice.post(f"/{status['action_id']}/cancel")
 
 
 @pytest.mark.parametrize("style", STYLES)

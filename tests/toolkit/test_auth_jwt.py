@@ -182,3 +182,12 @@ def test_slow_issuer_times_out_as_503(issuer):
 def test_symmetric_or_none_algorithms_cannot_be_configured(algorithms):
     with pytest.raises(ConfigurationError, match="not allowed"):
         JWTVerifier(issuer="https://x", audience="a", algorithms=algorithms)
+
+
+def test_a_cached_token_is_refused_once_it_expires(issuer):
+    verifier = JWTVerifier(issuer=issuer.url, audience=AUDIENCE, leeway=0)
+    token = issuer.token(exp=int(time.time()) + 2)
+    verifier.verify(token)
+    time.sleep(2.5)
+    with pytest.raises(UnauthorizedRequest, match="expired"):
+        verifier.verify(token)

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import ConfigurationError, UnauthorizedRequest
-from .base import Identity
+from .base import Identity, TokenCache
 
 DEV_ISSUER = "aptk-dev"
 DEV_KEY_FILE = "dev-signing-key.pem"
@@ -91,15 +91,24 @@ def mint_dev_token(
 class DevTokenVerifier:
     """Accepts tokens from :func:`mint_dev_token` signed by this server's key (``aptk token``)."""
 
-    def __init__(self, public_key: Ed25519PublicKey, *, leeway: float = 30) -> None:
+    def __init__(self, public_key: Ed25519PublicKey, *, leeway: float = 30, cache_size: int = 10_000) -> None:
         self._public_key = public_key
         self._leeway = leeway
+        self._cache = TokenCache(cache_size)
 
     @classmethod
     def from_data_dir(cls, data_dir: str | os.PathLike) -> "DevTokenVerifier":
         return cls(load_or_create_dev_key(data_dir).public_key())
 
     def verify(self, token: str) -> Identity:
+        cached = self._cache.get(token)
+        if cached is not None:
+            return cached
+        identity = self._verify(token)
+        self._cache.put(token, identity, identity.expires_at + self._leeway)
+        return identity
+
+    def _verify(self, token: str) -> Identity:
         try:
             claims = jwt.decode(
                 token,

@@ -10,7 +10,7 @@ import jwt
 import requests
 
 from ..errors import ConfigurationError, UnauthorizedRequest
-from .base import Breaker, Identity, Unreachable, discover, fetch_json
+from .base import Breaker, Identity, TokenCache, Unreachable, discover, fetch_json
 
 # Asymmetric algorithms only: never "none", and never an HMAC whose "secret" would be the public key.
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
@@ -36,6 +36,7 @@ class JWTVerifier:
         require_typ: bool = True,
         timeout: float = 5,
         refetch_interval: float = 30,
+        cache_size: int = 10_000,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -63,6 +64,8 @@ class JWTVerifier:
         self._fetched_at: float | None = None
         self._lock = threading.Lock()
         self._breaker = Breaker("authorization server")
+        # A verified token is not verified again until it expires: same bytes, same signature, same answer.
+        self._cache = TokenCache(cache_size)
 
     # --- keys -----------------------------------------------------------------------------------------------
 
@@ -97,6 +100,15 @@ class JWTVerifier:
     # --- tokens -----------------------------------------------------------------------------------------------
 
     def verify(self, token: str) -> Identity:
+        cached = self._cache.get(token)
+        if cached is not None:
+            return cached
+        identity = self._verify(token)
+        if identity.expires_at is not None:
+            self._cache.put(token, identity, identity.expires_at + self.leeway)
+        return identity
+
+    def _verify(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
