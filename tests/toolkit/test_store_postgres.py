@@ -1,0 +1,112 @@
+"""The same lifecycle on PostgreSQL, the store for several hosts serving one provider."""
+
+import threading
+import uuid
+
+import pytest
+
+from providers.hello import provider as hello
+from tests.servers.fixtures import postgres_server  # noqa: F401 - fixture
+from toolkit import SQLStore, Status
+from toolkit.client import ClientError
+from toolkit.testing import TestClient, provider_app
+
+
+@pytest.fixture
+def database(postgres_server):  # noqa: F811
+    return postgres_server.create_database(f"aptk_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def host(database, tmp_path):
+    """host(**toolkit_options): one 'host' (its own app, engine and executor) on the shared database."""
+    apps = []
+
+    def make(**options):
+        app, authority = provider_app(hello, tmp_path / uuid.uuid4().hex, prefix="/hello",
+                                      store=SQLStore(database), **options)
+        apps.append(app)
+        return app, authority
+
+    yield make
+    for app in apps:
+        app.extensions["aptk"].runtime.stop()
+        app.extensions["aptk"].runtime.store.dispose()
+
+
+def client_for(app, authority, identity=None):
+    return TestClient(app, "/hello", authority.token(identity, scopes=[hello.globus_auth_scope]), authority)
+
+
+def test_the_whole_lifecycle_on_postgresql(host):
+    client = client_for(*host())
+    done = client.run({"echo_string": "hi"}, wait=True, label="pg")
+    assert (done["status"], done["details"], done["label"]) == ("SUCCEEDED", {"hello": "hi"}, "pg")
+    assert client.run({"echo_string": "hi"}, request_id="same")["action_id"] == \
+        client.run({"echo_string": "hi"}, request_id="same")["action_id"]
+    with pytest.raises(ClientError) as caught:
+        client.run({"echo_string": "other"}, request_id="same")
+    assert caught.value.status == 409
+
+    sleeping = client.run({"echo_string": "zz", "sleep_time": 30})["action_id"]
+    client.wait(sleeping, until=["ACTIVE"])
+    assert client.cancel(sleeping)["details"]["code"] == "ActionCancelled"
+
+    paused = client.run({"echo_string": "p", "require_resume": True})["action_id"]
+    client.wait(paused, until=["INACTIVE"])
+    client.resume(paused)
+    assert client.wait(paused)["status"] == "SUCCEEDED"
+    codes = [e["code"] for e in client.log(paused, limit=100)["entries"]]
+    assert codes == ["ActionStarted", "ActionInactive", "ActionResumed", "ActionSucceeded"]
+
+    assert {a["status"] for a in client.actions(status=["failed"])} == {"FAILED"}
+    client.release(done["action_id"])
+    with pytest.raises(ClientError) as caught:
+        client.status(done["action_id"])
+    assert caught.value.status == 404
+
+
+def test_identical_runs_racing_from_several_hosts_create_one_action(host):
+    identity = str(uuid.uuid4())
+    hosts = [host() for _ in range(4)]
+    # The same caller on every host: tokens from each host's authority name the same identity.
+    results, barrier = [], threading.Barrier(12)
+
+    def fire(app, authority):
+        client = client_for(app, authority, identity)
+        barrier.wait()
+        response = client.session.post(f"{client.url}/run", json={"request_id": "race", "body": {"echo_string": "x"}})
+        results.append((response.status_code, response.json()["action_id"]))
+
+    threads = [threading.Thread(target=fire, args=hosts[i % 4]) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(code for code, _ in results) == [200] * 11 + [202]
+    assert len({action for _, action in results}) == 1
+
+
+def test_a_run_on_one_host_is_cancelled_through_another(host):
+    identity = str(uuid.uuid4())
+    first, second = host(), host()
+    action = client_for(*first, identity).run({"echo_string": "x", "sleep_time": 30})["action_id"]
+    other = client_for(*second, identity)
+    assert other.cancel(action)["status"] == "FAILED"
+    # The first host's running callback notices within a maintenance tick and stops.
+    runtime = first[0].extensions["aptk"].runtime
+    for _ in range(100):
+        if action not in runtime._running:
+            break
+        threading.Event().wait(0.05)
+    assert action not in runtime._running
+
+
+def test_expired_actions_are_purged(host, clock):
+    app, authority = host(clock=clock)
+    client = client_for(app, authority)
+    action = client.run({"echo_string": "x"}, release_after="PT1M", wait=True)["action_id"]
+    clock.advance(61)
+    app.extensions["aptk"].runtime.sweep()
+    assert app.extensions["aptk"].runtime.store.get(action) is None
+    assert app.extensions["aptk"].runtime.store.find(statuses=list(Status)) == []
