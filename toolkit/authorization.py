@@ -31,7 +31,8 @@ def require_runnable(provider: "ActionProvider", identity: "Identity") -> None:
 
 
 def can_manage(provider: "ActionProvider", action: Action, identity: "Identity") -> bool:
-    return identity.id == action.creator_id or allowed(
+    # The creator in any of their linked identities (Globus Auth identity sets).
+    return action.creator_id in identity.principals or allowed(
         identity, [*action.manage_by, *provider.administered_by]
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 from typing import TYPE_CHECKING, Any, Callable
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -23,7 +24,7 @@ from .documents import (
     Status,
 )
 from .errors import ApiError, BadActionRequest, UnauthorizedRequest
-from .extension import Toolkit, get_toolkit
+from .extension import ToolkitState, get_toolkit
 from .store import ROLES
 
 if TYPE_CHECKING:
@@ -85,10 +86,29 @@ def _json_body() -> Any:
     def reject_constant(name: str) -> Any:
         raise ValueError(f"{name} is not valid JSON")
 
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{text} is too large a number")
+        return value
+
     try:
-        return json.loads(raw, parse_constant=reject_constant)
+        document = json.loads(raw, parse_constant=reject_constant, parse_float=finite)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadActionRequest(f"The request body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise BadActionRequest("The request body is nested too deeply.") from None
+    try:
+        # Lone surrogates cannot be stored or sent back; NUL is refused by PostgreSQL text.
+        canonical = json.dumps(document, ensure_ascii=False)
+        canonical.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadActionRequest("The request body holds invalid Unicode (a lone surrogate).") from None
+    except (RecursionError, ValueError):
+        raise BadActionRequest("The request body is nested too deeply.") from None
+    if "\\u0000" in canonical or "\x00" in canonical:
+        raise BadActionRequest("The request body holds a NUL character.")
+    return document
 
 
 def _choices(name: str, allowed: dict[str, Any], default: list[Any]) -> list[Any]:
@@ -128,7 +148,7 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
             state.app.register_error_handler(HTTPException, handle_http_exception)
         prefixes.append(state.url_prefix or "/")
 
-    def toolkit() -> Toolkit:
+    def toolkit() -> ToolkitState:
         return current_app.extensions["aptk"]
 
     def authenticate() -> Identity:
@@ -139,11 +159,6 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
                 error="insufficient_scope",
             )
         return identity
-
-    def optional_identity() -> Identity | None:
-        if request.headers.get("Authorization"):
-            return authenticate()
-        return None
 
     def status_response(action, code: int = 200) -> Response:
         response = jsonify(_status_schema.dump(action))
@@ -180,7 +195,7 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
     @route([("/", "GET")])
     def introspect() -> Response:
         if set(provider.visible_to) != {"public"}:
-            require_visible(provider, optional_identity() or authenticate())
+            require_visible(provider, authenticate())
         return jsonify(_description_schema.dump(describe(provider)))
 
     @route([("/openapi.json", "GET")])
@@ -226,7 +241,7 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
         identity = authenticate()
         limit = _int_arg("limit", 10, 1, MAX_LOG_LIMIT)
         marker = request.args.get("marker", "0")
-        if not marker.isdigit() or len(marker) > 18:
+        if not (marker.isascii() and marker.isdigit()) or len(marker) > 18:
             raise BadActionRequest(f"marker: {marker!r} is not a marker this provider returned.")
         entries, more = toolkit().runtime.log(provider, identity, action_id, int(marker), limit)
         page: dict[str, Any] = {

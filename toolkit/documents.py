@@ -29,10 +29,6 @@ class Status(str, enum.Enum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
 
-    @property
-    def completed(self) -> bool:
-        return self in (Status.SUCCEEDED, Status.FAILED)
-
 
 def identity_urn(identity_id: str) -> str:
     return f"urn:globus:auth:identity:{identity_id}"
@@ -46,7 +42,7 @@ def parse_duration(text: str) -> dt.timedelta:
     """Parse an ISO 8601 duration (``P30D``, ``PT1H30M``); years and months are not allowed."""
     try:
         value = isodate.parse_duration(text)
-    except (isodate.ISO8601Error, ValueError, TypeError) as exc:
+    except (isodate.ISO8601Error, ValueError, TypeError, OverflowError) as exc:
         raise ValueError(f"{text!r} is not an ISO 8601 duration such as 'P30D' or 'PT1H'") from exc
     if not isinstance(value, dt.timedelta):
         raise ValueError(f"{text!r}: use days, hours, minutes or seconds, not years or months")

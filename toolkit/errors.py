@@ -63,8 +63,8 @@ class UnauthorizedRequest(ApiError):
         self.error = error
 
     def headers(self) -> dict[str, str]:
-        # RFC 6750 section 3; the description is ours, never the token's content.
-        safe = self.description.replace('"', "'")
+        # RFC 6750 section 3. Header values must be printable ASCII, whatever a token's header contained.
+        safe = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in self.description)
         return {"WWW-Authenticate": f'Bearer error="{self.error}", error_description="{safe}"'}
 
 

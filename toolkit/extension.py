@@ -19,6 +19,7 @@ Behaviour is injected through :class:`Toolkit`'s keyword arguments (``store=``, 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,8 +39,21 @@ if TYPE_CHECKING:
 EXTENSION = "aptk"
 
 
+@dataclasses.dataclass
+class ToolkitState:
+    """What one app holds in ``app.extensions["aptk"]``."""
+
+    runtime: Runtime
+    verifier: TokenVerifier
+    data_dir: Path
+
+
 class Toolkit:
-    """The toolkit's Flask extension. Blueprints from :meth:`ActionProvider.blueprint` create one on demand."""
+    """The toolkit's Flask extension. Blueprints from :meth:`ActionProvider.blueprint` create one on demand.
+
+    One instance may set up several apps (``init_app``); each gets its own :class:`ToolkitState`. Injected
+    ``store``, ``executor`` and ``verifier`` objects are shared by every app set up with this instance.
+    """
 
     def __init__(
         self,
@@ -54,12 +68,10 @@ class Toolkit:
         self._executor = executor
         self._verifier = verifier
         self._clock = clock
-        self.runtime: Runtime | None = None
-        self.verifier: TokenVerifier | None = None
         if app is not None:
             self.init_app(app)
 
-    def init_app(self, app: Flask) -> None:
+    def init_app(self, app: Flask) -> ToolkitState:
         if EXTENSION in app.extensions:
             raise ConfigurationError("The toolkit is already set up on this app; create Toolkit(app) once.")
         data_dir = Path(_setting(app, "APTK_DATA_DIR", default_data_dir()))
@@ -72,26 +84,23 @@ class Toolkit:
                 url = f"sqlite:///{data_dir / 'aptk.db'}"
             store = SQLStore(url)
         executor = self._executor or ThreadExecutor(_number(app, "APTK_EXECUTOR_THREADS", 8, int))
-        self.verifier = self._verifier or self._make_verifier(app, data_dir)
-        self.runtime = Runtime(
+        verifier = self._verifier or verifier_from_config(lambda name: _setting(app, name, None), data_dir)
+        runtime = Runtime(
             store,
             executor,
             clock=self._clock or time.time,
             lease_seconds=_number(app, "APTK_LEASE_SECONDS", 30.0),
             config=app.config,
         )
-        self.runtime.verifier = self.verifier
-        self.data_dir = data_dir
-        app.extensions[EXTENSION] = self
-
-    @staticmethod
-    def _make_verifier(app: Flask, data_dir: Path) -> TokenVerifier:
-        return verifier_from_config(lambda name: _setting(app, name, None), data_dir)
+        runtime.verifier = verifier
+        state = ToolkitState(runtime, verifier, data_dir)
+        app.extensions[EXTENSION] = state
+        return state
 
 
-def get_toolkit(app: Flask) -> Toolkit:
-    """The app's :class:`Toolkit`, created from ``app.config`` if the app has none yet."""
-    toolkit = app.extensions.get(EXTENSION)
-    if toolkit is None:
-        toolkit = Toolkit(app)
-    return toolkit
+def get_toolkit(app: Flask) -> ToolkitState:
+    """The app's toolkit state, set up from ``app.config`` if the app has none yet."""
+    state = app.extensions.get(EXTENSION)
+    if state is None:
+        state = Toolkit().init_app(app)
+    return state

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -55,6 +56,7 @@ logger = logging.getLogger("toolkit.lifecycle")
 ACTIVE_STATES = frozenset({Status.ACTIVE, Status.INACTIVE})
 COMPLETED_STATES = frozenset({Status.SUCCEEDED, Status.FAILED})
 _request_schema = ActionRequestSchema()
+_ACTION_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class RunContext:
@@ -108,7 +110,8 @@ class RunContext:
 
     @property
     def store(self) -> Store:
-        """The store actions live in; a provider may keep tables of its own in ``store.engine``."""
+        """The store actions live in; with :class:`~toolkit.store.SQLStore` a provider may keep tables of its
+        own in ``store.engine`` (a SQLAlchemy engine)."""
         return self._runtime.store
 
     @property
@@ -128,11 +131,14 @@ class RunContext:
 
     def progress(self, details: dict[str, Any] | None = None, display_status: str | None = None) -> None:
         """Publish progress: ``details`` replaces the action's details; both show in ``/status`` at once."""
+        if self._runtime.stopping:
+            self._event.set()
+            raise ActionCancelled(self.action_id)
         changes: dict[str, Any] = {"heartbeat": self._runtime.clock()}
         if details is not None:
             changes["details"] = _json_object(details)
         if display_status is not None:
-            changes["display_status"] = display_status[:64]
+            changes["display_status"] = display_status[:64] or None
         updated = self._runtime.store.update(self.action_id, where=self._ownership(), **changes)
         if updated is None:
             self._event.set()
@@ -149,10 +155,10 @@ class RunContext:
 
 
 def _json_object(value: Any) -> dict[str, Any]:
-    """A copy of ``value`` that is a JSON object, or a TypeError saying why not."""
+    """A copy of ``value`` that is a JSON object, or a TypeError/ValueError saying why not (NaN is not JSON)."""
     if not isinstance(value, dict):
         raise TypeError(f"details must be a dict, not {type(value).__name__}")
-    return json.loads(json.dumps(value))
+    return json.loads(json.dumps(value, allow_nan=False))
 
 
 def request_hash(document: dict[str, Any]) -> str:
@@ -194,7 +200,7 @@ class Runtime:
     def register(self, provider: "ActionProvider") -> None:
         known = self.providers.get(provider.name)
         if known is not None and known is not provider:
-            raise ValueError(f"two providers are named {provider.name!r}; give one another name=")
+            raise ConfigurationError(f"two providers are named {provider.name!r}; give one another name=")
         self.providers[provider.name] = provider
 
     # --- background maintenance -------------------------------------------------------------------------------
@@ -213,16 +219,28 @@ class Runtime:
             self._thread = threading.Thread(target=self._maintain, name="aptk-maintenance", daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
-        """Stop maintenance, stop running callbacks, and hand their actions to other processes at once."""
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop this process's share of the work.
+
+        Running callbacks get ``grace`` seconds to finish; those still running are then told to stop and their
+        actions handed to other processes at once (run again or failed, as their provider says).
+        """
+        give_up = time.monotonic() + grace
+        while self._running and time.monotonic() < give_up:
+            time.sleep(0.05)
         self._stop.set()
-        for ctx in list(self._running.values()):
+        left = list(self._running.values())
+        for ctx in left:
             ctx._event.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
-        if self.runner_id:
+        if self.runner_id and left:
             try:
-                self.store.heartbeat(self.runner_id, 0.0)
+                self.store.heartbeat(self.runner_id, 0.0, [ctx.action_id for ctx in left])
             except Exception:  # pragma: no cover - best effort at exit
                 logger.exception("could not hand over running actions")
         self.executor.shutdown(wait=False)
@@ -233,7 +251,8 @@ class Runtime:
             try:
                 now = self.clock()
                 if now - last_heartbeat >= self.heartbeat_seconds:
-                    self.store.heartbeat(self.runner_id, now)
+                    # Only what runs here and now: an action whose callback is gone must look dead.
+                    self.store.heartbeat(self.runner_id, now, list(self._running))
                     last_heartbeat = now
                 self._notice_ended()
                 if now - last_sweep >= self.sweep_seconds:
@@ -254,9 +273,11 @@ class Runtime:
     def sweep(self, now: float | None = None) -> None:
         """Enforce deadlines, take up actions of dead processes, delete expired ones."""
         now = self.clock() if now is None else now
-        for action in self.store.find(statuses=ACTIVE_STATES, deadline_before=now):
+        mine = list(self.providers)
+        for action in self.store.find(statuses=ACTIVE_STATES, deadline_before=now, providers=mine):
             self._expire_deadline(action, now)
-        for action in self.store.find(statuses={Status.ACTIVE}, heartbeat_before=now - self.lease_seconds):
+        for action in self.store.find(statuses={Status.ACTIVE}, heartbeat_before=now - self.lease_seconds,
+                                      providers=mine):
             self._recover(action, now)
         self.store.purge_expired(now)
 
@@ -265,17 +286,15 @@ class Runtime:
         return self._finish(action.action_id, {"status": ACTIVE_STATES}, Status.FAILED, details, now)
 
     def _recover(self, action: Action, now: float) -> None:
-        provider = self.providers.get(action.provider)
-        if provider is None:
-            return  # served by another app sharing this database
+        provider = self.providers[action.provider]
         where = {"status": Status.ACTIVE, "runner": action.runner, "attempts": action.attempts}
         if provider.recovery == "rerun" and action.attempts < provider.max_attempts:
             claimed = self.store.update(
                 action.action_id, where=where, runner=self.runner_id, heartbeat=now, attempts=action.attempts + 1,
                 log=(now, "ActionRecovered", f"The process running attempt {action.attempts} stopped; running again."),
             )
-            if claimed is not None:
-                self._dispatch(provider, claimed, resumed=False)
+            if claimed is not None:  # never inline: this is the maintenance thread
+                self._dispatch(provider, claimed, resumed=False, inline=False)
             return
         details = {
             "code": "WorkerLost",
@@ -286,11 +305,21 @@ class Runtime:
     # --- running callbacks --------------------------------------------------------------------------------
 
     def _dispatch(
-        self, provider: "ActionProvider", action: Action, *, resumed: bool, identity: "Identity | None" = None
+        self,
+        provider: "ActionProvider",
+        action: Action,
+        *,
+        resumed: bool,
+        identity: "Identity | None" = None,
+        previous_details: dict[str, Any] | None = None,
+        inline: bool | None = None,
     ) -> None:
+        """Run the callback: inline for a synchronous provider's request, otherwise on the executor."""
         ctx = RunContext(self, provider, action, resumed, identity)
+        if previous_details is not None:
+            ctx.details = dict(previous_details)
         self._running[action.action_id] = ctx
-        if provider.synchronous:
+        if provider.synchronous if inline is None else inline:
             self._execute(provider, action, ctx)
         else:
             self.executor.submit(lambda: self._execute(provider, action, ctx))
@@ -298,28 +327,41 @@ class Runtime:
     def _execute(self, provider: "ActionProvider", action: Action, ctx: RunContext) -> None:
         ownership = ctx._ownership()
         try:
-            body = provider.load_body(action.body)
-            result = provider.run_callback(body, ctx)
-            if result is None:
-                result = {}
-            details = _json_object(result)
+            status, details = self._outcome(provider, action, ctx)
+            if status is not None:
+                self._finish(action.action_id, ownership, status, details, self.clock())
+        except Exception:
+            # The final write failed (database down?): never leave the action looking alive. Stop
+            # heartbeating it, so that recovery takes it up after the lease.
+            logger.exception("could not record the outcome of action %s", action.action_id)
+        finally:
+            if self._running.get(action.action_id) is ctx:
+                del self._running[action.action_id]
+
+    def _outcome(
+        self, provider: "ActionProvider", action: Action, ctx: RunContext
+    ) -> tuple[Status | None, dict[str, Any]]:
+        """Run the callback; the state and details it ends in (None: the action already ended elsewhere)."""
+        try:
+            result = provider.run_callback(provider.load_body(action.body), ctx)
+            return Status.SUCCEEDED, _json_object({} if result is None else result)
         except ActionCancelled:
-            return
-        except ActionInactive as exc:
-            self._finish(action.action_id, ownership, Status.INACTIVE, exc.details(), self.clock())
-        except ActionFailed as exc:
-            self._finish(action.action_id, ownership, Status.FAILED, exc.details(), self.clock())
+            if ctx.cancelled:
+                return None, {}
+            return Status.FAILED, {"code": "ActionCancelled", "description": "The provider stopped the action."}
+        except (ActionInactive, ActionFailed) as exc:
+            status = Status.INACTIVE if isinstance(exc, ActionInactive) else Status.FAILED
+            try:
+                return status, _json_object(exc.details())
+            except (TypeError, ValueError):
+                logger.exception("details of %s for action %s are not JSON", exc.code, action.action_id)
+                return status, {"code": exc.code, "description": exc.description}
         except Exception:
             logger.exception("run callback of %s failed for action %s", provider.name, action.action_id)
-            details = {
+            return Status.FAILED, {
                 "code": "ActionError",
                 "description": f"The provider failed unexpectedly; its log has the details (action {action.action_id}).",
             }
-            self._finish(action.action_id, ownership, Status.FAILED, details, self.clock())
-        else:
-            self._finish(action.action_id, ownership, Status.SUCCEEDED, details, self.clock())
-        finally:
-            self._running.pop(action.action_id, None)
 
     def _finish(
         self, action_id: str, where: dict[str, Any], status: Status, details: dict[str, Any], now: float
@@ -353,7 +395,9 @@ class Runtime:
             provider.check_callback(body, identity)
         now = self.clock()
         deadline = request.get("deadline")
-        if deadline is not None:
+        if deadline is None:
+            deadline = now + provider.maximum_deadline_seconds  # nothing runs, or waits, forever
+        else:
             deadline = deadline.timestamp()
             if deadline <= now:
                 raise BadActionRequest("deadline: is in the past.")
@@ -381,7 +425,7 @@ class Runtime:
             heartbeat=now,
             principals=sorted(identity.principals),
         )
-        stored, created = self.store.create(action, log=(now, "ActionStarted", "Action started"))
+        stored, created = self.store.create(action, log=(now, "ActionStarted", "Action started"), now=now)
         if not created:
             if stored.request_hash != action.request_hash:
                 raise ActionConflict(
@@ -391,21 +435,23 @@ class Runtime:
             return self._current(provider, stored), False
         self._dispatch(provider, stored, resumed=False, identity=identity)
         # An asynchronous action is ACTIVE as stored; a synchronous one has finished, so read it again.
-        return (self._current(provider, stored) if provider.synchronous else stored), True
+        return (self._current(provider, stored, expired_ok=True) if provider.synchronous else stored), True
 
-    def _current(self, provider: "ActionProvider", action: Action) -> Action:
+    def _current(self, provider: "ActionProvider", action: Action, *, expired_ok: bool = False) -> Action:
         """The action as it is now, deadlines applied; 404 if released or expired."""
         fresh = self.store.get(action.action_id)
         if fresh is None or fresh.provider != provider.name:
             raise ActionNotFound(f"No action {action.action_id} (it may have been released).")
         now = self.clock()
-        if fresh.expires_at is not None and fresh.expires_at <= now:
+        if fresh.expires_at is not None and fresh.expires_at <= now and not expired_ok:
             raise ActionNotFound(f"No action {action.action_id}: it expired and was released.")
         if fresh.status in ACTIVE_STATES and fresh.deadline is not None and fresh.deadline <= now:
             return self._expire_deadline(fresh, now) or self._current(provider, fresh)
         return fresh
 
     def _load(self, provider: "ActionProvider", action_id: str) -> Action:
+        if not _ACTION_ID.fullmatch(action_id):
+            raise ActionNotFound(f"No action {action_id[:64]!r}.")
         stub = Action(action_id, provider.name, "", "", "", Status.ACTIVE, {})
         return self._current(provider, stub)
 
@@ -456,7 +502,7 @@ class Runtime:
         now = self.clock()
         resumed = self.store.update(
             action_id,
-            where={"status": Status.INACTIVE},
+            where={"status": Status.INACTIVE, "attempts": action.attempts},
             status=Status.ACTIVE,
             runner=self.runner_id,
             heartbeat=now,
@@ -467,7 +513,7 @@ class Runtime:
         )
         if resumed is None:
             return self._load(provider, action_id)  # someone else resumed or ended it meanwhile
-        self._dispatch(provider, resumed, resumed=True, identity=identity)
+        self._dispatch(provider, resumed, resumed=True, identity=identity, previous_details=action.details)
         return self._current(provider, resumed)
 
     def log(

@@ -79,8 +79,10 @@ class ActionProvider:
             raise ConfigurationError("An ActionProvider needs a title.")
         self.title = title
         self.name = name or _slug(title)
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
-            raise ConfigurationError(f"name {self.name!r} may only hold letters, digits, '_', '.' and '-'")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", self.name):
+            raise ConfigurationError(
+                f"name {self.name!r} may only hold letters, digits, '_', '.' and '-' (at most 128)"
+            )
         self.subtitle = subtitle
         self.description = description
         self.keywords = list(keywords)

@@ -14,6 +14,9 @@ from .provider import ActionProvider
 
 logger = logging.getLogger("toolkit.server")
 
+SHUTDOWN_GRACE_SECONDS = 3.0
+"""How long a stopping worker waits for running callbacks before handing their actions to other workers."""
+
 
 def create_app(
     config: Mapping[str, Any] | None = None,
@@ -60,8 +63,9 @@ def start_runtime(app: Flask) -> None:
     get_toolkit(app).runtime.start()
 
 
-def stop_runtime(app: Flask) -> None:
-    get_toolkit(app).runtime.stop()
+def stop_runtime(app: Flask, grace: float = 0.0) -> None:
+    """Stop the app's background work, giving running callbacks ``grace`` seconds to finish first."""
+    get_toolkit(app).runtime.stop(grace)
 
 
 def serve(
@@ -111,6 +115,7 @@ def _stop_quietly(worker: Any) -> None:
     app = getattr(worker, "wsgi", None)
     if isinstance(app, Flask):
         try:
-            stop_runtime(app)
+            # Let short callbacks finish rather than hand them over; well within gunicorn's graceful_timeout.
+            stop_runtime(app, grace=SHUTDOWN_GRACE_SECONDS)
         except Exception:  # pragma: no cover - the process is exiting anyway
             logger.exception("could not stop the action runtime cleanly")

@@ -27,7 +27,7 @@ actions = sa.Table(
     sa.Column("provider", sa.String(128), nullable=False),
     sa.Column("request_id", sa.String(256), nullable=False),
     sa.Column("request_hash", sa.String(64), nullable=False),
-    sa.Column("creator_id", sa.String(128), nullable=False),
+    sa.Column("creator_id", sa.String(512), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("body", sa.JSON, nullable=False),
     sa.Column("details", sa.JSON, nullable=False),
@@ -56,7 +56,7 @@ action_roles = sa.Table(
     metadata,
     sa.Column("action_id", sa.String(64), primary_key=True),
     sa.Column("role", sa.String(16), primary_key=True),
-    sa.Column("principal", sa.String(128), primary_key=True),
+    sa.Column("principal", sa.String(512), primary_key=True),
     sa.Index("aptk_action_roles_principal", "principal", "role"),
 )
 
@@ -91,7 +91,7 @@ class Store(Protocol):
     """What the lifecycle needs from a store; :class:`SQLStore` is the implementation."""
 
     def create_schema(self) -> None: ...
-    def create(self, action: Action, log: LogRecord) -> tuple[Action, bool]: ...
+    def create(self, action: Action, log: LogRecord, now: float) -> tuple[Action, bool]: ...
     def get(self, action_id: str) -> Action | None: ...
     def update(self, action_id: str, *, where: dict[str, Any], log: LogRecord | None = None,
                **changes: Any) -> Action | None: ...
@@ -101,9 +101,9 @@ class Store(Protocol):
     def log_page(self, action_id: str, after: int, limit: int) -> list[LogEntry]: ...
     def enumerate(self, provider: str, principals: Iterable[str], roles: Iterable[str],
                   statuses: Iterable[Status], now: float) -> list[Action]: ...
-    def find(self, *, statuses: Iterable[Status], heartbeat_before: float | None = None,
+    def find(self, *, statuses: Iterable[Status], providers: Iterable[str], heartbeat_before: float | None = None,
              deadline_before: float | None = None, limit: int = 100) -> list[Action]: ...
-    def heartbeat(self, runner: str, now: float) -> None: ...
+    def heartbeat(self, runner: str, now: float, action_ids: Iterable[str]) -> None: ...
     def still_running(self, runner: str, attempts_by_id: dict[str, int]) -> set[str]: ...
     def purge_expired(self, now: float) -> int: ...
 
@@ -212,8 +212,12 @@ class SQLStore:
 
     # --- operations ----------------------------------------------------------------------------------------
 
-    def create(self, action: Action, log: LogRecord) -> tuple[Action, bool]:
-        """Insert ``action``; if its (provider, creator, request_id) exists, return that one instead."""
+    def create(self, action: Action, log: LogRecord, now: float) -> tuple[Action, bool]:
+        """Insert ``action``; if its (provider, creator, request_id) exists, return that one instead.
+
+        An earlier action of the same request that has expired (but is not purged yet) is deleted first: its
+        ``request_id`` is free again, as if it had been released.
+        """
         for _ in range(3):
             try:
                 with self._write() as conn:
@@ -223,9 +227,12 @@ class SQLStore:
                 return action, True
             except IntegrityError:
                 existing = self._by_request(action.provider, action.creator_id, action.request_id)
-                if existing is not None:
-                    return existing, False
-                # The other action was released between our insert and our read: try again.
+                if existing is None:
+                    continue  # released between our insert and our read: try again
+                if existing.expires_at is not None and existing.expires_at <= now:
+                    self._delete_ids([existing.action_id], now)
+                    continue
+                return existing, False
         raise RuntimeError("could not create or find the action")  # pragma: no cover
 
     def _by_request(self, provider: str, creator_id: str, request_id: str) -> Action | None:
@@ -332,11 +339,14 @@ class SQLStore:
         self,
         *,
         statuses: Iterable[Status],
+        providers: Iterable[str],
         heartbeat_before: float | None = None,
         deadline_before: float | None = None,
         limit: int = 100,
     ) -> list[Action]:
-        query = sa.select(actions).where(actions.c.status.in_([s.value for s in statuses]))
+        query = sa.select(actions).where(
+            actions.c.status.in_([s.value for s in statuses]), actions.c.provider.in_(list(providers))
+        )
         if heartbeat_before is not None:
             query = query.where(actions.c.runner.is_not(None), actions.c.heartbeat < heartbeat_before)
         if deadline_before is not None:
@@ -344,11 +354,16 @@ class SQLStore:
         with self._read() as conn:
             return [self._action(r) for r in conn.execute(query.limit(limit))]
 
-    def heartbeat(self, runner: str, now: float) -> None:
+    def heartbeat(self, runner: str, now: float, action_ids: Iterable[str]) -> None:
+        """Mark these actions, if this runner still runs them, as alive at ``now``."""
+        ids = list(action_ids)
+        if not ids:
+            return
         with self._write() as conn:
             conn.execute(
                 actions.update()
-                .where(actions.c.runner == runner, actions.c.status == Status.ACTIVE.value)
+                .where(actions.c.runner == runner, actions.c.status == Status.ACTIVE.value,
+                       actions.c.action_id.in_(ids))
                 .values(heartbeat=now)
             )
 
@@ -368,13 +383,20 @@ class SQLStore:
 
     def purge_expired(self, now: float) -> int:
         with self._read() as conn:
-            if conn.execute(sa.select(actions.c.action_id).where(actions.c.expires_at <= now).limit(1)).first() is None:
-                return 0
+            expired = conn.execute(
+                sa.select(actions.c.action_id).where(actions.c.expires_at <= now).limit(500)
+            ).scalars().all()
+        return self._delete_ids(expired, now) if expired else 0
+
+    def _delete_ids(self, ids: list[str], now: float) -> int:
+        """Delete these expired actions with their roles and log."""
         with self._write() as conn:
-            expired = sa.select(actions.c.action_id).where(actions.c.expires_at <= now)
-            conn.execute(action_roles.delete().where(action_roles.c.action_id.in_(expired)))
-            conn.execute(action_log.delete().where(action_log.c.action_id.in_(expired)))
-            return conn.execute(actions.delete().where(actions.c.expires_at <= now)).rowcount
+            gone = conn.execute(
+                actions.delete().where(actions.c.action_id.in_(ids), actions.c.expires_at <= now)
+            ).rowcount
+            conn.execute(action_roles.delete().where(action_roles.c.action_id.in_(ids)))
+            conn.execute(action_log.delete().where(action_log.c.action_id.in_(ids)))
+        return gone
 
 
 _INSERT_ACTION = actions.insert()

@@ -3,6 +3,7 @@
 import datetime as dt
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -189,12 +190,12 @@ def orphan(client, clock, provider, attempts=1) -> str:
     runtime = client.app.extensions["aptk"].runtime
     runtime.start()
     action = Action(
-        action_id=f"orphan{attempts}", provider=provider.name, request_id=f"r{attempts}", request_hash="h",
+        action_id=uuid.uuid4().hex, provider=provider.name, request_id=f"r{attempts}", request_hash="h",
         creator_id=client.status(client.run({"ready": True})["action_id"])["creator_id"],
         status=Status.ACTIVE, body={}, start_time=clock.now - 100, attempts=attempts, runner="gone:1:dead",
         heartbeat=clock.now - 100,
     )
-    runtime.store.create(action, log=(clock.now - 100, "ActionStarted", "Action started"))
+    runtime.store.create(action, log=(clock.now - 100, "ActionStarted", "Action started"), now=clock.now)
     return action.action_id
 
 

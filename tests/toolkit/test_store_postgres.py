@@ -109,4 +109,4 @@ def test_expired_actions_are_purged(host, clock):
     clock.advance(61)
     app.extensions["aptk"].runtime.sweep()
     assert app.extensions["aptk"].runtime.store.get(action) is None
-    assert app.extensions["aptk"].runtime.store.find(statuses=list(Status)) == []
+    assert app.extensions["aptk"].runtime.store.find(statuses=list(Status), providers=["hello"]) == []

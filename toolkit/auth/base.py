@@ -41,11 +41,18 @@ class Identity:
         principals = {me, ALL_AUTHENTICATED_USERS}
         principals.update(_as_urn(i, identity_urn) for i in linked_identities)
         principals.update(_as_urn(g, group_urn) for g in groups)
+        # Never let a claim name a principal of another kind (a group "urn:globus:auth:identity:..." say).
         return cls(me, frozenset(principals), frozenset(scopes), username, expires_at, token)
 
 
-def _as_urn(value: str, make) -> str:
-    return value if value.startswith("urn:") else make(value)
+def _as_urn(value: str, make: Callable[[str], str]) -> str:
+    """``value`` as a principal URN of the kind ``make`` builds; a URN of another kind is refused."""
+    prefix = make("")
+    if value.startswith(prefix) and len(value) > len(prefix):
+        return value
+    if value.startswith("urn:") or not value:
+        raise UnauthorizedRequest(f"The token names a principal that is not a {prefix}<id> (or a bare id).")
+    return make(value)
 
 
 @runtime_checkable
@@ -123,7 +130,7 @@ class Breaker:
     """Fails fast while a remote server is known to be down, so that a slow server causes no pile-up.
 
     After a failure, calls raise :class:`~toolkit.errors.ServiceUnavailable` at once for ``cooldown`` seconds;
-    then one call is let through to try again.
+    after that, calls go through again.
     """
 
     def __init__(self, name: str, cooldown: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:

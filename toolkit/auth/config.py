@@ -21,6 +21,7 @@ SETTINGS: dict[str, dict[str, bool]] = {
         "APTK_AUTH_GROUPS_CLAIM": False,
         "APTK_AUTH_LEEWAY": False,
         "APTK_AUTH_TIMEOUT": False,
+        "APTK_AUTH_REQUIRE_TYP": False,
     },
     "introspection": {
         "APTK_AUTH_CLIENT_ID": True,
@@ -75,6 +76,7 @@ def verifier_from_config(get: Callable[[str], Any], data_dir: Path) -> TokenVeri
             algorithms=algorithms,
             leeway=_number(values, "APTK_AUTH_LEEWAY", 30.0),
             groups_claim=values["APTK_AUTH_GROUPS_CLAIM"] or "groups",
+            require_typ=_flag(values, "APTK_AUTH_REQUIRE_TYP", True),
             timeout=timeout,
         )
     if kind == "introspection":
@@ -97,6 +99,19 @@ def verifier_from_config(get: Callable[[str], Any], data_dir: Path) -> TokenVeri
         audience=values["APTK_AUTH_AUDIENCE"] or None,
         timeout=timeout,
     )
+
+
+def _flag(values: dict[str, Any], name: str, default: bool) -> bool:
+    value = values.get(name)
+    if value in (None, ""):
+        return default
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(value).lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be true or false, not {value!r}")
 
 
 def _list(value: Any) -> list[str]:

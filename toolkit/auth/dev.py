@@ -4,6 +4,7 @@ with it, :class:`DevTokenVerifier` checks."""
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -36,13 +37,18 @@ def load_or_create_dev_key(data_dir: str | os.PathLike) -> Ed25519PrivateKey:
         pem = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
+        # Write a private temporary file whole, then link it into place: a process racing us sees either
+        # no key or a complete one, and the first link wins.
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".dev-key-")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process won the race; use its key
-        else:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(pem)
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                pass  # another process won the race; use its key
+        finally:
+            os.unlink(temporary)
     return load_dev_key(data_dir)
 
 

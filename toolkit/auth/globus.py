@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..errors import UnauthorizedRequest
-from .base import Identity, TokenCache, fetch_json
+from ..errors import ServiceUnavailable, UnauthorizedRequest
+from .base import Breaker, Identity, TokenCache, fetch_json
 from .introspection import IntrospectionVerifier
 
 logger = logging.getLogger("toolkit.auth.globus")
@@ -47,6 +47,7 @@ class GlobusAuthVerifier(IntrospectionVerifier):
             **options,
         )
         self._dependent = TokenCache(self._cache.max_entries, self._clock)
+        self._groups_breaker = Breaker("Globus Groups API")
 
     def introspect(self, token: str, **extra: str) -> dict[str, Any]:
         return super().introspect(token, include="identity_set", **extra)
@@ -96,6 +97,14 @@ class GlobusAuthVerifier(IntrospectionVerifier):
         return tokens
 
     def _groups(self, token: str) -> list[str]:
+        """The caller's groups; none (logged) when they cannot be learnt, rather than refusing the caller."""
+        try:
+            return self._fetch_groups(token)
+        except (ServiceUnavailable, UnauthorizedRequest) as exc:
+            logger.warning("group memberships are unknown for this request: %s", exc.description)
+            return []
+
+    def _fetch_groups(self, token: str) -> list[str]:
         groups_token = self.dependent_tokens(token).get(GROUPS_RESOURCE_SERVER)
         if groups_token is None:
             logger.debug("no dependent token for %s: group principals are unknown", GROUPS_RESOURCE_SERVER)
@@ -110,7 +119,7 @@ class GlobusAuthVerifier(IntrospectionVerifier):
                 headers={"Authorization": f"Bearer {groups_token['access_token']}"},
             )
 
-        status, answer = self._breaker.call(call)
+        status, answer = self._groups_breaker.call(call)
         if status != 200 or not isinstance(answer, list):
             logger.warning("the Groups API answered HTTP %s; group principals are unknown", status)
             return []

@@ -1,0 +1,183 @@
+"""Edge cases: hostile input, odd callbacks and tokens, expiry and shutdown never leave a 500 or a stuck action."""
+
+import datetime as dt
+import threading
+import time
+import uuid
+
+import pytest
+from flask import Flask
+
+from tests.conftest import no_nulls
+from toolkit import ActionCancelled, ActionFailed, ActionProvider, Identity, Toolkit, UnauthorizedRequest
+from toolkit.testing import TokenAuthority, provider_client
+
+
+def provider_running(fn, **options) -> ActionProvider:
+    options.setdefault("title", "Odd")
+    provider = ActionProvider(input_schema={"type": "object"}, **options)
+    provider.run(fn)
+    return provider
+
+
+def raw(client):
+    return client.app.test_client(), {"Authorization": client.session.headers["Authorization"]}
+
+
+@pytest.mark.parametrize(
+    "callback, code",
+    [
+        (lambda body, ctx: (_ for _ in ()).throw(ActionFailed("X", "y", when=dt.datetime.now())), "X"),
+        (lambda body, ctx: {"x": float("nan")}, "ActionError"),
+        (lambda body, ctx: (_ for _ in ()).throw(ActionCancelled("self")), "ActionCancelled"),
+        (lambda body, ctx: ["not", "a", "dict"], "ActionError"),
+    ],
+)
+def test_odd_callback_outcomes_end_failed_not_stuck(tmp_path, callback, code):
+    client = provider_client(provider_running(callback), tmp_path)
+    status = client.run({}, wait=True, timeout=5)
+    assert (status["status"], status["details"]["code"]) == ("FAILED", code)
+
+
+def test_an_action_without_deadline_ends_at_the_providers_maximum_deadline(tmp_path, clock):
+    gate = threading.Event()
+    client = provider_client(provider_running(lambda b, ctx: ctx.sleep(3600), maximum_deadline="PT1H"),
+                             tmp_path, clock=clock)
+    action = client.run({})["action_id"]
+    clock.advance(3601)
+    status = client.status(action)
+    assert (status["status"], status["details"]["code"]) == ("FAILED", "DeadlineExceeded")
+    gate.set()
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"identity_id": "urn:globus:groups:id:6a3b4d5e-0000-4000-8000-000000000001"},
+        {"identity_id": str(uuid.uuid4()), "groups": ["urn:globus:auth:identity:6a3b4d5e-0000-4000-8000-000000000001"]},
+        {"identity_id": str(uuid.uuid4()), "linked_identities": ["urn:globus:groups:id:x"]},
+    ],
+)
+def test_a_claim_cannot_name_a_principal_of_another_kind(claims):
+    with pytest.raises(UnauthorizedRequest):
+        Identity.build(claims.pop("identity_id"), **claims)
+
+
+def test_identity_urns_from_a_claim_are_kept():
+    who = "urn:globus:auth:identity:6a3b4d5e-0000-4000-8000-000000000001"
+    assert Identity.build(who).id == who
+
+
+@pytest.fixture
+def client(tmp_path):
+    return provider_client(provider_running(lambda b, ctx: {"ok": True}, synchronous=True), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        (b"[" * 100000, "nested"),
+        (b'{"request_id": "a", "body": {"x": 1e400}}', "too large"),
+        (b'{"request_id": "\\ud800", "body": {}}', "Unicode"),
+        (b'{"request_id": "a\\u0000", "body": {}}', "NUL"),
+        (b'{"request_id": "a", "body": {}, "release_after": "P9999999999D"}', "release_after"),
+    ],
+)
+def test_hostile_bodies_are_400(client, data, fragment):
+    http, auth = raw(client)
+    response = http.post("/provider/run", data=data, headers={**auth, "Content-Type": "application/json"})
+    assert response.status_code == 400, response.json
+    assert fragment in response.json["description"]
+
+
+def test_odd_markers_and_ids_are_400_or_404(client):
+    http, auth = raw(client)
+    action = client.run({})["action_id"]
+    assert http.get(f"/provider/{action}/log?marker=\u00b2", headers=auth).status_code == 400
+    assert http.get("/provider/%00/status", headers=auth).status_code == 404
+    assert http.get(f"/provider/{'a' * 5000}/status", headers=auth).status_code == 404
+
+
+def test_a_token_header_with_non_ascii_gives_a_clean_401(client):
+    import base64
+    import json
+
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "\u20ac", "typ": "at+jwt"}).encode()).rstrip(b"=")
+    token = f"{header.decode()}.e30.c2ln"
+    response = client.app.test_client().get("/provider/actions", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    response.headers["WWW-Authenticate"].encode("ascii")
+
+
+def test_an_expired_request_id_can_be_used_again(client, clock, tmp_path):
+    client = provider_client(provider_running(lambda b, ctx: {"ok": True}, synchronous=True), tmp_path / "c",
+                             clock=clock)
+    first = client.run({}, request_id="again", release_after="PT1S")
+    clock.advance(2)
+    second = client.run({}, request_id="again", release_after="PT1S")
+    assert second["action_id"] != first["action_id"]
+    assert second["status"] == "SUCCEEDED"
+
+
+def test_release_after_zero_still_answers_the_run(client):
+    status = client.run({}, release_after="PT0S")
+    assert status["status"] == "SUCCEEDED"
+
+
+def test_the_creator_may_act_through_a_linked_identity(tmp_path):
+    class Linked:
+        """Two tokens of one person signed in with two linked identities."""
+
+        def __init__(self):
+            self.authority = TokenAuthority()
+            self.a, self.b = str(uuid.uuid4()), str(uuid.uuid4())
+
+        def verify(self, token):
+            identity = self.authority.verifier.verify(token)
+            return Identity.build(identity.id, linked_identities=[self.a, self.b], scopes=identity.scopes)
+
+    provider = provider_running(lambda b, ctx: {}, synchronous=True)
+    linked = Linked()
+    client = provider_client(provider, tmp_path, verifier=linked)
+    client.authority = linked.authority
+    as_a = client.as_identity(linked.a)
+    as_b = client.as_identity(linked.b)
+    action = as_a.run({})["action_id"]
+    assert as_b.release(action)["action_id"] == action
+
+
+def test_one_toolkit_instance_sets_up_independent_apps(tmp_path):
+    toolkit = Toolkit()
+    first, second = Flask("a"), Flask("b")
+    first.config["APTK_DATA_DIR"], second.config["APTK_DATA_DIR"] = str(tmp_path / "a"), str(tmp_path / "b")
+    toolkit.init_app(first)
+    toolkit.init_app(second)
+    assert first.extensions["aptk"].runtime is not second.extensions["aptk"].runtime
+    assert first.extensions["aptk"].data_dir != second.extensions["aptk"].data_dir
+
+
+def test_a_graceful_stop_lets_short_callbacks_finish(tmp_path):
+    provider = provider_running(lambda b, ctx: ctx.sleep(0.5) or {"done": True})
+    client = provider_client(provider, tmp_path)
+    action = client.run({})["action_id"]
+    time.sleep(0.1)
+    runtime = client.app.extensions["aptk"].runtime
+    runtime.stop(grace=5)
+    status = runtime.store.get(action)
+    assert (status.status.value, status.details) == ("SUCCEEDED", {"done": True})
+
+
+def test_empty_display_status_is_left_out(tmp_path):
+    seen = threading.Event()
+
+    def run(body, ctx):
+        ctx.progress(display_status="")
+        seen.set()
+        ctx.sleep(5)
+
+    client = provider_client(provider_running(run), tmp_path)
+    action = client.run({})["action_id"]
+    assert seen.wait(5)
+    status = client.status(action)
+    assert "display_status" not in status and no_nulls(status) == []
+    client.cancel(action)
