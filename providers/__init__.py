@@ -10,8 +10,6 @@ if TYPE_CHECKING:
 
 def bundled() -> list[tuple[str, "ActionProvider"]]:
     """Every bundled provider with the URL prefix ``aptk serve`` mounts it at."""
-    from .acl import provider as acl
     from .hello import provider as hello
-    from .transfer import provider as transfer
 
-    return [("/hello", hello), ("/transfer", transfer), ("/acl", acl)]
+    return [("/hello", hello)]
