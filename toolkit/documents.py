@@ -108,13 +108,17 @@ class _OmitNone(Schema):
         return {key: value for key, value in data.items() if value is not None}
 
 
+# PostgreSQL text columns cannot hold NUL.
+_NO_NUL = validate.Regexp(r"^[^\x00]*$", error="must not contain NUL characters")
+
+
 class ActionRequestSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    request_id = fields.String(required=True, validate=validate.Length(1, 256))
+    request_id = fields.String(required=True, validate=[validate.Length(1, 256), _NO_NUL])
     body = fields.Dict(keys=fields.String(), required=True)
-    label = fields.String(validate=validate.Length(1, 64))
+    label = fields.String(validate=[validate.Length(1, 64), _NO_NUL])
     monitor_by = fields.List(Principal(), validate=validate.Length(max=100))
     manage_by = fields.List(Principal(), validate=validate.Length(max=100))
     deadline = fields.AwareDateTime(default_timezone=UTC)
