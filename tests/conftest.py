@@ -19,7 +19,7 @@ def clock():
     return FakeClock()
 
 
-def no_nulls(document, path="$"):
+def no_nulls(document, path: str = "$") -> list[str]:
     """Every path in a JSON document whose value is null."""
     if document is None:
         return [path]

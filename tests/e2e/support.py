@@ -20,6 +20,8 @@ from typing import Any, Iterable, Mapping
 
 import requests
 
+from tests.conftest import no_nulls as nulls
+
 VENV_BIN = Path(sys.executable).parent
 APTK = str(VENV_BIN / "aptk") if (VENV_BIN / "aptk").exists() else "aptk"
 HELLO_SCOPE = "urn:aptk:scope:hello"
@@ -32,17 +34,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def nulls(document: Any, path: str = "$") -> list[str]:
-    """Every path in a JSON document whose value is null."""
-    if document is None:
-        return [path]
-    if isinstance(document, dict):
-        return [p for key, value in document.items() for p in nulls(value, f"{path}.{key}")]
-    if isinstance(document, list):
-        return [p for i, value in enumerate(document) for p in nulls(value, f"{path}[{i}]")]
-    return []
 
 
 class Server:
