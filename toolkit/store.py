@@ -116,6 +116,7 @@ class SQLStore:
         self._engine: sa.Engine | None = None
         self._engine_options = engine_options
         self._lock = threading.Lock()
+        self._update_cache: dict[Any, Any] = {}
         # Only SQLite has a single writer; elsewhere the lock is a no-op.
         self._write_lock: Any = threading.Lock() if self.url.get_backend_name() == "sqlite" else contextlib.nullcontext()
 
@@ -267,15 +268,11 @@ class SQLStore:
         self, action_id: str, *, where: dict[str, Any], log: LogRecord | None = None, **changes: Any
     ) -> Action | None:
         """Apply ``changes`` if the action still matches ``where``; the new action, or None if it did not."""
-        values = {k: _plain(v) for k, v in changes.items()}
-        if "completion_time" in values or "release_after" in values:
-            completion = values.get("completion_time", actions.c.completion_time)
-            release_after = values.get("release_after", actions.c.release_after)
-            values["expires_at"] = None if completion is None else completion + release_after
-        statement = actions.update().where(actions.c.action_id == action_id, *self._conditions(where)).values(**values)
+        statement, params = self._update_statement(where, changes)
+        params["w_action_id"] = action_id
         returning = self.engine.dialect.update_returning
         with self._write() as conn:
-            result = conn.execute(statement.returning(*actions.c) if returning else statement)
+            result = conn.execute(statement.returning(*actions.c) if returning else statement, params)
             row = result.first() if returning else None
             if (row is None) if returning else (result.rowcount != 1):
                 return None
@@ -284,6 +281,30 @@ class SQLStore:
             if not returning:
                 row = conn.execute(sa.select(actions).where(actions.c.action_id == action_id)).first()
         return self._action(row)
+
+    def _update_statement(self, where: dict[str, Any], changes: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """A compare-and-set UPDATE with bound parameters, built once per shape of (where, changes) and reused:
+        building a SQLAlchemy statement for every update costs more than running it."""
+        params: dict[str, Any] = {}
+        shape: list[tuple[str, str]] = []
+        for name, expected in where.items():
+            if isinstance(expected, (set, frozenset, list, tuple)):
+                shape.append((name, "in"))
+                params[f"w_{name}"] = [_plain(v) for v in expected]
+            elif expected is None:
+                shape.append((name, "null"))
+            else:
+                shape.append((name, "eq"))
+                params[f"w_{name}"] = _plain(expected)
+        for name, value in changes.items():
+            shape.append((name, "set"))
+            params[f"v_{name}"] = _plain(value)
+        clears_completion = "completion_time" in changes and changes["completion_time"] is None
+        key = (tuple(shape), clears_completion)
+        statement = self._update_cache.get(key)
+        if statement is None:
+            statement = self._update_cache[key] = _build_update(shape, clears_completion)
+        return statement, params
 
     def delete(self, action_id: str, *, where: dict[str, Any]) -> bool:
         with self._write() as conn:
@@ -411,3 +432,23 @@ def _log_row(action_id: str, log: LogRecord) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     return value.value if isinstance(value, Status) else value
 
+
+
+def _build_update(shape: list[tuple[str, str]], clears_completion: bool) -> Any:
+    conditions = [actions.c.action_id == sa.bindparam("w_action_id")]
+    values: dict[str, Any] = {}
+    for name, kind in shape:
+        column = actions.c[name]
+        if kind == "in":
+            conditions.append(column.in_(sa.bindparam(f"w_{name}", expanding=True)))
+        elif kind == "null":
+            conditions.append(column.is_(None))
+        elif kind == "eq":
+            conditions.append(column == sa.bindparam(f"w_{name}"))
+        else:
+            values[name] = sa.bindparam(f"v_{name}", type_=column.type)
+    if "completion_time" in values or "release_after" in values:
+        completion = values.get("completion_time", actions.c.completion_time)
+        release_after = values.get("release_after", actions.c.release_after)
+        values["expires_at"] = sa.null() if clears_completion else completion + release_after
+    return actions.update().where(*conditions).values(**values)
