@@ -65,7 +65,7 @@ def main() -> None:
         authority = TokenAuthority()
         modes = {
             "dev": app_with(authority.verifier, authority.token(scopes=[HELLO_SCOPE])),
-            "jwt (cached JWKS)": app_with(
+            "jwt (cached)": app_with(
                 JWTVerifier(issuer=oidc.issuer, audience=JWT_RESOURCE), oidc.token(CALLER, JWT_RESOURCE)
             ),
             "introspection (cached)": app_with(
