@@ -19,7 +19,7 @@ _LOCATIONS = {
     "ForbiddenRequest": "errors", "ServiceUnavailable": "errors", "ToolkitError": "errors",
     "UnauthorizedRequest": "errors",
     "Executor": "executor", "ThreadExecutor": "executor",
-    "Toolkit": "extension",
+    "Toolkit": "extension", "ToolkitState": "extension", "get_toolkit": "extension",
     "RunContext": "lifecycle",
     "ActionProvider": "provider",
     "SQLStore": "store", "Store": "store",
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
         UnauthorizedRequest,
     )
     from .executor import Executor, ThreadExecutor
-    from .extension import Toolkit
+    from .extension import Toolkit, ToolkitState, get_toolkit
     from .lifecycle import RunContext
     from .provider import ActionProvider
     from .store import SQLStore, Store
@@ -81,7 +81,9 @@ __all__ = [
     "ThreadExecutor",
     "TokenVerifier",
     "Toolkit",
+    "ToolkitState",
     "ToolkitError",
     "UnauthorizedRequest",
+    "get_toolkit",
     "mint_dev_token",
 ]
