@@ -10,6 +10,8 @@ if TYPE_CHECKING:
 
 def bundled() -> list[tuple[str, "ActionProvider"]]:
     """Every bundled provider with the URL prefix ``aptk serve`` mounts it at."""
+    from .acl import provider as acl
     from .hello import provider as hello
+    from .transfer import provider as transfer
 
-    return [("/hello", hello)]
+    return [("/hello", hello), ("/transfer", transfer), ("/acl", acl)]

@@ -282,7 +282,9 @@ class Runtime:
         self.store.purge_expired(now)
 
     def _expire_deadline(self, action: Action, now: float) -> Action | None:
-        details = {"code": "DeadlineExceeded", "description": "The action did not complete before its deadline."}
+        # Keep what the action reported (progress counters, say) beside the reason it ended.
+        details = {**action.details, "code": "DeadlineExceeded",
+                   "description": "The action did not complete before its deadline."}
         return self._finish(action.action_id, {"status": ACTIVE_STATES}, Status.FAILED, details, now)
 
     def _recover(self, action: Action, now: float) -> None:
@@ -465,7 +467,8 @@ class Runtime:
         require_manage(provider, action, identity)
         if action.status in COMPLETED_STATES:
             raise ActionConflict(f"Action {action_id} already {action.status.value}; it cannot be cancelled.")
-        details = {"code": "ActionCancelled", "description": "The action was cancelled at the caller's request."}
+        details = {**action.details, "code": "ActionCancelled",
+                   "description": "The action was cancelled at the caller's request."}
         updated = self._finish(action_id, {"status": ACTIVE_STATES}, Status.FAILED, details, self.clock())
         if updated is None:
             current = self._load(provider, action_id)

@@ -77,6 +77,7 @@ def test_cancel_reaches_the_running_callback_and_fails_the_action(gate, tmp_path
     status = client.cancel(action)
     assert status["status"] == "FAILED"
     assert status["details"]["code"] == "ActionCancelled"
+    assert status["details"]["done"] == 1  # what the callback reported is kept
     assert gate.saw_cancel.wait(5)
     time.sleep(0.1)
     assert client.status(action)["details"]["code"] == "ActionCancelled"
@@ -152,6 +153,7 @@ def test_deadline_fails_the_action_and_stops_the_callback(gate, tmp_path, clock)
     status = client.status(action)
     assert status["status"] == "FAILED"
     assert status["details"]["code"] == "DeadlineExceeded"
+    assert status["details"]["done"] == 1
     assert gate.saw_cancel.wait(5)
 
 

@@ -1,0 +1,184 @@
+"""Access rules on collection paths, kept in the toolkit's database (table ``aptk_acl_rules``).
+
+A rule grants ``r`` (read) or ``rw`` (read and write) on a path of a collection, and everything beneath it, to an
+identity, a group or all authenticated users. Paths are stored as ``/a/b/`` (``/`` for the whole collection).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import threading
+import time
+import uuid
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+metadata = sa.MetaData()
+
+rules_table = sa.Table(
+    "aptk_acl_rules",
+    metadata,
+    sa.Column("rule_id", sa.String(36), primary_key=True),
+    sa.Column("collection_id", sa.String(36), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("principal_type", sa.String(32), nullable=False),
+    sa.Column("principal", sa.String(128), nullable=False),
+    sa.Column("permissions", sa.String(2), nullable=False),
+    sa.Column("created_by", sa.String(128)),
+    sa.Column("create_time", sa.Float, nullable=False),
+    sa.Column("update_time", sa.Float, nullable=False),
+    sa.UniqueConstraint("collection_id", "path", "principal_type", "principal", name="aptk_acl_rules_unique"),
+    sa.Index("aptk_acl_rules_collection", "collection_id"),
+)
+
+PRINCIPAL_TYPES = ("identity", "group", "all_authenticated_users")
+PERMISSIONS = ("r", "rw")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    rule_id: str
+    collection_id: str
+    path: str
+    principal_type: str
+    principal: str
+    permissions: str
+    created_by: str | None
+    create_time: float
+    update_time: float
+
+    @property
+    def principal_urn(self) -> str:
+        if self.principal_type == "identity":
+            return f"urn:globus:auth:identity:{self.principal}"
+        if self.principal_type == "group":
+            return f"urn:globus:groups:id:{self.principal}"
+        return "all_authenticated_users"
+
+    def grants(self, need: str) -> bool:
+        return need == "r" or self.permissions == "rw"
+
+    def covers(self, rule_key: str) -> bool:
+        """True if the rule applies to a path in rule form (``/a/b/``)."""
+        return rule_key.startswith(self.path)
+
+    def document(self) -> dict[str, Any]:
+        """The rule as Globus Transfer shows an access rule."""
+        return {
+            "DATA_TYPE": "access",
+            "id": self.rule_id,
+            "path": self.path,
+            "permissions": self.permissions,
+            "principal_type": self.principal_type,
+            "principal": self.principal,
+            "create_time": _iso(self.create_time),
+            "update_time": _iso(self.update_time),
+        }
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+_schema_lock = threading.Lock()
+_schema_ready: set[int] = set()
+
+
+def ensure_schema(engine: sa.Engine) -> None:
+    """Create the table on first use (several processes may race to: that is fine)."""
+    if id(engine) in _schema_ready:
+        return
+    with _schema_lock:
+        if id(engine) in _schema_ready:
+            return
+        for attempt in range(5):
+            try:
+                with engine.begin() as conn:
+                    metadata.create_all(conn)
+                break
+            except (OperationalError, ProgrammingError, IntegrityError):
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        _schema_ready.add(id(engine))
+
+
+def _rule(row: Any) -> Rule:
+    return Rule(**{c: getattr(row, c) for c in rules_table.columns.keys()})
+
+
+def list_rules(engine: sa.Engine, collection_id: str) -> list[Rule]:
+    ensure_schema(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(rules_table).where(rules_table.c.collection_id == collection_id)
+            .order_by(rules_table.c.create_time, rules_table.c.rule_id)
+        )
+        return [_rule(r) for r in rows]
+
+
+def get_rule(engine: sa.Engine, rule_id: str) -> Rule | None:
+    ensure_schema(engine)
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(rules_table).where(rules_table.c.rule_id == rule_id)).first()
+        return _rule(row) if row is not None else None
+
+
+def find_rule(engine: sa.Engine, collection_id: str, path: str, principal_type: str, principal: str) -> Rule | None:
+    ensure_schema(engine)
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(rules_table).where(
+                rules_table.c.collection_id == collection_id,
+                rules_table.c.path == path,
+                rules_table.c.principal_type == principal_type,
+                rules_table.c.principal == principal,
+            )
+        ).first()
+        return _rule(row) if row is not None else None
+
+
+def create_rule(
+    engine: sa.Engine, collection_id: str, path: str, principal_type: str, principal: str, permissions: str,
+    created_by: str | None,
+) -> tuple[Rule, bool]:
+    """The new rule, True; or the rule that already exists for this principal and path, False."""
+    ensure_schema(engine)
+    now = time.time()
+    rule = Rule(str(uuid.uuid4()), collection_id, path, principal_type, principal, permissions, created_by, now, now)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.insert(rules_table).values(**dataclasses.asdict(rule)))
+    except IntegrityError:
+        existing = find_rule(engine, collection_id, path, principal_type, principal)
+        if existing is None:  # pragma: no cover - deleted again in between
+            raise
+        return existing, False
+    return rule, True
+
+
+def update_rule(engine: sa.Engine, rule_id: str, permissions: str) -> Rule | None:
+    ensure_schema(engine)
+    with engine.begin() as conn:
+        result = conn.execute(
+            sa.update(rules_table).where(rules_table.c.rule_id == rule_id)
+            .values(permissions=permissions, update_time=time.time())
+        )
+        if result.rowcount == 0:
+            return None
+    return get_rule(engine, rule_id)
+
+
+def delete_rule(engine: sa.Engine, rule_id: str) -> bool:
+    ensure_schema(engine)
+    with engine.begin() as conn:
+        return conn.execute(sa.delete(rules_table).where(rules_table.c.rule_id == rule_id)).rowcount > 0
+
+
+def allowed(rules: Iterable[Rule], rule_key: str, principals: Iterable[str], need: str) -> bool:
+    """True if some rule gives one of ``principals`` ``need`` (``r`` or ``rw``) on the path ``rule_key``."""
+    mine = set(principals)
+    return any(r.principal_urn in mine and r.grants(need) and r.covers(rule_key) for r in rules)

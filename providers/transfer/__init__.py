@@ -1,0 +1,197 @@
+"""The bundled transfer provider: reliable, resumable, permission-checked copies between collections.
+
+Its input is the Globus transfer action provider's (``source_endpoint_id``, ``destination_endpoint_id``,
+``transfer_items`` with ``source_path``, ``destination_path``, ``recursive``; ``label``, ``sync_level``,
+``verify_checksum``, ``preserve_timestamp``, ``skip_source_errors``, ``delete_destination_extra``, ``deadline``,
+``filter_rules``; or the newer ``source_endpoint``, ``destination_endpoint``, ``DATA``), so that a flow definition
+written for Globus works by changing the provider URL. Collections are described in
+:mod:`providers.transfer.collections`; the engine in :mod:`providers.transfer.engine`.
+
+At ``/run`` (before the action exists) a request is refused with a 400 naming the field when a collection is
+unknown, a path leaves its collection (``..``; on local collections also a symbolic link pointing outside), or the
+deadline has passed. Once running, the action first checks the caller's access to shared collections and fails
+with ``PermissionDenied`` (before any byte moves) when an owner has not granted it through ``/acl``.
+
+Settings (app config or environment):
+
+======================================  ================================================================  ==========
+``APTK_COLLECTIONS_FILE``               the collections (see :mod:`providers.transfer.collections`)        two local
+``APTK_COLLECTION_OWNERS``              owners of the two default collections (identity UUIDs or URNs)    none
+``APTK_TRANSFER_THREADS``               files copied at once per transfer                                 ``8``
+``APTK_TRANSFER_CHUNK_BYTES``           bytes read and written at a time (memory: threads x chunk)        8 MiB
+``APTK_TRANSFER_MAX_BYTES_PER_SECOND``  bandwidth limit per transfer (0: none)                            ``0``
+======================================  ================================================================  ==========
+
+Checksums are SHA-256.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+from toolkit import ActionFailed, ActionProvider, ApiError, BadActionRequest, ConfigurationError, RunContext
+
+from . import paths
+from .collections import Collection, CollectionError, Collections, load_collections, setting
+from .engine import Settings, Transfer
+from .paths import PathOutsideCollection
+from .request import INPUT_SCHEMA, TransferRequest, normalize_request
+from .storage import LocalStorage
+
+__all__ = ["Permissions", "permission_errors", "provider", "settings_from"]
+
+provider = ActionProvider(
+    name="transfer",
+    title="Transfer",
+    subtitle="Copy files and folders between collections",
+    description=(
+        "Copies files and folders between collections (local disk, SFTP, S3): sync levels, SHA-256 "
+        "verification, preserved timestamps, deadlines, cancellation that stops the copy, resumption after a "
+        "crash, access rules on shared collections. Input as for the Globus transfer action provider."
+    ),
+    keywords=["transfer", "copy", "sync", "globus"],
+    input_schema=INPUT_SCHEMA,
+    synchronous=False,
+    recovery="rerun",
+    max_attempts=5,
+)
+
+
+def _current_config() -> Mapping[str, Any]:
+    from flask import current_app
+
+    return current_app.config
+
+
+def _collections(config: Mapping[str, Any]) -> Collections:
+    return load_collections(config)
+
+
+def _find(collections: Collections, key: str, field: str) -> Collection:
+    found = collections.get(key)
+    if found is None:
+        known = collections.names() or "none are configured"
+        raise BadActionRequest(f"{field}: there is no collection {key!r} here (known: {known}).")
+    return found
+
+
+def _int_setting(config: Mapping[str, Any], key: str, default: float, minimum: float) -> float:
+    raw = setting(config, key, default)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{key} must be a number, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"{key} must be at least {minimum}, not {raw!r}")
+    return value
+
+
+def settings_from(config: Mapping[str, Any]) -> Settings:
+    return Settings(
+        threads=int(_int_setting(config, "APTK_TRANSFER_THREADS", 8, 1)),
+        chunk_size=int(_int_setting(config, "APTK_TRANSFER_CHUNK_BYTES", 8 * 1024 * 1024, 4096)),
+        max_bytes_per_second=_int_setting(config, "APTK_TRANSFER_MAX_BYTES_PER_SECOND", 0, 0),
+    )
+
+
+def _endpoint_fields(body: Mapping[str, Any], side: str) -> str:
+    return f"{side}_endpoint_id" if f"{side}_endpoint_id" in body else f"{side}_endpoint"
+
+
+@provider.check
+def check_request(body: dict[str, Any], identity: Any) -> None:
+    """Refuse at /run what can be refused before the action exists (400 naming the field)."""
+    request = normalize_request(body)
+    try:
+        collections = _collections(_current_config())
+    except ConfigurationError as exc:
+        raise ApiError(f"The server's collections are misconfigured: {exc}", code="ConfigurationError") from None
+    source = _find(collections, request.source_endpoint, _endpoint_fields(body, "source"))
+    destination = _find(collections, request.destination_endpoint, _endpoint_fields(body, "destination"))
+    if request.deadline is not None and request.deadline <= time.time():
+        raise BadActionRequest("deadline: is in the past.")
+    for side, collection in (("source", source), ("destination", destination)):
+        if collection.protocol != "file":
+            continue  # remote links are checked when the transfer runs, before any byte moves
+        try:
+            storage = LocalStorage(collection, collection.url.split("://", 1)[1])
+        except CollectionError as exc:
+            raise BadActionRequest(f"{_endpoint_fields(body, side)}: {exc}.") from None
+        for item in request.items:
+            rel = item.src if side == "source" else item.dst
+            try:
+                storage.confine(rel)
+            except PathOutsideCollection as exc:
+                raise BadActionRequest(f"{item.where}.{side}_path: {getattr(item, side + '_path')!r} "
+                                       f"{exc.reason}.") from None
+
+
+class Permissions:
+    """The caller's access to the two collections of a transfer: ``r`` on every source path and ``rw`` on every
+    destination path of a shared collection it does not own, from the access rules (``/acl``)."""
+
+    def __init__(self, engine: Any, source: Collection, destination: Collection, principals: frozenset[str]):
+        from providers.acl.rules import list_rules
+
+        self.principals = principals
+        self.sides: dict[str, tuple[Collection, str, list[Any]]] = {}
+        for side, collection, need in (("source", source, "r"), ("destination", destination, "rw")):
+            if collection.shared and not collection.is_owner(principals):
+                self.sides[side] = (collection, need, list_rules(engine, collection.id))
+
+    @property
+    def restricted(self) -> bool:
+        return bool(self.sides)
+
+    def denied(self, side: str, rel: str) -> str | None:
+        """Why the caller may not use ``rel`` on ``side``, or None."""
+        from providers.acl.rules import allowed
+
+        if side not in self.sides:
+            return None
+        collection, need, rules = self.sides[side]
+        if allowed(rules, paths.rule_key(rel), self.principals, need):
+            return None
+        word = "read" if need == "r" else "write"
+        return (f"You may not {word} {paths.display(rel)} on the shared collection {collection.display_name!r}: "
+                f"it needs '{need}' permission from an access rule.")
+
+    def item_errors(self, request: TransferRequest) -> list[dict[str, str]]:
+        errors = []
+        for side in ("source", "destination"):
+            for item in request.items:
+                why = self.denied(side, item.src if side == "source" else item.dst)
+                if why is not None:
+                    errors.append({"source_path": item.source_path, "destination_path": item.destination_path,
+                                   "code": "PermissionDenied", "error": why})
+        return errors
+
+
+def permission_errors(engine: Any, request: TransferRequest, source: Collection, destination: Collection,
+                      principals: frozenset[str]) -> list[dict[str, str]]:
+    """The items the caller may not transfer (by their paths as given), as ``errors`` entries."""
+    return Permissions(engine, source, destination, principals).item_errors(request)
+
+
+@provider.run
+def transfer(body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    try:
+        request = normalize_request(body)
+        collections = _collections(ctx.config)
+        settings = settings_from(ctx.config)
+        source = _find(collections, request.source_endpoint, "source_endpoint_id")
+        destination = _find(collections, request.destination_endpoint, "destination_endpoint_id")
+    except BadActionRequest as exc:
+        raise ActionFailed("BadRequest", exc.description) from None
+    except ConfigurationError as exc:
+        raise ActionFailed("ConfigurationError", f"The server is misconfigured: {exc}") from None
+    permissions = Permissions(ctx.store.engine, source, destination, ctx.principals)
+    job = Transfer(ctx, request, source, destination, settings,
+                   authorize=permissions.denied if permissions.restricted else None)
+    denied = permissions.item_errors(request)
+    if denied:
+        first = denied[0]["error"]
+        description = first if len(denied) == 1 else f"{len(denied)} items need access you do not have; {first}"
+        raise ActionFailed("PermissionDenied", description, **{**job.details("FAILED"), "errors": denied})
+    return job.run()

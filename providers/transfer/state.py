@@ -1,0 +1,104 @@
+"""What a transfer has finished, kept in the toolkit's database so that a rerun after a crash skips it.
+
+Table ``aptk_transfer_done``: one row per destination file written *and verified* by an action (its size, the
+modification time it had once written, its SHA-256 when one was computed). A rerun of the action (a new attempt
+after its process died) skips a file whose row still matches the destination. Rows go when the action ends;
+rows of actions that never ended (cancelled while a process was stopping, say) are purged after 31 days.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+metadata = sa.MetaData()
+
+done_table = sa.Table(
+    "aptk_transfer_done",
+    metadata,
+    sa.Column("action_id", sa.String(64), primary_key=True),
+    sa.Column("path", sa.Text, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime", sa.Float),
+    sa.Column("checksum", sa.String(64)),
+    sa.Column("recorded_at", sa.Float, nullable=False, index=True),
+)
+
+KEEP_SECONDS = 31 * 86400
+
+
+@dataclasses.dataclass(frozen=True)
+class Done:
+    path: str
+    size: int
+    mtime: float | None
+    checksum: str | None
+
+
+_schema_lock = threading.Lock()
+_schema_ready: set[int] = set()
+
+
+def ensure_schema(engine: sa.Engine) -> None:
+    if id(engine) in _schema_ready:
+        return
+    with _schema_lock:
+        if id(engine) in _schema_ready:
+            return
+        for attempt in range(5):
+            try:
+                with engine.begin() as conn:
+                    metadata.create_all(conn)
+                break
+            except (OperationalError, ProgrammingError, IntegrityError):
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        _schema_ready.add(id(engine))
+
+
+class DoneRecords:
+    """The finished files of one action."""
+
+    def __init__(self, engine: sa.Engine, action_id: str) -> None:
+        self.engine = engine
+        self.action_id = action_id
+        ensure_schema(engine)
+
+    def load(self) -> dict[str, Done]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(done_table).where(done_table.c.action_id == self.action_id))
+            return {r.path: Done(r.path, r.size, r.mtime, r.checksum) for r in rows}
+
+    def add(self, records: Iterable[Done]) -> None:
+        now = time.time()
+        rows = [
+            {"action_id": self.action_id, "path": r.path, "size": r.size, "mtime": r.mtime, "checksum": r.checksum,
+             "recorded_at": now}
+            for r in records
+        ]
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            try:
+                with conn.begin_nested():
+                    conn.execute(sa.insert(done_table), rows)
+            except IntegrityError:
+                # A file recopied by a later attempt replaces its earlier row.
+                for row in rows:
+                    conn.execute(sa.delete(done_table).where(
+                        done_table.c.action_id == self.action_id, done_table.c.path == row["path"]))
+                    conn.execute(sa.insert(done_table), [row])
+
+    def clear(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(done_table).where(done_table.c.action_id == self.action_id))
+
+    def purge_stale(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(done_table).where(done_table.c.recorded_at < time.time() - KEEP_SECONDS))

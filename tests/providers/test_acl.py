@@ -1,0 +1,186 @@
+"""The ACL provider, and the transfer provider enforcing its rules on shared collections."""
+
+from __future__ import annotations
+
+import pytest
+
+from toolkit.client import ClientError
+
+from .conftest import GROUP, OWNER, USER, body, make_tree
+
+OTHER = "44444444-4444-4444-8444-444444444444"
+
+
+def refused(client, request):
+    with pytest.raises(ClientError) as caught:
+        client.run(request)
+    return caught.value
+
+
+def create(site, path, principal_type, principal, permissions, **kw):
+    status = site.acl().run({"operation": "CREATE", "endpoint_id": "shared", "path": path,
+                             "principal_type": principal_type, "principal": principal,
+                             "permissions": permissions, **kw})
+    assert status["status"] == "SUCCEEDED", status
+    return status["details"]
+
+
+def test_owner_creates_lists_updates_and_deletes_rules(site):
+    acl = site.acl()
+    created = create(site, "/results", "identity", USER, "r")
+    assert created["code"] == "Created" and created["DATA_TYPE"] == "access_create_result"
+    rule_id = created["access_id"]
+    listed = acl.run({"operation": "LIST", "endpoint_id": "shared"})["details"]
+    assert listed["DATA_TYPE"] == "access_list" and listed["length"] == 1
+    rule = listed["DATA"][0]
+    assert {k: rule[k] for k in ("id", "path", "permissions", "principal_type", "principal")} == {
+        "id": rule_id, "path": "/results/", "permissions": "r", "principal_type": "identity", "principal": USER}
+    # The same rule again answers the existing one (a flow may run twice); another permission must UPDATE.
+    again = create(site, "results/", "identity", f"urn:globus:auth:identity:{USER}", "r")
+    assert (again["code"], again["access_id"]) == ("Exists", rule_id)
+    error = refused(acl, {"operation": "CREATE", "endpoint_id": "shared", "path": "/results/",
+                          "principal_type": "identity", "principal": USER, "permissions": "rw"})
+    assert error.status == 400 and "UPDATE" in error.description
+    updated = acl.run({"operation": "UPDATE", "endpoint_id": "shared", "rule_id": rule_id, "permissions": "rw"})
+    assert updated["details"]["code"] == "Updated" and updated["details"]["rule"]["permissions"] == "rw"
+    deleted = acl.run({"operation": "DELETE", "endpoint_id": "shared", "rule_id": rule_id})
+    assert deleted["details"]["code"] == "Deleted"
+    assert acl.run({"operation": "LIST", "endpoint_id": "shared"})["details"]["DATA"] == []
+    error = refused(acl, {"operation": "DELETE", "endpoint_id": "shared", "rule_id": rule_id})
+    assert error.status == 400 and "rule_id" in error.description
+
+
+def test_only_owners_manage_rules(site):
+    rule_id = create(site, "/", "all_authenticated_users", "", "r")["access_id"]
+    stranger = site.acl(USER)
+    for request in ({"operation": "LIST", "endpoint_id": "shared"},
+                    {"operation": "CREATE", "endpoint_id": "shared", "path": "/", "principal_type": "identity",
+                     "principal": USER, "permissions": "rw"},
+                    {"operation": "UPDATE", "endpoint_id": "shared", "rule_id": rule_id, "permissions": "rw"},
+                    {"operation": "DELETE", "endpoint_id": "shared", "rule_id": "no-such-rule"}):
+        error = refused(stranger, request)
+        assert (error.status, error.code) == (403, "ForbiddenRequest"), request
+    # Membership of a group that does not own the collection changes nothing.
+    member = site.client(OTHER, "/acl", groups=(GROUP,))
+    assert refused(member, {"operation": "LIST", "endpoint_id": "shared"}).status == 403
+
+
+def test_an_owner_group_member_may_manage(make_site, tmp_path):
+    from .conftest import local_collection
+
+    site = make_site([local_collection("shared", tmp_path / "sh", shared=True,
+                                       owners=[f"urn:globus:groups:id:{GROUP}"])])
+    member = site.client(OTHER, "/acl", groups=(GROUP,))
+    assert member.run({"operation": "LIST", "endpoint_id": "shared"})["status"] == "SUCCEEDED"
+
+
+@pytest.mark.parametrize("request_body, expected", [
+    ({"operation": "LIST", "endpoint_id": "nowhere"}, "endpoint_id: there is no collection 'nowhere'"),
+    ({"operation": "CREATE", "endpoint_id": "src", "path": "/", "principal_type": "identity", "principal": USER,
+      "permissions": "r"}, "is not shared"),
+    ({"operation": "CREATE", "endpoint_id": "shared", "path": "/../x", "principal_type": "identity",
+      "principal": USER, "permissions": "r"}, "escapes the collection root"),
+    ({"operation": "CREATE", "endpoint_id": "shared", "path": "/x", "principal_type": "identity",
+      "principal": "bob", "permissions": "r"}, "principal: 'bob' is not a identity UUID"),
+    ({"operation": "CREATE", "endpoint_id": "shared", "path": "/x", "principal_type": "group",
+      "principal": f"urn:globus:auth:identity:{USER}", "permissions": "r"}, "is not a group"),
+    ({"operation": "CREATE", "endpoint_id": "shared", "path": "/x", "principal_type": "identity",
+      "principal": USER}, "permissions: is required"),
+    ({"operation": "CREATE", "endpoint_id": "shared", "path": "/x", "principal_type": "identity",
+      "principal": USER, "permissions": "w"}, "permissions"),
+    ({"operation": "UPDATE", "endpoint_id": "shared", "permissions": "r"}, "rule_id: is required"),
+    ({"operation": "DELETE", "endpoint_id": "shared", "rule_id": "00000000-0000-4000-8000-000000000000"},
+     "no rule"),
+    ({"operation": "PURGE", "endpoint_id": "shared"}, "operation"),
+])
+def test_bad_requests_are_400s(site, request_body, expected):
+    error = refused(site.acl(), request_body)
+    assert error.status == 400, error
+    assert expected in error.description
+
+
+def test_a_rule_of_one_collection_cannot_be_changed_through_another(make_site, tmp_path):
+    from .conftest import local_collection
+
+    site = make_site([local_collection("shared", tmp_path / "a", shared=True),
+                      local_collection("other", tmp_path / "b", shared=True)])
+    rule_id = create(site, "/", "identity", USER, "r")["access_id"]
+    error = refused(site.acl(), {"operation": "DELETE", "endpoint_id": "other", "rule_id": rule_id})
+    assert error.status == 400
+
+
+# --- enforcement by the transfer provider ---------------------------------------------------------------------
+
+
+def test_shared_collection_read_refused_then_granted_by_a_rule_then_allowed(site):
+    make_tree(site.roots["shared"], {"results/run1/data.bin": 50_000, "private/secret.txt": b"s"})
+    user = site.transfer(USER)
+    request = body("shared", "dst", ("/results/run1", "/run1", True))
+    denied = user.run(request, wait=True)
+    assert denied["status"] == "FAILED"
+    details = denied["details"]
+    assert details["code"] == "PermissionDenied"
+    assert details["errors"][0]["source_path"] == "/results/run1"
+    assert "read" in details["errors"][0]["error"] and "'r'" in details["errors"][0]["error"]
+    assert details["bytes_transferred"] == 0 and not (site.roots["dst"] / "run1").exists()
+    # The owner needs no rule.
+    assert site.transfer(OWNER).run(body("shared", "dst", ("/private", "/p", True)), wait=True)["status"] == \
+        "SUCCEEDED"
+    rule = create(site, "/results/", "identity", USER, "r")
+    allowed = user.run(request, wait=True)
+    assert allowed["status"] == "SUCCEEDED", allowed
+    assert (site.roots["dst"] / "run1" / "data.bin").stat().st_size == 50_000
+    # The rule covers /results/ only.
+    other = user.run(body("shared", "dst", ("/private/secret.txt", "/s.txt")), wait=True)
+    assert other["details"]["code"] == "PermissionDenied"
+    # Once deleted, refused again.
+    site.acl().run({"operation": "DELETE", "endpoint_id": "shared", "rule_id": rule["access_id"]})
+    assert user.run(request, wait=True)["details"]["code"] == "PermissionDenied"
+
+
+def test_writing_a_shared_collection_needs_rw(site):
+    make_tree(site.roots["src"], {"in.txt": b"in"})
+    user = site.transfer(USER, groups=(GROUP,))
+    request = body("src", "shared", ("/in.txt", "/drop/in.txt"))
+    rule = create(site, "/drop/", "group", GROUP, "r")
+    denied = user.run(request, wait=True)
+    assert denied["details"]["code"] == "PermissionDenied"
+    assert denied["details"]["errors"][0]["destination_path"] == "/drop/in.txt"
+    assert "write" in denied["details"]["errors"][0]["error"]
+    assert not (site.roots["shared"] / "drop").exists()
+    site.acl().run({"operation": "UPDATE", "endpoint_id": "shared", "rule_id": rule["access_id"],
+                    "permissions": "rw"})
+    assert user.run(request, wait=True)["status"] == "SUCCEEDED"
+    assert (site.roots["shared"] / "drop" / "in.txt").read_bytes() == b"in"
+    # Not in the group: no access.
+    assert site.transfer(OTHER).run(request, wait=True)["details"]["code"] == "PermissionDenied"
+
+
+def test_all_authenticated_users_rule(site):
+    make_tree(site.roots["shared"], {"pub/readme.txt": b"hello"})
+    create(site, "/pub", "all_authenticated_users", "", "r")
+    status = site.transfer(OTHER).run(body("shared", "dst", ("/pub/readme.txt", "/readme.txt")), wait=True)
+    assert status["status"] == "SUCCEEDED", status
+
+
+def test_a_non_shared_collection_needs_no_rule(site):
+    make_tree(site.roots["src"], {"a.txt": b"a"})
+    assert site.transfer(OTHER).run(body("src", "dst", ("/a.txt", "/a.txt")), wait=True)["status"] == "SUCCEEDED"
+
+
+def test_a_link_does_not_lead_past_the_rules(site):
+    shared = site.roots["shared"]
+    make_tree(shared, {"results/ok.txt": b"ok", "private/secret.txt": b"secret"})
+    (shared / "results" / "private-link").symlink_to(shared / "private")
+    create(site, "/results/", "identity", USER, "r")
+    user = site.transfer(USER)
+    nested = user.run(body("shared", "dst", ("/results", "/r", True)), wait=True)
+    assert (nested["status"], nested["details"]["code"]) == ("FAILED", "PermissionDenied"), nested
+    assert nested["details"]["errors"][0]["source_path"] == "/results/private-link/secret.txt"
+    direct = user.run(body("shared", "dst", ("/results/private-link/secret.txt", "/s.txt")), wait=True)
+    assert (direct["status"], direct["details"]["code"]) == ("FAILED", "PermissionDenied")
+    assert not (site.roots["dst"] / "r").exists() and not (site.roots["dst"] / "s.txt").exists()
+    # The owner follows the link.
+    assert site.transfer(OWNER).run(body("shared", "dst", ("/results", "/r", True)), wait=True)["status"] == \
+        "SUCCEEDED"
+    assert (site.roots["dst"] / "r" / "private-link" / "secret.txt").read_bytes() == b"secret"

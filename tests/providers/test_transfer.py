@@ -1,0 +1,485 @@
+"""The transfer provider between local collections: copies, sync levels, verification, safety, failures, cancel."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from providers.transfer import storage as storage_module
+from providers.transfer.collections import INBOX_ID, PROJECT_ID
+from toolkit.client import ClientError
+
+from .conftest import OWNER, USER, body, items, local_collection, make_tree, tree, wait_for
+
+COUNTERS = ("files", "files_transferred", "files_skipped", "directories", "bytes_transferred", "bytes_checksummed",
+            "faults", "effective_bytes_per_second")
+
+
+def counts(details, *keys):
+    return {k: details[k] for k in keys}
+
+
+# --- copying ------------------------------------------------------------------------------------------------------
+
+
+def test_recursive_copy_with_verification_reports_a_globus_task(site):
+    src, dst = site.roots["src"], site.roots["dst"]
+    written = make_tree(src, {"run1/a.dat": 100_000, "run1/sub/b.dat": 5000, "run1/sub/deeper/c.txt": b"hi",
+                              "run1/empty.txt": b"", "single.bin": 3000})
+    (src / "run1" / "emptydir").mkdir()
+    status = site.transfer().run(
+        body("src", "dst", ("/run1", "/copies/run1", True), ("/single.bin", "/copies/single.bin"), label="first"),
+        wait=True)
+    assert status["status"] == "SUCCEEDED", status
+    details = status["details"]
+    assert tree(dst / "copies") == written
+    assert (dst / "copies" / "run1" / "emptydir").is_dir()
+    total = sum(len(v) for v in written.values())
+    assert counts(details, "files", "files_transferred", "files_skipped", "directories", "bytes_transferred",
+                  "bytes_checksummed", "faults") == {
+        "files": 5, "files_transferred": 5, "files_skipped": 0, "directories": 4, "bytes_transferred": total,
+        "bytes_checksummed": total, "faults": 0}
+    assert details["DATA_TYPE"] == "task" and details["status"] == "SUCCEEDED" and details["label"] == "first"
+    assert details["task_id"] == status["action_id"]
+    assert details["checksum_algorithm"] == "sha256"
+    assert details["effective_bytes_per_second"] > 0
+    assert not [p for p in (dst / "copies").rglob("*.part")]
+
+
+def test_the_newer_form_and_collection_names_or_ids(site):
+    make_tree(site.roots["src"], {"x/one.txt": b"one"})
+    src_id = json.loads(Path(site.app.config["APTK_COLLECTIONS_FILE"]).read_text())[0]["id"]
+    status = site.transfer().run({
+        "DATA_TYPE": "transfer", "source_endpoint": src_id.upper(), "destination_endpoint": "dst",
+        "DATA": [{"DATA_TYPE": "transfer_item", "source_path": "/~/x/one.txt", "destination_path": "/y/"}],
+        "encrypt_data": True, "notify_on_succeeded": False,
+    }, wait=True)
+    assert status["status"] == "SUCCEEDED", status
+    assert (site.roots["dst"] / "y" / "one.txt").read_bytes() == b"one"
+
+
+def test_many_small_files_with_progress_while_active(make_site):
+    site = make_site(APTK_TRANSFER_MAX_BYTES_PER_SECOND=300_000, APTK_TRANSFER_THREADS=4)
+    written = make_tree(site.roots["src"], {f"many/{i:03}.dat": 4096 for i in range(150)})
+    client = site.transfer()
+    action = client.run(body("src", "dst", ("/many", "/many", True)))["action_id"]
+    seen = wait_for(lambda: (s := client.status(action))["details"].get("files_transferred", 0) > 0 and s)
+    assert seen["status"] == "ACTIVE"
+    assert seen["details"]["status"] == "ACTIVE" and seen["details"]["files"] == 150
+    assert "files" in seen["display_status"]
+    final = client.wait(action, timeout=30, max_interval=0.2)
+    assert final["status"] == "SUCCEEDED", final
+    assert tree(site.roots["dst"] / "many") == {k[5:]: v for k, v in written.items()}
+    assert final["details"]["files_transferred"] == 150
+
+
+def test_memory_stays_bounded_whatever_the_file_size(make_site):
+    site = make_site(APTK_TRANSFER_CHUNK_BYTES=1 << 20, APTK_TRANSFER_THREADS=1)
+    big = site.roots["src"] / "big.bin"
+    with open(big, "wb") as f:  # sparse: 96 MiB without using the disk
+        f.truncate(96 << 20)
+        f.seek(50 << 20)
+        f.write(b"in the middle")
+    tracemalloc.start()
+    try:
+        status = site.transfer().run(body("src", "dst", ("/big.bin", "/big.bin")), wait=True, timeout=60)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert status["status"] == "SUCCEEDED", status
+    assert status["details"]["bytes_transferred"] == 96 << 20
+    assert peak < 16 << 20, f"peak Python memory {peak / 2**20:.1f} MiB while copying a 96 MiB file"
+    with open(site.roots["dst"] / "big.bin", "rb") as f:
+        f.seek(50 << 20)
+        assert f.read(13) == b"in the middle"
+
+
+# --- sync levels ------------------------------------------------------------------------------------------------
+
+
+def test_sync_rerun_skips_everything_then_copies_only_what_changed(site):
+    src, dst = site.roots["src"], site.roots["dst"]
+    make_tree(src, {"d/a.txt": b"aaaa", "d/b.txt": b"bbbb", "d/c.txt": b"cccc"})
+    client = site.transfer()
+    assert client.run(body("src", "dst", ("/d", "/d", True)), wait=True)["status"] == "SUCCEEDED"
+    for level in (0, "exists", 1, "size", 2, "mtime", 3, "checksum"):
+        details = client.run(body("src", "dst", ("/d", "/d", True), sync_level=level), wait=True)["details"]
+        assert counts(details, "files_transferred", "files_skipped", "bytes_transferred") == {
+            "files_transferred": 0, "files_skipped": 3, "bytes_transferred": 0}, level
+    assert client.run(body("src", "dst", ("/d", "/d", True), sync_level=3), wait=True)["details"][
+        "bytes_checksummed"] == 24
+    # Same size, different content, destination newer: only a checksum sync notices.
+    (src / "d" / "b.txt").write_bytes(b"BBBB")
+    os.utime(src / "d" / "b.txt", (1_000_000, 1_000_000))
+    for level, transferred in ((1, 0), (2, 0), (3, 1)):
+        details = client.run(body("src", "dst", ("/d", "/d", True), sync_level=level), wait=True)["details"]
+        assert details["files_transferred"] == transferred, level
+    assert (dst / "d" / "b.txt").read_bytes() == b"BBBB"
+    # A newer source is what mtime sync copies; a missing destination file is copied by every level.
+    (src / "d" / "a.txt").write_bytes(b"AAAA")
+    os.utime(src / "d" / "a.txt", (time.time() + 100, time.time() + 100))
+    (dst / "d" / "c.txt").unlink()
+    details = client.run(body("src", "dst", ("/d", "/d", True), sync_level="mtime"), wait=True)["details"]
+    assert (details["files_transferred"], details["files_skipped"]) == (2, 1)
+    assert tree(dst / "d") == tree(src / "d")
+
+
+def test_verification_recopies_a_file_whose_checksum_differs(site, monkeypatch):
+    make_tree(site.roots["src"], {"v.bin": 200_000})
+    corrupted = []
+    real_write = storage_module._LocalWriter.write
+
+    def flaky_write(self, data):
+        if not corrupted and self.temp.endswith(".part"):
+            corrupted.append(self.temp)
+            data = bytes(data)
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        return real_write(self, data)
+
+    monkeypatch.setattr(storage_module._LocalWriter, "write", flaky_write)
+    status = site.transfer().run(body("src", "dst", ("/v.bin", "/v.bin")), wait=True)
+    assert status["status"] == "SUCCEEDED", status
+    assert corrupted and status["details"]["faults"] == 1
+    assert status["details"]["bytes_transferred"] == 400_000  # copied twice
+    assert (site.roots["dst"] / "v.bin").read_bytes() == (site.roots["src"] / "v.bin").read_bytes()
+    log = site.transfer().log(status["action_id"])["entries"]
+    assert any("Checksum mismatch" in e["description"] for e in log)
+
+
+def test_a_checksum_that_never_matches_fails_the_item(site, monkeypatch):
+    make_tree(site.roots["src"], {"v.bin": 1000})
+    real_write = storage_module._LocalWriter.write
+    monkeypatch.setattr(storage_module._LocalWriter, "write", lambda self, data: real_write(self, b"x" * len(data)))
+    status = site.transfer().run(body("src", "dst", ("/v.bin", "/w.bin")), wait=True)
+    assert status["status"] == "FAILED"
+    assert status["details"]["code"] == "ChecksumMismatch"
+    assert status["details"]["faults"] == 3
+    assert status["details"]["errors"] == [{"source_path": "/v.bin", "destination_path": "/w.bin",
+                                            "code": "ChecksumMismatch", "error": status["details"]["errors"][0]["error"]}]
+
+
+def test_external_checksum_is_checked(site):
+    import hashlib
+
+    make_tree(site.roots["src"], {"e.txt": b"expected"})
+    good = hashlib.sha256(b"expected").hexdigest()
+    item = {"source_path": "/e.txt", "destination_path": "/e.txt", "external_checksum": good,
+            "checksum_algorithm": "SHA256"}
+    ok = site.transfer().run({"source_endpoint_id": "src", "destination_endpoint_id": "dst",
+                              "transfer_items": [item]}, wait=True)
+    assert ok["status"] == "SUCCEEDED"
+    item["external_checksum"] = "0" * 64
+    bad = site.transfer().run({"source_endpoint_id": "src", "destination_endpoint_id": "dst",
+                               "transfer_items": [item], "verify_checksum": False}, wait=True)
+    assert (bad["status"], bad["details"]["code"]) == ("FAILED", "ChecksumMismatch")
+
+
+def test_preserve_timestamp_delete_extra_and_filter_rules(site):
+    src, dst = site.roots["src"], site.roots["dst"]
+    make_tree(src, {"t/keep.txt": b"k", "t/skip.tmp": b"s", "t/cache/x.txt": b"x", "t/sub/y.txt": b"y"})
+    os.utime(src / "t" / "keep.txt", (1_500_000_000, 1_500_000_000))
+    make_tree(dst, {"t/old.txt": b"o", "t/gone/z.txt": b"z", "t/local.tmp": b"l"})
+    status = site.transfer().run(body(
+        "src", "dst", ("/t", "/t", True), preserve_timestamp=True, delete_destination_extra=True,
+        filter_rules=[{"DATA_TYPE": "filter_rule", "method": "exclude", "name": "*.tmp", "type": "file"},
+                      {"method": "exclude", "name": "cache", "type": "dir"}]), wait=True)
+    assert status["status"] == "SUCCEEDED", status
+    assert sorted(tree(dst / "t")) == ["keep.txt", "local.tmp", "sub/y.txt"]  # excluded names are left alone
+    assert not (dst / "t" / "gone").exists()
+    assert (dst / "t" / "keep.txt").stat().st_mtime == 1_500_000_000
+    assert status["details"]["files_deleted"] == 2
+    assert status["details"]["files"] == 2
+
+
+# --- refusing -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path, reason", [
+    ("/../outside.txt", "escapes the collection root"),
+    ("a/../../outside.txt", "escapes the collection root"),
+    ("/a/\x00b", "NUL byte"),
+    ("~bob/x", "another user's home"),
+])
+def test_paths_leaving_the_root_are_refused_at_run(site, path, reason):
+    from providers.transfer.paths import PathOutsideCollection, normalize
+
+    with pytest.raises(PathOutsideCollection, match=reason):
+        normalize(path)
+    if "\x00" in path:  # the toolkit refuses NUL characters in any body before the provider sees it
+        for request in (body("src", "dst", (path, "/x.txt")), body("src", "dst", ("/ok.txt", path))):
+            with pytest.raises(ClientError) as refused:
+                site.transfer().run(request)
+            assert refused.value.status == 400 and "NUL" in refused.value.description
+        return
+    with pytest.raises(ClientError) as refused:
+        site.transfer().run(body("src", "dst", ("/ok.txt", "/ok.txt"), (path, "/x.txt")))
+    assert refused.value.status == 400
+    assert "transfer_items[1].source_path" in refused.value.description and reason in refused.value.description
+    with pytest.raises(ClientError) as refused:
+        site.transfer().run(body("src", "dst", ("/ok.txt", path)))
+    assert "transfer_items[0].destination_path" in refused.value.description
+
+
+def test_symbolic_links_leading_outside_are_refused_before_any_byte_moves(site, tmp_path):
+    src, dst = site.roots["src"], site.roots["dst"]
+    secret = tmp_path / "secret"
+    make_tree(secret, {"passwd": b"root:x:0:0"})
+    make_tree(src, {"tree/a.txt": b"a" * 1000, "tree/z.txt": b"z"})
+    (src / "out").symlink_to(secret)
+    (src / "tree" / "m-link").symlink_to(secret / "passwd")
+    (src / "inside").symlink_to(src / "tree")
+    (dst / "escape").symlink_to(secret)
+    client = site.transfer()
+    # Top-level: refused at /run.
+    for pair, field in ((("/out/passwd", "/p"), "source_path"), (("/tree/a.txt", "/escape/a.txt"), "destination_path")):
+        with pytest.raises(ClientError) as refused:
+            client.run(body("src", "dst", pair))
+        assert refused.value.status == 400 and field in refused.value.description
+        assert "symbolic link" in refused.value.description
+    # Inside a folder: the action fails while planning, before anything is written.
+    status = client.run(body("src", "dst", ("/tree", "/copy", True)), wait=True)
+    assert status["status"] == "FAILED"
+    assert status["details"]["code"] == "PathOutsideCollection"
+    assert status["details"]["errors"][0]["source_path"] == "/tree/m-link"
+    assert status["details"]["bytes_transferred"] == 0
+    assert not (dst / "copy").exists()
+    assert (secret / "passwd").read_bytes() == b"root:x:0:0"
+    # A link that stays inside is followed.
+    status = client.run(body("src", "dst", ("/inside/z.txt", "/z.txt")), wait=True)
+    assert status["status"] == "SUCCEEDED" and (dst / "z.txt").read_bytes() == b"z"
+
+
+def test_a_link_swapped_in_after_planning_is_refused_when_the_file_is_opened(site, tmp_path, monkeypatch):
+    from providers.transfer import engine
+
+    src = site.roots["src"]
+    make_tree(tmp_path / "secret", {"key": b"secret"})
+    make_tree(src, {"swap/a.txt": b"a"})
+    real_make_dirs = engine.Transfer._make_dirs
+
+    def swap_then_make_dirs(self):
+        (src / "swap" / "a.txt").unlink()
+        (src / "swap" / "a.txt").symlink_to(tmp_path / "secret" / "key")
+        real_make_dirs(self)
+
+    monkeypatch.setattr(engine.Transfer, "_make_dirs", swap_then_make_dirs)
+    status = site.transfer().run(body("src", "dst", ("/swap", "/swap", True)), wait=True)
+    assert status["status"] == "FAILED"
+    assert status["details"]["code"] == "PathOutsideCollection"
+    assert not (site.roots["dst"] / "swap" / "a.txt").exists()
+
+
+def test_unknown_collections_and_bad_requests_are_400s(site):
+    client = site.transfer()
+    cases = [
+        (body("nowhere", "dst", ("/a", "/b")), "source_endpoint_id: there is no collection 'nowhere'"),
+        ({"source_endpoint": "src", "destination_endpoint_id": "dst", "transfer_items": items(("/a", "/b"))},
+         None),
+        ({"source_endpoint_id": "src", "transfer_items": items(("/a", "/b"))}, "destination_endpoint_id"),
+        ({"source_endpoint_id": "src", "destination_endpoint_id": "dst"}, "transfer_items"),
+        (body("src", "dst", ("/a", "/b"), sync_level=4), "sync_level"),
+        (body("src", "dst", ("/a", "/b"), deadline="2001-01-01T00:00:00Z"), "deadline: is in the past"),
+        (body("src", "dst", ("/a", "/b"), colour="blue"), "colour"),
+        ({"source_endpoint_id": "src", "source_endpoint": "dst", "destination_endpoint_id": "dst",
+          "transfer_items": items(("/a", "/b"))}, "name different collections"),
+    ]
+    for request, expected in cases:
+        if expected is None:
+            assert client.run(request)["status"] in ("ACTIVE", "FAILED")  # mixing both forms is fine
+            continue
+        with pytest.raises(ClientError) as refused:
+            client.run(request)
+        assert refused.value.status == 400, request
+        assert expected in refused.value.description, (expected, refused.value.description)
+
+
+# --- failing ----------------------------------------------------------------------------------------------------
+
+
+def test_a_missing_source_fails_naming_the_item_unless_source_errors_are_skipped(site):
+    make_tree(site.roots["src"], {"here.txt": b"here"})
+    client = site.transfer()
+    status = client.run(body("src", "dst", ("/here.txt", "/here.txt"), ("/missing.txt", "/missing.txt")), wait=True)
+    assert status["status"] == "FAILED"
+    details = status["details"]
+    assert details["code"] == "SourceNotFound"
+    assert details["errors"] == [{"source_path": "/missing.txt", "destination_path": "/missing.txt",
+                                  "code": "SourceNotFound", "error": "No such file or directory on the source"}]
+    assert "/missing.txt" in details["description"]
+    assert details["bytes_transferred"] == 0 and not (site.roots["dst"] / "here.txt").exists()
+    status = client.run(body("src", "dst", ("/here.txt", "/here.txt"), ("/missing.txt", "/missing.txt"),
+                             skip_source_errors=True), wait=True)
+    assert status["status"] == "SUCCEEDED", status
+    assert counts(status["details"], "files", "files_transferred", "files_skipped") == {
+        "files": 2, "files_transferred": 1, "files_skipped": 1}
+    assert status["details"]["skipped_source_errors"][0]["source_path"] == "/missing.txt"
+
+
+def test_a_folder_without_recursive_is_refused(site):
+    make_tree(site.roots["src"], {"dir/a": b"a"})
+    status = site.transfer().run(body("src", "dst", ("/dir", "/dir")), wait=True)
+    assert (status["status"], status["details"]["code"]) == ("FAILED", "SourceIsDirectory")
+    assert "recursive" in status["details"]["errors"][0]["error"]
+
+
+def _can_mount() -> bool:
+    return os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+@pytest.fixture
+def small_mount(tmp_path):
+    """A 1 MiB tmpfs (root only): a destination that really fills up, or that is really read-only."""
+    mounts = []
+
+    def mount(path: Path, *options: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(("size=1m", *options)), "tmpfs", str(path)],
+                              capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+        mounts.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounts):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_a_full_destination_fails_naming_the_item_and_leaves_no_partial_file(make_site, tmp_path, small_mount):
+    if not _can_mount():
+        pytest.skip("needs root to mount a small tmpfs")
+    full = small_mount(tmp_path / "full")
+    site = make_site([local_collection("src", tmp_path / "s"), local_collection("dst", full)])
+    make_tree(site.roots["src"], {"fits.bin": 100_000, "huge.bin": 3_000_000})
+    status = site.transfer().run(body("src", "dst", ("/huge.bin", "/huge.bin")), wait=True)
+    assert status["status"] == "FAILED", status
+    details = status["details"]
+    assert details["code"] == "DestinationFull"
+    assert details["errors"][0]["destination_path"] == "/huge.bin"
+    assert "No space left on device" in details["errors"][0]["error"]
+    assert list(full.iterdir()) == []
+
+
+def test_a_read_only_destination_fails_naming_the_item(make_site, tmp_path, small_mount):
+    if _can_mount():
+        ro = small_mount(tmp_path / "ro", "ro")
+        expected = "DestinationReadOnly"
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        expected = "DestinationPermissionDenied"
+    site = make_site([local_collection("src", tmp_path / "s"), local_collection("dst", ro)])
+    make_tree(site.roots["src"], {"a.txt": b"a"})
+    status = site.transfer().run(body("src", "dst", ("/a.txt", "/a.txt")), wait=True)
+    assert status["status"] == "FAILED", status
+    assert status["details"]["code"] == expected
+    assert status["details"]["errors"][0]["destination_path"] == "/a.txt"
+
+
+def test_a_missing_secret_fails_with_the_variable_named(make_site, tmp_path):
+    site = make_site([local_collection("src", tmp_path / "s"),
+                      {"name": "remote", "url": "sftp://127.0.0.1:1/x",
+                       "storage_options": {"password": "${APTK_TEST_NO_SUCH_SECRET}"}}])
+    make_tree(site.roots["src"], {"a.txt": b"a"})
+    status = site.transfer().run(body("src", "remote", ("/a.txt", "/a.txt")), wait=True)
+    assert (status["status"], status["details"]["code"]) == ("FAILED", "EndpointError")
+    assert "APTK_TEST_NO_SUCH_SECRET" in status["details"]["description"]
+
+
+# --- stopping -----------------------------------------------------------------------------------------------------
+
+
+def _transfer_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("aptk-transfer-")]
+
+
+def test_cancel_stops_the_copy_within_a_second_even_inside_a_large_file(make_site):
+    site = make_site(APTK_TRANSFER_CHUNK_BYTES=4 << 20)
+    big = site.roots["src"] / "large.bin"
+    with open(big, "wb") as f:
+        f.truncate(1 << 30)  # sparse 1 GiB: reading it is fast, but not that fast
+    client = site.transfer()
+    action = client.run(body("src", "dst", ("/large.bin", "/large.bin")))["action_id"]
+    wait_for(lambda: client.status(action)["details"].get("bytes_transferred", 0) > 0, timeout=20)
+    assert _transfer_threads(), "the copy should be under way"
+    cancelled_at = time.monotonic()
+    status = client.cancel(action)
+    assert status["status"] == "FAILED" and status["details"]["code"] == "ActionCancelled"
+    wait_for(lambda: not _transfer_threads(), timeout=1.5, interval=0.01)
+    assert time.monotonic() - cancelled_at < 1.5
+    assert list(site.roots["dst"].iterdir()) == []  # no partial file, no destination file
+    time.sleep(0.3)
+    assert client.status(action)["details"]["code"] == "ActionCancelled"
+
+
+def test_the_deadline_stops_the_transfer(make_site):
+    site = make_site(APTK_TRANSFER_MAX_BYTES_PER_SECOND=200_000, APTK_TRANSFER_THREADS=1)
+    make_tree(site.roots["src"], {f"slow/{i}.bin": 100_000 for i in range(10)})
+    deadline = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1.5)).isoformat()
+    started = time.monotonic()
+    status = site.transfer().run(body("src", "dst", ("/slow", "/slow", True), deadline=deadline), wait=True)
+    assert status["status"] == "FAILED"
+    assert status["details"]["code"] == "DeadlineExceeded"
+    assert 0 < status["details"]["files_transferred"] < 10
+    assert time.monotonic() - started < 4
+    assert not [p for p in site.roots["dst"].rglob("*.part")]
+
+
+# --- the default collections --------------------------------------------------------------------------------------
+
+
+def test_default_collections_inbox_and_project(tmp_path, monkeypatch):
+    from providers.acl import provider as acl
+    from providers.transfer import provider as transfer
+    from toolkit.server import create_app
+    from toolkit.testing import TestClient, TokenAuthority
+
+    monkeypatch.delenv("APTK_COLLECTIONS_FILE", raising=False)
+    authority = TokenAuthority()
+    app = create_app({"APTK_DATA_DIR": str(tmp_path), "APTK_COLLECTION_OWNERS": OWNER},
+                     providers=[("/transfer", transfer), ("/acl", acl)], verifier=authority.verifier)
+    try:
+        scopes = [transfer.globus_auth_scope, acl.globus_auth_scope]
+        user = TestClient(app, "/transfer", authority.token(USER, scopes=scopes), authority)
+        owner = TestClient(app, "/transfer", authority.token(OWNER, scopes=scopes), authority)
+        make_tree(tmp_path / "collections" / "inbox", {"hello.txt": b"hello"})
+        ok = user.run(body(INBOX_ID, "inbox", ("/hello.txt", "/again.txt")), wait=True)
+        assert ok["status"] == "SUCCEEDED"
+        denied = user.run(body("inbox", PROJECT_ID, ("/hello.txt", "/hello.txt")), wait=True)
+        assert (denied["status"], denied["details"]["code"]) == ("FAILED", "PermissionDenied")
+        assert owner.run(body("inbox", "project", ("/hello.txt", "/hello.txt")), wait=True)["status"] == "SUCCEEDED"
+        assert (tmp_path / "collections" / "project" / "hello.txt").read_bytes() == b"hello"
+    finally:
+        app.extensions["aptk"].runtime.stop()
+
+
+@pytest.mark.parametrize("anonymous", [True, False], ids=["O_TMPFILE", "named-temporary"])
+def test_files_appear_whole_replace_older_ones_and_a_folder_in_the_way_fails(site, monkeypatch, anonymous):
+    if not anonymous:  # a filesystem without O_TMPFILE: a hidden temporary name, renamed into place
+        monkeypatch.setattr(storage_module, "_anonymous_files", [False])
+    src, dst = site.roots["src"], site.roots["dst"]
+    make_tree(src, {"f/new.txt": b"new", "f/old.txt": b"fresh content", "f/dir.txt": b"x"})
+    make_tree(dst, {"f/old.txt": b"stale", "f/dir.txt/inside": b"a folder where a file should go"})
+    (dst / "f" / "link.txt").symlink_to(dst / "f" / "old.txt")
+    make_tree(src, {"f/link.txt": b"replaces the link, not its target"})
+    status = site.transfer().run(body("src", "dst", ("/f", "/f", True)), wait=True)
+    assert status["status"] == "FAILED"
+    assert status["details"]["code"] == "DestinationTypeConflict"
+    assert status["details"]["errors"][0]["destination_path"] == "/f/dir.txt"
+    (src / "f" / "dir.txt").unlink()
+    status = site.transfer().run(body("src", "dst", ("/f", "/f", True)), wait=True)
+    assert status["status"] == "SUCCEEDED", status
+    assert (dst / "f" / "old.txt").read_bytes() == b"fresh content"
+    assert not (dst / "f" / "link.txt").is_symlink()
+    assert (dst / "f" / "link.txt").read_bytes() == b"replaces the link, not its target"
+    assert sorted(p.name for p in (dst / "f").iterdir()) == ["dir.txt", "link.txt", "new.txt", "old.txt"]

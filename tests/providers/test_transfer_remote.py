@@ -1,0 +1,149 @@
+"""The transfer provider against real servers: an SSH/SFTP server (asyncssh) and an S3 server (moto), each way."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from .conftest import body, local_collection, make_tree, tree
+
+FILES = {
+    "run/big.bin": 6 * 1024 * 1024 + 123,  # several chunks; several S3 parts
+    "run/a.txt": b"alpha\n",
+    "run/nested/b.dat": 70_000,
+    "run/nested/deeper/c.dat": 1,
+    "run/empty.txt": b"",
+}
+
+
+class Remote:
+    """One side of a transfer on a server: how to put files there and read them back."""
+
+    def __init__(self, kind: str, location, monkeypatch):
+        self.kind = kind
+        self.location = location
+        self.fs = location.filesystem()
+        options = dict(location.storage_options)
+        if kind == "sftp":  # the secret comes from the environment, as a deployment would keep it
+            monkeypatch.setenv("APTK_TEST_SFTP_PASSWORD", options["password"])
+            options["password"] = "${APTK_TEST_SFTP_PASSWORD}"
+        self.collection = {"id": str(uuid.uuid4()), "name": kind, "url": location.url, "storage_options": options}
+
+    def put(self, files: dict[str, bytes | int]) -> dict[str, bytes]:
+        written = {}
+        for rel, content in files.items():
+            data = os.urandom(content) if isinstance(content, int) else content
+            if self.kind == "sftp":
+                path = self.location.local / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            else:
+                self.fs.pipe_file(self.location.join(rel), data)
+            written[rel] = data
+        return written
+
+    def tree(self, under: str) -> dict[str, bytes]:
+        if self.kind == "sftp":
+            return tree(self.location.local / under)
+        base = self.location.join(under)
+        return {p[len(base) + 1:]: self.fs.cat_file(p) for p in sorted(self.fs.find(base))}
+
+    def mtime(self, rel: str) -> float:
+        assert self.kind == "sftp"
+        return (self.location.local / rel).stat().st_mtime
+
+
+@pytest.fixture(params=["sftp", "s3"])
+def remote(request, monkeypatch):
+    location = request.getfixturevalue(f"{request.param}_location")
+    return Remote(request.param, location, monkeypatch)
+
+
+@pytest.mark.parametrize("direction", ["upload", "download"])
+def test_copy_verify_and_sync_rerun_against_a_real_server(make_site, tmp_path, remote, direction):
+    local = local_collection("local", tmp_path / "local")
+    site = make_site([local, remote.collection], APTK_TRANSFER_CHUNK_BYTES=1 << 20, APTK_TRANSFER_THREADS=3)
+    if direction == "upload":
+        written = make_tree(tmp_path / "local", FILES)
+        os.utime(tmp_path / "local" / "run" / "a.txt", (1_600_000_000, 1_600_000_000))
+        source, destination = "local", remote.kind
+
+        def copied():
+            return remote.tree("out")
+    else:
+        written = remote.put(FILES)
+        source, destination = remote.kind, "local"
+
+        def copied():
+            return tree(tmp_path / "local" / "out")
+    client = site.transfer()
+    request = body(source, destination, ("/run", "/out", True), preserve_timestamp=True, verify_checksum=True)
+    status = client.run(request, wait=True, timeout=60)
+    assert status["status"] == "SUCCEEDED", status
+    expected = {rel[len("run/"):]: data for rel, data in written.items()}
+    assert copied() == expected
+    total = sum(len(v) for v in written.values())
+    details = status["details"]
+    assert (details["files"], details["files_transferred"], details["bytes_transferred"]) == (5, 5, total)
+    assert details["bytes_checksummed"] == total
+    if remote.kind == "sftp" and direction == "upload":
+        assert remote.mtime("out/a.txt") == 1_600_000_000
+    # Nothing changed: a checksum sync reads both sides and copies nothing.
+    again = client.run({**request, "sync_level": "checksum"}, wait=True, timeout=60)
+    assert again["status"] == "SUCCEEDED", again
+    assert (again["details"]["files_skipped"], again["details"]["bytes_transferred"]) == (5, 0)
+    assert again["details"]["bytes_checksummed"] == 2 * total
+
+
+def test_between_the_two_servers(make_site, sftp_location, s3_location, monkeypatch):
+    sftp = Remote("sftp", sftp_location, monkeypatch)
+    s3 = Remote("s3", s3_location, monkeypatch)
+    written = sftp.put({"x/one.bin": 300_000, "x/two.txt": b"two"})
+    site = make_site([sftp.collection, s3.collection])
+    status = site.transfer().run(body("sftp", "s3", ("/x", "/y", True)), wait=True, timeout=60)
+    assert status["status"] == "SUCCEEDED", status
+    assert s3.tree("y") == {"one.bin": written["x/one.bin"], "two.txt": b"two"}
+    back = site.transfer().run(body("s3", "sftp", ("/y/one.bin", "/z/one.bin")), wait=True, timeout=60)
+    assert back["status"] == "SUCCEEDED", back
+    assert (sftp_location.local / "z" / "one.bin").read_bytes() == written["x/one.bin"]
+
+
+def test_a_missing_remote_source_fails_naming_the_item(make_site, tmp_path, remote):
+    site = make_site([local_collection("local", tmp_path / "local"), remote.collection])
+    status = site.transfer().run(body(remote.kind, "local", ("/nothing/here.txt", "/here.txt")), wait=True)
+    assert status["status"] == "FAILED"
+    assert status["details"]["code"] == "SourceNotFound"
+    assert status["details"]["errors"][0]["source_path"] == "/nothing/here.txt"
+
+
+@pytest.mark.parametrize("chroot", [True, False], ids=["chroot", "no-chroot"])
+def test_sftp_links_leading_outside_the_collection_are_refused(make_site, tmp_path, request, monkeypatch, chroot):
+    server = request.getfixturevalue("sftp_server" if chroot else "sftp_server_no_chroot")
+    location = request.getfixturevalue("sftp_location" if chroot else "sftp_location_no_chroot")
+    outside = server.root / f"outside-{uuid.uuid4().hex[:8]}"  # served, but not in the collection
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"secret")
+    beyond = tmp_path / "beyond"  # not even served (by a chrooted server)
+    beyond.mkdir()
+    (beyond / "secret.txt").write_bytes(b"secret")
+    sftp = Remote("sftp", location, monkeypatch)
+    sftp.put({"d/ok.txt": b"ok"})
+    (location.local / "d" / "escape").symlink_to(Path("..") / ".." / outside.name)
+    (location.local / "top").symlink_to(Path("..") / outside.name)
+    (location.local / "far").symlink_to(beyond)
+    site = make_site([local_collection("local", tmp_path / "local"), sftp.collection])
+    client = site.transfer()
+    nested = client.run(body("sftp", "local", ("/d", "/d", True)), wait=True)
+    assert (nested["status"], nested["details"]["code"]) == ("FAILED", "PathOutsideCollection"), nested
+    assert nested["details"]["errors"][0]["source_path"] == "/d/escape"
+    for link in ("top", "far"):
+        top = client.run(body("sftp", "local", (f"/{link}/secret.txt", "/s.txt")), wait=True)
+        assert (top["status"], top["details"]["code"]) == ("FAILED", "PathOutsideCollection"), top
+        upload = client.run(body("local", "sftp", ("/", f"/{link}/", True)), wait=True)
+        assert (upload["status"], upload["details"]["code"]) == ("FAILED", "PathOutsideCollection"), upload
+    assert not (tmp_path / "local" / "s.txt").exists() and not (tmp_path / "local" / "d").exists()
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    assert sorted(p.name for p in beyond.iterdir()) == ["secret.txt"]

@@ -1,0 +1,219 @@
+"""The transfer and ACL providers under the real `aptk serve` (gunicorn), as a user runs them.
+
+* A transfer whose server is killed (SIGKILL of the whole process group) resumes once a server runs again, without
+  rewriting the files an earlier attempt finished and verified.
+* The README walkthrough over the two default collections: a transfer, a sync rerun that skips everything, a cancel
+  mid-transfer, a shared-collection read refused, granted by an ACL rule, then allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from providers.transfer.collections import INBOX_ID, PROJECT_ID
+
+VENV_BIN = Path(sys.executable).parent
+APTK = str(VENV_BIN / "aptk") if (VENV_BIN / "aptk").exists() else "aptk"
+OWNER = "6a3b4d5e-0000-4000-8000-000000000001"
+USER = "6a3b4d5e-0000-4000-8000-000000000002"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Served:
+    """`aptk serve` in its own process group."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("APTK_")} | env
+        self.process: subprocess.Popen | None = None
+        self.log = data_dir.parent / f"{data_dir.name}-server.log"
+
+    def start(self) -> "Served":
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [APTK, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port), "--workers", "1"],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+        give_up = time.monotonic() + 30
+        while True:
+            assert self.process.poll() is None, f"aptk serve exited:\n{self.log.read_text()[-3000:]}"
+            try:
+                if requests.get(self.url + "/", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < give_up, "aptk serve did not start"
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=10)
+
+    def token(self, identity: str, *groups: str) -> str:
+        command = [APTK, "token", "--data-dir", str(self.data_dir), "--identity", identity]
+        for group in groups:
+            command += ["--group", group]
+        return subprocess.run(command, check=True, capture_output=True, text=True, env=self.env).stdout.strip()
+
+    def call(self, token: str, method: str, path: str, **kw):
+        response = requests.request(method, self.url + path, headers={"Authorization": f"Bearer {token}"},
+                                    timeout=10, **kw)
+        return response
+
+    def run(self, token: str, provider: str, body: dict, request_id: str) -> dict:
+        response = self.call(token, "POST", f"/{provider}/run", json={"request_id": request_id, "body": body})
+        assert response.status_code in (200, 202), response.text
+        return response.json()
+
+    def status(self, token: str, provider: str, action_id: str) -> dict:
+        response = self.call(token, "GET", f"/{provider}/{action_id}/status")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait(self, token: str, action_id: str, timeout: float = 30, provider: str = "transfer") -> dict:
+        give_up = time.monotonic() + timeout
+        while True:
+            status = self.status(token, provider, action_id)
+            if status["status"] in ("SUCCEEDED", "FAILED"):
+                return status
+            assert time.monotonic() < give_up, f"still {status}"
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def servers():
+    started: list[Served] = []
+
+    def make(data_dir: Path, **env: str) -> Served:
+        server = Served(data_dir, env)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.kill()
+
+
+def test_a_transfer_killed_with_its_server_resumes_without_recopying_finished_files(tmp_path, servers):
+    src, dst, data = tmp_path / "src", tmp_path / "dst", tmp_path / "data"
+    src.mkdir()
+    dst.mkdir()
+    for i in range(40):
+        (src / "batch").mkdir(exist_ok=True)
+        (src / "batch" / f"{i:02}.bin").write_bytes(os.urandom(128 * 1024))
+    collections = tmp_path / "collections.json"
+    collections.write_text(json.dumps([{"name": "src", "url": str(src)}, {"name": "dst", "url": str(dst)}]))
+    env = {"APTK_COLLECTIONS_FILE": str(collections), "APTK_LEASE_SECONDS": "2",
+           "APTK_TRANSFER_MAX_BYTES_PER_SECOND": str(1_500_000), "APTK_TRANSFER_THREADS": "2"}
+    server = servers(data, **env).start()
+    token = server.token(USER)
+    action = server.run(token, "transfer", {
+        "source_endpoint_id": "src", "destination_endpoint_id": "dst",
+        "transfer_items": [{"source_path": "/batch", "destination_path": "/batch", "recursive": True}],
+    }, "crash-1")["action_id"]
+    give_up = time.monotonic() + 20
+    while server.status(token, "transfer", action)["details"].get("files_transferred", 0) < 8:
+        assert time.monotonic() < give_up
+        time.sleep(0.05)
+    server.kill()  # kill -9, master and worker
+
+    with sqlite3.connect(data / "aptk.db") as db:
+        recorded = [row[0] for row in db.execute("SELECT path FROM aptk_transfer_done WHERE action_id = ?",
+                                                 (action,))]
+    assert 8 <= len(recorded) < 40, recorded
+    before = {}
+    for rel in recorded:
+        st = (dst / rel).stat()
+        before[rel] = (st.st_ino, st.st_mtime_ns)
+
+    restarted = servers(data, **env).start()
+    final = restarted.wait(token, action, timeout=40)
+    assert final["status"] == "SUCCEEDED", final
+    assert final["details"]["files_transferred"] == 40
+    for rel, identity in before.items():
+        st = (dst / rel).stat()
+        assert (st.st_ino, st.st_mtime_ns) == identity, f"{rel} was written again"
+    for path in (src / "batch").iterdir():
+        assert (dst / "batch" / path.name).read_bytes() == path.read_bytes()
+    assert not list(dst.rglob("*.part"))
+    log = restarted.call(token, "GET", f"/transfer/{action}/log", params={"limit": 100}).json()["entries"]
+    codes = [e["code"] for e in log]
+    assert "ActionRecovered" in codes
+    assert any(f"{len(recorded)} file(s) finished by an earlier attempt" in e["description"] for e in log)
+    with sqlite3.connect(data / "aptk.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM aptk_transfer_done").fetchone()[0] == 0
+
+
+def test_the_readme_walkthrough_over_the_default_collections(tmp_path, servers):
+    data = tmp_path / "data"
+    server = servers(data, APTK_COLLECTION_OWNERS=OWNER).start()
+    user, owner = server.token(USER), server.token(OWNER)
+    inbox = data / "collections" / "inbox"
+    project = data / "collections" / "project"
+    for i in range(20):
+        (inbox / "run1").mkdir(parents=True, exist_ok=True)
+        (inbox / "run1" / f"frame{i:02}.dat").write_bytes(os.urandom(20_000))
+
+    # 1. A transfer between the two default collections (the owner may write the shared one).
+    copy = {"source_endpoint_id": INBOX_ID, "destination_endpoint_id": PROJECT_ID, "label": "run1",
+            "transfer_items": [{"source_path": "/run1", "destination_path": "/run1", "recursive": True}]}
+    first = server.wait(owner, server.run(owner, "transfer", copy, "1")["action_id"])
+    assert first["status"] == "SUCCEEDED", first
+    assert first["details"]["files_transferred"] == 20
+    # 2. A sync rerun skips everything.
+    again = server.wait(owner, server.run(owner, "transfer", {**copy, "sync_level": "checksum"}, "2")["action_id"])
+    assert (again["details"]["files_skipped"], again["details"]["bytes_transferred"]) == (20, 0)
+    # 3. A cancel mid-transfer.
+    with open(inbox / "big.bin", "wb") as f:
+        f.truncate(2 << 30)
+    big = {"source_endpoint_id": "inbox", "destination_endpoint_id": "inbox",
+           "transfer_items": [{"source_path": "/big.bin", "destination_path": "/big-copy.bin"}]}
+    action = server.run(user, "transfer", big, "3")["action_id"]
+    give_up = time.monotonic() + 20
+    while server.status(user, "transfer", action)["details"].get("bytes_transferred", 0) == 0:
+        assert time.monotonic() < give_up
+        time.sleep(0.05)
+    cancelled = server.call(user, "POST", f"/transfer/{action}/cancel").json()
+    assert cancelled["details"]["code"] == "ActionCancelled"
+    time.sleep(1.5)
+    assert not (inbox / "big-copy.bin").exists()
+    assert not [p for p in inbox.iterdir() if p.name.endswith(".part")]
+    (inbox / "big.bin").unlink()
+    # 4. A shared-collection read refused, granted by an ACL rule, then allowed.
+    read = {"source_endpoint_id": "project", "destination_endpoint_id": "inbox",
+            "transfer_items": [{"source_path": "/run1", "destination_path": "/from-project", "recursive": True}]}
+    refused = server.wait(user, server.run(user, "transfer", read, "4")["action_id"])
+    assert (refused["status"], refused["details"]["code"]) == ("FAILED", "PermissionDenied")
+    forbidden = server.call(user, "POST", "/acl/run", json={"request_id": "5", "body": {
+        "operation": "CREATE", "endpoint_id": "project", "path": "/run1/", "principal_type": "identity",
+        "principal": USER, "permissions": "r"}})
+    assert forbidden.status_code == 403
+    granted = server.run(owner, "acl", {"operation": "CREATE", "endpoint_id": "project", "path": "/run1/",
+                                        "principal_type": "identity", "principal": USER, "permissions": "r"}, "6")
+    assert granted["status"] == "SUCCEEDED" and granted["details"]["access_id"]
+    allowed = server.wait(user, server.run(user, "transfer", read, "7")["action_id"])
+    assert allowed["status"] == "SUCCEEDED", allowed
+    assert len(list((inbox / "from-project").iterdir())) == 20
+    assert project.is_dir()
