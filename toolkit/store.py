@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import time
 from typing import Any, Iterable, Iterator, Protocol
 
 import sqlalchemy as sa
@@ -174,15 +175,7 @@ class SQLStore:
 
     def create_schema(self) -> None:
         """Create the tables if they are missing; safe to call from several processes at once."""
-        for attempt in range(5):
-            try:
-                with self.engine.begin() as conn:
-                    metadata.create_all(conn)
-                return
-            except (OperationalError, ProgrammingError, IntegrityError):
-                # Another process created a table between our check and our CREATE.
-                if attempt == 4:
-                    raise
+        create_tables(self.engine, metadata, once=False)
 
     def dispose(self) -> None:
         if self._engine is not None:
@@ -452,3 +445,32 @@ def _build_update(shape: list[tuple[str, str]], clears_completion: bool) -> Any:
         release_after = values.get("release_after", actions.c.release_after)
         values["expires_at"] = sa.null() if clears_completion else completion + release_after
     return actions.update().where(*conditions).values(**values)
+
+
+_created: set[tuple[int, int]] = set()
+_created_lock = threading.Lock()
+
+
+def create_tables(engine: sa.Engine, tables: sa.MetaData, *, once: bool = True) -> None:
+    """Create the tables of ``tables`` that are missing, tolerating other processes doing the same at once.
+
+    For providers keeping tables of their own beside the actions (``ctx.store.engine``); with ``once`` (the
+    default) later calls for the same engine and tables return at once.
+    """
+    key = (id(engine), id(tables))
+    if once and key in _created:
+        return
+    with _created_lock:
+        if once and key in _created:
+            return
+        for attempt in range(5):
+            try:
+                with engine.begin() as conn:
+                    tables.create_all(conn)
+                break
+            except (OperationalError, ProgrammingError, IntegrityError):
+                # Another process created a table between our check and our CREATE.
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        _created.add(key)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import threading
 import time
 import uuid
 from typing import Any, Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from toolkit.store import create_tables
+from sqlalchemy.exc import IntegrityError
 
 metadata = sa.MetaData()
 
@@ -83,27 +84,9 @@ def _iso(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-_schema_lock = threading.Lock()
-_schema_ready: set[int] = set()
-
-
 def ensure_schema(engine: sa.Engine) -> None:
-    """Create the table on first use (several processes may race to: that is fine)."""
-    if id(engine) in _schema_ready:
-        return
-    with _schema_lock:
-        if id(engine) in _schema_ready:
-            return
-        for attempt in range(5):
-            try:
-                with engine.begin() as conn:
-                    metadata.create_all(conn)
-                break
-            except (OperationalError, ProgrammingError, IntegrityError):
-                if attempt == 4:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        _schema_ready.add(id(engine))
+    """Create this module's table on first use (several processes may race to: that is fine)."""
+    create_tables(engine, metadata)
 
 
 def _rule(row: Any) -> Rule:

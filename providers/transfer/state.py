@@ -9,12 +9,13 @@ rows of actions that never ended (cancelled while a process was stopping, say) a
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from typing import Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
+
+from toolkit.store import create_tables
 
 metadata = sa.MetaData()
 
@@ -40,26 +41,9 @@ class Done:
     checksum: str | None
 
 
-_schema_lock = threading.Lock()
-_schema_ready: set[int] = set()
-
-
 def ensure_schema(engine: sa.Engine) -> None:
-    if id(engine) in _schema_ready:
-        return
-    with _schema_lock:
-        if id(engine) in _schema_ready:
-            return
-        for attempt in range(5):
-            try:
-                with engine.begin() as conn:
-                    metadata.create_all(conn)
-                break
-            except (OperationalError, ProgrammingError, IntegrityError):
-                if attempt == 4:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        _schema_ready.add(id(engine))
+    """Create this module's table on first use (several processes may race to: that is fine)."""
+    create_tables(engine, metadata)
 
 
 class DoneRecords:
