@@ -1,5 +1,8 @@
 import pytest
 
+# Servers the tests start on loopback, one of each per session: OAuth2 (oidc-provider), SFTP, S3, PostgreSQL.
+pytest_plugins = ["tests.oidc.fixture", "tests.servers.fixtures"]
+
 
 class FakeClock:
     """A clock the test moves by hand."""

@@ -40,11 +40,7 @@ provider = ActionProvider(
 @provider.run
 def hello(body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     if body.get("require_resume") and not ctx.resumed:
-        raise ActionInactive(
-            "ResumeRequired",
-            "This action waits for a call to /resume.",
-            resolution_url=None,
-        )
+        raise ActionInactive("ResumeRequired", "This action waits for a call to /resume.")
     sleep_time = float(body.get("sleep_time", 0))
     if sleep_time:
         ctx.progress(display_status="sleeping", details={"sleep_time": sleep_time})

@@ -7,7 +7,6 @@ import subprocess
 import time
 import uuid
 
-import pytest
 
 from .support import Api, post_when_all_ready, start_together
 

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.oidc.fixture import (  # noqa: F401 - fixtures
+from tests.oidc.fixture import (
     CALLER,
     HELLO_SCOPE,
     JWT_RESOURCE,
@@ -25,8 +25,6 @@ from tests.oidc.fixture import (  # noqa: F401 - fixtures
     OTHER_SCOPE,
     RESOURCE_SERVER,
     SHORT_LIVED,
-    oidc_server,
-    other_oidc_server,
 )
 
 from .support import APTK, Api

@@ -1,9 +1,9 @@
 """A real OAuth 2.0 / OpenID Connect authorization server for tests: ``node server.mjs`` (oidc-provider) on loopback.
 
 Use the session fixtures ``oidc_server`` and ``other_oidc_server`` (an independent instance: another issuer, other
-keys, same clients and resources), e.g. from a ``conftest.py``::
+keys, same clients and resources); ``tests/conftest.py`` loads this module as a pytest plugin::
 
-    from tests.oidc.fixture import oidc_server, other_oidc_server  # noqa: F401  (pytest fixtures)
+    pytest_plugins = ["tests.oidc.fixture"]
 
 or start instances yourself with :func:`start_oidc_server` (a context manager too)::
 

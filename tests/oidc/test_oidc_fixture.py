@@ -8,7 +8,7 @@ import jwt
 import pytest
 import requests
 
-from tests.oidc.fixture import (  # noqa: F401  (oidc_server and other_oidc_server are fixtures)
+from tests.oidc.fixture import (
     CALLER,
     HELLO_SCOPE,
     JWT_RESOURCE,
@@ -18,8 +18,6 @@ from tests.oidc.fixture import (  # noqa: F401  (oidc_server and other_oidc_serv
     RESOURCE_SERVER,
     SHORT_LIVED,
     OIDCServerError,
-    oidc_server,
-    other_oidc_server,
 )
 
 

@@ -16,15 +16,6 @@ from providers.transfer import provider as transfer_provider
 from toolkit.server import create_app
 from toolkit.testing import TestClient, TokenAuthority
 
-# The real SFTP and S3 servers (one each per session), see tests/servers/fixtures.py. (If tests/conftest.py loads
-# them with pytest_plugins = ["tests.servers.fixtures"], these lines can go.)
-from tests.servers import fixtures as _servers
-
-for _name in ("sftp_server", "sftp_server_no_chroot", "s3_server", "sftp_location", "sftp_location_no_chroot",
-              "s3_location"):
-    if hasattr(_servers, _name):
-        globals()[_name] = getattr(_servers, _name)
-
 OWNER = "11111111-1111-4111-8111-111111111111"
 USER = "22222222-2222-4222-8222-222222222222"
 GROUP = "33333333-3333-4333-8333-333333333333"

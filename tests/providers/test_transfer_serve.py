@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,60 +18,17 @@ import pytest
 import requests
 
 from providers.transfer.collections import INBOX_ID, PROJECT_ID
+from tests.e2e.support import Server
 
-VENV_BIN = Path(sys.executable).parent
-APTK = str(VENV_BIN / "aptk") if (VENV_BIN / "aptk").exists() else "aptk"
 OWNER = "6a3b4d5e-0000-4000-8000-000000000001"
 USER = "6a3b4d5e-0000-4000-8000-000000000002"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Served:
-    """`aptk serve` in its own process group."""
+class Served(Server):
+    """`aptk serve` (one worker) in its own process group, with helpers for these tests."""
 
     def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
-        self.data_dir = data_dir
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("APTK_")} | env
-        self.process: subprocess.Popen | None = None
-        self.log = data_dir.parent / f"{data_dir.name}-server.log"
-
-    def start(self) -> "Served":
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [APTK, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port), "--workers", "1"],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
-        give_up = time.monotonic() + 30
-        while True:
-            assert self.process.poll() is None, f"aptk serve exited:\n{self.log.read_text()[-3000:]}"
-            try:
-                if requests.get(self.url + "/", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < give_up, "aptk serve did not start"
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=10)
-
-    def token(self, identity: str, *groups: str) -> str:
-        command = [APTK, "token", "--data-dir", str(self.data_dir), "--identity", identity]
-        for group in groups:
-            command += ["--group", group]
-        return subprocess.run(command, check=True, capture_output=True, text=True, env=self.env).stdout.strip()
+        super().__init__(data_dir, data_dir.parent, workers=1, env=env)
 
     def call(self, token: str, method: str, path: str, **kw):
         response = requests.request(method, self.url + path, headers={"Authorization": f"Bearer {token}"},

@@ -13,16 +13,6 @@ import sys
 
 import pytest
 
-# The fixtures, for this module. (When tests/conftest.py loads them for the
-# whole suite with pytest_plugins = ["tests.servers.fixtures"], this can go.)
-from tests.servers.fixtures import (  # noqa: E402,F401
-    s3_location,
-    s3_server,
-    sftp_location,
-    sftp_location_no_chroot,
-    sftp_server,
-    sftp_server_no_chroot,
-)
 
 MiB = 2**20
 CHUNK = 1 * MiB

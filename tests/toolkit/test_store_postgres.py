@@ -6,14 +6,13 @@ import uuid
 import pytest
 
 from providers.hello import provider as hello
-from tests.servers.fixtures import postgres_server  # noqa: F401 - fixture
 from toolkit import SQLStore, Status
 from toolkit.client import ClientError
 from toolkit.testing import TestClient, provider_app
 
 
 @pytest.fixture
-def database(postgres_server):  # noqa: F811
+def database(postgres_server):
     return postgres_server.create_database(f"aptk_{uuid.uuid4().hex[:12]}")
 
 
