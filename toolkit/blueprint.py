@@ -25,6 +25,7 @@ from .documents import (
 )
 from .errors import ApiError, BadActionRequest, UnauthorizedRequest
 from .extension import ToolkitState, get_toolkit
+from .settings import setting
 from .store import ROLES
 
 if TYPE_CHECKING:
@@ -193,7 +194,8 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
     def introspect() -> Response:
         if set(provider.visible_to) != {"public"}:
             require_visible(provider, authenticate())
-        return jsonify(_description_schema.dump(describe(provider)))
+        contact = setting(current_app, "APTK_ADMIN_CONTACT", None)
+        return jsonify(_description_schema.dump(describe(provider, contact)))
 
     @route([("/openapi.json", "GET")])
     def openapi() -> Response:
@@ -253,8 +255,15 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
     return bp
 
 
-def describe(provider: "ActionProvider") -> dict[str, Any]:
-    """The provider description document (``GET /``)."""
+DEFAULT_ADMIN_CONTACT = "the operator of this deployment (APTK_ADMIN_CONTACT is not set)"
+
+
+def describe(provider: "ActionProvider", default_contact: str | None = None) -> dict[str, Any]:
+    """The provider description document (``GET /``).
+
+    ``admin_contact`` is required by the API: the provider's own, else the deployment's ``default_contact``
+    (``APTK_ADMIN_CONTACT``), else a text saying that nobody set one.
+    """
     return {
         "types": ["Action"],
         "api_version": "1.0",
@@ -263,7 +272,7 @@ def describe(provider: "ActionProvider") -> dict[str, Any]:
         "description": provider.description,
         "keywords": provider.keywords,
         "globus_auth_scope": provider.globus_auth_scope,
-        "admin_contact": provider.admin_contact,
+        "admin_contact": provider.admin_contact or default_contact or DEFAULT_ADMIN_CONTACT,
         "synchronous": provider.synchronous,
         "log_supported": provider.log_supported,
         "visible_to": provider.visible_to,

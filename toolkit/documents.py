@@ -147,7 +147,7 @@ class ProviderDescriptionSchema(_OmitNone):
     description = fields.String()
     keywords = fields.List(fields.String())
     globus_auth_scope = fields.String(required=True)
-    admin_contact = fields.String()
+    admin_contact = fields.String(required=True)
     synchronous = fields.Boolean(required=True)
     log_supported = fields.Boolean(required=True)
     visible_to = fields.List(fields.String(), required=True)

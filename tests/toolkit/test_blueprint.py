@@ -71,6 +71,19 @@ class TestIntrospection:
         assert document["maximum_deadline"] == "P30D"
         assert no_nulls(document) == []
 
+    def test_admin_contact_is_always_sent(self, tmp_path):
+        own = provider_client(make_provider(admin_contact="a@example.org"), tmp_path / "own").app
+        assert own.test_client().get("/provider/").json["admin_contact"] == "a@example.org"
+        app = provider_client(make_provider(), tmp_path / "default").app
+        unset = app.test_client().get("/provider/").json["admin_contact"]
+        assert "APTK_ADMIN_CONTACT" in unset
+        app.config["APTK_ADMIN_CONTACT"] = "ops@example.org"
+        assert app.test_client().get("/provider/").json["admin_contact"] == "ops@example.org"
+        own.config["APTK_ADMIN_CONTACT"] = "ops@example.org"  # the provider's own contact wins
+        assert own.test_client().get("/provider/").json["admin_contact"] == "a@example.org"
+        spec = app.test_client().get("/provider/openapi.json").json
+        assert "admin_contact" in spec["components"]["schemas"]["ProviderDescription"]["required"]
+
     def test_served_without_trailing_slash_too(self, client):
         assert client.app.test_client().get("/provider").status_code == 200
 
