@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -35,3 +35,76 @@ def number(app: Flask, key: str, default: float, kind=float) -> Any:
     if number <= 0:
         raise ConfigurationError(f"{key} must be positive, not {value!r}")
     return number
+
+
+# --- every setting name, so that a misspelt one stops start-up instead of being ignored -----------------------
+
+KNOWN_SETTINGS: set[str] = {
+    # the toolkit (toolkit.extension, toolkit.blueprint)
+    "APTK_DATA_DIR",
+    "APTK_DATABASE_URL",
+    "APTK_EXECUTOR_THREADS",
+    "APTK_LEASE_SECONDS",
+    "APTK_ADMIN_CONTACT",
+    # token verifiers (toolkit.auth.config)
+    "APTK_AUTH",
+    "APTK_AUTH_ISSUER",
+    "APTK_AUTH_AUDIENCE",
+    "APTK_AUTH_JWKS_URI",
+    "APTK_AUTH_ALGORITHMS",
+    "APTK_AUTH_GROUPS_CLAIM",
+    "APTK_AUTH_LEEWAY",
+    "APTK_AUTH_TIMEOUT",
+    "APTK_AUTH_REQUIRE_TYP",
+    "APTK_AUTH_CLIENT_ID",
+    "APTK_AUTH_CLIENT_SECRET",
+    "APTK_AUTH_INTROSPECTION_URL",
+    # the aptk command as a client (toolkit.cli)
+    "APTK_TOKEN",
+    "APTK_CLIENT_SECRET",
+    # bundled providers (providers.transfer, providers.acl)
+    "APTK_COLLECTIONS_FILE",
+    "APTK_COLLECTION_OWNERS",
+    "APTK_TRANSFER_THREADS",
+    "APTK_TRANSFER_CHUNK_BYTES",
+    "APTK_TRANSFER_MAX_BYTES_PER_SECOND",
+}
+"""Every ``APTK_*`` name the toolkit and the bundled providers read. A provider of its own adds its names with
+:func:`register_settings` (or ``ActionProvider(settings=[...])``); any other ``APTK_*`` name in the environment or
+in ``app.config`` stops start-up (:func:`check_settings`)."""
+
+PREFIX = "APTK_"
+
+
+def register_settings(*names: str) -> None:
+    """Declare ``APTK_*`` names that a provider reads, so that setting them is not refused as a misspelling.
+
+    Call it where the provider is defined (at import), before the app is set up.
+    """
+    for name in names:
+        if not isinstance(name, str) or not name.startswith(PREFIX) or name != name.strip():
+            raise ValueError(f"a setting name starts with {PREFIX}: {name!r}")
+        KNOWN_SETTINGS.add(name)
+
+
+def unknown_setting(name: str, where: str) -> str:
+    """The message for an unknown name: the name, where it was found, and the closest real one."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(KNOWN_SETTINGS), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else "no setting has a similar name."
+    return (f"unknown setting {name} in {where}: {hint} (a provider declares its own settings with "
+            f"toolkit.settings.register_settings)")
+
+
+def check_settings(config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse an ``APTK_*`` name in ``config`` (e.g. ``app.config``) or the environment that nothing reads.
+
+    Raises :class:`ConfigurationError` naming the first unknown name (sorted, config first) and the closest
+    known one.
+    """
+    environ = os.environ if environ is None else environ
+    for where, names in (("the configuration", config or {}), ("the environment", environ)):
+        for name in sorted(k for k in names if isinstance(k, str) and k.startswith(PREFIX)):
+            if name not in KNOWN_SETTINGS:
+                raise ConfigurationError(unknown_setting(name, where))
