@@ -49,6 +49,11 @@ if TYPE_CHECKING:
     from .store import SQLStore, Store
 
 
+def __dir__() -> list[str]:
+    # The lazy names are part of the module, for dir(), help() and completion alike.
+    return sorted(set(globals()) | set(_LOCATIONS))
+
+
 def __getattr__(name: str) -> Any:
     module = _LOCATIONS.get(name)
     if module is None:
