@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import enum
 import re
+import urllib.parse
 from typing import Any, Mapping
 
 import isodate
@@ -17,10 +18,116 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_dump, valid
 
 UTC = dt.timezone.utc
 
-_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-PRINCIPAL_URN = re.compile(rf"^urn:globus:(auth:identity|groups:id):{_UUID}$")
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_UUID_ANY_CASE = re.compile(_UUID, re.IGNORECASE)
+
+# What a principal is (README, "Who is who"). Every verifier names callers only in these forms, and every field
+# that names principals (monitor_by, manage_by, runnable_by, visible_to, administered_by) accepts exactly these:
+#   urn:globus:auth:identity:<uuid>   a subject (the token's ``sub``, else its ``client_id``) that is a UUID
+#   urn:globus:groups:id:<uuid>       a group whose id is a UUID
+#   urn:aptk:subject:<name>           a subject that is not a UUID (e.g. a client id such as ``flows-client``)
+#   urn:aptk:group:<name>             a group whose name is not a UUID (e.g. ``/lab/members`` from a groups claim)
+# UUIDs are lower-case; a <name> keeps its case (subjects are case-sensitive) and percent-encodes (%XX, UTF-8)
+# every character other than letters, digits and -._~!$&'()*+;=:@/ (a comma or a space, say).
+IDENTITY_PREFIX = "urn:globus:auth:identity:"
+GROUP_PREFIX = "urn:globus:groups:id:"
+SUBJECT_PREFIX = "urn:aptk:subject:"
+NAMED_GROUP_PREFIX = "urn:aptk:group:"
+MAX_PRINCIPAL_LENGTH = 256
+_NAME_SAFE = "-._~!$&'()*+;=:@/"  # RFC 3986 pchar less "," (lists of principals are comma-separated)
+_NAME = r"(?:[A-Za-z0-9\-._~!$&'()*+;=:@/]|%[0-9A-F]{2})+"
+_NAME_RE = re.compile(_NAME)
+#: The canonical form of a principal URN (what :func:`normalize_principal` returns).
+PRINCIPAL_URN = re.compile(
+    rf"urn:globus:(?:auth:identity|groups:id):{_UUID}|urn:aptk:(?:subject|group):{_NAME}"
+)
+_PRINCIPAL_PATTERN = f"^(?:{PRINCIPAL_URN.pattern})$"  # for JSON Schema (ECMA 262: `$` is the very end)
 PUBLIC = "public"
 ALL_AUTHENTICATED_USERS = "all_authenticated_users"
+
+_KINDS = {  # prefix -> (kind, the UUID form of the same kind)
+    IDENTITY_PREFIX: ("identity", IDENTITY_PREFIX),
+    SUBJECT_PREFIX: ("identity", IDENTITY_PREFIX),
+    GROUP_PREFIX: ("group", GROUP_PREFIX),
+    NAMED_GROUP_PREFIX: ("group", GROUP_PREFIX),
+}
+_PRINCIPAL_FORMS = (
+    "urn:globus:auth:identity:<uuid>, urn:globus:groups:id:<uuid>, urn:aptk:subject:<name> or urn:aptk:group:<name>"
+)
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def principal_kind(urn: str) -> str:
+    """``"identity"`` or ``"group"`` for a principal URN in canonical form."""
+    for prefix, (kind, _) in _KINDS.items():
+        if urn.startswith(prefix):
+            return kind
+    raise ValueError(f"{_shown(urn)} is not a principal URN")
+
+
+def normalize_principal(value: str) -> str:
+    """``value`` (a principal URN as a person may write it) in the canonical form verifiers produce.
+
+    The URN prefix and UUIDs are lower-cased, percent-escapes upper-cased, characters that need no escape
+    unescaped; ``urn:aptk:subject:<uuid>`` becomes ``urn:globus:auth:identity:<uuid>`` (and likewise for groups).
+    Anything else raises :class:`ValueError` saying precisely what is wrong: a trailing newline, a stray space,
+    a UUID with a typo, an unknown prefix.
+    """
+    if not isinstance(value, str):
+        raise ValueError("is not a string")
+    if len(value) > MAX_PRINCIPAL_LENGTH:
+        raise ValueError(f"is longer than {MAX_PRINCIPAL_LENGTH} characters")
+    lower = value.lower()
+    for prefix, (kind, uuid_prefix) in _KINDS.items():
+        if not lower.startswith(prefix):
+            continue
+        rest = value[len(prefix):]
+        if prefix == uuid_prefix:
+            if not _UUID_ANY_CASE.fullmatch(rest):
+                raise ValueError(f"{_shown(value)}: a {prefix}<uuid> needs a UUID (8-4-4-4-12 hex digits) after "
+                                 f"the prefix and nothing else; got {_shown(rest)}")
+            return prefix + rest.lower()
+        if not rest:
+            raise ValueError(f"{_shown(value)}: {prefix}<name> needs a name after the prefix")
+        if "%" in re.sub(r"%[0-9A-Fa-f]{2}", "", rest):
+            raise ValueError(f"{_shown(value)}: a '%' must start an escape of two hex digits (%25 is '%' itself)")
+        bad = sorted({c for c in re.sub(r"%[0-9A-Fa-f]{2}", "", rest) if not _NAME_RE.fullmatch(c)})
+        if bad:
+            raise ValueError(
+                f"{_shown(value)}: percent-encode {', '.join(repr(c) for c in bad)} in a {prefix}<name> "
+                f"(only letters, digits and {_NAME_SAFE} stand for themselves; e.g. %20 is a space, %2C a comma)"
+            )
+        try:
+            name = urllib.parse.unquote(rest, errors="strict")
+        except UnicodeDecodeError:
+            raise ValueError(f"{_shown(value)}: the percent-escapes are not UTF-8") from None
+        return principal_for(name, kind)
+    raise ValueError(f"{_shown(value)} is not a principal URN ({_PRINCIPAL_FORMS})")
+
+
+def principal_for(name: str, kind: str) -> str:
+    """The principal URN for an identity or group ``name`` as an authorization server gives it (a ``sub``, a
+    ``client_id``, an entry of a groups claim): the UUID form for a UUID, else the ``urn:aptk:...:<name>`` form.
+    A value that is already a principal URN must be of the same kind."""
+    uuid_prefix, name_prefix = (
+        (IDENTITY_PREFIX, SUBJECT_PREFIX) if kind == "identity" else (GROUP_PREFIX, NAMED_GROUP_PREFIX)
+    )
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"an empty {kind} name")
+    if _UUID_ANY_CASE.fullmatch(name):
+        return uuid_prefix + name.lower()
+    if any(name.lower().startswith(prefix) for prefix in _KINDS):
+        urn = normalize_principal(name)
+        if principal_kind(urn) != kind:
+            raise ValueError(f"{_shown(name)} names a principal of another kind ({principal_kind(urn)}, not {kind})")
+        return urn
+    urn = name_prefix + urllib.parse.quote(name, safe=_NAME_SAFE)
+    if len(urn) > MAX_PRINCIPAL_LENGTH:
+        raise ValueError(f"the {kind} name {_shown(name)} is too long for a principal ({MAX_PRINCIPAL_LENGTH} characters)")
+    return urn
 
 
 class Status(str, enum.Enum):
@@ -31,11 +138,13 @@ class Status(str, enum.Enum):
 
 
 def identity_urn(identity_id: str) -> str:
-    return f"urn:globus:auth:identity:{identity_id}"
+    """The principal of an identity: its UUID, its name or its URN (see :func:`principal_for`)."""
+    return principal_for(identity_id, "identity")
 
 
 def group_urn(group_id: str) -> str:
-    return f"urn:globus:groups:id:{group_id}"
+    """The principal of a group: its UUID, its name or its URN (see :func:`principal_for`)."""
+    return principal_for(group_id, "group")
 
 
 def parse_duration(text: str) -> dt.timedelta:
@@ -84,20 +193,20 @@ class EpochTime(fields.Field):
 
 
 class Principal(fields.String):
+    """A principal URN, normalised (:func:`normalize_principal`); what cannot be normalised is a precise 400."""
+
     def __init__(self, **kwargs):
-        kwargs.setdefault("metadata", {"pattern": PRINCIPAL_URN.pattern})
+        kwargs.setdefault("metadata", {"pattern": _PRINCIPAL_PATTERN, "maxLength": MAX_PRINCIPAL_LENGTH})
         super().__init__(**kwargs)
 
-    default_error_messages = {
-        "principal": "{input!r} is not a principal URN (urn:globus:auth:identity:<uuid> or "
-        "urn:globus:groups:id:<uuid>)."
-    }
+    default_error_messages = {"principal": "{reason}."}
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
-        if not PRINCIPAL_URN.match(text):
-            raise self.make_error("principal", input=text)
-        return text
+        try:
+            return normalize_principal(text)
+        except ValueError as exc:
+            raise self.make_error("principal", reason=str(exc)) from None
 
 
 class _OmitNone(Schema):

@@ -7,6 +7,7 @@ The tree::
     │   ├── BadActionRequest      400
     │   ├── UnauthorizedRequest   401 (carries ``WWW-Authenticate: Bearer``)
     │   ├── ForbiddenRequest      403
+    │   │   └── InsufficientScope 403 for a token without the provider's scope (``WWW-Authenticate: Bearer``)
     │   ├── ActionNotFound        404
     │   ├── ActionConflict        409
     │   ├── RequestTooLarge       413
@@ -58,20 +59,40 @@ class UnauthorizedRequest(ApiError):
     code = "UnauthorizedRequest"
     default_description = "A valid bearer token is required."
 
-    def __init__(self, description: str | None = None, *, error: str = "invalid_token") -> None:
+    def __init__(self, description: str | None = None, *, error: str | None = "invalid_token") -> None:
         super().__init__(description)
         self.error = error
 
     def headers(self) -> dict[str, str]:
-        # RFC 6750 section 3. Header values must be printable ASCII, whatever a token's header contained.
-        safe = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in self.description)
-        return {"WWW-Authenticate": f'Bearer error="{self.error}", error_description="{safe}"'}
+        # RFC 6750 section 3: no error code (nor description) for a request that carried no bearer token.
+        if self.error is None:
+            return {"WWW-Authenticate": "Bearer"}
+        return {"WWW-Authenticate": f'Bearer error="{self.error}", error_description="{_header_safe(self.description)}"'}
+
+
+def _header_safe(text: str) -> str:
+    """Header values must be printable ASCII, whatever a token's header contained; no quote may end a value."""
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
 
 
 class ForbiddenRequest(ApiError):
     status = 403
     code = "ForbiddenRequest"
     default_description = "You are not allowed to do this."
+
+
+class InsufficientScope(ForbiddenRequest):
+    """A valid token without the scope the provider needs (RFC 6750 section 3.1: 403 ``insufficient_scope``)."""
+
+    def __init__(self, scope: str, description: str | None = None) -> None:
+        super().__init__(description or f"The token does not carry the scope {scope!r}.")
+        self.scope = scope
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{_header_safe(self.scope)}", '
+            f'error_description="{_header_safe(self.description)}"'
+        }
 
 
 class ActionNotFound(ApiError):

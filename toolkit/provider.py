@@ -10,9 +10,9 @@ from marshmallow import Schema, ValidationError
 
 from .documents import (
     ALL_AUTHENTICATED_USERS,
-    PRINCIPAL_URN,
     PUBLIC,
     describe_validation_error,
+    normalize_principal,
     parse_duration,
 )
 from .errors import BadActionRequest, ConfigurationError
@@ -33,14 +33,16 @@ def _slug(text: str) -> str:
 def _principals(field: str, values: Iterable[str], words: tuple[str, ...]) -> list[str]:
     if isinstance(values, str):
         raise ConfigurationError(f"{field} must be a list of principals, not the string {values!r}")
-    result = list(values)
-    for value in result:
-        if value not in words and not PRINCIPAL_URN.match(value):
+    result = []
+    for value in values:
+        if value in words:
+            result.append(value)
+            continue
+        try:
+            result.append(normalize_principal(value))  # lower-case UUIDs: compared as the verifiers name callers
+        except ValueError as exc:
             allowed = " or ".join(repr(w) for w in words)
-            raise ConfigurationError(
-                f"{field}: {value!r} is not a principal URN (urn:globus:auth:identity:<uuid>, "
-                f"urn:globus:groups:id:<uuid>){' or ' + allowed if words else ''}"
-            )
+            raise ConfigurationError(f"{field}: {exc}{'; or use ' + allowed if words else ''}") from None
     return result
 
 

@@ -15,8 +15,8 @@ Every instance serves the client credentials grant with RFC 8707 resource indica
 ``iss``, ``sub`` (= the client id, a UUID), ``client_id``, ``aud`` (= the resource), ``scope``, ``groups`` (the
 client's group UUIDs, left out when it has none), ``iat``, ``exp`` and ``jti``. A token for :data:`OPAQUE_RESOURCE`
 is a random string; the ``resource-server`` client introspects it (RFC 7662) and gets ``active``, ``sub``,
-``groups``, ``client_id``, ``aud``, ``scope``, ``iss``, ``iat``, ``exp`` and ``token_type``. Every other client gets
-``{"active": false}``. JWT access tokens are not stored, so they introspect as inactive.
+``groups``, ``client_id``, ``aud``, ``scope``, ``iss``, ``iat``, ``exp`` and ``token_type`` (``sub`` is left out for a
+client configured with ``omit_sub``). Every other client gets ``{"active": false}``. JWT access tokens are not stored, so they introspect as inactive.
 
 Node.js (20 or newer) and npm must be installed: the first start runs ``npm ci`` in this directory (a few seconds;
 later starts skip it while ``package.json`` and ``package-lock.json`` are unchanged). Without them the fixtures fail

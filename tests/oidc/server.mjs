@@ -47,6 +47,8 @@ const DEFAULT_RESOURCES = {
 // `resources` limits which resource indicators the client may ask for (default: all of them).
 // `access_token_ttl` (seconds) overrides the resource's lifetime for this client's tokens.
 // `introspect: true` marks the clients allowed to see introspection results (everyone else gets active=false).
+// `omit_sub: true` leaves `sub` out of the client's tokens' introspection answers (as RFC 7662 allows), so that a
+// resource server has to fall back to `client_id`. Client ids and groups need not be UUIDs.
 const DEFAULT_CLIENTS = [
   {
     name: 'caller',
@@ -173,7 +175,8 @@ server.listen(requestedPort, host, () => {
     extraTokenClaims: async (ctx, token) => {
       const client = clientsById.get(token.clientId);
       const groups = client?.groups ?? [];
-      return { sub: token.accountId ?? token.clientId, ...(groups.length ? { groups } : {}) };
+      const sub = client?.omit_sub ? {} : { sub: token.accountId ?? token.clientId };
+      return { ...sub, ...(groups.length ? { groups } : {}) };
     },
     ttl: {
       ClientCredentials: (ctx, token, client) => clientFor(ctx, client)?.access_token_ttl

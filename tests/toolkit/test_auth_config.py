@@ -45,11 +45,25 @@ def test_each_kind_is_built_from_its_settings(tmp_path, settings, kind):
           "APTK_AUTH_ALGORITHMS": "HS256"}, "HS256"),
         ({"APTK_AUTH": "jwt", "APTK_AUTH_ISSUER": "https://as", "APTK_AUTH_AUDIENCE": "a",
           "APTK_AUTH_TIMEOUT": "soon"}, "APTK_AUTH_TIMEOUT"),
+        ({"APTK_AUTH": "introspection", "APTK_AUTH_ISSUER": "https://as", "APTK_AUTH_CLIENT_ID": "c",
+          "APTK_AUTH_CLIENT_SECRET": "s", "APTK_AUTH_CACHE_SECONDS": "-1"}, "APTK_AUTH_CACHE_SECONDS"),
+        ({"APTK_AUTH": "globus", "APTK_AUTH_CLIENT_ID": "c", "APTK_AUTH_CLIENT_SECRET": "s",
+          "APTK_AUTH_CACHE_SECONDS": "a minute"}, "APTK_AUTH_CACHE_SECONDS"),
+        ({"APTK_AUTH": "jwt", "APTK_AUTH_ISSUER": "https://as", "APTK_AUTH_AUDIENCE": "a",  # JWTs are not revocable
+          "APTK_AUTH_CACHE_SECONDS": "5"}, "APTK_AUTH_CACHE_SECONDS"),
     ],
 )
 def test_missing_or_inconsistent_settings_are_named(tmp_path, settings, named):
     with pytest.raises(ConfigurationError, match=named):
         build(tmp_path, **settings)
+
+
+@pytest.mark.parametrize("kind", ["introspection", "globus"])
+def test_the_introspection_cache_lifetime_is_a_setting(tmp_path, kind):
+    settings = {"APTK_AUTH": kind, "APTK_AUTH_CLIENT_ID": "c", "APTK_AUTH_CLIENT_SECRET": "s",
+                "APTK_AUTH_INTROSPECTION_URL": "https://as/introspect" if kind == "introspection" else None}
+    assert build(tmp_path, **settings).cache_seconds == 10
+    assert build(tmp_path, **settings, APTK_AUTH_CACHE_SECONDS="2.5").cache_seconds == 2.5
 
 
 def test_serve_stops_at_start_up_naming_the_setting(tmp_path, monkeypatch):

@@ -204,3 +204,118 @@ class TestGlobusAuth:
         verifier, _ = globus
         with pytest.raises(UnauthorizedRequest, match="not active"):
             verifier.verify("stale-token")
+
+
+# --- what counts as an outage ----------------------------------------------------------------------------------
+
+GARBAGE = "eyJhbGciOiJub25lIn0.e30."
+
+
+@pytest.mark.parametrize(
+    "status, body",
+    [
+        (400, {"error": "unsupported_token_type"}),  # what some servers say to a JWT-shaped garbage token
+        (400, {"error": "invalid_request", "error_description": "malformed token"}),
+        (401, {"error": "invalid_token"}),
+        (401, None),  # a 401 about the token, without a JSON body
+        (403, {"error": "access_denied"}),
+        (413, None),
+    ],
+)
+def test_a_4xx_about_a_token_is_that_tokens_401_and_never_opens_the_breaker(server, verifier, status, body):
+    good = server.issue()
+
+    def introspect(request):
+        if request["form"]["token"] == GARBAGE:
+            return status, body
+        return 200, server.tokens.get(request["form"]["token"], {"active": False})
+
+    server.recorder.answer("POST", "/introspect", introspect)
+    with pytest.raises(UnauthorizedRequest, match=f"refused to introspect the token \\(HTTP {status}"):
+        verifier.verify(GARBAGE)
+    # Everybody else is still served at once: the breaker did not open.
+    assert verifier.verify(good).scopes == {"urn:aptk:scope:hello"}
+    # The refusal is remembered briefly like an inactive answer: a flood of the same garbage is one call.
+    for _ in range(5):
+        with pytest.raises(UnauthorizedRequest):
+            verifier.verify(GARBAGE)
+    assert [c[2]["form"]["token"] for c in server.recorder.calls].count(GARBAGE) == 1
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_a_5xx_is_an_outage_and_opens_the_breaker(server, verifier, status):
+    good = server.issue()
+    server.recorder.answer("POST", "/introspect", lambda r: (status, {"error": "server_error"}))
+    with pytest.raises(ServiceUnavailable):
+        verifier.verify(GARBAGE)
+    server.recorder.answer("POST", "/introspect", lambda r: (200, server.tokens[good]))
+    with pytest.raises(ServiceUnavailable, match="unavailable"):  # failing fast, without asking
+        verifier.verify(good)
+    assert server.recorder.count("/introspect") == 1
+
+
+@pytest.mark.parametrize("status", [404, 405, 429])
+def test_an_answer_about_the_endpoint_is_a_503_that_leaves_the_breaker_closed(server, verifier, status):
+    good = server.issue()
+    server.recorder.answer("POST", "/introspect", lambda r: (status, None))
+    with pytest.raises(ServiceUnavailable, match=f"HTTP {status}"):
+        verifier.verify(good)
+    server.recorder.answer("POST", "/introspect", lambda r: (200, server.tokens[good]))
+    assert verifier.verify(good).scopes == {"urn:aptk:scope:hello"}
+
+
+def test_refused_client_credentials_leave_the_breaker_closed(server):
+    verifier = IntrospectionVerifier(client_id="provider", client_secret="wrong-secret-value",
+                                     introspection_endpoint=f"{server.url}/introspect")
+    with pytest.raises(ServiceUnavailable, match="client credentials"):
+        verifier.verify(server.issue())
+    verifier._client_secret = SECRET  # the operator fixes the secret (a restart, in real life)
+    assert verifier.verify(server.issue()).scopes == {"urn:aptk:scope:hello"}
+
+
+# --- how long an answer is trusted -----------------------------------------------------------------------------
+
+
+def test_active_answers_are_trusted_for_cache_seconds_only(server):
+    clock = [time.time()]
+    verifier = IntrospectionVerifier(client_id="provider", client_secret=SECRET, cache_seconds=5,
+                                     introspection_endpoint=f"{server.url}/introspect", clock=lambda: clock[0])
+    token = server.issue()
+    verifier.verify(token)
+    server.tokens[token]["active"] = False  # revoked
+    clock[0] += 4.9
+    verifier.verify(token)  # still the cached answer
+    clock[0] += 0.2
+    with pytest.raises(UnauthorizedRequest, match="not active"):
+        verifier.verify(token)
+
+
+def test_the_default_cache_is_short(server):
+    from toolkit.auth.introspection import DEFAULT_CACHE_SECONDS
+
+    assert IntrospectionVerifier(client_id="p", client_secret="s", introspection_endpoint="http://x").cache_seconds \
+        == DEFAULT_CACHE_SECONDS <= 60
+
+
+# --- who the caller is -----------------------------------------------------------------------------------------
+
+
+def test_an_answer_without_sub_names_the_client(server, verifier):
+    token = server.issue(client_id="flows-client", groups=["/lab/members", "9E0F5A4C-0000-4000-8000-00000000000A"])
+    del server.tokens[token]["sub"]
+    identity = verifier.verify(token)
+    assert identity.id == "urn:aptk:subject:flows-client"
+    assert {"urn:aptk:group:/lab/members", "urn:globus:groups:id:9e0f5a4c-0000-4000-8000-00000000000a"} \
+        <= identity.principals
+
+
+def test_an_answer_with_neither_sub_nor_client_id_is_refused(server, verifier):
+    token = server.issue()
+    del server.tokens[token]["sub"]
+    with pytest.raises(UnauthorizedRequest, match="neither sub nor client_id"):
+        verifier.verify(token)
+
+
+def test_an_upper_case_uuid_subject_is_lower_cased(server, verifier):
+    token = server.issue(sub="6A3B4D5E-0000-4000-8000-00000000000B")
+    assert verifier.verify(token).id == "urn:globus:auth:identity:6a3b4d5e-0000-4000-8000-00000000000b"

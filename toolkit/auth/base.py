@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
-from ..documents import ALL_AUTHENTICATED_USERS, group_urn, identity_urn
+from ..documents import ALL_AUTHENTICATED_USERS, principal_for
 from ..errors import UnauthorizedRequest
 
 
@@ -36,23 +36,27 @@ class Identity:
         expires_at: float | None = None,
         token: str | None = None,
     ) -> "Identity":
-        """Make an identity from bare UUIDs (or URNs); adds ``all_authenticated_users``."""
-        me = _as_urn(identity_id, identity_urn)
+        """Make an identity from what an authorization server says: UUIDs, names or principal URNs.
+
+        A UUID becomes ``urn:globus:auth:identity:<uuid>`` (``urn:globus:groups:id:<uuid>`` for a group), any
+        other name ``urn:aptk:subject:<name>`` (``urn:aptk:group:<name>``), a URN is normalised; see
+        :func:`toolkit.documents.principal_for`. ``all_authenticated_users`` is added.
+        """
+        me = _as_urn(identity_id, "identity")
         principals = {me, ALL_AUTHENTICATED_USERS}
-        principals.update(_as_urn(i, identity_urn) for i in linked_identities)
-        principals.update(_as_urn(g, group_urn) for g in groups)
+        principals.update(_as_urn(i, "identity") for i in linked_identities)
         # Never let a claim name a principal of another kind (a group "urn:globus:auth:identity:..." say).
+        principals.update(_as_urn(g, "group") for g in groups)
         return cls(me, frozenset(principals), frozenset(scopes), username, expires_at, token)
 
 
-def _as_urn(value: str, make: Callable[[str], str]) -> str:
-    """``value`` as a principal URN of the kind ``make`` builds; a URN of another kind is refused."""
-    prefix = make("")
-    if value.startswith(prefix) and len(value) > len(prefix):
-        return value
-    if value.startswith("urn:") or not value:
-        raise UnauthorizedRequest(f"The token names a principal that is not a {prefix}<id> (or a bare id).")
-    return make(value)
+def _as_urn(value: str, kind: str) -> str:
+    """``value`` as a principal URN of ``kind``; a URN of another kind, or a name no URN can hold, is a 401."""
+    try:
+        return principal_for(value, kind)
+    except ValueError as exc:
+        article = "an" if kind == "identity" else "a"
+        raise UnauthorizedRequest(f"The token names {article} {kind} that cannot be a principal: {exc}.") from None
 
 
 @runtime_checkable
@@ -63,12 +67,20 @@ class TokenVerifier(Protocol):
 
 
 def bearer_token(authorization: str | None) -> str:
-    """The token of an ``Authorization: Bearer <token>`` header, or a 401 saying what is wrong."""
-    if not authorization:
-        raise UnauthorizedRequest("Missing 'Authorization: Bearer <token>' header.", error="invalid_request")
+    """The token of an ``Authorization: Bearer <token>`` header, or a 401 saying what is wrong.
+
+    Without a header, or with another scheme (``Basic ...``), the 401's ``WWW-Authenticate`` is a bare
+    ``Bearer`` challenge: RFC 6750 section 3.1 sends no error code to a client that did not try a bearer token.
+    """
+    if not authorization or not authorization.strip():
+        raise UnauthorizedRequest("Missing 'Authorization: Bearer <token>' header.", error=None)
     scheme, _, token = authorization.strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
+    if scheme.lower() != "bearer":
+        raise UnauthorizedRequest(
+            f"The Authorization header uses another scheme; expected 'Bearer <token>'.", error=None
+        )
+    if not token or " " in token:
         raise UnauthorizedRequest(
             "Malformed Authorization header; expected 'Bearer <token>'.", error="invalid_request"
         )
@@ -156,7 +168,8 @@ class Breaker:
 
 def fetch_json(session: Any, method: str, url: str, *, timeout: float, **kwargs: Any) -> tuple[int, Any]:
     """One HTTP call to an authorization server: (status, JSON), or :class:`Unreachable` for a network
-    error, a timeout, a 5xx or a body that is not JSON. No retries: the caller's request fails fast instead."""
+    error, a timeout, a 5xx or a success that is not JSON. A 4xx is an answer, not an outage: (status, its JSON
+    or None). No retries: the caller's request fails fast instead."""
     import requests
 
     try:
@@ -168,6 +181,8 @@ def fetch_json(session: Any, method: str, url: str, *, timeout: float, **kwargs:
     try:
         return response.status_code, response.json()
     except ValueError:
+        if response.status_code >= 400:
+            return response.status_code, None
         raise Unreachable(f"HTTP {response.status_code} without JSON") from None
 
 

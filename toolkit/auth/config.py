@@ -31,12 +31,14 @@ SETTINGS: dict[str, dict[str, bool]] = {
         "APTK_AUTH_AUDIENCE": False,
         "APTK_AUTH_GROUPS_CLAIM": False,
         "APTK_AUTH_TIMEOUT": False,
+        "APTK_AUTH_CACHE_SECONDS": False,
     },
     "globus": {
         "APTK_AUTH_CLIENT_ID": True,
         "APTK_AUTH_CLIENT_SECRET": True,
         "APTK_AUTH_AUDIENCE": False,
         "APTK_AUTH_TIMEOUT": False,
+        "APTK_AUTH_CACHE_SECONDS": False,
     },
 }
 ALL_SETTINGS = sorted({name for names in SETTINGS.values() for name in names})
@@ -61,6 +63,7 @@ def verifier_from_config(get: Callable[[str], Any], data_dir: Path) -> TokenVeri
         )
 
     timeout = _number(values, "APTK_AUTH_TIMEOUT", 5.0)
+    from .introspection import DEFAULT_CACHE_SECONDS
     if kind == "dev":
         from .dev import DevTokenVerifier
 
@@ -90,6 +93,7 @@ def verifier_from_config(get: Callable[[str], Any], data_dir: Path) -> TokenVeri
             audience=_list(values["APTK_AUTH_AUDIENCE"]) or None,
             groups_claim=values["APTK_AUTH_GROUPS_CLAIM"] or "groups",
             timeout=timeout,
+            cache_seconds=_number(values, "APTK_AUTH_CACHE_SECONDS", DEFAULT_CACHE_SECONDS),
         )
     from .globus import GlobusAuthVerifier
 
@@ -98,6 +102,7 @@ def verifier_from_config(get: Callable[[str], Any], data_dir: Path) -> TokenVeri
         client_secret=values["APTK_AUTH_CLIENT_SECRET"],
         audience=values["APTK_AUTH_AUDIENCE"] or None,
         timeout=timeout,
+        cache_seconds=_number(values, "APTK_AUTH_CACHE_SECONDS", DEFAULT_CACHE_SECONDS),
     )
 
 

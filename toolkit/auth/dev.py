@@ -32,7 +32,7 @@ def dev_key_path(data_dir: str | os.PathLike) -> Path:
 def load_or_create_dev_key(data_dir: str | os.PathLike) -> Ed25519PrivateKey:
     """The data directory's signing key for dev tokens, created (mode 0600) on first use."""
     path = dev_key_path(data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not path.exists():
         pem = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -126,6 +126,15 @@ class DevTokenVerifier:
             )
         except jwt.ExpiredSignatureError:
             raise UnauthorizedRequest("The token has expired.") from None
+        except jwt.InvalidSignatureError:
+            raise UnauthorizedRequest(
+                "The token was signed by another key: is the --data-dir of `aptk token` the server's? "
+                "(each data directory has its own dev signing key)"
+            ) from None
+        except jwt.InvalidAlgorithmError:
+            raise UnauthorizedRequest(
+                "The token is not a dev token from `aptk token --identity ...` (this server runs APTK_AUTH=dev)."
+            ) from None
         except jwt.InvalidTokenError as exc:
             raise UnauthorizedRequest(f"The token is not valid: {exc}.") from None
         try:

@@ -2,23 +2,45 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Callable, Iterable
 
 import requests
 
-from ..errors import ConfigurationError, UnauthorizedRequest
-from .base import Breaker, Identity, TokenCache, Unreachable, discover, fetch_json
+from ..errors import ConfigurationError, ServiceUnavailable, UnauthorizedRequest
+from .base import Breaker, Identity, TokenCache, discover, fetch_json
 from .jwks import identity_from_claims
+
+logger = logging.getLogger("toolkit.auth.introspection")
+
+
+class _Refused(Exception):
+    """The authorization server answered a 4xx about a token."""
+
+
+# 4xx answers that are about the token sent (RFC 6749 section 5.2, RFC 7662 section 2.3, oversized tokens).
+_ABOUT_THE_TOKEN = frozenset({400, 401, 403, 413, 414, 422, 431})
+
+
+#: How long an introspection answer is trusted by default (``APTK_AUTH_CACHE_SECONDS``): a revoked token is
+#: refused at most this long after its revocation; each worker asks again about a busy token this often.
+DEFAULT_CACHE_SECONDS = 10.0
 
 
 class IntrospectionVerifier:
     """Asks the authorization server about each token, and remembers the answer.
 
-    Active answers are cached (by a hash of the token) until ``cache_seconds`` or the token's own expiry,
-    whichever is sooner; inactive answers for ``inactive_cache_seconds``. ``audience``, when set, must be in the
-    answer's ``aud``.
+    Active answers are cached (by a hash of the token) for ``cache_seconds`` (default
+    :data:`DEFAULT_CACHE_SECONDS`), never past the token's own expiry: a token revoked at the authorization server is
+    refused within that time. Inactive answers, and refusals to introspect a token (a 4xx about the token), are
+    cached for ``inactive_cache_seconds``. ``audience``, when set, must be in the answer's ``aud``.
+
+    Only what says the authorization server is down (no connection, a timeout, a 5xx, an answer that is not
+    JSON) is a 503 and trips the circuit breaker; a 4xx is about the token in hand and is that token's 401, so
+    that no caller's garbage token can take the provider down for others. The one 4xx that is no caller's doing,
+    ``invalid_client`` (the provider's own credentials refused), is a 503 naming the operator's fix.
     """
 
     def __init__(
@@ -31,7 +53,7 @@ class IntrospectionVerifier:
         audience: str | Iterable[str] | None = None,
         groups_claim: str | None = "groups",
         timeout: float = 5,
-        cache_seconds: float = 300,
+        cache_seconds: float = DEFAULT_CACHE_SECONDS,
         inactive_cache_seconds: float = 10,
         cache_size: int = 10_000,
         session: requests.Session | None = None,
@@ -77,8 +99,8 @@ class IntrospectionVerifier:
         """The authorization server's answer about ``token`` (uncached)."""
         endpoint = self._introspection_endpoint()
 
-        def call() -> dict[str, Any]:
-            status, answer = fetch_json(
+        def call() -> tuple[int, Any]:
+            return fetch_json(
                 self._session,
                 "POST",
                 endpoint,
@@ -86,12 +108,28 @@ class IntrospectionVerifier:
                 data={"token": token, "token_type_hint": "access_token", **extra},
                 auth=(self.client_id, self._client_secret),
             )
-            if status != 200 or not isinstance(answer, dict):
-                # 401/403 here means our own credentials are refused: an operator's problem, not the caller's.
-                raise Unreachable(f"introspection answered HTTP {status}; check the provider's client credentials")
-            return answer
 
-        return self._breaker.call(call)
+        status, answer = self._breaker.call(call)
+        if status == 200 and isinstance(answer, dict):
+            return answer
+        error = answer.get("error") if isinstance(answer, dict) else None
+        error = error if isinstance(error, str) and error.isascii() and error.isprintable() else None
+        if status == 200:
+            raise ServiceUnavailable("The authorization server's introspection answer is not a JSON object.")
+        if error == "invalid_client":  # RFC 7662 section 2.3: our credentials, whatever the token
+            logger.error("the authorization server refused the provider's client credentials (%s, HTTP %s): "
+                         "check APTK_AUTH_CLIENT_ID and APTK_AUTH_CLIENT_SECRET", self.client_id, status)
+            raise ServiceUnavailable(
+                "The authorization server refused this provider's client credentials; the operator must fix them."
+            )
+        if status in _ABOUT_THE_TOKEN:
+            # The authorization server's verdict on this token (400 unsupported_token_type, 401 for a token it
+            # cannot parse, ...): this token is refused; the server is not down, and nobody else is affected.
+            raise _Refused(f"HTTP {status}" + (f" {error}" if error else ""))
+        # 404, 405, 429, ...: the endpoint is wrong or throttles us; no token of anyone's can pass right now, but
+        # the breaker stays closed: a caller must not be able to make the provider refuse everyone.
+        logger.error("the introspection endpoint %s answered HTTP %s", endpoint, status)
+        raise ServiceUnavailable(f"The authorization server's introspection endpoint answered HTTP {status}.")
 
     def verify(self, token: str) -> Identity:
         cached = self._cache.get(token)
@@ -99,9 +137,13 @@ class IntrospectionVerifier:
             return cached
         if isinstance(cached, UnauthorizedRequest):
             raise cached
-        answer = self.introspect(token)
         try:
+            answer = self.introspect(token)
             identity = self._identity(answer, token)
+        except _Refused as refused:
+            error = UnauthorizedRequest(f"The authorization server refused to introspect the token ({refused}).")
+            self._cache.put(token, error, self._clock() + self.inactive_cache_seconds)
+            raise error from None
         except UnauthorizedRequest as refused:
             self._cache.put(token, refused, self._clock() + self.inactive_cache_seconds)
             raise

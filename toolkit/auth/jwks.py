@@ -151,15 +151,18 @@ def scopes_of(claims: dict[str, Any]) -> list[str]:
 
 
 def identity_from_claims(claims: dict[str, Any], token: str, groups_claim: str | None) -> Identity:
-    """An identity from JWT or introspection claims: ``sub``, groups from ``groups_claim``, ``scope``."""
+    """An identity from JWT or introspection claims: ``sub`` (else ``client_id``), groups from ``groups_claim``,
+    ``scope``. Subjects and groups become principal URNs by :func:`toolkit.documents.principal_for`."""
     groups = claims.get(groups_claim, []) if groups_claim else []
     if isinstance(groups, str):
         groups = groups.split()
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
         raise UnauthorizedRequest(f"The token's {groups_claim!r} claim is not a list of group ids.")
-    sub = claims.get("sub")
+    # The subject: ``sub``, else (an introspection answer about a client-credentials token, RFC 7662 makes
+    # ``sub`` optional) the ``client_id`` the token was issued to.
+    sub = claims.get("sub") or claims.get("client_id")
     if not isinstance(sub, str) or not sub:
-        raise UnauthorizedRequest("The token has no subject.")
+        raise UnauthorizedRequest("The token has no subject (neither sub nor client_id).")
     exp = claims.get("exp")
     return Identity.build(
         sub,
