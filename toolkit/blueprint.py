@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import math
+import re
 from typing import TYPE_CHECKING, Any, Callable
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -37,6 +38,19 @@ _status_schema = ActionStatusSchema()
 _log_entry_schema = LogEntrySchema()
 _description_schema = ProviderDescriptionSchema()
 MAX_LOG_LIMIT = 100
+DEFAULT_ACTIONS_LIMIT = 50
+MAX_ACTIONS_LIMIT = 200
+"""``GET /actions`` pages: their size when the caller names none, and the largest a caller may ask for."""
+
+
+API_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+"""On every answer of the toolkit's routes, errors included: nothing is cached, nothing is sniffed."""
+
+
+def api_headers(response: Response) -> Response:
+    for name, value in API_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def error_response(error: ApiError) -> Response:
@@ -135,6 +149,20 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
+ACTIONS_MARKER = re.compile(r"-?0x[01]\.[0-9a-f]{1,13}p[+-][0-9]{1,3}:[0-9a-f]{32}")
+"""A ``GET /actions`` marker: where the page ended, as the exact start_time (``float.hex``) and action_id."""
+
+
+def _actions_marker(marker: str | None) -> tuple[float, str] | None:
+    """The (start_time, action_id) a ``GET /actions`` marker stands for; 400 if no page could have sent it."""
+    if marker is None:
+        return None
+    if not ACTIONS_MARKER.fullmatch(marker):
+        raise BadActionRequest(f"marker: {marker[:80]!r} is not a marker this provider returned.")
+    start, _, action_id = marker.partition(":")
+    return float.fromhex(start), action_id
+
+
 def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None, name: str | None = None) -> Blueprint:
     bp = Blueprint(name or provider.name, __name__, url_prefix=url_prefix)
 
@@ -211,13 +239,23 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
         action, created = toolkit().runtime.run(provider, identity, _json_body())
         return status_response(action, 202 if created else 200)
 
-    @route([("/actions", "GET")], query=("status", "roles"))
+    @route([("/actions", "GET")], query=("status", "roles", "limit", "marker"))
     def enumerate_actions() -> Response:
         identity = authenticate()
         statuses = _choices("status", {s.value.lower(): s for s in Status}, list(Status))
         roles = _choices("roles", {r: r for r in ROLES}, ["creator_id"])
-        actions = toolkit().runtime.enumerate(provider, identity, statuses, roles)
-        return jsonify([_status_schema.dump(a) for a in actions])
+        limit = _int_arg("limit", DEFAULT_ACTIONS_LIMIT, 1, MAX_ACTIONS_LIMIT)
+        after = _actions_marker(request.args.get("marker"))
+        actions, more = toolkit().runtime.enumerate(provider, identity, statuses, roles, after=after, limit=limit)
+        page: dict[str, Any] = {
+            "actions": [_status_schema.dump(a) for a in actions],
+            "limit": limit,
+            "has_next_page": more,
+        }
+        if more:
+            last = actions[-1]
+            page["marker"] = f"{float(last.start_time or 0.0).hex()}:{last.action_id}"
+        return jsonify(page)
 
     @route([("/<action_id>/status", "GET"), ("/actions/<action_id>", "GET")])
     def status(action_id: str) -> Response:

@@ -18,7 +18,7 @@ from .auth import load_dev_key, load_or_create_dev_key, mint_dev_token
 from .auth.config import KINDS
 from .documents import parse_duration
 from .errors import ConfigurationError
-from .settings import default_data_dir
+from .settings import check_settings, default_data_dir, make_data_dir
 
 _SIMPLE_DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -103,22 +103,41 @@ def serve(host: str, port: int, workers: int, threads: int, data_dir: Path, conf
     from .server import create_app, serve as run_server
 
     config: dict[str, Any] = _load_config_file(config_file) if config_file else {}
-    config.update({f"APTK_AUTH_{k.upper()}" if k != "auth" else "APTK_AUTH": v for k, v in auth.items() if v})
-    config["APTK_DATA_DIR"] = str(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    load_or_create_dev_key(data_dir)
-    # Build the app once before the workers start: a wrong setting stops here, with its name.
     try:
-        app = create_app(config)
+        check_settings(config, source=str(config_file))
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
-    store = app.extensions["aptk"].runtime.store
-    store.create_schema()
-    store.dispose()
+    config.update({f"APTK_AUTH_{k.upper()}" if k != "auth" else "APTK_AUTH": v for k, v in auth.items() if v})
+    config["APTK_DATA_DIR"] = str(data_dir)
+    # Build the app once before the workers start: a wrong setting stops here, with its name.
+    try:
+        make_data_dir(data_dir)
+        try:
+            load_or_create_dev_key(data_dir)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot write the dev signing key in {data_dir}: {exc.strerror or exc}") from None
+        app = create_app(config)
+        _open_database(app.extensions["aptk"].runtime.store)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"aptk: data in {data_dir}; providers at http://{host}:{port}/", err=True)
     if (config.get("APTK_AUTH") or "dev") == "dev":
         click.echo(f"aptk: get a token with: aptk token --data-dir {data_dir} --identity <uuid>", err=True)
     run_server(host=host, port=port, workers=workers, threads=threads, config=config)
+
+
+def _open_database(store: Any) -> None:
+    """Connect once and create the tables, so that a database that cannot be used stops start-up."""
+    import sqlalchemy as sa
+
+    try:
+        store.create_schema()
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise ConfigurationError(f"cannot open database at {store.url.render_as_string(hide_password=True)}: "
+                                 f"{reason}") from None
+    finally:
+        store.dispose()
 
 
 @main.command()
@@ -208,17 +227,121 @@ def _print(document: Any) -> None:
     click.echo(json.dumps(document, indent=2))
 
 
+# Exit codes of the client commands (click itself exits 2 on a usage error).
+EXIT_FAILED = 1
+"""The action ended FAILED (``--wait``, ``aptk wait``)."""
+EXIT_USAGE = 2
+EXIT_INACTIVE = 3
+"""The action is INACTIVE: it waits for someone to act (the reason and resolution are printed)."""
+EXIT_TIMEOUT = 4
+"""``--timeout`` passed while the action was still ACTIVE; the action itself goes on."""
+EXIT_REFUSED = 5
+"""The provider answered with an error (4xx, 5xx), or with something that is not an action provider's answer."""
+EXIT_UNREACHABLE = 6
+"""No answer: connection refused, unknown host, network timeout."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C while waiting (the action goes on)."""
+
+
+class _Exit(click.ClickException):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def _calling(fn, *args, **kwargs) -> Any:
-    from .client import ClientError
+    from .client import ClientError, ProviderUnreachable
 
     try:
         return fn(*args, **kwargs)
     except ClientError as exc:
-        raise click.ClickException(str(exc)) from None
-    except TimeoutError as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"could not reach the provider: {exc}") from None
+        raise _Exit(str(exc), EXIT_REFUSED) from None
+    except ProviderUnreachable as exc:
+        raise _Exit(str(exc), EXIT_UNREACHABLE) from None
+
+
+def _body(value: str) -> Any:
+    if value.startswith("@"):
+        try:
+            value = Path(value[1:]).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.BadParameter(f"cannot read {value[1:]}: {getattr(exc, 'strerror', None) or exc}",
+                                     param_hint="--body") from None
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--body") from None
+
+
+def _timeout(_ctx, _param, value: str) -> float | None:
+    seconds = _duration_seconds(value)
+    return seconds or None
+
+
+timeout_option = click.option(
+    "--timeout", default="5m", show_default=True, callback=_timeout,
+    help="With waiting: give up after this long (90, 30s, 10m, 2h, PT1H; 0 waits without limit).",
+)
+
+
+def _wait_and_exit(client: "ActionProviderClient", url: str, status: dict[str, Any], timeout: float | None) -> None:
+    """Wait for ``status``'s action to complete or pause, print its status, exit with its outcome."""
+    from .client import COMPLETED, WaitTimeout
+
+    if not isinstance(status, dict) or not isinstance(status.get("action_id"), str):
+        raise _Exit(f"{url} answered with something that is not an action's status", EXIT_REFUSED)
+    action_id = status["action_id"]
+    show = _Progress(action_id) if sys.stderr.isatty() else None
+    if status.get("status") not in (*COMPLETED, "INACTIVE"):
+        try:
+            status = _calling(client.wait, action_id, timeout=timeout, until=(*COMPLETED, "INACTIVE"),
+                              max_interval=2 if show else 5, progress=show)
+        except WaitTimeout as exc:
+            status = exc.status
+        except KeyboardInterrupt:
+            raise _Exit(f"stopped waiting; action {action_id} goes on (aptk wait {url} {action_id})",
+                        EXIT_INTERRUPTED) from None
+        finally:
+            if show:
+                show.done()
+    _print(status)
+    outcome = status.get("status")
+    details = status.get("details") if isinstance(status.get("details"), dict) else {}
+    reason = ": ".join(str(details[k]) for k in ("code", "description") if details.get(k))
+    if outcome == "SUCCEEDED":
+        return
+    if outcome == "FAILED":
+        raise _Exit(f"action {action_id} FAILED" + (f": {reason}" if reason else ""), EXIT_FAILED)
+    if outcome == "INACTIVE":
+        todo = []
+        if details.get("resolution_url"):
+            todo.append(f"resolve it at {details['resolution_url']}")
+        if details.get("required_scope"):
+            todo.append(f"get a token with scope {details['required_scope']}")
+        todo.append(f"then: aptk resume {url} {action_id}")
+        raise _Exit(f"action {action_id} is INACTIVE" + (f" ({reason})" if reason else "") + "; "
+                    + ", ".join(todo), EXIT_INACTIVE)
+    raise _Exit(f"action {action_id} still {outcome} after {timeout:g} s; it goes on (aptk wait {url} "
+                f"{action_id})", EXIT_TIMEOUT)
+
+
+class _Progress:
+    """One line on the terminal, rewritten at every poll: status, display_status, elapsed time."""
+
+    def __init__(self, action_id: str) -> None:
+        self.action_id = action_id
+        self.shown = False
+
+    def __call__(self, status: dict[str, Any], elapsed: float) -> None:
+        text = f"aptk: {self.action_id} {status.get('status')}"
+        if status.get("display_status"):
+            text += f" ({status['display_status']})"
+        click.echo(f"\r\x1b[K{text}, {elapsed:.0f} s", nl=False, err=True)
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            click.echo("\r\x1b[K", nl=False, err=True)
 
 
 @main.command()
@@ -227,19 +350,30 @@ def _calling(fn, *args, **kwargs) -> Any:
 @click.option("--body", required=True, help="The action body, as JSON (or @file.json).")
 @click.option("--request-id", default=None)
 @click.option("--label", default=None)
-@click.option("--wait/--no-wait", default=False, help="Wait until the action completes.")
-def run(url: str, token: str, body: str, request_id: str | None, label: str | None, wait: bool) -> None:
+@click.option("--wait/--no-wait", default=False,
+              help="Wait until the action completes or pauses; the exit code tells which (see README).")
+@timeout_option
+def run(url: str, token: str, body: str, request_id: str | None, label: str | None, wait: bool,
+        timeout: float | None) -> None:
     """Start an action on the provider at URL."""
-    text = Path(body[1:]).read_text() if body.startswith("@") else body
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--body") from None
+    document = _body(body)
     client = _client(url, token)
     status = _calling(client.run, document, request_id=request_id, label=label)
-    if wait and status["status"] not in ("SUCCEEDED", "FAILED"):
-        status = _calling(client.wait, status["action_id"])
-    _print(status)
+    if wait:
+        _wait_and_exit(client, url, status, timeout)
+    else:
+        _print(status)
+
+
+@main.command()
+@url_argument
+@click.argument("action_id")
+@token_option
+@timeout_option
+def wait(url: str, action_id: str, token: str, timeout: float | None) -> None:
+    """Wait until an action completes or pauses, show it; the exit code tells which (see README)."""
+    client = _client(url, token)
+    _wait_and_exit(client, url, _calling(client.status, action_id), timeout)
 
 
 def _action_command(name: str, method: str, help_text: str) -> None:
@@ -252,11 +386,37 @@ def _action_command(name: str, method: str, help_text: str) -> None:
 
 
 _action_command("status", "status", "Show an action's status.")
-_action_command("wait", "wait", "Wait until an action completes, then show it.")
 _action_command("cancel", "cancel", "Cancel an action.")
 _action_command("release", "release", "Release a completed action.")
 _action_command("resume", "resume", "Resume an INACTIVE action.")
 _action_command("log", "log", "Show the first page of an action's log.")
+
+
+@main.command(name="list")
+@url_argument
+@token_option
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice(["ACTIVE", "INACTIVE", "SUCCEEDED", "FAILED"], case_sensitive=False),
+              help="Only actions in this state (repeatable).")
+@click.option("--role", "roles", multiple=True, type=click.Choice(["creator_id", "monitor_by", "manage_by"]),
+              help="Actions where you have this role (repeatable); default creator_id.")
+@click.option("--page-size", type=click.IntRange(1), default=None, help="Actions per request.")
+@click.option("--max", "most", type=click.IntRange(1), default=None, help="Stop after this many actions.")
+def list_actions(url: str, token: str, statuses: tuple[str, ...], roles: tuple[str, ...],
+                 page_size: int | None, most: int | None) -> None:
+    """List your actions at the provider, oldest first, one JSON status per line (all pages)."""
+    client = _client(url, token)
+    shown = 0
+
+    def each() -> None:
+        nonlocal shown
+        for status in client.actions(status=[s.upper() for s in statuses], roles=roles, page_size=page_size):
+            if most is not None and shown >= most:
+                return
+            click.echo(json.dumps(status))
+            shown += 1
+
+    _calling(each)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import requests
 
@@ -14,13 +14,36 @@ COMPLETED = ("SUCCEEDED", "FAILED")
 
 
 class ClientError(ToolkitError):
-    """The provider answered with an error; ``status`` is the HTTP status, ``code`` the wire code."""
+    """The provider answered with an error; ``status`` is the HTTP status, ``code`` the wire code.
+
+    An answer that is not an action provider's JSON (an HTML error page from a wrong URL, say) has the code
+    ``NotAnActionProvider``.
+    """
 
     def __init__(self, status: int, code: str, description: str) -> None:
         super().__init__(f"{status} {code}: {description}")
         self.status = status
         self.code = code
         self.description = description
+
+
+class ProviderUnreachable(ToolkitError):
+    """No answer at all: the connection was refused or timed out, or the URL cannot be requested."""
+
+
+class WaitTimeout(ToolkitError, TimeoutError):
+    """:meth:`ActionProviderClient.wait` gave up; ``status`` is the last status document seen."""
+
+    def __init__(self, message: str, status: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _not_json(response: requests.Response) -> str:
+    kind = response.headers.get("Content-Type", "no content type").split(";")[0].strip() or "no content type"
+    what = f"{response.status_code} {response.reason}".strip() if response.status_code >= 400 else "an answer"
+    return (f"{response.request.method} {response.url} got {what} in {kind}, not an action provider's JSON; "
+            "is the URL the provider's (e.g. http://127.0.0.1:5000/hello)?")
 
 
 class ActionProviderClient:
@@ -36,17 +59,30 @@ class ActionProviderClient:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+        url = self.url + path
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.Timeout:
+            raise ProviderUnreachable(f"no answer from {self.url} within {self.timeout:g} s") from None
+        except requests.ConnectionError as exc:
+            raise ProviderUnreachable(f"could not connect to {self.url}: {_reason(exc)}") from None
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema) as exc:
+            raise ProviderUnreachable(f"cannot request {url!r}: {exc}") from None
+        except requests.RequestException as exc:
+            raise ProviderUnreachable(f"{method} {url} failed: {_reason(exc)}") from None
         try:
             document = response.json()
         except ValueError:
             document = None
         if response.status_code >= 400:
-            if isinstance(document, dict):
+            if isinstance(document, dict) and "code" in document:
                 raise ClientError(
-                    response.status_code, str(document.get("code")), str(document.get("description"))
+                    response.status_code, str(document.get("code")), str(document.get("description", ""))
                 )
-            raise ClientError(response.status_code, "HTTPError", response.text[:200])
+            raise ClientError(response.status_code, "NotAnActionProvider", _not_json(response))
+        if not isinstance(document, (dict, list)):
+            raise ClientError(response.status_code, "NotAnActionProvider", _not_json(response))
         return document
 
     def introspect(self) -> dict[str, Any]:
@@ -100,21 +136,52 @@ class ActionProviderClient:
         self,
         action_id: str,
         *,
-        timeout: float = 300,
+        timeout: float | None = 300,
         initial_interval: float = 0.1,
         max_interval: float = 10,
         until: Iterable[str] = COMPLETED,
+        progress: Callable[[dict[str, Any], float], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll ``/status`` with exponential backoff until the status is in ``until``; TimeoutError after ``timeout``."""
+        """Poll ``/status`` with exponential backoff until the status is in ``until``.
+
+        ``until=(*COMPLETED, "INACTIVE")`` also stops at a pause (which only someone's resume ends).
+        ``progress(status, elapsed_seconds)`` is called after every poll that does not end the wait.
+        After ``timeout`` seconds (``None``: no limit) raises :class:`WaitTimeout` (a ``TimeoutError``) carrying
+        the last status.
+        """
         wanted = set(until)
-        give_up = time.monotonic() + timeout
+        started = time.monotonic()
         interval = initial_interval
         while True:
             status = self.status(action_id)
-            if status["status"] in wanted:
+            if status.get("status") in wanted:
                 return status
-            remaining = give_up - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"action {action_id} still {status['status']} after {timeout} s")
-            time.sleep(min(interval, remaining))
+            elapsed = time.monotonic() - started
+            if progress is not None:
+                progress(status, elapsed)
+            remaining = None if timeout is None else timeout - elapsed
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeout(f"action {action_id} still {status.get('status')} after {timeout:g} s", status)
+            time.sleep(interval if remaining is None else min(interval, remaining))
             interval = min(interval * 2, max_interval)
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a requests error, without urllib3's pool and retry wrapping."""
+    seen = exc
+    while True:
+        inner = seen.__cause__ or seen.__context__ or (seen.args[0] if seen.args and
+                                                       isinstance(seen.args[0], BaseException) else None)
+        if inner is None or inner is seen:
+            break
+        seen = inner
+        reason = getattr(seen, "reason", None)
+        if isinstance(reason, BaseException):
+            seen = reason
+    text = str(seen)
+    if isinstance(seen, ConnectionRefusedError) or "Connection refused" in text:
+        return "connection refused"
+    if "Name or service not known" in text or "nodename nor servname" in text or "getaddrinfo" in text:
+        return "unknown host"
+    # urllib3 writes "<object at 0x...>: Failed to establish ...: [Errno 111] ..."; keep the readable end.
+    return text.rsplit(">: ", 1)[-1]

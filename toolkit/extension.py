@@ -30,7 +30,8 @@ from .auth import TokenVerifier, verifier_from_config
 from .errors import ConfigurationError
 from .executor import Executor, ThreadExecutor
 from .lifecycle import Runtime
-from .settings import default_data_dir, number as _number, setting as _setting
+from .settings import check_database, check_settings, default_data_dir, make_data_dir
+from .settings import number as _number, setting as _setting
 from .store import SQLStore, Store
 
 if TYPE_CHECKING:
@@ -74,14 +75,16 @@ class Toolkit:
     def init_app(self, app: Flask) -> ToolkitState:
         if EXTENSION in app.extensions:
             raise ConfigurationError("The toolkit is already set up on this app; create Toolkit(app) once.")
+        check_settings(app.config)  # a misspelt APTK_* name stops here rather than being ignored
         data_dir = Path(_setting(app, "APTK_DATA_DIR", default_data_dir()))
         app.config["APTK_DATA_DIR"] = str(data_dir)
         store = self._store
         if store is None:
             url = _setting(app, "APTK_DATABASE_URL", None)
             if not url:
-                data_dir.mkdir(parents=True, exist_ok=True)
+                make_data_dir(data_dir)
                 url = f"sqlite:///{data_dir / 'aptk.db'}"
+            check_database(url)  # a missing driver or an unwritable file fails here, not on every request
             store = SQLStore(url)
         executor = self._executor or ThreadExecutor(_number(app, "APTK_EXECUTOR_THREADS", 8, int))
         verifier = self._verifier or verifier_from_config(lambda name: _setting(app, name, None), data_dir)

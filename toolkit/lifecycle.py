@@ -14,7 +14,9 @@ Each process runs one maintenance thread that
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -57,6 +59,10 @@ ACTIVE_STATES = frozenset({Status.ACTIVE, Status.INACTIVE})
 COMPLETED_STATES = frozenset({Status.SUCCEEDED, Status.FAILED})
 _request_schema = ActionRequestSchema()
 _ACTION_ID = re.compile(r"[0-9a-f]{32}")
+PAUSE_DETAILS = frozenset({"code", "description", "required_scope", "resolution_url"})
+"""What a pause (INACTIVE) adds to an action's details; a resume removes these and keeps the rest."""
+QUEUED = "Queued"
+"""The ``display_status`` of an action whose callback waits for a free thread or for its caller's turn."""
 
 
 class RunContext:
@@ -84,7 +90,14 @@ class RunContext:
         self.label = action.label
         self.deadline = action.deadline
         self.details = dict(action.details)
-        """The action's details when this run started (what an earlier attempt reported)."""
+        """The action's details as ``/status`` shows them: when this run started, what an earlier attempt
+        reported (after a pause, without the pause's ``code``, ``description``, ``required_scope`` and
+        ``resolution_url``); after :meth:`progress` with details, those details."""
+        # Scheduling: set while the callback waits in the executor's queue (see Runtime._mark_queued).
+        self._queue_lock = threading.Lock()
+        self._submitted: float | None = None
+        self._started = False
+        self._marked = False
 
     def dependent_tokens(self) -> dict[str, dict[str, Any]]:
         """Tokens to call downstream services as the caller, by resource server (Globus Auth verifier).
@@ -143,12 +156,21 @@ class RunContext:
         if updated is None:
             self._event.set()
             raise ActionCancelled(self.action_id)
+        self.details = dict(updated.details)
 
     def log(self, description: str, **details: Any) -> None:
-        """Add a line to the action's ``/log``."""
-        self._runtime.store.append_log(
-            self.action_id, self._runtime.clock(), "Log", description, _json_object(details) if details else None
+        """Add a line to the action's ``/log``.
+
+        Like :meth:`progress`, it raises :class:`ActionCancelled` (and writes nothing) once this run no longer
+        owns the action: it was cancelled, released, passed its deadline, was paused, or it ended.
+        """
+        written = self._runtime.store.append_log(
+            self.action_id, self._runtime.clock(), "Log", description, _json_object(details) if details else None,
+            where=self._ownership(),
         )
+        if not written:
+            self._event.set()
+            raise ActionCancelled(self.action_id)
 
     def _ownership(self) -> dict[str, Any]:
         return {"status": Status.ACTIVE, "runner": self._runtime.runner_id, "attempts": self.attempt}
@@ -183,6 +205,11 @@ class Runtime:
         self.verifier: Any = None
         self.config: Mapping[str, Any] = config if config is not None else {}
         self.executor = executor
+        # Executors written before fair scheduling take only the callable.
+        try:
+            self._fair = "identity" in inspect.signature(executor.submit).parameters
+        except (TypeError, ValueError):  # pragma: no cover - a builtin without a signature
+            self._fair = False
         self.clock = clock
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = max(tick_seconds, lease_seconds / 5)
@@ -255,6 +282,7 @@ class Runtime:
                     self.store.heartbeat(self.runner_id, now, list(self._running))
                     last_heartbeat = now
                 self._notice_ended()
+                self._mark_queued()
                 if now - last_sweep >= self.sweep_seconds:
                     self.sweep(now)
                     last_sweep = now
@@ -268,7 +296,27 @@ class Runtime:
         alive = self.store.still_running(self.runner_id, {i: c.attempt for i, c in running.items()})
         for action_id, ctx in running.items():
             if action_id not in alive:
-                ctx._event.set()
+                self._ended(action_id, ctx)
+
+    def _ended(self, action_id: str, ctx: RunContext) -> None:
+        """Tell a run that its action ended; one still waiting in the queue is forgotten at once."""
+        ctx._event.set()
+        if not ctx._started and self._running.get(action_id) is ctx:
+            del self._running[action_id]
+
+    def _mark_queued(self) -> None:
+        """Say ``Queued`` in the status of actions whose callback still waits for the executor."""
+        waiting = [c for c in list(self._running.values()) if c._submitted is not None and not c._started
+                   and not c._marked and time.monotonic() - c._submitted >= self.tick_seconds / 2]
+        for ctx in waiting:
+            with ctx._queue_lock:  # the callback does not start while its action is being marked
+                if ctx._started or ctx.cancelled:
+                    continue
+                marked = self.store.update(ctx.action_id, where=ctx._ownership(), display_status=QUEUED)
+                if marked is None:
+                    ctx._event.set()  # ended meanwhile: it must not start
+                else:
+                    ctx._marked = True
 
     def sweep(self, now: float | None = None) -> None:
         """Enforce deadlines, take up actions of dead processes, delete expired ones."""
@@ -313,18 +361,38 @@ class Runtime:
         *,
         resumed: bool,
         identity: "Identity | None" = None,
-        previous_details: dict[str, Any] | None = None,
         inline: bool | None = None,
     ) -> None:
         """Run the callback: inline for a synchronous provider's request, otherwise on the executor."""
         ctx = RunContext(self, provider, action, resumed, identity)
-        if previous_details is not None:
-            ctx.details = dict(previous_details)
         self._running[action.action_id] = ctx
         if provider.synchronous if inline is None else inline:
+            ctx._started = True
             self._execute(provider, action, ctx)
+            return
+        ctx._submitted = time.monotonic()
+        task = functools.partial(self._start_queued, provider, action, ctx)
+        if self._fair:
+            self.executor.submit(task, identity=action.creator_id, provider=provider.name)
         else:
-            self.executor.submit(lambda: self._execute(provider, action, ctx))
+            self.executor.submit(task)
+
+    def _start_queued(self, provider: "ActionProvider", action: Action, ctx: RunContext) -> None:
+        """The executor's turn for this action came: run its callback unless it ended while it waited."""
+        with ctx._queue_lock:
+            ctx._started = True
+            marked = ctx._marked
+        run = not ctx.cancelled
+        if run and marked:  # its status says Queued: clear that, which also checks it is still ours to run
+            try:
+                run = self.store.update(action.action_id, where=ctx._ownership(), display_status=None) is not None
+            except Exception:  # no heartbeat from here on: recovery takes it up after the lease
+                logger.exception("could not start action %s", action.action_id)
+                run = False
+        if run and not ctx.cancelled:
+            self._execute(provider, action, ctx)
+        elif self._running.get(action.action_id) is ctx:
+            del self._running[action.action_id]
 
     def _execute(self, provider: "ActionProvider", action: Action, ctx: RunContext) -> None:
         ownership = ctx._ownership()
@@ -378,14 +446,22 @@ class Runtime:
                                     **changes)
         ctx = self._running.get(action_id)
         if updated is not None and ctx is not None and status is not Status.SUCCEEDED:
-            ctx._event.set()
+            self._ended(action_id, ctx)
         return updated
 
     # --- the API operations ------------------------------------------------------------------------------------
 
     def run(self, provider: "ActionProvider", identity: "Identity", document: Any) -> tuple[Action, bool]:
-        """Create (or find, for a repeated ``request_id``) an action; True if it is new."""
+        """Create (or find, for a repeated ``request_id``) an action; True if it is new.
+
+        A request that repeats one of the caller's earlier requests (same ``request_id``, same document) gets
+        that action back before anything else is checked: a retry must find its action even after the
+        ``deadline`` passed or the provider's check hook would now refuse the request.
+        """
         require_runnable(provider, identity)
+        earlier = self._earlier(provider, identity, document)
+        if earlier is not None:
+            return earlier, False
         if not isinstance(document, dict):
             raise BadActionRequest("The request body must be a JSON object (an ActionRequest).")
         try:
@@ -438,6 +514,23 @@ class Runtime:
         self._dispatch(provider, stored, resumed=False, identity=identity)
         # An asynchronous action is ACTIVE as stored; a synchronous one has finished, so read it again.
         return (self._current(provider, stored, expired_ok=True) if provider.synchronous else stored), True
+
+    def _earlier(self, provider: "ActionProvider", identity: "Identity", document: Any) -> Action | None:
+        """The caller's existing action for this request; ActionConflict if the request_id had another request."""
+        request_id = document.get("request_id") if isinstance(document, dict) else None
+        if not isinstance(request_id, str) or not 0 < len(request_id) <= 256 or "\x00" in request_id:
+            return None  # validation says what is wrong with it
+        stored = self.store.find_request(provider.name, identity.id, request_id)
+        if stored is None or (stored.expires_at is not None and stored.expires_at <= self.clock()):
+            return None  # an expired action's request_id is free again
+        if stored.request_hash != request_hash(document):
+            raise ActionConflict(
+                f"request_id {request_id!r} was already used with a different request (action {stored.action_id})."
+            )
+        try:
+            return self._current(provider, stored)
+        except ActionNotFound:
+            return None  # released or expired just now: the request_id is free again
 
     def _current(self, provider: "ActionProvider", action: Action, *, expired_ok: bool = False) -> Action:
         """The action as it is now, deadlines applied; 404 if released or expired."""
@@ -503,6 +596,9 @@ class Runtime:
             provider.resume_callback(action, identity)
         self.start()
         now = self.clock()
+        # The pause's reason no longer holds; whatever else the action reported stays until the callback
+        # reports progress. The callback sees exactly these details in ctx.details.
+        details = {k: v for k, v in action.details.items() if k not in PAUSE_DETAILS}
         resumed = self.store.update(
             action_id,
             where={"status": Status.INACTIVE, "attempts": action.attempts},
@@ -510,13 +606,13 @@ class Runtime:
             runner=self.runner_id,
             heartbeat=now,
             attempts=action.attempts + 1,
-            details={},
+            details=details,
             display_status=None,
             log=(now, "ActionResumed", "Action resumed"),
         )
         if resumed is None:
             return self._load(provider, action_id)  # someone else resumed or ended it meanwhile
-        self._dispatch(provider, resumed, resumed=True, identity=identity, previous_details=action.details)
+        self._dispatch(provider, resumed, resumed=True, identity=identity)
         return self._current(provider, resumed)
 
     def log(
@@ -528,7 +624,11 @@ class Runtime:
         return entries[:limit], len(entries) > limit
 
     def enumerate(
-        self, provider: "ActionProvider", identity: "Identity", statuses: Iterable[Status], roles: Iterable[str]
-    ) -> list[Action]:
-        return self.store.enumerate(provider.name, identity.principals, roles, statuses, self.clock())
+        self, provider: "ActionProvider", identity: "Identity", statuses: Iterable[Status], roles: Iterable[str],
+        *, after: tuple[float, str] | None = None, limit: int = 100,
+    ) -> tuple[list[Action], bool]:
+        """One page of the caller's actions in (start_time, action_id) order, after ``after``; True if more."""
+        actions = self.store.enumerate(provider.name, identity.principals, roles, statuses, self.clock(),
+                                       after=after, limit=limit + 1)
+        return actions[:limit], len(actions) > limit
 

@@ -88,11 +88,24 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 def openapi_document(provider: "ActionProvider", prefix: str) -> dict[str, Any]:
+    from .blueprint import ACTIONS_MARKER, DEFAULT_ACTIONS_LIMIT, MAX_ACTIONS_LIMIT
+
     schemas = copy.deepcopy(_document_schemas())
     body = {k: v for k, v in provider.input_schema.items() if k != "$schema"}
     schemas["ActionBody"] = _rebase_refs(body, _BODY)
     schemas["ActionRequest"]["properties"]["body"] = {"$ref": _BODY}
-    schemas["ActionStatusList"] = {"type": "array", "items": {"$ref": "#/components/schemas/ActionStatus"}}
+    schemas["ActionPage"] = {
+        "type": "object",
+        "required": ["actions", "limit", "has_next_page"],
+        "properties": {
+            "actions": {"type": "array", "items": {"$ref": "#/components/schemas/ActionStatus"}},
+            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_ACTIONS_LIMIT},
+            "has_next_page": {"type": "boolean"},
+            "marker": {"type": "string", "pattern": f"^{ACTIONS_MARKER.pattern}$",
+                       "description": "Send it back as ?marker= for the next page; present when has_next_page."},
+        },
+        "additionalProperties": False,
+    }
 
     spec = APISpec(
         title=f"{provider.title} action provider",
@@ -142,9 +155,15 @@ def openapi_document(provider: "ActionProvider", prefix: str) -> dict[str, Any]:
                                  **_errors(400, 401, 403, 404)}, parameters=log_params)
     enumerate_ = op(
         "The caller's actions",
-        {"200": {"description": "Matching actions", "content": _json("ActionStatusList")}, **_errors(400, 401)},
+        {"200": {"description": "A page of matching actions, oldest first", "content": _json("ActionPage")},
+         **_errors(400, 401)},
         path_id=False,
         parameters=[
+            {"name": "limit", "in": "query",
+             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ACTIONS_LIMIT},
+             "description": f"Actions per page; default {DEFAULT_ACTIONS_LIMIT}."},
+            {"name": "marker", "in": "query", "schema": {"type": "string", "pattern": f"^{ACTIONS_MARKER.pattern}$"},
+             "description": "The marker of the previous page: the next page starts after it."},
             {"name": "status", "in": "query", "schema": {"type": "string", "pattern": _words([s.value for s in Status])},
              "description": "Comma-separated statuses (any case); default: all."},
             {"name": "roles", "in": "query", "schema": {"type": "string", "pattern": _words(ROLES)},

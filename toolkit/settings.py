@@ -44,7 +44,10 @@ KNOWN_SETTINGS: set[str] = {
     "APTK_DATA_DIR",
     "APTK_DATABASE_URL",
     "APTK_EXECUTOR_THREADS",
+    "APTK_MAX_RUNNING_PER_IDENTITY",
     "APTK_LEASE_SECONDS",
+    "APTK_MAX_BODY_BYTES",
+    "APTK_REQUEST_READ_TIMEOUT",
     "APTK_ADMIN_CONTACT",
     # token verifiers (toolkit.auth.config)
     "APTK_AUTH",
@@ -59,6 +62,7 @@ KNOWN_SETTINGS: set[str] = {
     "APTK_AUTH_CLIENT_ID",
     "APTK_AUTH_CLIENT_SECRET",
     "APTK_AUTH_INTROSPECTION_URL",
+    "APTK_AUTH_CACHE_SECONDS",
     # the aptk command as a client (toolkit.cli)
     "APTK_TOKEN",
     "APTK_CLIENT_SECRET",
@@ -97,14 +101,103 @@ def unknown_setting(name: str, where: str) -> str:
             f"toolkit.settings.register_settings)")
 
 
-def check_settings(config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> None:
-    """Refuse an ``APTK_*`` name in ``config`` (e.g. ``app.config``) or the environment that nothing reads.
+def check_settings(config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None, *,
+                   source: str = "app.config") -> None:
+    """Refuse an ``APTK_*`` name in ``config`` (e.g. ``app.config``, or a settings file named by ``source``) or
+    in the environment that nothing reads.
 
     Raises :class:`ConfigurationError` naming the first unknown name (sorted, config first) and the closest
     known one.
     """
     environ = os.environ if environ is None else environ
-    for where, names in (("the configuration", config or {}), ("the environment", environ)):
+    for where, names in ((source, config or {}), ("the environment", environ)):
         for name in sorted(k for k in names if isinstance(k, str) and k.startswith(PREFIX)):
             if name not in KNOWN_SETTINGS:
                 raise ConfigurationError(unknown_setting(name, where))
+
+
+# --- the database: refuse at start-up what would fail every request -------------------------------------------
+
+_EXTRAS = {"postgresql": "postgres"}
+
+
+def check_database(url: str) -> None:
+    """Make sure ``url`` (an ``APTK_DATABASE_URL``) can be used: a URL SQLAlchemy understands, its driver installed,
+    and for SQLite a file that can be opened for writing. Raises :class:`ConfigurationError` saying how to fix it.
+
+    No network I/O: a server database that is down is reported by the first connection (``aptk serve`` makes one).
+    """
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except (sa.exc.ArgumentError, ValueError, TypeError):
+        # Not echoed: a malformed URL may still hold a password.
+        raise ConfigurationError(
+            "APTK_DATABASE_URL is not a database URL; expected e.g. sqlite:////path/aptk.db or "
+            "postgresql+psycopg://user:password@host/dbname"
+        ) from None
+    shown = parsed.render_as_string(hide_password=True)
+    backend = parsed.get_backend_name()
+    try:
+        dialect = parsed.get_dialect()
+        dialect.import_dbapi()
+    except sa.exc.NoSuchModuleError:
+        raise ConfigurationError(
+            f"APTK_DATABASE_URL {shown}: SQLAlchemy has no database dialect {parsed.drivername!r}"
+            + (f"; {_install_hint(backend)}" if backend in _EXTRAS else "")
+        ) from None
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the database driver for {shown} is not installed ({exc}); {_install_hint(backend, exc.name)}"
+        ) from None
+    if backend == "sqlite":
+        _check_sqlite(parsed.database)
+
+
+def _install_hint(backend: str, module: str | None = None) -> str:
+    extra = _EXTRAS.get(backend)
+    if extra:
+        return (f"pip install 'action-provider-toolkit[{extra}]' and use a {backend}+psycopg:// URL"
+                if backend == "postgresql" else f"pip install 'action-provider-toolkit[{extra}]'")
+    return f"pip install {module}" if module else "install its driver"
+
+
+def _check_sqlite(database: str | None) -> None:
+    import sqlite3
+
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    problem = None
+    if not path.parent.is_dir():
+        problem = f"{path.parent} is not a directory"
+    elif path.exists() and not path.is_file():
+        problem = "it is not a file"
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        problem = f"{path.parent} is not writable (SQLite writes its journal beside the database)"
+    elif path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        problem = "the file is not readable and writable"
+    else:
+        try:
+            connection = sqlite3.connect(path, timeout=60)
+            try:
+                connection.execute("PRAGMA schema_version").fetchone()
+            finally:
+                connection.close()
+        except sqlite3.Error as exc:
+            problem = str(exc)
+    if problem:
+        raise ConfigurationError(f"cannot open database at {path}: {problem}; check APTK_DATA_DIR or "
+                                 "APTK_DATABASE_URL")
+
+
+def make_data_dir(path: Path) -> None:
+    """Create the data directory (and its parents) or say why not. A new data directory is private (0700)."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create the data directory {path}: {exc.strerror or exc}; choose another with --data-dir or "
+            "APTK_DATA_DIR"
+        ) from None

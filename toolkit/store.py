@@ -49,6 +49,8 @@ actions = sa.Table(
     sa.Index("aptk_actions_status_heartbeat", "status", "heartbeat"),
     sa.Index("aptk_actions_status_deadline", "status", "deadline"),
     sa.Index("aptk_actions_expires_at", "expires_at"),
+    # /actions pages walk this order: (start_time, action_id) never changes once an action exists.
+    sa.Index("aptk_actions_listing", "provider", "start_time", "action_id"),
 )
 
 # One row per (action, role, principal), so that /actions?roles= is an indexed lookup.
@@ -97,11 +99,13 @@ class Store(Protocol):
     def update(self, action_id: str, *, where: dict[str, Any], log: LogRecord | None = None,
                **changes: Any) -> Action | None: ...
     def delete(self, action_id: str, *, where: dict[str, Any]) -> bool: ...
+    def find_request(self, provider: str, creator_id: str, request_id: str) -> Action | None: ...
     def append_log(self, action_id: str, time: float, code: str, description: str,
-                   details: dict[str, Any] | None = None) -> None: ...
+                   details: dict[str, Any] | None = None, *, where: dict[str, Any] | None = None) -> bool: ...
     def log_page(self, action_id: str, after: int, limit: int) -> list[LogEntry]: ...
     def enumerate(self, provider: str, principals: Iterable[str], roles: Iterable[str],
-                  statuses: Iterable[Status], now: float) -> list[Action]: ...
+                  statuses: Iterable[Status], now: float, *, after: tuple[float, str] | None = None,
+                  limit: int | None = None) -> list[Action]: ...
     def find(self, *, statuses: Iterable[Status], providers: Iterable[str], heartbeat_before: float | None = None,
              deadline_before: float | None = None, limit: int = 100) -> list[Action]: ...
     def heartbeat(self, runner: str, now: float, action_ids: Iterable[str]) -> None: ...
@@ -176,6 +180,17 @@ class SQLStore:
     def create_schema(self) -> None:
         """Create the tables if they are missing; safe to call from several processes at once."""
         create_tables(self.engine, metadata, once=False)
+        # Indexes added after a database was created: tables that existed already do not have them.
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    for index in _LATER_INDEXES:
+                        index.create(conn, checkfirst=True)
+                break
+            except (OperationalError, ProgrammingError, IntegrityError):
+                if attempt == 4:  # another process created it between our check and our CREATE
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def dispose(self) -> None:
         if self._engine is not None:
@@ -220,7 +235,7 @@ class SQLStore:
                     conn.execute(_INSERT_LOG, _log_row(action.action_id, log))
                 return action, True
             except IntegrityError:
-                existing = self._by_request(action.provider, action.creator_id, action.request_id)
+                existing = self.find_request(action.provider, action.creator_id, action.request_id)
                 if existing is None:
                     continue  # released between our insert and our read: try again
                 if existing.expires_at is not None and existing.expires_at <= now:
@@ -229,14 +244,11 @@ class SQLStore:
                 return existing, False
         raise RuntimeError("could not create or find the action")  # pragma: no cover
 
-    def _by_request(self, provider: str, creator_id: str, request_id: str) -> Action | None:
+    def find_request(self, provider: str, creator_id: str, request_id: str) -> Action | None:
+        """The action ``creator_id`` started at ``provider`` with ``request_id`` (expired or not), if any."""
         with self._read() as conn:
             row = conn.execute(
-                sa.select(actions).where(
-                    actions.c.provider == provider,
-                    actions.c.creator_id == creator_id,
-                    actions.c.request_id == request_id,
-                )
+                _SELECT_BY_REQUEST, {"provider": provider, "creator_id": creator_id, "request_id": request_id}
             ).first()
         return None if row is None else self._action(row)
 
@@ -311,11 +323,22 @@ class SQLStore:
         return True
 
     def append_log(
-        self, action_id: str, time: float, code: str, description: str, details: dict[str, Any] | None = None
-    ) -> None:
+        self, action_id: str, time: float, code: str, description: str, details: dict[str, Any] | None = None,
+        *, where: dict[str, Any] | None = None,
+    ) -> bool:
+        """Add a log entry; with ``where``, only while the action still matches it (False if it did not)."""
         with self._write() as conn:
+            if where is not None:
+                found = conn.execute(
+                    sa.select(actions.c.action_id)
+                    .where(actions.c.action_id == action_id, *self._conditions(where))
+                    .with_for_update()
+                ).first()
+                if found is None:
+                    return False
             conn.execute(_INSERT_LOG, {"action_id": action_id, "time": time, "code": code,
                                        "description": description, "details": details})
+        return True
 
     def log_page(self, action_id: str, after: int, limit: int) -> list[LogEntry]:
         with self._read() as conn:
@@ -329,8 +352,13 @@ class SQLStore:
 
     def enumerate(
         self, provider: str, principals: Iterable[str], roles: Iterable[str], statuses: Iterable[Status],
-        now: float,
+        now: float, *, after: tuple[float, str] | None = None, limit: int | None = None,
     ) -> list[Action]:
+        """The matching actions in (start_time, action_id) order; ``after`` such a pair, at most ``limit``.
+
+        That order never changes for an action, so pages that follow one another by ``after`` neither skip nor
+        repeat an action, whatever is started (it comes last) or released meanwhile.
+        """
         matching = (
             sa.select(action_roles.c.action_id)
             .where(action_roles.c.principal.in_(list(principals)), action_roles.c.role.in_(list(roles)))
@@ -346,6 +374,14 @@ class SQLStore:
             )
             .order_by(actions.c.start_time, actions.c.action_id)
         )
+        if after is not None:
+            start_time, action_id = after
+            query = query.where(sa.or_(
+                actions.c.start_time > start_time,
+                sa.and_(actions.c.start_time == start_time, actions.c.action_id > action_id),
+            ))
+        if limit is not None:
+            query = query.limit(limit)
         with self._read() as conn:
             return [self._action(r) for r in conn.execute(query)]
 
@@ -414,6 +450,12 @@ class SQLStore:
 
 
 _INSERT_ACTION = actions.insert()
+_SELECT_BY_REQUEST = sa.select(actions).where(
+    actions.c.provider == sa.bindparam("provider"),
+    actions.c.creator_id == sa.bindparam("creator_id"),
+    actions.c.request_id == sa.bindparam("request_id"),
+)
+_LATER_INDEXES = [i for i in actions.indexes if i.name == "aptk_actions_listing"]
 _INSERT_ROLE = action_roles.insert()
 _INSERT_LOG = action_log.insert()
 

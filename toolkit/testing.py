@@ -3,16 +3,24 @@
 A provider's test can be three lines::
 
     def test_hello(tmp_path):
-        client = provider_client(hello, tmp_path)
-        assert client.run({"echo_string": "hi"}, wait=True)["details"] == {"hello": "hi"}
+        with provider_client(hello, tmp_path) as client:
+            assert client.run({"echo_string": "hi"}, wait=True)["details"] == {"hello": "hi"}
+
+Leaving the ``with`` block (or :meth:`TestClient.close`) stops the app's threads. With the pytest plugin the
+toolkit installs, the ``aptk_client`` fixture does the same at the end of the test::
+
+    def test_hello(aptk_client):
+        assert aptk_client(hello).run({"echo_string": "hi"}, wait=True)["details"] == {"hello": "hi"}
 """
 
 from __future__ import annotations
 
 import io
+import threading
+import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,7 +33,7 @@ from .client import COMPLETED, ActionProviderClient
 from .provider import ActionProvider
 from .server import create_app
 
-__all__ = ["TokenAuthority", "WSGIAdapter", "TestClient", "provider_app", "provider_client"]
+__all__ = ["TokenAuthority", "WSGIAdapter", "TestClient", "close_app", "provider_app", "provider_client"]
 
 
 class TokenAuthority:
@@ -76,16 +84,35 @@ class WSGIAdapter(BaseAdapter):
 
 
 class TestClient(ActionProviderClient):
-    """:class:`~toolkit.client.ActionProviderClient` over a WSGI app, with ``run(..., wait=True)``."""
+    """:class:`~toolkit.client.ActionProviderClient` over a WSGI app, with ``run(..., wait=True)``.
+
+    A context manager: leaving it closes the client and, if the client was made with ``owns_app=True`` (as
+    :func:`provider_client` makes it), stops the app's threads (:func:`close_app`).
+    """
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, app: Flask, prefix: str, token: str, authority: TokenAuthority | None = None) -> None:
+    def __init__(self, app: Flask, prefix: str, token: str, authority: TokenAuthority | None = None, *,
+                 owns_app: bool = False) -> None:
         session = requests.Session()
         session.mount("http://testserver", WSGIAdapter(app))
         super().__init__(f"http://testserver{prefix}", token, session=session)
         self.app = app
         self.authority = authority
+        self.owns_app = owns_app
+
+    def close(self) -> None:
+        """Close the session; stop the app's executor and maintenance threads if this client owns the app."""
+        self.session.close()
+        if self.owns_app:
+            self.owns_app = False
+            close_app(self.app)
+
+    def __enter__(self) -> "TestClient":
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.close()
 
     def run(self, body: dict[str, Any], *, wait: bool = False, timeout: float = 30, **kwargs: Any) -> dict[str, Any]:
         status = super().run(body, **kwargs)
@@ -103,19 +130,67 @@ class TestClient(ActionProviderClient):
 
 
 def provider_app(
-    provider: ActionProvider, data_dir: str | Path, *, prefix: str = "/provider", **toolkit_options: Any
+    provider: ActionProvider,
+    data_dir: str | Path,
+    *,
+    prefix: str = "/provider",
+    config: Mapping[str, Any] | None = None,
+    **toolkit_options: Any,
 ) -> tuple[Flask, TokenAuthority]:
-    """An app serving only ``provider`` with its state in ``data_dir``, and the authority its tokens come from."""
+    """An app serving only ``provider`` with its state in ``data_dir``, and the authority its tokens come from.
+
+    ``config`` holds app settings (``APTK_*`` names, as ``app.config``); ``toolkit_options`` go to
+    :class:`~toolkit.Toolkit`. Stop the app's threads with :func:`close_app` when done.
+    """
     authority = TokenAuthority()
     toolkit_options.setdefault("verifier", authority.verifier)
-    app = create_app({"APTK_DATA_DIR": str(data_dir)}, providers=[(prefix, provider)], **toolkit_options)
+    settings = {"APTK_DATA_DIR": str(data_dir), **(config or {})}
+    app = create_app(settings, providers=[(prefix, provider)], **toolkit_options)
     return app, authority
 
 
 def provider_client(
-    provider: ActionProvider, data_dir: str | Path, *, identity: str | None = None, **toolkit_options: Any
+    provider: ActionProvider,
+    data_dir: str | Path,
+    *,
+    identity: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    **toolkit_options: Any,
 ) -> TestClient:
-    """A client calling ``provider`` (served in-process) as ``identity`` with a token carrying its scope."""
-    app, authority = provider_app(provider, data_dir, **toolkit_options)
+    """A client calling ``provider`` (served in-process) as ``identity`` with a token carrying its scope.
+
+    ``config`` holds app settings (e.g. ``{"APTK_EXECUTOR_THREADS": 2}``). Use it as a context manager (or call
+    ``close()``) so that the app's threads stop.
+    """
+    app, authority = provider_app(provider, data_dir, config=config, **toolkit_options)
     token = authority.token(identity, scopes=[provider.globus_auth_scope])
-    return TestClient(app, "/provider", token, authority)
+    return TestClient(app, "/provider", token, authority, owns_app=True)
+
+
+def close_app(app: Flask, *, grace: float = 0.0, timeout: float = 10.0) -> None:
+    """Stop an app's background work and wait (up to ``timeout`` seconds) until its threads have ended.
+
+    Running callbacks get ``grace`` seconds, are then told to stop (as at a server's shutdown), and the store's
+    connections are closed. Safe to call twice.
+    """
+    state = app.extensions.get("aptk")
+    if state is None:
+        return
+    runtime = state.runtime
+    # The executor's threads are taken before the runtime stops (which lets go of its pool).
+    threads = _executor_threads(runtime.executor)
+    maintenance = getattr(runtime, "_thread", None)
+    runtime.stop(grace)
+    give_up = time.monotonic() + timeout
+    for thread in [*threads, maintenance]:
+        if isinstance(thread, threading.Thread) and thread is not threading.current_thread():
+            thread.join(max(0.0, give_up - time.monotonic()))
+    dispose = getattr(runtime.store, "dispose", None)
+    if dispose is not None:
+        dispose()
+
+
+def _executor_threads(executor: Any) -> list[threading.Thread]:
+    pool = getattr(executor, "_pool", None)
+    threads = getattr(pool, "threads", None) or getattr(pool, "_threads", None) or ()
+    return [t for t in threads if isinstance(t, threading.Thread)]

@@ -169,7 +169,7 @@ class TestRun:
         assert response.status_code == 400
         assert response.json["code"] == "BadActionRequest"
         assert field in response.json["description"]
-        assert http.get("/provider/actions", headers=auth).json == []  # nothing half-written
+        assert http.get("/provider/actions", headers=auth).json["actions"] == []  # nothing half-written
 
     @pytest.mark.parametrize("data", [b"", b"{", b"[1]", b'"text"', b"NaN", b"\xff\xfe"])
     def test_malformed_body_is_400(self, client, data):
@@ -411,5 +411,79 @@ def test_check_hook_refuses_before_anything_is_stored(tmp_path):
     error = error_of(client.run, {"text": "no"})
     assert (error.status, error.code) == (403, "ForbiddenRequest")
     assert "urn:globus:auth:identity:" in error.description
-    assert client.actions() == []
+    assert list(client.actions()) == []
     assert client.run({"text": "yes"})["status"] == "SUCCEEDED"
+
+
+class TestActionPages:
+    """GET /actions comes in pages ({actions, limit, has_next_page, marker}), like /log."""
+
+    def test_more_actions_than_the_largest_page_are_listed_once_each_in_start_order(self, client):
+        from toolkit.blueprint import DEFAULT_ACTIONS_LIMIT, MAX_ACTIONS_LIMIT
+
+        started = [client.run({"text": str(i)})["action_id"] for i in range(MAX_ACTIONS_LIMIT + 5)]
+        http, auth = raw(client)
+        first = http.get("/provider/actions", headers=auth).json
+        assert (len(first["actions"]), first["limit"], first["has_next_page"]) == (
+            DEFAULT_ACTIONS_LIMIT, DEFAULT_ACTIONS_LIMIT, True)
+        assert [a["action_id"] for a in first["actions"]] == started[:DEFAULT_ACTIONS_LIMIT]
+
+        biggest = http.get(f"/provider/actions?limit={MAX_ACTIONS_LIMIT}", headers=auth).json
+        assert len(biggest["actions"]) == MAX_ACTIONS_LIMIT and biggest["has_next_page"]
+        rest = http.get("/provider/actions", headers=auth,
+                        query_string={"limit": MAX_ACTIONS_LIMIT, "marker": biggest["marker"]}).json
+        assert (len(rest["actions"]), rest["has_next_page"]) == (5, False)
+        assert "marker" not in rest
+        assert [a["action_id"] for a in biggest["actions"] + rest["actions"]] == started
+
+        assert [a["action_id"] for a in client.actions()] == started  # the client follows the pages
+        assert [a["action_id"] for a in client.actions(page_size=7)] == started
+
+    def test_actions_started_while_paging_neither_shift_nor_repeat_the_others(self, client):
+        before = [client.run({"text": str(i)})["action_id"] for i in range(30)]
+        http, auth = raw(client)
+        seen, marker = [], None
+        while True:
+            query = {"limit": 4, **({"marker": marker} if marker else {})}
+            page = http.get("/provider/actions", headers=auth, query_string=query).json
+            seen += [a["action_id"] for a in page["actions"]]
+            if len(seen) in (4, 12):  # others start and end between pages
+                client.run({"text": "new"})
+                client.release(before[len(seen) - 1])
+            if not page["has_next_page"]:
+                break
+            marker = page["marker"]
+        assert len(seen) == len(set(seen))
+        assert seen[:30] == before[:30]
+        assert len(seen) == 32  # the two started meanwhile come last
+
+    @pytest.mark.parametrize("query", [
+        "limit=0", "limit=201", "limit=ten", "marker=bogus", "marker=1.5:abc",
+        "marker=0x1.8p+0:" + "g" * 32, "marker=inf:" + "a" * 32, "marker=" + "9" * 5000,
+    ])
+    def test_a_bad_limit_or_marker_is_400(self, client, query):
+        http, auth = raw(client)
+        response = http.get(f"/provider/actions?{query}", headers=auth)
+        assert (response.status_code, response.json["code"]) == (400, "BadActionRequest")
+        assert len(response.json["description"]) < 200
+
+    def test_the_openapi_document_describes_the_page(self, client):
+        spec = client.app.test_client().get("/provider/openapi.json").json
+        listing = spec["paths"]["/actions"]["get"]
+        assert {p["name"] for p in listing["parameters"]} == {"status", "roles", "limit", "marker"}
+        assert listing["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ActionPage")
+        page = spec["components"]["schemas"]["ActionPage"]
+        assert page["required"] == ["actions", "limit", "has_next_page"]
+
+    def test_an_existing_database_gets_the_listing_index(self, tmp_path):
+        import sqlalchemy as sa
+
+        from toolkit.store import SQLStore
+
+        store = SQLStore(f"sqlite:///{tmp_path / 'old.db'}")
+        store.create_schema()
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("DROP INDEX aptk_actions_listing")
+        store.create_schema()
+        names = {i["name"] for i in sa.inspect(store.engine).get_indexes("aptk_actions")}
+        assert "aptk_actions_listing" in names

@@ -245,3 +245,303 @@ def test_live_actions_are_not_taken_over(gate, tmp_path, clock):
     assert client.status(action)["status"] == "ACTIVE"
     assert gate.runs == [1]
     gate.go.set()
+
+
+# --- fair scheduling -------------------------------------------------------------------------------------------
+
+
+class Hog:
+    """A callback that sleeps until cancelled (``{"hold": true}``) or returns at once; counts its starts."""
+
+    def __init__(self):
+        self.provider = ActionProvider(title="Hog", input_schema={"type": "object"}, recovery="rerun")
+        self.started = []
+        self.lock = threading.Lock()
+        self.provider.run(self._run)
+
+    def _run(self, body, ctx):
+        with self.lock:
+            self.started.append(ctx.action_id)
+        if body.get("hold"):
+            ctx.progress(display_status="holding")
+            ctx.sleep(86400)
+        return {"done": True}
+
+
+def test_a_second_caller_starts_at_once_while_one_caller_hogs_every_thread(tmp_path):
+    hog = Hog()
+    alice = provider_client(hog.provider, tmp_path)  # 8 threads, at most 4 running per caller
+    bob = alice.as_identity()
+    held = [alice.run({"hold": True})["action_id"] for _ in range(24)]
+    wait_for(lambda: len(hog.started) == 4)
+
+    began = time.monotonic()
+    quick = bob.run({})["action_id"]
+    assert bob.wait(quick, timeout=5, max_interval=0.05)["status"] == "SUCCEEDED"
+    assert time.monotonic() - began < 2
+    assert len(set(hog.started) & set(held)) == 4  # alice still runs only her share
+
+    # Those waiting say so, and stay ACTIVE (their deadline still applies).
+    queued = [a for a in held if a not in hog.started]
+    statuses = wait_for(lambda: [s for s in map(alice.status, queued) if s.get("display_status") == "Queued"]
+                        if all(alice.status(a).get("display_status") == "Queued" for a in queued) else None)
+    assert {(s["status"], s["display_status"]) for s in statuses} == {("ACTIVE", "Queued")}
+
+    # Cancelling what waits ends it for good: its callback never runs, not even once the caller's slots free.
+    for action in queued:
+        assert alice.cancel(action)["details"]["code"] == "ActionCancelled"
+    for action in hog.started[:4]:
+        alice.cancel(action)
+    another = alice.run({})["action_id"]
+    assert alice.wait(another, timeout=5)["status"] == "SUCCEEDED"
+    time.sleep(0.3)
+    assert set(hog.started) & set(queued) == set()
+    assert {alice.status(a)["status"] for a in queued} == {"FAILED"}
+    assert "display_status" not in alice.status(queued[0])
+    assert [e["code"] for e in alice.log(queued[0], limit=10)["entries"]] == ["ActionStarted", "ActionFailed"]
+
+
+def test_the_per_caller_limit_is_a_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("APTK_MAX_RUNNING_PER_IDENTITY", "2")
+    hog = Hog()
+    alice = provider_client(hog.provider, tmp_path)
+    held = [alice.run({"hold": True})["action_id"] for _ in range(3)]
+    wait_for(lambda: len(hog.started) == 2)
+    third = next(a for a in held if a not in hog.started)
+    wait_for(lambda: alice.status(third).get("display_status") == "Queued")
+    time.sleep(0.2)
+    assert len(hog.started) == 2
+    alice.cancel(hog.started[0])
+    wait_for(lambda: third in hog.started)  # its turn came: it runs now, and no longer says Queued
+    assert wait_for(lambda: alice.status(third).get("display_status") == "holding")
+    for action in held[1:]:
+        if alice.status(action)["status"] == "ACTIVE":
+            alice.cancel(action)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_a_per_caller_limit_that_is_not_a_positive_number_stops_start_up(tmp_path, monkeypatch, value):
+    from toolkit import ConfigurationError
+
+    monkeypatch.setenv("APTK_MAX_RUNNING_PER_IDENTITY", value)
+    with pytest.raises(ConfigurationError, match="APTK_MAX_RUNNING_PER_IDENTITY"):
+        provider_client(Hog().provider, tmp_path)
+
+
+def test_queued_actions_are_heartbeated_and_taken_up_when_their_process_dies(tmp_path, monkeypatch, clock):
+    monkeypatch.setenv("APTK_MAX_RUNNING_PER_IDENTITY", "1")
+    hog = Hog()
+    alice = provider_client(hog.provider, tmp_path, clock=clock)
+    runtime = alice.app.extensions["aptk"].runtime
+    first, waiting = (alice.run({"hold": True})["action_id"] for _ in range(2))
+    wait_for(lambda: alice.status(waiting).get("display_status") == "Queued")
+    clock.advance(runtime.lease_seconds - 1)
+    wait_for(lambda: runtime.store.get(waiting).heartbeat == clock.now)  # alive while it waits
+
+    # The process dies (nothing runs its queue any more): after the lease, another process takes both up.
+    runtime.stop()
+    runtime.store.heartbeat(runtime.runner_id, clock.now, [first, waiting])
+    other = provider_client(hog.provider, tmp_path, clock=clock)
+    other_runtime = other.app.extensions["aptk"].runtime
+    other_runtime.start()
+    clock.advance(runtime.lease_seconds + 1)
+    other_runtime.sweep()
+    recovered = runtime.store.get(waiting)
+    assert (recovered.status, recovered.attempts, recovered.runner) == (Status.ACTIVE, 2, other_runtime.runner_id)
+    assert "ActionRecovered" in [e.code for e in runtime.store.log_page(waiting, 0, 10)]
+    other_runtime.stop()
+
+
+def test_the_executor_takes_turns_between_providers_and_callers():
+    from toolkit.executor import ThreadExecutor
+
+    executor = ThreadExecutor(1, max_running_per_identity=1)
+    order = []
+    gate = threading.Event()
+    executor.submit(gate.wait, identity="a", provider="p")  # holds the only thread
+    wait_for(lambda: executor.waiting() == 0)
+    for provider, identity in [("p", "a"), ("p", "a"), ("p", "b"), ("q", "a"), ("q", "c"), ("p", "b")]:
+        executor.submit(lambda k=(provider, identity): order.append(k), identity=identity, provider=provider)
+    assert executor.waiting() == 6
+    gate.set()
+    wait_for(lambda: len(order) == 6)
+    # Providers alternate; within a provider, callers alternate.
+    assert order == [("p", "a"), ("q", "a"), ("p", "b"), ("q", "c"), ("p", "a"), ("p", "b")]
+    executor.shutdown(wait=True)
+
+
+# --- a retried run finds its action, whatever changed since -------------------------------------------------------
+
+
+class Checked:
+    """A synchronous provider whose check hook refuses once ``refuse`` is set (as an ACL CREATE would once
+    the rule exists)."""
+
+    def __init__(self, **options):
+        from toolkit import BadActionRequest
+
+        self.provider = ActionProvider(title="Checked", input_schema={"type": "object"}, synchronous=True, **options)
+        self.refuse = False
+        self.checks = 0
+
+        @self.provider.check
+        def check(body, identity):
+            self.checks += 1
+            if self.refuse:
+                raise BadActionRequest("exists already")
+
+        self.provider.run(lambda body, ctx: {"made": body.get("n", 0)})
+
+
+def test_a_retry_after_the_deadline_passed_gets_the_same_action(tmp_path, clock):
+    client = provider_client(Checked().provider, tmp_path, clock=clock)
+    first = client.run({"n": 1}, request_id="r1", deadline=iso(clock.now + 60))
+    clock.advance(120)
+    http, auth = client.app.test_client(), {"Authorization": client.session.headers["Authorization"]}
+    again = http.post("/provider/run", headers=auth, json={
+        "request_id": "r1", "body": {"n": 1}, "deadline": iso(clock.now - 60)})
+    assert again.status_code == 200
+    assert again.json["action_id"] == first["action_id"]
+    assert again.json["status"] == "SUCCEEDED"
+    fresh = http.post("/provider/run", headers=auth, json={
+        "request_id": "r2", "body": {"n": 1}, "deadline": iso(clock.now - 60)})
+    assert (fresh.status_code, fresh.json["description"]) == (400, "deadline: is in the past.")
+
+
+def test_a_retry_gets_its_action_without_asking_the_check_hook(tmp_path):
+    checked = Checked()
+    client = provider_client(checked.provider, tmp_path)
+    first = client.run({"n": 1}, request_id="r1")
+    checked.refuse = True
+    http, auth = client.app.test_client(), {"Authorization": client.session.headers["Authorization"]}
+    again = http.post("/provider/run", headers=auth, json={"request_id": "r1", "body": {"n": 1}})
+    assert (again.status_code, again.json["action_id"]) == (200, first["action_id"])
+    assert checked.checks == 1
+    refused = http.post("/provider/run", headers=auth, json={"request_id": "r2", "body": {"n": 1}})
+    assert (refused.status_code, refused.json["description"]) == (400, "exists already")
+
+
+def test_a_different_request_with_a_used_request_id_is_409_before_anything_else(tmp_path, clock):
+    checked = Checked()
+    client = provider_client(checked.provider, tmp_path, clock=clock)
+    first = client.run({"n": 1}, request_id="r1")["action_id"]
+    checked.refuse = True
+    http, auth = client.app.test_client(), {"Authorization": client.session.headers["Authorization"]}
+    for different in ({"request_id": "r1", "body": {"n": 2}},
+                      {"request_id": "r1", "body": {"n": 1}, "label": "other"},
+                      {"request_id": "r1", "body": {"n": 1}, "deadline": iso(clock.now - 1)}):
+        response = http.post("/provider/run", headers=auth, json=different)
+        assert (response.status_code, response.json["code"]) == (409, "ActionConflict"), different
+        assert first in response.json["description"]
+
+
+def test_only_the_same_caller_finds_an_action_by_request_id_and_runnable_by_still_applies(tmp_path):
+    group = str(uuid.uuid4())
+    checked = Checked(runnable_by=[f"urn:globus:groups:id:{group}"])
+    client = provider_client(checked.provider, tmp_path)
+    member = client.as_identity(groups=[group])
+    first = member.run({"n": 1}, request_id="r1")["action_id"]
+
+    someone = client.as_identity(groups=[group])  # same request_id, another caller: their own new action
+    theirs = someone.run({"n": 1}, request_id="r1")
+    assert theirs["action_id"] != first
+
+    left_group = member.as_identity(member.status(first)["creator_id"].rsplit(":", 1)[-1])
+    with pytest.raises(ClientError) as caught:
+        left_group.run({"n": 1}, request_id="r1")
+    assert caught.value.status == 403
+
+
+# --- details across pause and resume; nothing written to an ended action ------------------------------------------
+
+
+class Pausing:
+    """Pauses on its first run with progress counters in the pause's details; on resume it records what it sees
+    in ctx.details and waits until released."""
+
+    def __init__(self):
+        self.provider = ActionProvider(title="Pausing", input_schema={"type": "object"})
+        self.go = threading.Event()
+        self.seen = []
+        self.contexts = []
+
+        @self.provider.run
+        def run(body, ctx):
+            self.contexts.append(ctx)
+            if not ctx.resumed:
+                ctx.progress(details={"files_done": 3})
+                raise ActionInactive("NeedsConsent", "Grant consent, then resume.", required_scope="urn:x",
+                                     resolution_url="https://x/y", files_done=3)
+            self.seen.append(dict(ctx.details))
+            while not self.go.is_set():
+                ctx.sleep(0.01)
+            ctx.progress(details={"files_done": 5})
+            self.seen.append(dict(ctx.details))
+            return {"files_done": 5, "finished": True}
+
+
+def test_on_resume_the_pause_reason_goes_and_the_rest_of_the_details_stay(tmp_path):
+    pausing = Pausing()
+    client = provider_client(pausing.provider, tmp_path)
+    action = client.run({})["action_id"]
+    paused = client.wait(action, until=["INACTIVE"], timeout=5)
+    assert paused["details"]["code"] == "NeedsConsent"
+
+    resumed = client.resume(action)
+    assert (resumed["status"], resumed["details"]) == ("ACTIVE", {"files_done": 3})
+    wait_for(lambda: pausing.seen)
+    assert pausing.seen == [{"files_done": 3}]  # what the callback sees is what /status shows
+    assert client.status(action)["details"] == {"files_done": 3}
+    pausing.go.set()
+    assert client.wait(action, timeout=5)["details"] == {"files_done": 5, "finished": True}
+    assert pausing.seen[1] == {"files_done": 5}  # after progress, ctx.details is what was reported
+
+
+def test_a_pause_with_nothing_but_its_reason_resumes_with_empty_details(gate, tmp_path):
+    gate.go.set()
+    client = provider_client(gate.provider, tmp_path)
+    action = client.run({"pause": True})["action_id"]
+    client.wait(action, until=["INACTIVE"], timeout=5)
+    gate.go.clear()
+    gate.started.clear()
+    assert "code" not in client.resume(action)["details"]  # {} or, already, the callback's progress
+    assert gate.started.wait(5)
+    assert client.status(action)["details"] == {"done": 1}  # its own progress, not the pause's code
+    gate.go.set()
+    assert client.wait(action, timeout=5)["details"] == {"done": 2}
+
+
+def test_the_log_refuses_writes_once_the_action_ended(tmp_path):
+    from toolkit import ActionCancelled
+
+    provider = ActionProvider(title="Logger", input_schema={"type": "object"})
+    contexts = []
+    release = threading.Event()
+
+    @provider.run
+    def run(body, ctx):
+        contexts.append(ctx)
+        ctx.log("working")
+        if body.get("hold"):
+            release.wait(5)
+            ctx.log("still working")  # cancelled meanwhile: refused
+        return {}
+
+    client = provider_client(provider, tmp_path)
+    done = client.run({})["action_id"]
+    client.wait(done, timeout=5)
+    with pytest.raises(ActionCancelled):
+        contexts[0].log("after the end")
+    assert [e["description"] for e in client.log(done, limit=10)["entries"]] == [
+        "Action started", "working", "Action SUCCEEDED"]
+
+    held = client.run({"hold": True})["action_id"]
+    wait_for(lambda: len(contexts) == 2)
+    client.cancel(held)
+    release.set()
+    time.sleep(0.3)
+    entries = [e["code"] for e in client.log(held, limit=10)["entries"]]
+    assert entries == ["ActionStarted", "Log", "ActionFailed"]
+    with pytest.raises(ActionCancelled):
+        contexts[1].log("later")
+    assert contexts[1].cancelled

@@ -1,0 +1,147 @@
+"""Start-up checks: misspelt APTK_* names and databases that cannot be used stop the app from being set up."""
+
+import re
+import stat
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from providers.hello import provider as hello
+from toolkit import ActionProvider, ConfigurationError, Toolkit
+from toolkit.server import create_app
+from toolkit.settings import KNOWN_SETTINGS, check_settings, register_settings
+from toolkit.testing import provider_client
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def app_with(tmp_path, **config):
+    app = Flask("t")
+    app.config.update({"APTK_DATA_DIR": str(tmp_path / "data"), **config})
+    return app
+
+
+@pytest.mark.parametrize("name, meant", [("APTK_DATABSE_URL", "APTK_DATABASE_URL"),
+                                         ("APTK_EXECUTER_THREADS", "APTK_EXECUTOR_THREADS"),
+                                         ("APTK_AUTH_ISUER", "APTK_AUTH_ISSUER")])
+def test_a_misspelt_name_in_app_config_stops_init_app(tmp_path, name, meant):
+    with pytest.raises(ConfigurationError) as error:
+        Toolkit(app_with(tmp_path, **{name: "x"}))
+    message = str(error.value)
+    assert f"unknown setting {name} in app.config: did you mean {meant}?" in message
+    assert "\n" not in message
+
+
+def test_a_misspelt_name_in_the_environment_stops_create_app(tmp_path, monkeypatch):
+    monkeypatch.setenv("APTK_DATABSE_URL", f"sqlite:///{tmp_path}/other.db")
+    with pytest.raises(ConfigurationError, match=r"APTK_DATABSE_URL in the environment: did you mean "
+                                                 r"APTK_DATABASE_URL\?"):
+        create_app({"APTK_DATA_DIR": str(tmp_path)}, providers=[("/hello", hello)])
+    # Nothing was created from the fallback either.
+    assert not (tmp_path / "aptk.db").exists()
+
+
+def test_a_name_like_nothing_known_is_refused_too(tmp_path):
+    with pytest.raises(ConfigurationError, match="unknown setting APTK_QQQ in app.config: no setting"):
+        Toolkit(app_with(tmp_path, APTK_QQQ="1"))
+
+
+def test_settings_of_other_programs_are_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("MYAPP_DATABSE_URL", "x")
+    Toolkit(app_with(tmp_path, SECRET_KEY="k", MYAPP_ANYTHING=1))
+
+
+def test_a_provider_registers_its_own_settings(tmp_path, monkeypatch):
+    name = "APTK_GREETER_STYLE_FOR_TEST"
+    monkeypatch.setenv(name, "formal")
+    with pytest.raises(ConfigurationError, match=name):
+        Toolkit(app_with(tmp_path / "before"))
+    monkeypatch.setattr("toolkit.settings.KNOWN_SETTINGS", set(KNOWN_SETTINGS))
+    register_settings(name)  # what a provider module does at import
+    greeter = ActionProvider(name="greeter", title="Greeter", input_schema={"type": "object"})
+
+    @greeter.run
+    def _run(body, ctx):
+        return {"style": __import__("os").environ[name]}
+
+    with provider_client(greeter, tmp_path / "after") as client:
+        assert client.run({}, wait=True)["details"] == {"style": "formal"}
+
+
+@pytest.mark.parametrize("bad", ["GREETER_STYLE", "aptk_lower", " APTK_X", 3])
+def test_register_settings_takes_only_aptk_names(bad):
+    with pytest.raises(ValueError):
+        register_settings(bad)
+
+
+def test_every_aptk_name_in_the_tree_is_known():
+    """A setting read anywhere in the toolkit or the bundled providers, or shown in the README, is known."""
+    found = set()
+    for path in [*ROOT.glob("toolkit/**/*.py"), *ROOT.glob("providers/**/*.py"), ROOT / "README.md"]:
+        found |= set(re.findall(r"\bAPTK_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+    assert found - KNOWN_SETTINGS == set()
+    check_settings({name: "" for name in found}, {})
+
+
+# --- databases ----------------------------------------------------------------------------------------------
+
+def test_a_postgresql_url_without_its_driver_names_the_extra(tmp_path):
+    # pg8000 is a real PostgreSQL driver that the toolkit does not install.
+    with pytest.raises(ConfigurationError) as error:
+        Toolkit(app_with(tmp_path, APTK_DATABASE_URL="postgresql+pg8000://aptk:s3cret-pw@db.example/aptk"))
+    message = str(error.value)
+    assert "pip install 'action-provider-toolkit[postgres]'" in message
+    assert "pg8000" in message
+    assert "s3cret-pw" not in message
+
+
+def test_an_unknown_dialect_is_named(tmp_path):
+    with pytest.raises(ConfigurationError, match="no database dialect 'nosuchdb'"):
+        Toolkit(app_with(tmp_path, APTK_DATABASE_URL="nosuchdb://h/x"))
+
+
+def test_a_url_that_is_no_url_is_refused_without_echoing_it(tmp_path):
+    with pytest.raises(ConfigurationError) as error:
+        Toolkit(app_with(tmp_path, APTK_DATABASE_URL="user:pw-9f8e@host/db"))
+    assert "APTK_DATABASE_URL is not a database URL" in str(error.value)
+    assert "pw-9f8e" not in str(error.value)
+
+
+def test_a_sqlite_file_that_cannot_be_created_stops_start_up(tmp_path):
+    (tmp_path / "plain-file").write_text("")
+    path = tmp_path / "plain-file" / "aptk.db"
+    with pytest.raises(ConfigurationError, match=f"cannot open database at {re.escape(str(path))}"):
+        Toolkit(app_with(tmp_path, APTK_DATABASE_URL=f"sqlite:///{path}"))
+
+
+def test_a_sqlite_path_that_is_a_directory_stops_start_up(tmp_path):
+    (tmp_path / "db").mkdir()
+    with pytest.raises(ConfigurationError, match="cannot open database at .*it is not a file"):
+        Toolkit(app_with(tmp_path, APTK_DATABASE_URL=f"sqlite:///{tmp_path / 'db'}"))
+
+
+def test_a_sqlite_file_that_is_not_a_database_stops_start_up(tmp_path):
+    (tmp_path / "aptk.db").write_bytes(b"this is not a database, just some bytes " * 100)
+    with pytest.raises(ConfigurationError, match="cannot open database at .*not a database"):
+        Toolkit(app_with(tmp_path, APTK_DATABASE_URL=f"sqlite:///{tmp_path / 'aptk.db'}"))
+
+
+def test_a_data_dir_that_cannot_be_created_stops_start_up(tmp_path):
+    (tmp_path / "file").write_text("")
+    app = Flask("t")
+    app.config["APTK_DATA_DIR"] = str(tmp_path / "file" / "data")
+    with pytest.raises(ConfigurationError, match="cannot create the data directory .*file/data"):
+        Toolkit(app)
+
+
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root writes anywhere")
+def test_a_read_only_directory_stops_start_up(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        with pytest.raises(ConfigurationError, match="cannot open database at .*not writable"):
+            Toolkit(app_with(tmp_path, APTK_DATABASE_URL=f"sqlite:///{locked / 'aptk.db'}"))
+    finally:
+        locked.chmod(0o700)
