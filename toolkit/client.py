@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import requests
 
@@ -128,9 +128,36 @@ class ActionProviderClient:
             params["marker"] = marker
         return self._call("GET", f"/{action_id}/log", params=params)
 
-    def actions(self, *, status: Iterable[str] = (), roles: Iterable[str] = ()) -> list[dict[str, Any]]:
-        params = {k: ",".join(v) for k, v in (("status", status), ("roles", roles)) if v}
-        return self._call("GET", "/actions", params=params)
+    def actions_page(
+        self, *, status: Iterable[str] = (), roles: Iterable[str] = (), limit: int | None = None,
+        marker: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of ``GET /actions``: ``{"actions": [...], "limit", "has_next_page", "marker"?}``.
+
+        A provider that answers with a plain list (no pages) gets it wrapped as a single page.
+        """
+        params: dict[str, Any] = {k: ",".join(v) for k, v in (("status", status), ("roles", roles)) if v}
+        if limit is not None:
+            params["limit"] = limit
+        if marker:
+            params["marker"] = marker
+        page = self._call("GET", "/actions", params=params)
+        if isinstance(page, list):
+            return {"actions": page, "limit": len(page), "has_next_page": False}
+        return page
+
+    def actions(
+        self, *, status: Iterable[str] = (), roles: Iterable[str] = (), page_size: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every action the caller may list (``status``, ``roles`` filter), oldest first, fetched page by page."""
+        status, roles = list(status), list(roles)
+        marker = None
+        while True:
+            page = self.actions_page(status=status, roles=roles, limit=page_size, marker=marker)
+            yield from page["actions"]
+            if not page.get("has_next_page") or not page.get("marker"):
+                return
+            marker = page["marker"]
 
     def wait(
         self,

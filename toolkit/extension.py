@@ -10,6 +10,7 @@ key                         meaning                                             
 ``APTK_AUTH``               token verifier: ``dev``, ``jwt``, ``introspection``, ``globus``  ``dev``
 ``APTK_AUTH_*``             the verifier's settings (see :mod:`toolkit.auth.config`)
 ``APTK_EXECUTOR_THREADS``   callbacks run at once per process                               ``8``
+``APTK_MAX_RUNNING_PER_IDENTITY``  callbacks one caller runs at once per process            half the threads
 ``APTK_LEASE_SECONDS``      how long a silent process keeps its actions before recovery      ``30``
 ==========================  ==============================================================  ==================
 
@@ -28,7 +29,7 @@ from flask import Flask
 
 from .auth import TokenVerifier, verifier_from_config
 from .errors import ConfigurationError
-from .executor import Executor, ThreadExecutor
+from .executor import Executor, ThreadExecutor, default_max_running_per_identity
 from .lifecycle import Runtime
 from .settings import check_database, check_settings, default_data_dir, make_data_dir
 from .settings import number as _number, setting as _setting
@@ -86,7 +87,11 @@ class Toolkit:
                 url = f"sqlite:///{data_dir / 'aptk.db'}"
             check_database(url)  # a missing driver or an unwritable file fails here, not on every request
             store = SQLStore(url)
-        executor = self._executor or ThreadExecutor(_number(app, "APTK_EXECUTOR_THREADS", 8, int))
+        executor = self._executor
+        if executor is None:
+            threads = _number(app, "APTK_EXECUTOR_THREADS", 8, int)
+            executor = ThreadExecutor(threads, _number(
+                app, "APTK_MAX_RUNNING_PER_IDENTITY", default_max_running_per_identity(threads), int))
         verifier = self._verifier or verifier_from_config(lambda name: _setting(app, name, None), data_dir)
         runtime = Runtime(
             store,
