@@ -62,7 +62,12 @@ def main() -> None:
 
 def _load_config_file(path: Path) -> dict[str, Any]:
     """APTK_* settings from a JSON or TOML file."""
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror or exc}", param_hint="--config") from None
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{path}: not UTF-8 text", param_hint="--config") from None
     try:
         if path.suffix == ".toml":
             import tomllib

@@ -324,3 +324,12 @@ def test_the_same_settings_spelt_right_serve(start_server):
     token = server.token(identity)
     result = aptk("run", server.hello, "--wait", "--body", '{"echo_string": "ok"}', env={"APTK_TOKEN": token})
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe not text", b'{"APTK_AUTH": '])
+def test_a_config_file_that_cannot_be_read_is_a_usage_error(tmp_path, content):
+    config = tmp_path / "aptk.json"
+    config.write_bytes(content)
+    result = serve(tmp_path, "--config", str(config))
+    assert result.returncode == 2
+    assert f"{config}: " in one_error_line(result)
