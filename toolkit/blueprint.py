@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import math
+import time
 import re
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -24,7 +25,8 @@ from .documents import (
     ProviderDescriptionSchema,
     Status,
 )
-from .errors import ApiError, BadActionRequest, UnauthorizedRequest
+from .errors import ApiError, BadActionRequest, RequestTooLarge, UnauthorizedRequest
+from .errors import STORAGE_FULL_RETRY_SECONDS, ServiceUnavailable, storage_full
 from .extension import ToolkitState, get_toolkit
 from .settings import setting
 from .store import ROLES
@@ -76,7 +78,7 @@ def handle_http_exception(exc: HTTPException) -> Response | HTTPException:
     response.status_code = exc.code or 500
     if exc.code == 405 and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
-    return response
+    return api_headers(response)
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -84,17 +86,57 @@ def _under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
 
 
+_storage_full_logged = [0.0]
+
+
 def handle_unexpected(exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         return handle_http_exception(exc)
+    if storage_full(exc):
+        # The transaction was rolled back: nothing half-written. One line a minute, not a traceback per request.
+        now = time.monotonic()
+        if now - _storage_full_logged[0] > 60 or not _storage_full_logged[0]:
+            _storage_full_logged[0] = now
+            logger.error("the database's storage is full (%s); answering 503 until there is room",
+                         type(exc).__name__)
+        return error_response(ServiceUnavailable(
+            "The provider's storage is full; nothing was changed. Try again later.",
+            retry_after=STORAGE_FULL_RETRY_SECONDS,
+        ))
     logger.exception("unexpected error serving %s %s", request.method, request.path)
     response = jsonify({"code": "InternalServerError", "description": "The server failed unexpectedly."})
     response.status_code = 500
     return response
 
 
+def _read_body() -> bytes:
+    """The request body, refused (413) past ``request.max_content_length``, whether it has a Content-Length or
+    is streamed (chunked) by a server that ends the stream (``wsgi.input_terminated``)."""
+    limit = request.max_content_length
+    if limit is None:
+        return request.get_data(cache=False)
+    too_large = RequestTooLarge(f"The request body is larger than this provider accepts ({limit} bytes).")
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise too_large
+        return request.get_data(cache=False)
+    if "wsgi.input_terminated" not in request.environ:
+        return request.get_data(cache=False)  # Werkzeug reads nothing of an unbounded stream
+    # Werkzeug's stream stops quietly at the limit; read one byte past it to tell a body that is too large.
+    stream, chunks, size = request.environ["wsgi.input"], [], 0
+    while size <= limit:
+        chunk = stream.read(min(64 * 1024, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise too_large
+    return b"".join(chunks)
+
+
 def _json_body() -> Any:
-    raw = request.get_data(cache=False)
+    raw = _read_body()
     if not raw.strip():
         raise BadActionRequest("The request has no body; send an ActionRequest as JSON.")
 
@@ -196,7 +238,13 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
 
     @bp.before_request
     def _start() -> None:
-        toolkit().runtime.start()
+        state = toolkit()
+        # The toolkit's limit holds on its routes whatever the app's MAX_CONTENT_LENGTH (the smaller one wins).
+        app_limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        request.max_content_length = min(state.max_body_bytes, app_limit or state.max_body_bytes)
+        state.runtime.start()
+
+    bp.after_request(api_headers)
 
     def route(
         rules: list[tuple[str, str]], query: tuple[str, ...] = ()

@@ -105,8 +105,9 @@ def serve(host: str, port: int, workers: int, threads: int, data_dir: Path, conf
 
     The client secret is read from APTK_AUTH_CLIENT_SECRET (or the --config file), never from the command line.
     """
-    from .server import create_app, serve as run_server
+    from .server import create_app, private_umask, serve as run_server
 
+    private_umask()  # everything this server creates in the data directory is the user's alone
     config: dict[str, Any] = _load_config_file(config_file) if config_file else {}
     try:
         check_settings(config, source=str(config_file))

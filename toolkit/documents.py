@@ -147,16 +147,31 @@ def group_urn(group_id: str) -> str:
     return principal_for(group_id, "group")
 
 
+SHOWN_LIMIT = 100
+"""How much of an offending value an error description repeats."""
+
+
+def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
+    """``repr(value)`` for an error description, cut to ``limit`` characters with its full length said: a 400 must
+    not send a 5 MiB value back."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    length = len(value) if isinstance(value, (str, bytes, list, dict)) else len(text)
+    unit = "items" if isinstance(value, (list, dict)) else "characters"
+    return f"{text[:limit]}... ({length} {unit})"
+
+
 def parse_duration(text: str) -> dt.timedelta:
     """Parse an ISO 8601 duration (``P30D``, ``PT1H30M``); years and months are not allowed."""
     try:
         value = isodate.parse_duration(text)
     except (isodate.ISO8601Error, ValueError, TypeError, OverflowError) as exc:
-        raise ValueError(f"{text!r} is not an ISO 8601 duration such as 'P30D' or 'PT1H'") from exc
+        raise ValueError(f"{shown(text)} is not an ISO 8601 duration such as 'P30D' or 'PT1H'") from exc
     if not isinstance(value, dt.timedelta):
-        raise ValueError(f"{text!r}: use days, hours, minutes or seconds, not years or months")
+        raise ValueError(f"{shown(text)}: use days, hours, minutes or seconds, not years or months")
     if value < dt.timedelta(0):
-        raise ValueError(f"{text!r} is negative")
+        raise ValueError(f"{shown(text)} is negative")
     return value
 
 

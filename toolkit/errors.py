@@ -11,7 +11,7 @@ The tree::
     │   ├── ActionNotFound        404
     │   ├── ActionConflict        409
     │   ├── RequestTooLarge       413
-    │   └── ServiceUnavailable    503
+    │   └── ServiceUnavailable    503 (carries ``Retry-After``; also for a full disk, see storage_full)
     ├── ActionOutcome             raised by a run callback to end or pause the action
     │   ├── ActionFailed          -> FAILED with details {code, description}
     │   └── ActionInactive        -> INACTIVE until resumed
@@ -35,8 +35,14 @@ class ApiError(ToolkitError):
     code: ClassVar[str] = "InternalServerError"
     default_description: ClassVar[str] = "The server could not complete the request."
 
+    max_description: ClassVar[int] = 2000
+    """A longer description is cut (values in it are cut shorter still, see :func:`toolkit.documents.shown`)."""
+
     def __init__(self, description: str | None = None, *, code: str | None = None) -> None:
-        self.description = description or self.default_description
+        description = description or self.default_description
+        if len(description) > self.max_description:
+            description = f"{description[:self.max_description]}... ({len(description)} characters)"
+        self.description = description
         if code is not None:
             self.code = code  # type: ignore[misc]
         super().__init__(self.description)
@@ -118,8 +124,37 @@ class ServiceUnavailable(ApiError):
     code = "ServiceUnavailable"
     default_description = "A service this provider depends on is unavailable; try again later."
 
+    def __init__(self, description: str | None = None, *, code: str | None = None, retry_after: int = 5) -> None:
+        super().__init__(description, code=code)
+        self.retry_after = retry_after
+
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": "5"}
+        return {"Retry-After": str(self.retry_after)}
+
+
+STORAGE_FULL_RETRY_SECONDS = 60
+
+
+def storage_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the database's storage is full: SQLite's SQLITE_FULL ("database
+    or disk is full"), PostgreSQL's disk_full (SQLSTATE 53100), or ENOSPC / EDQUOT from the operating system."""
+    import errno
+
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if getattr(current, "sqlite_errorcode", None) == 13 or "database or disk is full" in str(current):
+            return True  # SQLITE_FULL
+        if getattr(current, "sqlstate", None) == "53100" or getattr(current, "pgcode", None) == "53100":
+            return True  # PostgreSQL disk_full (psycopg 3: sqlstate; psycopg2: pgcode)
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        todo += [getattr(current, "orig", None), current.__cause__, current.__context__]
+    return False
 
 
 class ActionOutcome(ToolkitError):

@@ -12,6 +12,7 @@ key                         meaning                                             
 ``APTK_EXECUTOR_THREADS``   callbacks run at once per process                               ``8``
 ``APTK_MAX_RUNNING_PER_IDENTITY``  callbacks one caller runs at once per process            half the threads
 ``APTK_LEASE_SECONDS``      how long a silent process keeps its actions before recovery      ``30``
+``APTK_MAX_BODY_BYTES``     largest request body the toolkit's routes read (else 413)        ``10485760``
 ==========================  ==============================================================  ==================
 
 Behaviour is injected through :class:`Toolkit`'s keyword arguments (``store=``, ``executor=``, ``verifier=``,
@@ -21,6 +22,9 @@ Behaviour is injected through :class:`Toolkit`'s keyword arguments (``store=``, 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +43,8 @@ if TYPE_CHECKING:
     from .typing import Clock
 
 EXTENSION = "aptk"
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+logger = logging.getLogger("toolkit.extension")
 
 
 @dataclasses.dataclass
@@ -48,6 +54,8 @@ class ToolkitState:
     runtime: Runtime
     verifier: TokenVerifier
     data_dir: Path
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    """The largest request body the toolkit's routes read (``APTK_MAX_BODY_BYTES``); a larger one is a 413."""
 
 
 class Toolkit:
@@ -79,12 +87,17 @@ class Toolkit:
         check_settings(app.config)  # a misspelt APTK_* name stops here rather than being ignored
         data_dir = Path(_setting(app, "APTK_DATA_DIR", default_data_dir()))
         app.config["APTK_DATA_DIR"] = str(data_dir)
+        max_body = _number(app, "APTK_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int)
+        if app.config.get("MAX_CONTENT_LENGTH") is None:
+            # Flask reads no limit from None; the whole app gets the toolkit's, an author's own limit stays.
+            app.config["MAX_CONTENT_LENGTH"] = max_body
         store = self._store
         if store is None:
             url = _setting(app, "APTK_DATABASE_URL", None)
             if not url:
                 make_data_dir(data_dir)
                 url = f"sqlite:///{data_dir / 'aptk.db'}"
+                keep_private(data_dir, create=(DATABASE_FILE,))
             check_database(url)  # a missing driver or an unwritable file fails here, not on every request
             store = SQLStore(url)
         executor = self._executor
@@ -101,9 +114,59 @@ class Toolkit:
             config=app.config,
         )
         runtime.verifier = verifier
-        state = ToolkitState(runtime, verifier, data_dir)
+        if data_dir.is_dir():
+            keep_private(data_dir)
+        state = ToolkitState(runtime, verifier, data_dir, max_body)
         app.extensions[EXTENSION] = state
         return state
+
+
+DATABASE_FILE = "aptk.db"
+OWN_FILES = (DATABASE_FILE, "aptk.db-wal", "aptk.db-shm", "aptk.db-journal", "dev-signing-key.pem", "gunicorn.ctl")
+"""What the toolkit itself keeps in a data directory (next to the bundled transfer provider's ``collections``)."""
+
+
+def keep_private(data_dir: Path, create: tuple[str, ...] = ()) -> None:
+    """Keep the data directory (0700) and the toolkit's own files in it (0600) private to the user.
+
+    Files named in ``create`` that do not exist yet are created empty with mode 0600 (SQLite gives its -wal and
+    -shm files the database file's mode). The toolkit's own files are made 0600 if they are not. The directory
+    is made 0700 if it is the default one or holds nothing but the toolkit's files; any other directory a
+    person chose keeps its mode, with a warning if others can read it.
+    """
+    for name in create:
+        try:
+            os.close(os.open(data_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+    for name in OWN_FILES:
+        path = data_dir / name
+        try:
+            mode = stat.S_IMODE(path.lstat().st_mode)
+            if mode & 0o077 and path.is_file() and not path.is_symlink():
+                os.chmod(path, 0o600)
+                logger.warning("%s was readable by others (mode %o); it is now 0600", path, mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # not ours to change (another owner): say so, go on
+            logger.warning("could not make %s private: %s", path, exc.strerror or exc)
+    mode = stat.S_IMODE(data_dir.stat().st_mode)
+    if not mode & 0o077:
+        return
+    ours = set(OWN_FILES) | {"collections"}
+    entries = {entry.name for entry in os.scandir(data_dir) if not entry.name.startswith(".dev-key-")}
+    xdg = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "aptk"
+    if data_dir.resolve() == xdg.resolve() or (entries and entries <= ours):
+        try:
+            os.chmod(data_dir, 0o700)
+            logger.warning("the data directory %s was open to others (mode %o); it is now 0700", data_dir, mode)
+            return
+        except OSError:
+            pass
+    logger.warning(
+        "the data directory %s is open to others (mode %o): its file names show; `chmod 700 %s` makes it private",
+        data_dir, mode, data_dir,
+    )
 
 
 def get_toolkit(app: Flask) -> ToolkitState:

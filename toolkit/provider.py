@@ -11,9 +11,11 @@ from marshmallow import Schema, ValidationError
 from .documents import (
     ALL_AUTHENTICATED_USERS,
     PUBLIC,
+    SHOWN_LIMIT,
     describe_validation_error,
     normalize_principal,
     parse_duration,
+    shown,
 )
 from .errors import BadActionRequest, ConfigurationError
 
@@ -149,7 +151,7 @@ class ActionProvider:
                 raise BadActionRequest(describe_validation_error(exc, "body")) from None
         errors = sorted(self._validator.iter_errors(body), key=lambda e: list(e.absolute_path))
         if errors:
-            lines = [f"{_json_path(e)}: {e.message}" for e in errors[:10]]
+            lines = [f"{_json_path(e)}: {_message(e)}" for e in errors[:10]]
             raise BadActionRequest("; ".join(lines))
         return body
 
@@ -201,6 +203,17 @@ class ActionProvider:
                 f"{self!r} has no run callback; decorate a function with @{self.name}.run before serving it."
             )
         return make_blueprint(self, url_prefix=url_prefix, name=name)
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    """jsonschema's message, with the offending value (which it repeats whole) cut short."""
+    full = repr(error.instance)
+    if len(full) <= SHOWN_LIMIT:
+        return error.message
+    if full in error.message:
+        return error.message.replace(full, shown(error.instance))
+    message = error.message  # other wordings: the message itself, cut
+    return message if len(message) <= 2 * SHOWN_LIMIT else f"{message[:2 * SHOWN_LIMIT]}... ({len(message)} characters)"
 
 
 def _json_path(error: jsonschema.ValidationError) -> str:

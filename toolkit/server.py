@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -28,11 +29,10 @@ def create_app(
     ``config`` sets ``APTK_*`` keys (see :mod:`toolkit.extension`); ``toolkit_options`` go to :class:`Toolkit`.
     """
     app = Flask("aptk")
-    app.config.setdefault("MAX_CONTENT_LENGTH", 10 * 1024 * 1024)
     app.json.sort_keys = False
     if config:
         app.config.update(config)
-    Toolkit(app, **toolkit_options)
+    Toolkit(app, **toolkit_options)  # also sets MAX_CONTENT_LENGTH (APTK_MAX_BODY_BYTES)
     if providers is None:
         from providers import bundled
 
@@ -68,6 +68,15 @@ def stop_runtime(app: Flask, grace: float = 0.0) -> None:
     get_toolkit(app).runtime.stop(grace)
 
 
+def private_umask() -> None:
+    """Create every file and directory of this process private to the user (umask 077).
+
+    ``aptk serve`` calls it first: the database and its -wal/-shm files, the dev signing key, gunicorn's control
+    socket and the transfer provider's default collections are then 0600 / 0700 whoever creates them.
+    """
+    os.umask(0o077)
+
+
 def serve(
     *,
     host: str = "127.0.0.1",
@@ -76,15 +85,21 @@ def serve(
     threads: int = 8,
     config: Mapping[str, Any] | None = None,
 ) -> None:
-    """Run the bundled providers under gunicorn until interrupted (Ctrl-C stops it cleanly)."""
+    """Run the bundled providers under gunicorn until interrupted (Ctrl-C stops it cleanly).
+
+    Requests are read whole by each worker's event loop before a thread runs them
+    (:class:`toolkit.worker.BufferingWorker`), so slow clients hold no thread.
+    """
     from gunicorn.app.base import BaseApplication
+
+    private_umask()
 
     class Application(BaseApplication):
         def load_config(self) -> None:
             options = {
                 "bind": f"{host}:{port}",
                 "workers": workers,
-                "worker_class": "gthread",
+                "worker_class": "toolkit.worker.BufferingWorker",
                 "threads": threads,
                 "graceful_timeout": 10,
                 "timeout": 60,

@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from tests.conftest import no_nulls
-from toolkit import ActionCancelled, ActionFailed, ActionProvider, Identity, Toolkit, UnauthorizedRequest
+from toolkit import ActionCancelled, ActionFailed, ActionProvider, Identity, Toolkit, UnauthorizedRequest, get_toolkit
 from toolkit.testing import TokenAuthority, provider_client
 
 
@@ -181,3 +181,143 @@ def test_empty_display_status_is_left_out(tmp_path):
     status = client.status(action)
     assert "display_status" not in status and no_nulls(status) == []
     client.cancel(action)
+
+
+# --- request size, answer headers, a full disk, long values in 400s -------------------------------------------
+
+
+def author_app(tmp_path, **config):
+    """An author's own Flask app with the toolkit set up by ``Toolkit(app)``, served by Werkzeug on loopback."""
+    from werkzeug.serving import make_server
+
+    authority = TokenAuthority()
+    provider = provider_running(lambda b, ctx: {"ok": True}, synchronous=True)
+    app = Flask("authors_own")
+    app.config.update({"APTK_DATA_DIR": str(tmp_path), **config})
+    Toolkit(app, verifier=authority.verifier)
+    app.register_blueprint(provider.blueprint(url_prefix="/mine"))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    token = authority.token(scopes=[provider.globus_auth_scope])
+    return app, server, f"http://127.0.0.1:{server.server_port}/mine", {"Authorization": f"Bearer {token}"}
+
+
+def padded_run(size: int) -> bytes:
+    document = f'{{"request_id": "{uuid.uuid4()}", "body": {{}}}}'.encode()
+    return document + b" " * (size - len(document))
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_toolkit_app_of_an_author_refuses_a_body_over_the_limit(tmp_path, chunked):
+    import requests
+
+    limit = 32 * 1024
+    app, server, url, auth = author_app(tmp_path, APTK_MAX_BODY_BYTES=limit)
+    send = (lambda data: iter([data[:1000], data[1000:]])) if chunked else (lambda data: data)
+    try:
+        over = requests.post(url + "/run", data=send(padded_run(limit + 1)), headers=auth, timeout=10)
+        at = requests.post(url + "/run", data=send(padded_run(limit)), headers=auth, timeout=10)
+    finally:
+        server.shutdown()
+        get_toolkit(app).runtime.stop()
+
+    assert app.config["MAX_CONTENT_LENGTH"] == limit
+    assert over.status_code == 413, over.text
+    assert over.json()["code"] == "RequestTooLarge"
+    assert at.status_code in (200, 202), at.text
+
+
+def test_the_default_limit_applies_to_an_authors_app_and_an_own_smaller_one_is_kept(tmp_path):
+    app = Flask("a")
+    app.config["APTK_DATA_DIR"] = str(tmp_path / "a")
+    Toolkit(app)
+    own = Flask("b")
+    own.config.update(APTK_DATA_DIR=str(tmp_path / "b"), MAX_CONTENT_LENGTH=1000)
+    Toolkit(own)
+    assert app.config["MAX_CONTENT_LENGTH"] == 10 * 1024 * 1024
+    assert own.config["MAX_CONTENT_LENGTH"] == 1000
+
+
+def test_every_answer_of_the_api_says_no_store_and_nosniff(client):
+    http, auth = raw(client)
+    action = client.run({})["action_id"]
+    answers = [
+        http.get("/provider/", headers=auth),
+        http.post("/provider/run", json={"request_id": str(uuid.uuid4()), "body": {}}, headers=auth),
+        http.get(f"/provider/{action}/status", headers=auth),
+        http.get("/provider/actions", headers=auth),
+        http.get(f"/provider/{action}/status"),  # 401
+        http.get("/provider/nothing-here/status", headers=auth),  # 404 from the provider
+        http.get("/provider/no/such/route", headers=auth),  # 404 from routing
+        http.delete("/provider/run", headers=auth),  # 405
+        http.post("/provider/run", data=b"{", headers=auth),  # 400
+    ]
+    assert [a.status_code for a in answers] == [200, 202, 200, 200, 401, 404, 404, 405, 400]
+    for answer in answers:
+        assert answer.headers["Cache-Control"] == "no-store", answer.request.path
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_full_disk_is_a_503_with_retry_after_and_nothing_half_written(tmp_path, caplog):
+    import sqlalchemy as sa
+
+    from toolkit.store import SQLStore
+
+    store = SQLStore(f"sqlite:///{tmp_path / 'full.db'}")
+    room = {"pages": 0}  # 0: no limit
+
+    @sa.event.listens_for(store.engine, "checkout")
+    def _limit(dbapi_connection, record, proxy):
+        pages = room["pages"] or 1_000_000_000
+        dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
+
+    provider = provider_running(lambda b, ctx: {"ok": True}, synchronous=True)
+    client = provider_client(provider, tmp_path, store=store)
+    http, auth = raw(client)
+    client.run({})
+    with store.engine.connect() as conn:
+        room["pages"] = conn.exec_driver_sql("PRAGMA page_count").scalar() + 2
+    store.engine.dispose()
+
+    request_id = str(uuid.uuid4())
+    big = {"request_id": request_id, "body": {"x": "y" * 200_000}}
+    answers = [http.post("/provider/run", json=big, headers=auth) for _ in range(3)]
+
+    for answer in answers:
+        assert answer.status_code == 503, answer.json
+        assert answer.json["code"] == "ServiceUnavailable"
+        assert "storage is full" in answer.json["description"]
+        assert answer.headers["Retry-After"] == "60"
+    assert "Traceback" not in caplog.text
+    assert len([r for r in caplog.records if "storage is full" in r.getMessage()]) <= 1
+    room["pages"] = 0
+    store.engine.dispose()
+    again = http.post("/provider/run", json=big, headers=auth)
+    assert again.status_code in (200, 202), again.json
+    assert again.json["details"] == {"ok": True}  # created now: nothing of the refused attempts was kept
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("name", "n" * (5 * 1024 * 1024)), ("release_after", "P" + "9" * (5 * 1024 * 1024))],
+)
+def test_a_400_does_not_send_a_huge_value_back(tmp_path, field, value):
+    provider = ActionProvider(title="Named", input_schema={
+        "type": "object", "properties": {"name": {"type": "string", "maxLength": 10}}})
+    provider.run(lambda body, ctx: {})
+    with provider_client(provider, tmp_path) as client:
+        http, auth = raw(client)
+        document = {"request_id": str(uuid.uuid4()), "body": {}}
+        if field == "name":
+            document["body"]["name"] = value
+        else:
+            document[field] = value
+        answer = http.post("/provider/run", json=document, headers=auth)
+
+    assert answer.status_code == 400
+    description = answer.json["description"]
+    assert len(answer.data) < 1000, description[:300]
+    assert f"({len(value)} characters)" in description
+    assert value[:50] in description

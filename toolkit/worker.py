@@ -1,0 +1,303 @@
+"""The gunicorn worker behind ``aptk serve``: whole requests are read in the event loop before a thread runs them.
+
+gunicorn's ``gthread`` worker hands each connection to a thread as soon as its first byte arrives; the thread then
+blocks reading the rest of the request. A client that trickles its header lines or its body holds that thread
+for as long as it likes, so ``threads x workers`` slow clients (16 by default) stall the server.
+
+:class:`BufferingWorker` keeps gthread's design (one poller, a thread pool, kept-alive connections back in the
+poller) and moves the reading of each request into the poller: the socket is read without blocking until the
+request line, the headers and the whole body (by ``Content-Length`` or chunked framing) are in memory, and only
+then does a thread parse and run it. A slow connection costs a few kilobytes and no thread. Each request has
+``APTK_REQUEST_READ_TIMEOUT`` seconds (default 30) from its first byte (or from the connection) to arrive in
+full; after that the connection gets a 408 and is closed.
+
+Memory stays bounded too: each connection may buffer :data:`SMALL_REQUEST` bytes on its own; bytes beyond that
+come from a per-worker budget (four request-size limits). A connection that would overdraw it stops being read
+until others finish, while its read deadline keeps running. A body declared larger than the request-size limit
+is not read at all: the request goes to a thread at once and is answered 413.
+
+TLS and HTTP/2 connections, which ``aptk serve`` never accepts itself (a reverse proxy terminates TLS), are left
+to gthread's own handling.
+"""
+
+from __future__ import annotations
+
+import selectors
+import time
+from functools import partial
+from typing import Any
+
+from gunicorn import http
+from gunicorn.http2 import negotiation
+from gunicorn.workers.gthread import ThreadWorker
+
+DEFAULT_READ_TIMEOUT = 30.0
+"""Seconds a request may take to arrive in full (``APTK_REQUEST_READ_TIMEOUT``)."""
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
+SMALL_REQUEST = 64 * 1024
+"""Bytes every connection may buffer without drawing on the worker's shared budget."""
+READ_SIZE = 64 * 1024
+STOP_LINGER = 2.0
+"""A stopping worker waits this long at most for requests still arriving."""
+
+_TIMEOUT_BODY = b'{"code": "RequestTimeout", "description": "The request did not arrive in time."}'
+REQUEST_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
+    b"Content-Length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY
+)
+
+
+class RequestFraming:
+    """Tells, from the bytes received so far, whether one whole HTTP/1.x request has arrived.
+
+    It only finds the request's end; gunicorn's parser still validates everything. Anything it cannot make
+    sense of counts as complete, so that the parser sees it at once and refuses it.
+    """
+
+    def __init__(self, max_body: int, max_head: int) -> None:
+        self.max_body = max_body
+        self.max_head = max_head
+        self.buffer = bytearray()
+        self.head_end: int | None = None
+        self.expects_continue = False
+        self._length: int | None = None  # body bytes expected after the head, when known
+        self._chunked = False
+        self._pos = 0  # chunked: where the next chunk-size line starts
+        self._decoded = 0
+        self.complete = False
+
+    def feed(self, data: bytes) -> bool:
+        self.buffer += data
+        if not self.complete:
+            self.complete = self._scan()
+        return self.complete
+
+    def _scan(self) -> bool:
+        if self.head_end is None:
+            start = 0
+            while self.buffer.startswith(b"\r\n", start):  # empty lines before a request are allowed
+                start += 2
+            end = self.buffer.find(b"\r\n\r\n", start)
+            if end < 0:
+                return len(self.buffer) > self.max_head
+            self.head_end = end + 4
+            if not self._read_head(bytes(self.buffer[start:end])):
+                return True
+            self._pos = self.head_end
+        if self._chunked:
+            return self._scan_chunks()
+        assert self._length is not None
+        return len(self.buffer) - self.head_end >= self._length
+
+    def _read_head(self, head: bytes) -> bool:
+        """Note how the body is framed; False when the request is ready for the parser as it is."""
+        lengths, codings = [], []
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                lengths.append(value.strip())
+            elif name == b"transfer-encoding":
+                codings += [c.strip().lower() for c in value.split(b",")]
+            elif name == b"expect":
+                self.expects_continue = value.strip().lower() == b"100-continue"
+        if codings:
+            self._chunked = codings[-1] == b"chunked"
+            return self._chunked
+        if not lengths:
+            return False  # no body
+        if len(set(lengths)) != 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
+            return False  # the parser refuses it
+        self._length = int(lengths[0])
+        # A body over the limit is refused (413) without being read.
+        return 0 < self._length <= self.max_body
+
+    def _scan_chunks(self) -> bool:
+        while True:
+            line_end = self.buffer.find(b"\r\n", self._pos)
+            if line_end < 0:
+                return len(self.buffer) - self._pos > 4096
+            size_text = bytes(self.buffer[self._pos:line_end]).split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                return True
+            if size_text.startswith((b"-", b"+", b"0x", b"0X")) or size < 0:
+                return True
+            if size == 0:
+                # The last chunk, then trailer fields up to an empty line.
+                trailers = line_end + 2
+                if self.buffer.startswith(b"\r\n", trailers):
+                    return True
+                return self.buffer.find(b"\r\n\r\n", trailers) >= 0 or len(self.buffer) - trailers > self.max_head
+            self._decoded += size
+            if self._decoded > self.max_body:
+                return True  # enough to refuse it (413)
+            chunk_end = line_end + 2 + size + 2
+            if len(self.buffer) < chunk_end:
+                self._decoded -= size
+                return False
+            self._pos = chunk_end
+
+
+class _Reading:
+    __slots__ = ("framing", "deadline", "large", "paused")
+
+    def __init__(self, framing: RequestFraming, deadline: float) -> None:
+        self.framing = framing
+        self.deadline = deadline
+        self.large = 0  # bytes drawn from the worker's budget
+        self.paused = False
+
+
+class BufferingWorker(ThreadWorker):
+    """gthread, with each request read in full by the poller (under a deadline) before a thread runs it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reading: dict[Any, _Reading] = {}
+        self._limits: tuple[float, int] | None = None
+        self._budget_used = 0
+
+    # --- settings, from the app once it is loaded ------------------------------------------------------------
+
+    def limits(self) -> tuple[float, int]:
+        """(read timeout in seconds, request-body limit in bytes)."""
+        if self._limits is None:
+            timeout, max_body = DEFAULT_READ_TIMEOUT, DEFAULT_MAX_BODY
+            config = getattr(self.wsgi, "config", None)
+            if config is not None:
+                from .settings import number
+
+                timeout = number(self.wsgi, "APTK_REQUEST_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
+                max_body = config.get("MAX_CONTENT_LENGTH") or number(
+                    self.wsgi, "APTK_MAX_BODY_BYTES", DEFAULT_MAX_BODY, int
+                )
+            self._limits = (timeout, max_body)
+        return self._limits
+
+    @property
+    def budget(self) -> int:
+        return 4 * self.limits()[1]
+
+    def _max_head(self) -> int:
+        cfg = self.cfg
+        return cfg.limit_request_line + cfg.limit_request_fields * (cfg.limit_request_field_size + 2) + 4
+
+    # --- gthread hooks -----------------------------------------------------------------------------------------
+
+    def enqueue_req(self, conn: Any) -> None:
+        if (
+            getattr(conn, "aptk_buffered", False)
+            or conn.is_http2
+            or self.cfg.is_ssl
+            or negotiation.prior_knowledge_allowed(self.cfg, conn.client)
+        ):
+            conn.aptk_buffered = False
+            super().enqueue_req(conn)
+            return
+        timeout, max_body = self.limits()
+        reading = _Reading(RequestFraming(max_body, self._max_head()), time.monotonic() + timeout)
+        if not self.alive:
+            reading.deadline = min(reading.deadline, time.monotonic() + STOP_LINGER)
+        conn.sock.setblocking(False)
+        self._reading[conn] = reading
+        ahead = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
+        if ahead and self._take(conn, reading, ahead):
+            return
+        if not reading.paused:
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _on_readable(self, conn: Any, _sock: Any) -> None:
+        reading = self._reading.get(conn)
+        if reading is None:  # pragma: no cover - already dispatched or closed
+            return
+        try:
+            data = conn.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if not data:
+            self._drop(conn)  # the client went away
+            return
+        if self._take(conn, reading, data):
+            return
+        if reading.paused:
+            self.poller.unregister(conn.sock)
+
+    def _take(self, conn: Any, reading: _Reading, data: bytes) -> bool:
+        """Add ``data``; True when the connection left the reading stage (dispatched)."""
+        framing = reading.framing
+        had_head = framing.head_end is not None
+        complete = framing.feed(data)
+        over = len(framing.buffer) - SMALL_REQUEST
+        if over > reading.large:
+            self._budget_used += over - reading.large
+            reading.large = over
+        if complete:
+            self._dispatch(conn, reading)
+            return True
+        if not had_head and framing.head_end is not None and framing.expects_continue:
+            try:
+                conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except OSError:
+                pass
+        reading.paused = reading.large > 0 and self._budget_used + READ_SIZE > self.budget
+        return False
+
+    def _release(self, reading: _Reading) -> None:
+        if reading.large:
+            self._budget_used -= reading.large
+            reading.large = 0
+            for conn, other in self._reading.items():
+                if other.paused and self._budget_used + READ_SIZE <= self.budget:
+                    other.paused = False
+                    self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _leave(self, conn: Any) -> _Reading:
+        reading = self._reading.pop(conn)
+        if not reading.paused:
+            try:
+                self.poller.unregister(conn.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+        reading.paused = True  # not registered any more
+        self._release(reading)
+        return reading
+
+    def _dispatch(self, conn: Any, reading: _Reading) -> None:
+        if conn in self._reading:
+            self._leave(conn)
+        if conn.parser is None:
+            conn.initialized = True
+            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+        conn.parser.unreader.unread(reading.framing.buffer)
+        reading.framing.buffer = bytearray()
+        conn.data_ready = True
+        conn.aptk_buffered = True
+        conn.sock.setblocking(True)
+        super().enqueue_req(conn)
+
+    def _drop(self, conn: Any, answer: bytes = b"") -> None:
+        self._leave(conn)
+        if answer:
+            try:
+                conn.sock.send(answer)
+            except OSError:
+                pass
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self) -> None:
+        super().murder_pending()
+        now = time.monotonic()
+        if not self.alive:
+            for reading in self._reading.values():
+                reading.deadline = min(reading.deadline, now + STOP_LINGER)
+        expired = [conn for conn, reading in self._reading.items() if reading.deadline <= now]
+        for conn in expired:
+            started = bool(self._reading[conn].framing.buffer)
+            self._drop(conn, REQUEST_TIMEOUT_RESPONSE if started else b"")
