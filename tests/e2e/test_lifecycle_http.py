@@ -9,6 +9,8 @@ import subprocess
 import time
 import uuid
 
+import pytest
+
 from .support import APTK, Api
 
 
@@ -19,6 +21,7 @@ def iso(epoch: float) -> str:
 # --- one caller cannot starve the others ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_callers_action_starts_within_seconds_while_one_caller_runs_24_day_long_actions(start_server):
     hog, other = str(uuid.uuid4()), str(uuid.uuid4())
     # 2 workers x 8 threads: before fair scheduling, 24 long actions of one caller held all 16 threads.
@@ -64,6 +67,7 @@ def test_a_second_callers_action_starts_within_seconds_while_one_caller_runs_24_
         assert codes == ["ActionStarted", "ActionFailed"]
 
 
+@pytest.mark.slow
 def test_the_per_caller_limit_setting_is_applied_by_aptk_serve(start_server):
     caller = str(uuid.uuid4())
     server = start_server(workers=1, env={"APTK_MAX_RUNNING_PER_IDENTITY": "1"},
@@ -80,6 +84,7 @@ def test_the_per_caller_limit_setting_is_applied_by_aptk_serve(start_server):
     api.post(f"/{second}/cancel")
 
 
+@pytest.mark.slow
 def test_a_queued_action_of_a_killed_server_is_taken_up_after_the_lease(start_server):
     caller = str(uuid.uuid4())
     env = {"APTK_MAX_RUNNING_PER_IDENTITY": "1", "APTK_LEASE_SECONDS": "2"}
