@@ -196,7 +196,7 @@ class ActionProviderClient:
 def _reason(exc: BaseException) -> str:
     """The innermost cause of a requests error, without urllib3's pool and retry wrapping."""
     seen = exc
-    while True:
+    for _ in range(20):  # causes may form a cycle
         inner = seen.__cause__ or seen.__context__ or (seen.args[0] if seen.args and
                                                        isinstance(seen.args[0], BaseException) else None)
         if inner is None or inner is seen:
