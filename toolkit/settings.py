@@ -78,6 +78,8 @@ KNOWN_SETTINGS: set[str] = {
 in ``app.config`` stops start-up (:func:`check_settings`)."""
 
 PREFIX = "APTK_"
+TEST_PREFIX = "APTK_TEST_"
+"""Names under this prefix are left to test suites (e.g. where a test finds a program) and never refused."""
 
 
 def register_settings(*names: str) -> None:
@@ -112,7 +114,7 @@ def check_settings(config: Mapping[str, Any] | None = None, environ: Mapping[str
     environ = os.environ if environ is None else environ
     for where, names in ((source, config or {}), ("the environment", environ)):
         for name in sorted(k for k in names if isinstance(k, str) and k.startswith(PREFIX)):
-            if name not in KNOWN_SETTINGS:
+            if name not in KNOWN_SETTINGS and not name.startswith(TEST_PREFIX):
                 raise ConfigurationError(unknown_setting(name, where))
 
 

@@ -49,6 +49,7 @@ def test_a_name_like_nothing_known_is_refused_too(tmp_path):
 
 def test_settings_of_other_programs_are_left_alone(tmp_path, monkeypatch):
     monkeypatch.setenv("MYAPP_DATABSE_URL", "x")
+    monkeypatch.setenv("APTK_TEST_NGINX", "/usr/sbin/nginx")  # test suites' own knobs
     Toolkit(app_with(tmp_path, SECRET_KEY="k", MYAPP_ANYTHING=1))
 
 
