@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .auth import Identity, bearer_token
+from .auth import DevTokenVerifier, Identity, bearer_token
 from .authorization import require_visible
 from .documents import (
     ActionStatusSchema,
@@ -25,7 +25,7 @@ from .documents import (
     ProviderDescriptionSchema,
     Status,
 )
-from .errors import ApiError, BadActionRequest, RequestTooLarge, UnauthorizedRequest
+from .errors import ApiError, BadActionRequest, InsufficientScope, RequestTooLarge
 from .errors import STORAGE_FULL_RETRY_SECONDS, ServiceUnavailable, storage_full
 from .extension import ToolkitState, get_toolkit
 from .settings import setting
@@ -220,11 +220,18 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
         return current_app.extensions["aptk"]
 
     def authenticate() -> Identity:
-        identity = toolkit().verifier.verify(bearer_token(request.headers.get("Authorization")))
-        if provider.globus_auth_scope not in identity.scopes:
-            raise UnauthorizedRequest(
-                f"The token does not carry this provider's scope {provider.globus_auth_scope!r}.",
-                error="insufficient_scope",
+        """The caller; 401 (RFC 6750) without a valid token, 403 ``insufficient_scope`` without the scope."""
+        verifier = toolkit().verifier
+        identity = verifier.verify(bearer_token(request.headers.get("Authorization")))
+        scope = provider.globus_auth_scope
+        if scope not in identity.scopes:
+            how = "--identity <uuid> --data-dir <the server's>" if isinstance(verifier, DevTokenVerifier) else (
+                "--client-id <id> --issuer <url>"
+            )
+            raise InsufficientScope(
+                scope,
+                f"The token does not carry this provider's scope {scope!r}; "
+                f"get a token with it, e.g. `aptk token --scope {scope} {how}`.",
             )
         return identity
 

@@ -35,7 +35,14 @@ SUBJECT_PREFIX = "urn:aptk:subject:"
 NAMED_GROUP_PREFIX = "urn:aptk:group:"
 MAX_PRINCIPAL_LENGTH = 256
 _NAME_SAFE = "-._~!$&'()*+;=:@/"  # RFC 3986 pchar less "," (lists of principals are comma-separated)
-_NAME = r"(?:[A-Za-z0-9\-._~!$&'()*+;=:@/]|%[0-9A-F]{2})+"
+# A percent-escape sequence that decodes to one UTF-8 character (RFC 3629, section 4: no overlong forms, no
+# surrogates), so that the OpenAPI pattern promises no name the server would refuse.
+_T = "%[89AB][0-9A-F]"
+_UTF8 = (
+    f"%[0-7][0-9A-F]|%(?:C[2-9A-F]|D[0-9A-F]){_T}|%E0%[AB][0-9A-F]{_T}|%E[1-9A-CEF]{_T}{_T}|%ED%[89][0-9A-F]{_T}"
+    f"|%F0%[9AB][0-9A-F]{_T}{_T}|%F[1-3]{_T}{_T}{_T}|%F4%8[0-9A-F]{_T}{_T}"
+)
+_NAME = rf"(?:[A-Za-z0-9\-._~!$&'()*+;=:@/]|{_UTF8})+"
 _NAME_RE = re.compile(_NAME)
 #: The canonical form of a principal URN (what :func:`normalize_principal` returns).
 PRINCIPAL_URN = re.compile(
