@@ -118,13 +118,16 @@ def check_request(body: dict[str, Any], identity: Any) -> None:
             storage = LocalStorage(collection, collection.url.split("://", 1)[1])
         except CollectionError as exc:
             raise BadActionRequest(f"{_endpoint_fields(body, side)}: {exc}.") from None
-        for item in request.items:
-            rel = item.src if side == "source" else item.dst
-            try:
-                storage.confine(rel)
-            except PathOutsideCollection as exc:
-                raise BadActionRequest(f"{item.where}.{side}_path: {getattr(item, side + '_path')!r} "
-                                       f"{exc.reason}.") from None
+        try:
+            for item in request.items:
+                rel = item.src if side == "source" else item.dst
+                try:
+                    storage.confine(rel)
+                except PathOutsideCollection as exc:
+                    raise BadActionRequest(f"{item.where}.{side}_path: {getattr(item, side + '_path')!r} "
+                                           f"{exc.reason}.") from None
+        finally:
+            storage.close()  # the folders it opened
 
 
 class Permissions:

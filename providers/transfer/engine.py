@@ -4,7 +4,8 @@
    that lead outside a collection, collect missing or unreadable sources, check access rules on where each file
    really is (links resolved). Any error that is not a skippable source error fails the action here.
 2. **Delete** what the destination has and the source does not (``delete_destination_extra``, recursive items).
-3. **Make** the destination folders.
+3. **Make** the destination folders, one level at a time relative to the one before (the cost is linear in the
+   depth), stopping between levels when the action is cancelled or passes its deadline.
 4. **Copy** several files at once (see :meth:`Transfer._lanes`: up to ``APTK_TRANSFER_THREADS`` with remote
    storage; disk to disk, large files on one thread per core and small ones in batches on one more). Each
    thread streams its file in ``APTK_TRANSFER_CHUNK_BYTES`` chunks (memory: threads x one chunk, whatever the
@@ -436,9 +437,7 @@ class Transfer:
                     continue
                 self.dirs.add(item.dst)
                 source_dirs += 1
-                for entry in src.walk(item.src, prune=prune):
-                    if len(tasks) % 1000 == 0:
-                        self._checkpoint_planning()
+                for entry in src.walk(item.src, prune=prune, check=self._checkpoint_planning):
                     under = entry.rel[len(item.src) + 1:] if item.src else entry.rel
                     target = paths.join(item.dst, under)
                     if entry.error is not None:
@@ -463,12 +462,14 @@ class Transfer:
                                         skippable=True))
         # Where things will be written must stay inside the destination too.
         for directory in sorted(self.dirs):
+            self._checkpoint_planning()
             try:
                 dst.confine(directory)
             except PathOutsideCollection as exc:
                 errors.append(destination_error(exc, None, directory))
         if isinstance(dst, LocalStorage):
             for task in tasks:
+                self._checkpoint_planning()
                 try:
                     dst.confine(task.dst)
                 except PathOutsideCollection as exc:
@@ -507,12 +508,12 @@ class Transfer:
             if checked[key] is not None:
                 errors.append(ItemError("PermissionDenied", checked[key], task_src, task_dst))
 
-        for i, task in enumerate(tasks):
-            if i % 1000 == 0:
-                self._checkpoint_planning()
+        for task in tasks:
+            self._checkpoint_planning()
             check("source", self.src, task.src, task.src, task.dst)
             check("destination", self.dst, task.dst, task.src, task.dst)
         for directory in sorted(self.dirs):
+            self._checkpoint_planning()
             check("destination", self.dst, directory, None, directory)
         return errors
 
@@ -533,7 +534,9 @@ class Transfer:
             if not directory or directory in made:
                 continue
             try:
-                dst.makedirs(directory)
+                dst.makedirs(directory, check=self._checkpoint_planning)  # cancel stops it between folders
+            except (ActionCancelled, ActionFailed):
+                raise
             except Exception as exc:
                 raise self._fail([destination_error(exc, None, directory)]) from None
             made.add(directory)
@@ -555,7 +558,7 @@ class Transfer:
                 continue
             extra: list[tuple[str, str]] = []
             prune = self._excluded if self.request.filter_rules else None
-            for entry in dst.walk(item.dst, follow_links=False, prune=prune):
+            for entry in dst.walk(item.dst, follow_links=False, prune=prune, check=self._checkpoint_planning):
                 if entry.error is not None:
                     raise self._fail([destination_error(entry.error, None, entry.rel)])
                 kind = entry.stat.kind

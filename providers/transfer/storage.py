@@ -115,7 +115,9 @@ class Storage:
         raise NotImplementedError
 
     def walk(self, rel: str, *, follow_links: bool = True,
-             prune: Callable[[str, FileStat], bool] | None = None) -> Iterator[Entry]:
+             prune: Callable[[str, FileStat], bool] | None = None,
+             check: Callable[[], None] | None = None) -> Iterator[Entry]:
+        """Everything beneath ``rel``, depth first. ``check`` is called between entries (it raises to stop)."""
         raise NotImplementedError
 
     def open_read(self, rel: str) -> Reader:
@@ -124,7 +126,8 @@ class Storage:
     def open_write(self, rel: str, token: str, chunk_size: int) -> Writer:
         raise NotImplementedError
 
-    def makedirs(self, rel: str) -> None:
+    def makedirs(self, rel: str, check: Callable[[], None] | None = None) -> None:
+        """Make the folder ``rel`` and any missing above it; ``check`` is called between folders."""
         raise NotImplementedError
 
     def remove(self, rel: str, kind: str) -> None:
@@ -273,12 +276,40 @@ class _LocalWriter:
             self.dir_fd = -1
 
 
+class _NotThere(FileNotFoundError):
+    """A folder on the way does not exist (yet); ``where`` is where the path would be, relative to the root,
+    once the links on the way that do exist are resolved."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(errno.ENOENT, "No such file or directory")
+        self.where = where
+
+
+@dataclasses.dataclass
+class _Frame:
+    """One open folder of :meth:`LocalStorage.walk`."""
+
+    rel: str
+    real: str  # where it really is, relative to the root
+    ident: tuple[int, int]  # st_dev, st_ino
+    fd: int  # -1 once closed to spare descriptors (re-opened when needed)
+    via_link: bool
+    entries: list[tuple[str, os.stat_result]]
+    index: int = 0
+
+
+_WALK_OPEN_FOLDERS = 64  # descriptors a walk keeps open at most, however deep it goes
+
+
 class LocalStorage(Storage):
     """A directory on this machine.
 
-    Files are opened relative to their folder, held open (``dir_fd``) once its resolved path was checked to be
-    inside the root, and never through a link as the last component (``O_NOFOLLOW``; a link there is resolved
-    and checked first). A folder swapped for a link once opened changes nothing: the open folder is used.
+    Folders are opened one component at a time from the root (or from a folder already open), each relative to
+    the one before (``openat``) with ``O_NOFOLLOW | O_DIRECTORY``: the cost is linear in the depth of a path and
+    no path is ever too long for the system. A symbolic link met on the way is resolved and followed only if it
+    stays inside the root. Files are opened relative to their open folder and never through a link as the last
+    component (``O_NOFOLLOW``; a link there is resolved and checked first). A folder swapped for a link once
+    opened changes nothing: the open folder is used.
     """
 
     def __init__(self, collection: Collection, root: str) -> None:
@@ -288,20 +319,25 @@ class LocalStorage(Storage):
         if not os.path.isdir(root):
             raise CollectionError(f"collection {collection.name!r}: its root directory does not exist")
         self.root = os.path.realpath(root)
-        self._dirs: "collections.OrderedDict[str, int]" = collections.OrderedDict()
-        self._planned: dict[str, str] = {}
+        self._init_caches()
+
+    def _init_caches(self) -> None:
+        # Open folders by path (relative to the root): descriptor and where the folder really is.
+        self._dirs: "collections.OrderedDict[str, tuple[int, str]]" = collections.OrderedDict()
+        # Folders found missing while planning, and where they would be: their subfolders are missing too.
+        self._missing: dict[str, str] = {}
 
     def fork(self) -> "LocalStorage":
         other = LocalStorage.__new__(LocalStorage)
         Storage.__init__(other, self.collection)
         other.root = self.root
-        other._dirs = collections.OrderedDict()
-        other._planned = {}
+        other._init_caches()
         return other
 
     def close(self) -> None:
+        self._missing.clear()
         while self._dirs:
-            _, fd = self._dirs.popitem()
+            _, (fd, _real) = self._dirs.popitem()
             try:
                 os.close(fd)
             except OSError:
@@ -310,48 +346,173 @@ class LocalStorage(Storage):
     def _inside(self, real: str) -> bool:
         return real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)
 
-    def real(self, rel: str) -> str:
-        """The resolved path of ``rel``, refused if it leads outside the root."""
-        full = os.path.join(self.root, rel) if rel else self.root
-        real = os.path.realpath(full)
+    def _relative(self, real: str) -> str:
+        return "" if real == self.root else real[len(self.root.rstrip(os.sep)) + 1:].replace(os.sep, "/")
+
+    def _through_link(self, real_folder: str, name: str, rel: str) -> str:
+        """Where the link ``name`` in the folder that really is ``real_folder`` leads (relative to the root);
+        refused if outside. Resolving costs the depth of the path, paid only where a link is."""
+        real = os.path.realpath(os.path.join(self.root, real_folder, name) if real_folder
+                                else os.path.join(self.root, name))
         if not self._inside(real):
             raise PathOutsideCollection(paths.display(rel), "leads outside the collection through a symbolic link")
-        return real
+        return self._relative(real)
+
+    def _remember(self, rel: str, fd: int, real: str) -> None:
+        self._dirs[rel] = (fd, real)
+        if len(self._dirs) > _DIRECTORY_CACHE:
+            _, (old, _real) = self._dirs.popitem(last=False)
+            os.close(old)
+
+    def _forget(self, rel: str) -> None:
+        for key in [k for k in self._dirs if paths.is_within(k, rel)]:
+            os.close(self._dirs.pop(key)[0])
+
+    def _lookup(self, rel: str, *, create: bool = False,
+                check: Callable[[], None] | None = None) -> tuple[int, str]:
+        """An open descriptor of the folder ``rel`` (kept by the storage: do not close it) and where it really
+        is, relative to the root. Walked from the nearest folder already open, one component at a time; with
+        ``create``, missing folders are made on the way. ``check`` is called before each component (cancel).
+
+        Raises :class:`_NotThere` (a folder is missing), :class:`NotADirectoryError` (a file is in the way) or
+        :class:`PathOutsideCollection` (a link leads outside)."""
+        cached = self._dirs.get(rel)
+        if cached is not None:
+            self._dirs.move_to_end(rel)
+            return cached
+        parent = paths.parent(rel) if rel else ""
+        if rel and parent in self._dirs:
+            base, parts = parent, [paths.name(rel)]
+        else:
+            base, parts = "", rel.split("/") if rel else []
+        cached = self._dirs.get(base)
+        if cached is None:
+            fd = os.open(self.root, _DIRECTORY_FLAGS)
+            self._remember("", fd, "")
+            if not parts:
+                return fd, ""
+            current, real = fd, ""
+        else:
+            self._dirs.move_to_end(base)
+            current, real = cached
+        real_parts = real.split("/") if real else []
+        owned = False
+        try:
+            for i, part in enumerate(parts):
+                if check is not None:
+                    check()
+                try:
+                    child = self._open_folder(current, part, create)
+                    real_parts.append(part)
+                except _LinkFound:
+                    done = paths.join(base, *parts[:i + 1])
+                    target = self._through_link("/".join(real_parts), part, rel if i == len(parts) - 1 else done)
+                    try:
+                        child = os.open(os.path.join(self.root, target) if target else self.root,
+                                        _DIRECTORY_FLAGS)
+                    except FileNotFoundError:
+                        raise _NotThere(paths.join(target, *parts[i + 1:])) from None
+                    except NotADirectoryError:
+                        raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of a folder",
+                                                 paths.display(done)) from None
+                    real_parts = target.split("/") if target else []
+                except FileNotFoundError:
+                    raise _NotThere("/".join(real_parts + parts[i:])) from None
+                except NotADirectoryError:
+                    raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of a folder",
+                                             paths.display(paths.join(base, *parts[:i + 1]))) from None
+                if owned:
+                    os.close(current)
+                current, owned = child, True
+        except BaseException:
+            if owned:
+                os.close(current)
+            raise
+        real = "/".join(real_parts)
+        self._remember(rel, current, real)
+        return current, real
+
+    @staticmethod
+    def _open_folder(dir_fd: int, name: str, create: bool) -> int:
+        """Open the folder ``name`` inside ``dir_fd`` (made first if missing and ``create``), never through a
+        link: :class:`_LinkFound` if ``name`` is one."""
+        for _ in range(2):
+            try:
+                return os.open(name, _DIRECTORY_FLAGS, dir_fd=dir_fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(name, 0o777, dir_fd=dir_fd)
+                except FileExistsError:
+                    pass  # made meanwhile (another worker), or a link: opened again below
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                if stat_module.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                    raise _LinkFound() from None
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder") from None
+        return os.open(name, _DIRECTORY_FLAGS, dir_fd=dir_fd)
+
+    def _find(self, rel: str) -> tuple[int, str]:
+        """:meth:`_lookup` without creating, remembering what is missing (planning looks at every destination
+        folder before any is made: a missing folder's subfolders are known missing without a walk)."""
+        where = self._missing.get(rel)
+        if where is None and rel:
+            above = self._missing.get(paths.parent(rel))
+            if above is not None:
+                where = self._missing[rel] = paths.join(above, paths.name(rel))
+        if where is not None:
+            raise _NotThere(where)
+        try:
+            return self._lookup(rel)
+        except _NotThere as exc:
+            self._missing[rel] = exc.where
+            raise
+
+    def real(self, rel: str) -> str:
+        """The resolved absolute path of ``rel``, refused if it leads outside the root."""
+        where = self.resolve(rel)
+        return os.path.join(self.root, where) if where else self.root
 
     def confine(self, rel: str) -> None:
-        # For planning: folders resolved once per transfer, then the last component looked at.
         if not rel:
             return
-        folder = paths.parent(rel)
-        real_folder = self._planned.get(folder)
-        if real_folder is None:
-            real_folder = self._planned[folder] = self.real(folder)
         try:
-            st = os.lstat(os.path.join(real_folder, paths.name(rel)))
-        except OSError:
+            fd, real_folder = self._find(paths.parent(rel))
+        except (FileNotFoundError, NotADirectoryError):
             return  # nothing there (yet): it cannot lead anywhere
+        try:
+            st = os.stat(paths.name(rel), dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return
         if stat_module.S_ISLNK(st.st_mode):
-            self.real(rel)
+            self._through_link(real_folder, paths.name(rel), rel)
 
     def local_path(self, rel: str) -> str | None:
         return self.real(rel)
 
     def resolve(self, rel: str) -> str:
-        real = self.real(rel)
-        return "" if real == self.root else os.path.relpath(real, self.root).replace(os.sep, "/")
+        if not rel:
+            return ""
+        name = paths.name(rel)
+        try:
+            fd, real_folder = self._find(paths.parent(rel))
+        except _NotThere as exc:
+            return paths.join(exc.where, name)
+        except NotADirectoryError:
+            return rel
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return paths.join(real_folder, name)
+        if stat_module.S_ISLNK(st.st_mode):
+            return self._through_link(real_folder, name, rel)
+        return paths.join(real_folder, name)
 
     def _dir(self, rel: str) -> int:
         """An open descriptor of the folder ``rel``, checked to be inside the root."""
-        fd = self._dirs.get(rel)
-        if fd is not None:
-            self._dirs.move_to_end(rel)
-            return fd
-        fd = os.open(self.real(rel), _DIRECTORY_FLAGS)
-        self._dirs[rel] = fd
-        if len(self._dirs) > _DIRECTORY_CACHE:
-            _, old = self._dirs.popitem(last=False)
-            os.close(old)
-        return fd
+        return self._lookup(rel)[0]
 
     def _open_in(self, rel: str, flags: int) -> int:
         try:
@@ -374,66 +535,155 @@ class LocalStorage(Storage):
     def stat(self, rel: str) -> FileStat | None:
         try:
             if not rel:
-                return self._from_stat(os.stat(self.root))
+                return self._from_stat(os.fstat(self._dir("")))
             st = os.stat(paths.name(rel), dir_fd=self._dir(paths.parent(rel)), follow_symlinks=False)
             if stat_module.S_ISLNK(st.st_mode):
                 st = os.stat(self.real(rel))
             return self._from_stat(st)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:  # a folder on the way is a link (O_NOFOLLOW): resolve and check it
-                try:
-                    return self._from_stat(os.stat(self.real(rel)))
-                except (FileNotFoundError, NotADirectoryError):
-                    return None
-            raise
 
     def walk(self, rel: str, *, follow_links: bool = True,
-             prune: Callable[[str, FileStat], bool] | None = None) -> Iterator[Entry]:
-        seen: set[str] = set()
+             prune: Callable[[str, FileStat], bool] | None = None,
+             check: Callable[[], None] | None = None) -> Iterator[Entry]:
+        """Everything under ``rel``, depth first in name order, without recursion: each folder is opened
+        relative to its parent, so a walk costs one step per entry however deep the tree (and ``check`` is called
+        at each, to stop it). At most a few dozen folders are held open; one closed on the way down is found
+        again through ``..`` of its subfolder (checked to be the same folder) or, failing that, from the root."""
+        try:
+            fd, real = self._lookup(rel)
+            fd = os.dup(fd)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            yield Entry(rel, None, exc)
+            return
+        stack: list[_Frame] = []
+        seen: set[tuple[int, int]] = set()
+        open_count = 0
 
-        def visit(dir_rel: str, real_dir: str) -> Iterator[Entry]:
-            if real_dir in seen:
-                return
-            seen.add(real_dir)
+        def push(dir_rel: str, dir_real: str, fd: int, via_link: bool) -> Entry | None:
+            nonlocal open_count
             try:
-                with os.scandir(real_dir) as listing:
-                    entries = sorted(listing, key=lambda e: e.name)
+                st = os.fstat(fd)
+                entries = []
+                for i, name in enumerate(sorted(os.listdir(fd))):
+                    if check is not None and i % 256 == 255:
+                        check()
+                    try:
+                        entries.append((name, os.stat(name, dir_fd=fd, follow_symlinks=False)))
+                    except FileNotFoundError:
+                        continue  # gone since the listing
             except OSError as exc:
-                yield Entry(dir_rel, None, exc)
-                return
-            for entry in entries:
-                child = paths.join(dir_rel, entry.name)
+                os.close(fd)
+                return Entry(dir_rel, None, exc)
+            except BaseException:
+                os.close(fd)
+                raise
+            seen.add((st.st_dev, st.st_ino))
+            stack.append(_Frame(dir_rel, dir_real, (st.st_dev, st.st_ino), fd, via_link, entries))
+            open_count += 1
+            if open_count > _WALK_OPEN_FOLDERS:
+                for frame in stack:
+                    if frame.fd >= 0:
+                        os.close(frame.fd)
+                        frame.fd = -1
+                        open_count -= 1
+                        break
+            return None
+
+        def reopen(frame: _Frame, below: _Frame | None) -> None:
+            nonlocal open_count
+            fd = -1
+            if below is not None and below.fd >= 0 and not below.via_link:
                 try:
-                    if entry.is_symlink():
+                    fd = os.open("..", _DIRECTORY_FLAGS, dir_fd=below.fd)
+                    st = os.fstat(fd)
+                    if (st.st_dev, st.st_ino) != frame.ident:
+                        os.close(fd)
+                        fd = -1
+                except OSError:
+                    fd = -1
+            if fd < 0:
+                fd = os.dup(self._lookup(frame.real)[0])
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != frame.ident:
+                    os.close(fd)
+                    raise OSError(errno.ESTALE, "the folder changed during the listing", paths.display(frame.rel))
+            frame.fd = fd
+            open_count += 1
+
+        try:
+            error = push(rel, real, fd, False)
+            if error is not None:
+                yield error
+                return
+            below: _Frame | None = None
+            while stack:
+                frame = stack[-1]
+                if frame.index >= len(frame.entries):
+                    stack.pop()
+                    if below is not None and below.fd >= 0:
+                        os.close(below.fd)
+                        open_count -= 1
+                    below = frame
+                    continue
+                name, st = frame.entries[frame.index]
+                frame.index += 1
+                if check is not None:
+                    check()
+                child = paths.join(frame.rel, name)
+                via_link = False
+                try:
+                    if stat_module.S_ISLNK(st.st_mode):
                         if not follow_links:
                             yield Entry(child, FileStat("link"))
                             continue
-                        real = os.path.realpath(entry.path)
-                        if not self._inside(real):
+                        try:
+                            target = self._through_link(frame.real, name, child)
+                        except PathOutsideCollection:
                             yield Entry(child, None, PathOutsideCollection(
                                 paths.display(child), "is a symbolic link that leads outside the collection"))
                             continue
                         try:
-                            st = self._from_stat(os.stat(real))
+                            st = os.stat(os.path.join(self.root, target) if target else self.root)
                         except FileNotFoundError:
                             yield Entry(child, None, FileNotFoundError(errno.ENOENT, "dangling symbolic link"))
                             continue
-                        target = real
+                        child_real, via_link = target, True
                     else:
-                        st = self._from_stat(entry.stat(follow_symlinks=False))
-                        target = entry.path
+                        child_real = paths.join(frame.real, name)
                 except OSError as exc:
                     yield Entry(child, None, exc)
                     continue
-                if prune is not None and prune(child, st):
+                found = self._from_stat(st)
+                if prune is not None and prune(child, found):
                     continue
-                yield Entry(child, st)
-                if st.kind == "dir":
-                    yield from visit(child, target)
-
-        yield from visit(rel, self.real(rel))
+                yield Entry(child, found)
+                if found.kind != "dir" or (st.st_dev, st.st_ino) in seen:
+                    continue
+                try:
+                    if frame.fd < 0:
+                        reopen(frame, below)
+                    if below is not None and below.fd >= 0:
+                        os.close(below.fd)
+                        open_count -= 1
+                    below = None
+                    if via_link:
+                        fd = os.open(os.path.join(self.root, child_real) if child_real else self.root,
+                                     _DIRECTORY_FLAGS)
+                    else:
+                        fd = os.open(name, _DIRECTORY_FLAGS, dir_fd=frame.fd)
+                except OSError as exc:
+                    yield Entry(child, None, exc)
+                    continue
+                error = push(child, child_real, fd, via_link)
+                if error is not None:
+                    yield error
+        finally:
+            for frame in stack:
+                if frame.fd >= 0:
+                    os.close(frame.fd)
+            if below is not None and below.fd >= 0:
+                os.close(below.fd)
 
     def open_read(self, rel: str) -> _LocalReader:
         # O_NONBLOCK: opening a FIFO swapped in for a file must not hang (it changes nothing for a regular file).
@@ -449,31 +699,31 @@ class LocalStorage(Storage):
 
     def open_write(self, rel: str, token: str, chunk_size: int) -> _LocalWriter:
         # A link where the file goes is replaced, never written through.
+        self._missing.clear()
         return _LocalWriter(os.dup(self._dir(paths.parent(rel))), paths.name(rel), token)
 
-    def makedirs(self, rel: str) -> None:
-        done = ""
-        for part in [p for p in rel.split("/") if p]:
-            done = paths.join(done, part)
-            real = self.real(done)
-            try:
-                os.mkdir(real)
-            except FileExistsError:
-                if not os.path.isdir(real):
-                    raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of a folder",
-                                             paths.display(done)) from None
+    def makedirs(self, rel: str, check: Callable[[], None] | None = None) -> None:
+        """Make the folder ``rel`` and those above it: one step per component, each relative to the one before
+        (``mkdirat``/``openat``), from the nearest folder already open; ``check`` is called at each step."""
+        self._missing.clear()
+        self._lookup(rel, create=True, check=check)
 
     def remove(self, rel: str, kind: str) -> None:
-        directory = self.real(paths.parent(rel))
-        target = os.path.join(directory, paths.name(rel))
-        if kind == "dir" and not os.path.islink(target):
-            os.rmdir(target)
+        fd = self._dir(paths.parent(rel))
+        name = paths.name(rel)
+        if kind == "dir" and not stat_module.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+            self._forget(rel)
+            os.rmdir(name, dir_fd=fd)
         else:
-            os.unlink(target)
+            os.unlink(name, dir_fd=fd)
 
     def set_mtime(self, rel: str, mtime: float) -> bool:
         os.utime(paths.name(rel), (mtime, mtime), dir_fd=self._dir(paths.parent(rel)), follow_symlinks=False)
         return True
+
+
+class _LinkFound(Exception):
+    """The component being opened is a symbolic link."""
 
 
 # --- fsspec filesystems -------------------------------------------------------------------------------------------
@@ -550,7 +800,8 @@ class FsspecStorage(Storage):
             return None
 
     def walk(self, rel: str, *, follow_links: bool = True,
-             prune: Callable[[str, FileStat], bool] | None = None) -> Iterator[Entry]:
+             prune: Callable[[str, FileStat], bool] | None = None,
+             check: Callable[[], None] | None = None) -> Iterator[Entry]:
         try:
             found = self.fs.find(self.full(rel), withdirs=True, detail=True)
         except FileNotFoundError:
@@ -560,6 +811,8 @@ class FsspecStorage(Storage):
             return
         pruned: list[str] = []
         for path in sorted(found):
+            if check is not None:
+                check()
             child = self._rel(path)
             if not child or child == rel or not paths.is_within(child, rel):
                 continue
@@ -583,7 +836,8 @@ class FsspecStorage(Storage):
     def open_write(self, rel: str, token: str, chunk_size: int) -> _FsspecWriter:
         return _FsspecWriter(self.fs, self.full(rel), max(chunk_size, 5 * 1024 * 1024))
 
-    def makedirs(self, rel: str) -> None:
+    def makedirs(self, rel: str, check: Callable[[], None] | None = None) -> None:
+        # Object stores have no folders: nothing to make, whatever the depth of the key.
         if self.protocol_has_dirs():
             self.fs.makedirs(self.full(rel), exist_ok=True)
 
@@ -672,6 +926,9 @@ class SFTPStorage(FsspecStorage):
         self.root = posixpath.normpath("/" + self.root.lstrip("/"))
         self._make_fs = make_fs
         self.ftp = fs.ftp
+        self._known: dict[str, str] = {}  # planning: where a path really is (relative to the real root)
+        self._absent: set[str] = set()  # planning: paths known not to exist
+        self._folders: set[str] = set()  # folders made or found by makedirs
         try:
             self.real_root = self.ftp.normalize(self.root)
         except OSError as exc:
@@ -693,10 +950,11 @@ class SFTPStorage(FsspecStorage):
         base = self.real_root.rstrip("/")
         return real == self.real_root or real.startswith(base + "/")
 
-    def confine(self, rel: str) -> None:
+    def _confine_now(self, rel: str) -> None:
         # The server resolves links (realpath) of what exists; what does not exist yet cannot be a link. Some
         # servers (asyncssh with a chroot) will not resolve a link leading outside what they serve, yet follow it
-        # on open: a path that exists (lstat) but has no realpath is refused.
+        # on open: a path that exists (lstat) but has no realpath is refused. Asked afresh each time (opening a
+        # file), never from what planning remembered.
         probe = rel
         while True:
             full = self.full(probe)
@@ -720,21 +978,66 @@ class SFTPStorage(FsspecStorage):
         if not self._inside(real):
             raise PathOutsideCollection(paths.display(rel), "leads outside the collection through a symbolic link")
 
-    def resolve(self, rel: str) -> str:
-        self.confine(rel)
-        probe, rest = rel, ""
+    def _where(self, rel: str) -> str:
+        """Where ``rel`` really is, relative to the real root, refused if outside (as :meth:`_confine_now`).
+
+        For planning: answers are remembered until something is written, and a path whose folder is known missing
+        is known missing without asking the server, so that the folders of a deep new tree cost one or two round
+        trips each, not one per level."""
+        hit = self._known.get(rel)
+        if hit is not None:
+            return hit
+        pending: list[str] = []
+        probe = rel
         while True:
-            try:
-                real = self.ftp.normalize(self.full(probe))
+            hit = self._known.get(probe)
+            if hit is not None:
+                base = hit
                 break
-            except OSError:
+            if probe and paths.parent(probe) in self._absent:
+                pending.append(probe)
+                probe = paths.parent(probe)
+                continue
+            full = self.full(probe)
+            try:
+                real = self.ftp.normalize(full)
+            except OSError as exc:
+                if not isinstance(exc, FileNotFoundError) and getattr(exc, "errno", None) != errno.ENOENT:
+                    raise
+                try:
+                    self.ftp.lstat(full)
+                except OSError:
+                    pass
+                else:
+                    raise PathOutsideCollection(
+                        paths.display(rel), "leads through a symbolic link the server cannot resolve "
+                        "(outside what it serves)") from None
                 if not probe:
                     return rel
-                rest = paths.join(paths.name(probe), rest)
+                pending.append(probe)
                 probe = paths.parent(probe)
-        base = self.real_root.rstrip("/")
-        inside = "" if real == self.real_root else real[len(base) + 1:]
-        return paths.join(inside, rest)
+                continue
+            if not self._inside(real):
+                raise PathOutsideCollection(paths.display(rel),
+                                            "leads outside the collection through a symbolic link")
+            base = "" if real == self.real_root else real[len(self.real_root.rstrip("/")) + 1:]
+            self._known[probe] = base
+            break
+        for missing in reversed(pending):
+            base = paths.join(base, paths.name(missing))
+            self._known[missing] = base
+            self._absent.add(missing)
+        return base
+
+    def _written(self) -> None:
+        self._known.clear()
+        self._absent.clear()
+
+    def confine(self, rel: str) -> None:
+        self._where(rel)
+
+    def resolve(self, rel: str) -> str:
+        return self._where(rel)
 
     @staticmethod
     def _from_attr(attr: Any) -> FileStat:
@@ -748,59 +1051,74 @@ class SFTPStorage(FsspecStorage):
         return FileStat("other", 0, attr.st_mtime)
 
     def stat(self, rel: str) -> FileStat | None:
-        self.confine(rel)
+        self._confine_now(rel)
         try:
             return self._from_attr(self.ftp.stat(self.full(rel)))
         except FileNotFoundError:
             return None
 
     def walk(self, rel: str, *, follow_links: bool = True,
-             prune: Callable[[str, FileStat], bool] | None = None) -> Iterator[Entry]:
+             prune: Callable[[str, FileStat], bool] | None = None,
+             check: Callable[[], None] | None = None) -> Iterator[Entry]:
+        # Without recursion (a deep tree is no deeper a stack), two round trips per folder, ``check`` per entry.
         seen: set[str] = set()
+        stack: list[tuple[str, list[Any], list[int]]] = []
 
-        def visit(dir_rel: str) -> Iterator[Entry]:
+        def enter(dir_rel: str) -> Entry | None:
             full = self.full(dir_rel)
             try:
                 real = self.ftp.normalize(full)
             except OSError as exc:
-                yield Entry(dir_rel, None, exc)
-                return
+                return Entry(dir_rel, None, exc)
             if real in seen:
-                return
+                return None
             seen.add(real)
             try:
                 listing = sorted(self.ftp.listdir_attr(full), key=lambda a: a.filename)
             except OSError as exc:
-                yield Entry(dir_rel, None, exc)
-                return
-            for attr in listing:
-                child = paths.join(dir_rel, attr.filename)
-                st = self._from_attr(attr)
-                if st.kind == "link":
-                    if not follow_links:
-                        yield Entry(child, st)
-                        continue
-                    try:
-                        self.confine(child)
-                        st = self._from_attr(self.ftp.stat(self.full(child)))
-                    except PathOutsideCollection as exc:
-                        yield Entry(child, None, PathOutsideCollection(
-                            exc.path, "is a symbolic link that leads outside the collection"))
-                        continue
-                    except OSError as exc:
-                        yield Entry(child, None, exc)
-                        continue
-                if prune is not None and prune(child, st):
-                    continue
-                yield Entry(child, st)
-                if st.kind == "dir":
-                    yield from visit(child)
+                return Entry(dir_rel, None, exc)
+            stack.append((dir_rel, listing, [0]))
+            return None
 
         self.confine(rel)
-        yield from visit(rel)
+        error = enter(rel)
+        if error is not None:
+            yield error
+        while stack:
+            dir_rel, listing, position = stack[-1]
+            if position[0] >= len(listing):
+                stack.pop()
+                continue
+            attr = listing[position[0]]
+            position[0] += 1
+            if check is not None:
+                check()
+            child = paths.join(dir_rel, attr.filename)
+            st = self._from_attr(attr)
+            if st.kind == "link":
+                if not follow_links:
+                    yield Entry(child, st)
+                    continue
+                try:
+                    self.confine(child)
+                    st = self._from_attr(self.ftp.stat(self.full(child)))
+                except PathOutsideCollection as exc:
+                    yield Entry(child, None, PathOutsideCollection(
+                        exc.path, "is a symbolic link that leads outside the collection"))
+                    continue
+                except OSError as exc:
+                    yield Entry(child, None, exc)
+                    continue
+            if prune is not None and prune(child, st):
+                continue
+            yield Entry(child, st)
+            if st.kind == "dir":
+                error = enter(child)
+                if error is not None:
+                    yield error
 
     def open_read(self, rel: str) -> _SFTPReader:
-        self.confine(rel)
+        self._confine_now(rel)
         file = self.ftp.open(self.full(rel), "rb")
         try:
             attr = file.stat()
@@ -812,32 +1130,51 @@ class SFTPStorage(FsspecStorage):
         return _SFTPReader(file, attr.st_size or 0)
 
     def open_write(self, rel: str, token: str, chunk_size: int) -> _SFTPWriter:
-        self.confine(rel)
+        self._written()
+        self._confine_now(rel)
         return _SFTPWriter(self.ftp, self.full(paths.parent(rel)), paths.name(rel), token)
 
-    def makedirs(self, rel: str) -> None:
-        done = ""
-        for part in [p for p in rel.split("/") if p]:
+    def makedirs(self, rel: str, check: Callable[[], None] | None = None) -> None:
+        # One or two round trips per level, from the deepest folder this storage made or found already: a level
+        # that is a folder (lstat) stays where its parent is, so only a link needs the server to resolve it.
+        self._written()
+        if not rel or rel in self._folders:
+            return
+        parts = rel.split("/")
+        done = paths.parent(rel)
+        if done in self._folders:
+            parts = parts[-1:]
+        else:
+            done = ""
+        for part in parts:
+            if check is not None:
+                check()
             done = paths.join(done, part)
-            self.confine(done)
             full = self.full(done)
             try:
-                attr = self.ftp.stat(full)
+                attr = self.ftp.lstat(full)
             except FileNotFoundError:
                 try:
                     self.ftp.mkdir(full)
                 except OSError:
-                    attr = self.ftp.stat(full)  # made meanwhile by another worker?
+                    attr = self.ftp.lstat(full)  # made meanwhile by another worker?
                     if not stat_module.S_ISDIR(attr.st_mode or 0):
                         raise
+                self._folders.add(done)
                 continue
+            if stat_module.S_ISLNK(attr.st_mode or 0):
+                self._confine_now(done)
+                attr = self.ftp.stat(full)
             if not stat_module.S_ISDIR(attr.st_mode or 0):
                 raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of a directory", paths.display(done))
+            self._folders.add(done)
 
     def remove(self, rel: str, kind: str) -> None:
-        self.confine(paths.parent(rel))
+        self._written()
+        self._confine_now(paths.parent(rel))
         full = self.full(rel)
         if kind == "dir":
+            self._folders.difference_update([f for f in self._folders if paths.is_within(f, rel)])
             self.ftp.rmdir(full)
         else:
             self.ftp.remove(full)

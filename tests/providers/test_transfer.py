@@ -483,3 +483,182 @@ def test_files_appear_whole_replace_older_ones_and_a_folder_in_the_way_fails(sit
     assert not (dst / "f" / "link.txt").is_symlink()
     assert (dst / "f" / "link.txt").read_bytes() == b"replaces the link, not its target"
     assert sorted(p.name for p in (dst / "f").iterdir()) == ["dir.txt", "link.txt", "new.txt", "old.txt"]
+
+
+# --- deep paths ---------------------------------------------------------------------------------------------------
+# bench/transfer_deep.py measures them; the bounds here are only generous regression guards.
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+@pytest.fixture
+def deep(tmp_path):
+    """Removes the test's folders itself once done: pytest's clean-up (``shutil.rmtree``) recurses once per
+    level and fails on trees a thousand levels deep."""
+    yield
+    subprocess.run(["rm", "-rf", "--", str(tmp_path)], check=False)
+
+
+def descend(top: Path, names: list[str]) -> int:
+    """An open descriptor of ``top/names[0]/names[1]/...``, walked one folder at a time (no PATH_MAX)."""
+    fd = os.open(top, _DIR_FLAGS)
+    for name in names:
+        child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def read_deep(top: Path, rel: str) -> bytes:
+    *folders, name = rel.strip("/").split("/")
+    fd = descend(top, folders)
+    try:
+        with open(os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def write_deep(top: Path, rel: str, content: bytes) -> None:
+    """Write ``top/rel``, making its folders one at a time."""
+    *folders, name = rel.strip("/").split("/")
+    fd = os.open(top, _DIR_FLAGS)
+    for folder in folders:
+        try:
+            os.mkdir(folder, dir_fd=fd)
+        except FileExistsError:
+            pass
+        child = os.open(folder, _DIR_FLAGS, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    try:
+        with open(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=fd), "wb") as f:
+            f.write(content)
+    finally:
+        os.close(fd)
+
+
+def test_a_file_reaches_a_2000_level_destination_beyond_path_max(deep, make_site, tmp_path):
+    site = make_site([local_collection("src", tmp_path / "src"),
+                      local_collection("dst", tmp_path / ("a-root-with-a-long-name-" + "r" * 100) / "dst")])
+    make_tree(site.roots["src"], {"f.txt": b"deep"})
+    destination = "/" + "a/" * 2000 + "f.txt"  # with the root in front, longer than PATH_MAX
+    assert len(str(site.roots["dst"])) + len(destination) > os.pathconf("/", "PC_PATH_MAX")
+    started = time.monotonic()
+    status = site.transfer().run(body("src", "dst", ("/f.txt", destination)), wait=True, timeout=60)
+    elapsed = time.monotonic() - started
+    assert status["status"] == "SUCCEEDED", status
+    assert read_deep(site.roots["dst"], destination) == b"deep"
+    assert elapsed < 20, f"{elapsed:.1f} s for 2,000 folders"  # about 0.1 s; minutes when each level was resolved
+    # Again: every folder exists now, and a sync rerun finds the file there.
+    again = site.transfer().run(body("src", "dst", ("/f.txt", destination), sync_level="checksum"), wait=True)
+    assert (again["status"], again["details"]["files_skipped"]) == ("SUCCEEDED", 1), again
+
+
+def test_a_2000_level_source_tree_is_copied_synced_and_cleaned(deep, site):
+    src, dst = site.roots["src"], site.roots["dst"]
+    chain = "/".join(["d"] * 2000)
+    files = {f"tree/{'/'.join(['d'] * level)}/f{level}.txt": f"level {level}".encode() for level in (1, 999, 2000)}
+    for rel, content in files.items():
+        write_deep(src, rel, content)
+    client = site.transfer()
+    status = client.run(body("src", "dst", ("/tree", "/copy", True)), wait=True, timeout=60)
+    assert status["status"] == "SUCCEEDED", status
+    assert counts(status["details"], "files", "files_transferred", "directories") == {
+        "files": 3, "files_transferred": 3, "directories": 2001}
+    for rel, content in files.items():
+        assert read_deep(dst, "copy" + rel[len("tree"):]) == content
+    # An extra file at the bottom of the destination is found and deleted by a rerun that deletes extras.
+    write_deep(dst, f"copy/{chain}/extra.txt", b"not in the source")
+    rerun = client.run(body("src", "dst", ("/tree", "/copy", True), sync_level="checksum",
+                            delete_destination_extra=True), wait=True, timeout=60)
+    assert rerun["status"] == "SUCCEEDED", rerun
+    assert counts(rerun["details"], "files_skipped", "files_transferred") == {"files_skipped": 3,
+                                                                              "files_transferred": 0}
+    fd = descend(dst, ["copy", *chain.split("/")])
+    try:
+        assert os.listdir(fd) == ["f2000.txt"]
+    finally:
+        os.close(fd)
+
+
+def test_a_tree_deeper_than_the_folders_a_walk_keeps_open_is_copied_whole(site):
+    # A comb: every level has a file, a side folder with a file, and the next level. The walk holds a few dozen
+    # folders open; going back up past them it finds each again (through '..', checked to be the same folder).
+    src, dst = site.roots["src"], site.roots["dst"]
+    files = {}
+    for level in range(150):
+        base = "comb/" + "n/" * level
+        files[base + "file.txt"] = f"{level}".encode()
+        files[base + "side/s.txt"] = f"side {level}".encode()
+    make_tree(src, files)
+    (src / "comb" / "n" / "empty").mkdir()
+    status = site.transfer().run(body("src", "dst", ("/comb", "/comb", True)), wait=True, timeout=60)
+    assert status["status"] == "SUCCEEDED", status
+    assert tree(dst) == tree(src)
+    assert (dst / "comb" / "n" / "empty").is_dir()
+    assert status["details"]["directories"] == 1 + 149 + 150 + 1
+
+
+def test_links_deep_in_a_destination_are_followed_only_inside(deep, site, tmp_path):
+    src, dst = site.roots["src"], site.roots["dst"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    make_tree(src, {"f.txt": b"payload"})
+    middle = "/".join(["m"] * 1000)
+    write_deep(dst, f"{middle}/keep.txt", b"")
+    fd = descend(dst, middle.split("/"))
+    try:
+        os.symlink(str(outside), "out", dir_fd=fd)
+        os.symlink(str(dst / "inside-target"), "in", dir_fd=fd)
+    finally:
+        os.close(fd)
+    (dst / "inside-target").mkdir()
+    client = site.transfer()
+    with pytest.raises(ClientError) as refused:
+        client.run(body("src", "dst", ("/f.txt", f"/{middle}/out/x/f.txt")))
+    assert refused.value.status == 400
+    assert refused.value.description.startswith("transfer_items[0].destination_path: ")
+    status = client.run(body("src", "dst", ("/f.txt", f"/{middle}/in/x/y/f.txt")), wait=True, timeout=60)
+    assert status["status"] == "SUCCEEDED", status
+    assert (dst / "inside-target" / "x" / "y" / "f.txt").read_bytes() == b"payload"
+    assert list(outside.iterdir()) == []
+
+
+def test_a_link_put_deep_in_the_way_before_folders_are_made_is_refused(deep, site, tmp_path, monkeypatch):
+    from providers.transfer import engine
+
+    dst = site.roots["dst"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    make_tree(site.roots["src"], {"f.txt": b"payload"})
+    middle = "/".join(["m"] * 500)
+    write_deep(dst, f"{middle}/keep.txt", b"")
+    real_make_dirs = engine.Transfer._make_dirs
+
+    def link_then_make_dirs(self):  # planned where nothing was: a link appears there before folders are made
+        fd = descend(dst, middle.split("/"))
+        try:
+            os.symlink(str(outside), "new", dir_fd=fd)
+        finally:
+            os.close(fd)
+        real_make_dirs(self)
+
+    monkeypatch.setattr(engine.Transfer, "_make_dirs", link_then_make_dirs)
+    status = site.transfer().run(body("src", "dst", ("/f.txt", f"/{middle}/new/x/f.txt")), wait=True, timeout=60)
+    assert (status["status"], status["details"]["code"]) == ("FAILED", "PathOutsideCollection"), status
+    assert list(outside.iterdir()) == []
+
+
+def test_checking_deep_paths_at_run_leaves_no_descriptor_open(deep, site):
+    make_tree(site.roots["src"], {"f.txt": b"x"})
+    (site.roots["dst"] / "a").mkdir()
+    client = site.transfer()
+    destination = "/" + "a/" * 300 + "f.txt"
+    with pytest.raises(ClientError):  # refused at /run, after the paths were looked at
+        client.run(body("src", "dst", ("/f.txt", destination), deadline="2001-01-01T00:00:00Z"))
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(30):
+        with pytest.raises(ClientError):
+            client.run(body("src", "dst", ("/f.txt", destination), ("/f.txt", "/../escape")))
+    assert len(os.listdir("/proc/self/fd")) < before + 10

@@ -28,8 +28,8 @@ class Remote:
         self.fs = location.filesystem()
         options = dict(location.storage_options)
         if kind == "sftp":  # the secret comes from the environment, as a deployment would keep it
-            monkeypatch.setenv("APTK_TEST_SFTP_PASSWORD", options["password"])
-            options["password"] = "${APTK_TEST_SFTP_PASSWORD}"
+            monkeypatch.setenv("TRANSFER_TEST_SFTP_PASSWORD", options["password"])
+            options["password"] = "${TRANSFER_TEST_SFTP_PASSWORD}"
         self.collection = {"id": str(uuid.uuid4()), "name": kind, "url": location.url, "storage_options": options}
 
     def put(self, files: dict[str, bytes | int]) -> dict[str, bytes]:
