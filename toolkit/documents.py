@@ -133,7 +133,9 @@ def principal_for(name: str, kind: str) -> str:
         return urn
     urn = name_prefix + urllib.parse.quote(name, safe=_NAME_SAFE)
     if len(urn) > MAX_PRINCIPAL_LENGTH:
-        raise ValueError(f"the {kind} name {_shown(name)} is too long for a principal ({MAX_PRINCIPAL_LENGTH} characters)")
+        raise ValueError(
+            f"the {kind} name {_shown(name)} is too long for a principal ({MAX_PRINCIPAL_LENGTH} characters)"
+        )
     return urn
 
 

@@ -73,7 +73,8 @@ class UnauthorizedRequest(ApiError):
         # RFC 6750 section 3: no error code (nor description) for a request that carried no bearer token.
         if self.error is None:
             return {"WWW-Authenticate": "Bearer"}
-        return {"WWW-Authenticate": f'Bearer error="{self.error}", error_description="{_header_safe(self.description)}"'}
+        description = _header_safe(self.description)
+        return {"WWW-Authenticate": f'Bearer error="{self.error}", error_description="{description}"'}
 
 
 def _header_safe(text: str) -> str:
