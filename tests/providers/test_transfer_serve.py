@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -170,3 +171,58 @@ def test_the_readme_walkthrough_over_the_default_collections(tmp_path, servers):
     assert allowed["status"] == "SUCCEEDED", allowed
     assert len(list((inbox / "from-project").iterdir())) == 20
     assert project.is_dir()
+
+
+def _depth(top: Path) -> int:
+    """How many nested ``a`` folders ``top`` holds (walked by descriptor: deeper than PATH_MAX is fine)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    depth = 0
+    try:
+        while True:
+            try:
+                child = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            except OSError:
+                return depth
+            os.close(fd)
+            fd, depth = child, depth + 1
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.slow
+def test_a_cancel_stops_the_making_of_deep_folders_within_about_a_second(tmp_path, servers):
+    # 200 items, each to its own folder 1,995 levels deep: some 400,000 folders to make, seconds of work. The
+    # cancel must stop it between two folders, as it stops a copy between two chunks (README: about a second).
+    src, dst, data = tmp_path / "src", tmp_path / "dst", tmp_path / "data"
+    src.mkdir()
+    dst.mkdir()
+    (src / "f.txt").write_bytes(b"deep")
+    collections = tmp_path / "collections.json"
+    collections.write_text(json.dumps([{"name": "src", "url": str(src)}, {"name": "dst", "url": str(dst)}]))
+    server = servers(data, APTK_COLLECTIONS_FILE=str(collections)).start()
+    token = server.token(USER)
+    deep = "a/" * 1995
+    items = [{"source_path": "/f.txt", "destination_path": f"/d{i:03}/{deep}f.txt"} for i in range(200)]
+    try:
+        action = server.run(token, "transfer", {"source_endpoint_id": "src", "destination_endpoint_id": "dst",
+                                                "transfer_items": items}, "deep-cancel")["action_id"]
+
+        def made() -> tuple[int, int]:
+            tops = sorted(os.listdir(dst))
+            return len(tops), _depth(dst / tops[-1]) if tops else 0
+
+        give_up = time.monotonic() + 30
+        while made()[1] < 100:  # folders are being made
+            assert time.monotonic() < give_up, server.status(token, "transfer", action)
+            time.sleep(0.01)
+        cancelled = server.call(token, "POST", f"/transfer/{action}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["details"]["code"] == "ActionCancelled"
+        time.sleep(1.5)
+        settled = made()
+        time.sleep(1.5)
+        assert made() == settled, "folders were still being made 1.5 s after the cancel"
+        assert settled < (200, 1995), "the cancel came too late to test anything"
+        assert server.status(token, "transfer", action)["details"]["code"] == "ActionCancelled"
+    finally:
+        server.kill()
+        subprocess.run(["rm", "-rf", "--", str(dst)], check=False)  # pytest's clean-up recurses per level
