@@ -86,7 +86,9 @@ def test_a_bad_setting_value_is_refused(tmp_path):
 def run_pytest(directory: Path, *files: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("APTK_")}
     env["XDG_DATA_HOME"] = str(directory / "xdg")  # greeter.py's Toolkit(app) uses the default data dir
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
+    # Its own basetemp: the run then leaves the shared temporary directories of other runs alone.
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           f"--basetemp={directory / 'basetemp'}", *files],
                           cwd=directory, capture_output=True, text=True, timeout=240, env=env)
 
 
