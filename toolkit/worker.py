@@ -23,11 +23,12 @@ to gthread's own handling.
 from __future__ import annotations
 
 import selectors
+import socket
 import time
 from functools import partial
 from typing import Any
 
-from gunicorn import http
+from gunicorn import http, util
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import ThreadWorker
 
@@ -39,6 +40,10 @@ SMALL_REQUEST = 64 * 1024
 READ_SIZE = 64 * 1024
 STOP_LINGER = 2.0
 """A stopping worker waits this long at most for requests still arriving."""
+CLOSE_LINGER = 2.0
+CLOSE_DRAIN = 64 * 1024
+"""A closed connection is drained (so that the answer is not cut off by a reset) this long and this much at most,
+by the event loop; gthread does it blocking, which a client that never closes could use to stall the loop."""
 
 _TIMEOUT_BODY = b'{"code": "RequestTimeout", "description": "The request did not arrive in time."}'
 REQUEST_TIMEOUT_RESPONSE = (
@@ -157,6 +162,7 @@ class BufferingWorker(ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading: dict[Any, _Reading] = {}
+        self._lingering: dict[Any, list[float]] = {}  # socket -> [deadline, bytes drained]
         self._limits: tuple[float, int] | None = None
         self._budget_used = 0
 
@@ -197,6 +203,7 @@ class BufferingWorker(ThreadWorker):
             conn.aptk_buffered = False
             super().enqueue_req(conn)
             return
+        conn.close = partial(self._close, conn)
         timeout, max_body = self.limits()
         reading = _Reading(RequestFraming(max_body, self._max_head()), time.monotonic() + timeout)
         if not self.alive:
@@ -291,9 +298,49 @@ class BufferingWorker(ThreadWorker):
         self.nr_conns -= 1
         conn.close()
 
+    def _close(self, conn: Any, graceful: bool = False) -> None:
+        """Close ``conn``; gracefully (RFC 9112 section 9.6: FIN, then drain what the client still sends) without
+        blocking the event loop."""
+        sock = conn.sock
+        if not graceful:
+            util.close(sock)
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            self.poller.register(sock, selectors.EVENT_READ, self._on_lingering)
+        except (OSError, ValueError, KeyError):
+            util.close(sock)
+            return
+        self._lingering[sock] = [time.monotonic() + CLOSE_LINGER, 0]
+
+    def _on_lingering(self, sock: Any) -> None:
+        state = self._lingering.get(sock)
+        if state is None:  # pragma: no cover
+            return
+        try:
+            data = sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        state[1] += len(data)
+        if not data or state[1] >= CLOSE_DRAIN:
+            self._end_lingering(sock)
+
+    def _end_lingering(self, sock: Any) -> None:
+        self._lingering.pop(sock, None)
+        try:
+            self.poller.unregister(sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        util.close(sock)
+
     def murder_pending(self) -> None:
         super().murder_pending()
         now = time.monotonic()
+        for sock in [s for s, (deadline, _) in self._lingering.items() if deadline <= now]:
+            self._end_lingering(sock)
         if not self.alive:
             for reading in self._reading.values():
                 reading.deadline = min(reading.deadline, now + STOP_LINGER)
