@@ -41,7 +41,23 @@ from .storage import LocalStorage
 
 __all__ = ["Permissions", "permission_errors", "provider", "settings_from"]
 
-provider = ActionProvider(
+class _TransferProvider(ActionProvider):
+    def blueprint(self, url_prefix: str | None = None, *, name: str | None = None) -> Any:
+        """The provider's routes; mounting them on an app reads its collections, so that a collections file that
+        cannot be used (an owner that is no principal, say) stops start-up with the reason, not every /run."""
+        bp = super().blueprint(url_prefix, name=name)
+        bp.record_once(lambda state: _check_collections(state.app.config))
+        return bp
+
+
+def _check_collections(config: Mapping[str, Any]) -> None:
+    # Without a collections file the defaults live in the data directory, which an author's own app may set
+    # only later (Toolkit(app) after mounting): checked then at the first /run.
+    if setting(config, "APTK_COLLECTIONS_FILE") or setting(config, "APTK_DATA_DIR"):
+        load_collections(config)
+
+
+provider = _TransferProvider(
     name="transfer",
     title="Transfer",
     subtitle="Copy files and folders between collections",

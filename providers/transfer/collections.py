@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from toolkit import ConfigurationError
+from toolkit.documents import normalize_principal
 
 __all__ = [
     "Collection",
@@ -74,8 +75,7 @@ INBOX_ID = collection_id("inbox")
 PROJECT_ID = collection_id("project")
 __doc__ = (__doc__ or "").replace("{INBOX_ID}", INBOX_ID).replace("{PROJECT_ID}", PROJECT_ID)
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_URN = re.compile(r"^urn:globus:(auth:identity|groups:id):[0-9a-fA-F-]{36}$")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _KEYS = {"id", "name", "display_name", "url", "storage_options", "owners", "shared", "description"}
 
@@ -92,17 +92,19 @@ def setting(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
 
 
 def _principal(value: Any, where: str) -> str:
+    """An owner in the canonical form principals are compared in (lower-case prefix and UUID): a bare UUID is an
+    identity. What cannot be put in that form is a configuration error naming it, never an owner that matches
+    nobody."""
     if not isinstance(value, str):
         raise ConfigurationError(f"{where}: {value!r} is not a principal")
-    value = value.strip()
-    if _UUID.match(value):
+    if _UUID.fullmatch(value):
         return f"urn:globus:auth:identity:{value.lower()}"
-    if value == "all_authenticated_users" or _URN.match(value):
+    if value == "all_authenticated_users":
         return value
-    raise ConfigurationError(
-        f"{where}: {value!r} is neither an identity UUID nor a principal URN "
-        "(urn:globus:auth:identity:<uuid>, urn:globus:groups:id:<uuid>)"
-    )
+    try:
+        return normalize_principal(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"{where}: {exc} (an owner is an identity UUID or a principal URN)") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +193,7 @@ def _parse(entry: Any, index: int, base: Path) -> Collection:
         raise ConfigurationError(f"{where}: 'name' must be 1-64 letters, digits, '_', '.' or '-'")
     where = f"collection {name!r}"
     cid = entry.get("id") or collection_id(name)
-    if not isinstance(cid, str) or not _UUID.match(cid):
+    if not isinstance(cid, str) or not _UUID.fullmatch(cid):
         raise ConfigurationError(f"{where}: 'id' must be a UUID")
     url = entry.get("url")
     if not isinstance(url, str) or not url:
@@ -234,8 +236,8 @@ def parse_collections(document: Any, base: Path) -> Collections:
 
 def default_collections(data_dir: str | os.PathLike[str], owners: str | None) -> Collections:
     root = Path(data_dir) / "collections"
-    owner_set = frozenset(
-        _principal(o, "APTK_COLLECTION_OWNERS") for o in (owners or "").split(",") if o.strip()
+    owner_set = frozenset(  # spaces around the commas are the list's, not the names'
+        _principal(o.strip(), "APTK_COLLECTION_OWNERS") for o in (owners or "").split(",") if o.strip()
     )
     return Collections(
         [

@@ -184,3 +184,37 @@ def test_a_link_does_not_lead_past_the_rules(site):
     assert site.transfer(OWNER).run(body("shared", "dst", ("/results", "/r", True)), wait=True)["status"] == \
         "SUCCEEDED"
     assert (site.roots["dst"] / "r" / "private-link" / "secret.txt").read_bytes() == b"secret"
+
+
+def test_owners_written_in_any_case_own_the_collection(make_site, tmp_path):
+    from .conftest import local_collection
+
+    # Upper-case prefixes and UUIDs, as people paste them: the owner and the group's members manage rules and
+    # write the shared collection; nobody else does.
+    owners = [f"URN:GLOBUS:AUTH:IDENTITY:{OWNER.upper()}", f"urn:globus:groups:id:{GROUP.upper()}"]
+    site = make_site([local_collection("src", tmp_path / "src"),
+                      local_collection("shared", tmp_path / "shared", shared=True, owners=owners)])
+    make_tree(site.roots["src"], {"a.txt": b"a"})
+    listed = site.acl(OWNER).run({"operation": "LIST", "endpoint_id": "shared"})
+    assert listed["status"] == "SUCCEEDED", listed
+    member = site.acl(OTHER, groups=(GROUP,)).run({"operation": "LIST", "endpoint_id": "shared"})
+    assert member["status"] == "SUCCEEDED", member
+    assert refused(site.acl(USER), {"operation": "LIST", "endpoint_id": "shared"}).status == 403
+    written = site.transfer(OWNER).run(body("src", "shared", ("/a.txt", "/a.txt")), wait=True)
+    assert written["status"] == "SUCCEEDED", written
+
+
+@pytest.mark.parametrize("owner, reason", [
+    (f"urn:globus:auth:identity:{OWNER}\n", "nothing else"),
+    ("urn:globus:auth:identity:" + "-" * 36, "needs a UUID"),
+    (f"urn:globus:identity:{OWNER}", "is not a principal URN"),
+    (f" {OWNER}", "is not a principal URN"),
+])
+def test_an_owner_that_is_no_principal_stops_the_app_from_starting(make_site, tmp_path, owner, reason):
+    from toolkit import ConfigurationError
+
+    from .conftest import local_collection
+
+    with pytest.raises(ConfigurationError) as stopped:
+        make_site([local_collection("shared", tmp_path / "shared", shared=True, owners=[owner])])
+    assert "collection 'shared': owners: " in str(stopped.value) and reason in str(stopped.value)

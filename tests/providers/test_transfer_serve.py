@@ -226,3 +226,15 @@ def test_a_cancel_stops_the_making_of_deep_folders_within_about_a_second(tmp_pat
     finally:
         server.kill()
         subprocess.run(["rm", "-rf", "--", str(dst)], check=False)  # pytest's clean-up recurses per level
+
+
+def test_an_owner_that_is_no_principal_stops_aptk_serve_with_the_reason(tmp_path, servers):
+    collections = tmp_path / "collections.json"
+    collections.write_text(json.dumps([{"name": "shared", "url": str(tmp_path), "shared": True,
+                                        "owners": [f"urn:globus:auth:identity:{OWNER}-0"]}]))
+    server = servers(tmp_path / "data", APTK_COLLECTIONS_FILE=str(collections))
+    with pytest.raises(AssertionError) as failed:
+        server.start()
+    assert "aptk serve exited" in str(failed.value)
+    assert f"collection 'shared': owners: 'urn:globus:auth:identity:{OWNER}-0'" in str(failed.value)
+    assert "Traceback" not in str(failed.value)
