@@ -321,3 +321,15 @@ def test_a_400_does_not_send_a_huge_value_back(tmp_path, field, value):
     assert len(answer.data) < 1000, description[:300]
     assert f"({len(value)} characters)" in description
     assert value[:50] in description
+
+
+def test_toolkit_app_creates_its_data_directory_and_database_private(tmp_path):
+    import stat
+
+    data = tmp_path / "new" / "data"
+    with provider_client(provider_running(lambda b, ctx: {"ok": True}, synchronous=True), data) as client:
+        client.run({})
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [data, *data.iterdir()]}
+    assert modes.pop("data") == 0o700
+    assert "aptk.db" in modes and "aptk.db-wal" in modes, modes
+    assert set(modes.values()) == {0o600}, modes
