@@ -333,3 +333,18 @@ def test_toolkit_app_creates_its_data_directory_and_database_private(tmp_path):
     assert modes.pop("data") == 0o700
     assert "aptk.db" in modes and "aptk.db-wal" in modes, modes
     assert set(modes.values()) == {0o600}, modes
+
+
+def test_what_counts_as_a_full_disk():
+    import errno
+
+    import psycopg
+    import sqlalchemy as sa
+
+    from toolkit.errors import storage_full
+
+    postgres = sa.exc.OperationalError("INSERT ...", {}, psycopg.errors.DiskFull("could not extend file"))
+    assert storage_full(postgres)  # SQLSTATE 53100, as SQLAlchemy hands it over
+    assert storage_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert not storage_full(sa.exc.OperationalError("SELECT 1", {}, psycopg.errors.AdminShutdown("terminating")))
+    assert not storage_full(ValueError("database is locked"))
