@@ -247,7 +247,7 @@ def test_300_slow_clients_do_not_keep_others_from_being_served(start_server, man
     print(f"{min(still_open)} slow connections open; status answered in at most {max(timings):.3f} s "
           f"({len(timings)} calls)")
     assert min(still_open) == SLOW_CLIENTS
-    assert max(timings) < 1.0, timings
+    assert max(timings) < 2.0, timings
 
 
 @pytest.mark.parametrize("body", [False, True], ids=["header-lines", "body-bytes"])
@@ -316,7 +316,7 @@ def test_clients_that_never_close_after_their_answer_do_not_stall_the_worker(sta
         for sock in lingering:
             sock.close()
     # gthread drains each closed connection for up to 2 s in its event loop: six such clients stalled it 12 s.
-    assert max(timings) < 1.0, timings
+    assert max(timings) < 2.0, timings
 
 
 def test_keep_alive_and_pipelined_requests_still_work(start_server):
