@@ -12,8 +12,12 @@ from flask import Flask, jsonify, request
 
 from .extension import Toolkit, get_toolkit
 from .provider import ActionProvider
+from .settings import number
 
 logger = logging.getLogger("toolkit.server")
+
+DEFAULT_READ_TIMEOUT = 30.0
+"""Seconds a request may take to arrive in full under `aptk serve` (``APTK_REQUEST_READ_TIMEOUT``)."""
 
 SHUTDOWN_GRACE_SECONDS = 3.0
 """How long a stopping worker waits for running callbacks before handing their actions to other workers."""
@@ -33,6 +37,8 @@ def create_app(
     if config:
         app.config.update(config)
     Toolkit(app, **toolkit_options)  # also sets MAX_CONTENT_LENGTH (APTK_MAX_BODY_BYTES)
+    # Read by the workers of `aptk serve` (toolkit.worker); a wrong value stops start-up here, not a worker later.
+    number(app, "APTK_REQUEST_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
     if providers is None:
         from providers import bundled
 

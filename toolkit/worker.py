@@ -32,8 +32,8 @@ from gunicorn import http, util
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import ThreadWorker
 
-DEFAULT_READ_TIMEOUT = 30.0
-"""Seconds a request may take to arrive in full (``APTK_REQUEST_READ_TIMEOUT``)."""
+from .server import DEFAULT_READ_TIMEOUT
+
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 SMALL_REQUEST = 64 * 1024
 """Bytes every connection may buffer without drawing on the worker's shared budget."""

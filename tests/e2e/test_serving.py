@@ -392,3 +392,16 @@ def test_an_old_data_directory_of_aptks_own_is_made_private(tmp_path):
 
     assert mode(data) == 0o700
     assert mode(data / "aptk.db") == 0o600
+
+
+@pytest.mark.parametrize("name", ["APTK_REQUEST_READ_TIMEOUT", "APTK_MAX_BODY_BYTES"])
+def test_a_wrong_limit_stops_start_up(tmp_path, name):
+    import subprocess
+
+    from .support import APTK
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("APTK_")}, name: "soon"}
+    done = subprocess.run([APTK, "serve", "--data-dir", str(tmp_path / "data"), "--port", "0"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"{name} must be a number, not 'soon'" in done.stderr
