@@ -545,3 +545,23 @@ def test_the_log_refuses_writes_once_the_action_ended(tmp_path):
     with pytest.raises(ActionCancelled):
         contexts[1].log("later")
     assert contexts[1].cancelled
+
+
+def test_a_retry_the_schema_would_now_refuse_still_gets_its_action(tmp_path, monkeypatch):
+    from toolkit import BadActionRequest
+
+    quick = Quick()  # no check hook: a retry is found when validation refuses it, or at the insert
+    client = provider_client(quick.provider, tmp_path)
+    first = client.run({"v": 1}, request_id="r1")["action_id"]
+
+    def stricter(body):  # the provider was upgraded with a schema that refuses what it took before
+        raise BadActionRequest("body.v: is no longer accepted.")
+
+    monkeypatch.setattr(quick.provider, "validate_body", stricter)
+    http, auth = client.app.test_client(), {"Authorization": client.session.headers["Authorization"]}
+    again = http.post("/provider/run", headers=auth, json={"request_id": "r1", "body": {"v": 1}})
+    assert (again.status_code, again.json["action_id"]) == (200, first)
+    other = http.post("/provider/run", headers=auth, json={"request_id": "r1", "body": {"v": 2}})
+    assert (other.status_code, other.json["code"]) == (409, "ActionConflict")
+    new = http.post("/provider/run", headers=auth, json={"request_id": "r2", "body": {"v": 1}})
+    assert (new.status_code, new.json["description"]) == (400, "body.v: is no longer accepted.")
