@@ -147,3 +147,23 @@ def test_sftp_links_leading_outside_the_collection_are_refused(make_site, tmp_pa
     assert not (tmp_path / "local" / "s.txt").exists() and not (tmp_path / "local" / "d").exists()
     assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
     assert sorted(p.name for p in beyond.iterdir()) == ["secret.txt"]
+
+
+def test_deep_paths_cost_round_trips_in_proportion_to_their_depth(make_site, tmp_path, remote):
+    # Each level of a new folder once, not every level above it again: 300 levels on SFTP took more than two
+    # minutes on loopback when every folder made resolved its whole path again, level by level.
+    import time
+
+    local = local_collection("local", tmp_path / "local")
+    site = make_site([local, remote.collection])
+    chain = "/".join(["d"] * 300)
+    written = make_tree(tmp_path / "local", {f"tree/{chain}/bottom.txt": b"bottom", "tree/d/top.txt": b"top"})
+    client = site.transfer()
+    started = time.monotonic()
+    up = client.run(body("local", remote.kind, ("/tree", "/deep", True)), wait=True, timeout=120)
+    assert up["status"] == "SUCCEEDED", up
+    assert time.monotonic() - started < 30
+    assert remote.tree("deep") == {rel[len("tree/"):]: data for rel, data in written.items()}
+    down = client.run(body(remote.kind, "local", ("/deep", "/back", True)), wait=True, timeout=120)
+    assert down["status"] == "SUCCEEDED", down
+    assert tree(tmp_path / "local" / "back") == {rel[len("tree/"):]: data for rel, data in written.items()}
