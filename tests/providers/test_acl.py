@@ -218,3 +218,16 @@ def test_an_owner_that_is_no_principal_stops_the_app_from_starting(make_site, tm
     with pytest.raises(ConfigurationError) as stopped:
         make_site([local_collection("shared", tmp_path / "shared", shared=True, owners=[owner])])
     assert "collection 'shared': owners: " in str(stopped.value) and reason in str(stopped.value)
+
+
+def test_a_create_retried_after_its_rule_was_updated_finds_its_action(site):
+    acl = site.acl()
+    request = {"operation": "CREATE", "endpoint_id": "shared", "path": "/retried", "principal_type": "identity",
+               "principal": USER, "permissions": "r"}
+    first = acl.run(request, request_id="create-1")
+    rule_id = first["details"]["access_id"]
+    acl.run({"operation": "UPDATE", "endpoint_id": "shared", "rule_id": rule_id, "permissions": "rw"})
+    # The flow engine lost the answer and sends the same run again: its action, not "exists already".
+    again = acl.run(request, request_id="create-1")
+    assert (again["action_id"], again["details"]["access_id"]) == (first["action_id"], rule_id)
+    assert "UPDATE" in refused(acl, request).description  # a new request is still checked
