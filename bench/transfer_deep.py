@@ -4,7 +4,7 @@
     .venv/bin/python bench/transfer_deep.py                  # 2,000 levels
     .venv/bin/python bench/transfer_deep.py --depth 500 --cancel-items 20
 
-Three cases, each through the real HTTP API in this process (``toolkit.testing``: token checks, validation, the
+Three cases (the first after ``mkdir -p`` of as many levels, the floor set by the filesystem), each through the real HTTP API in this process (``toolkit.testing``: token checks, validation, the
 SQLite store), local collection to local collection:
 
 1. **deep destination**: one small file copied to ``/a/a/.../a/f.txt`` (``--depth`` folders; by default 2,000, or
@@ -121,6 +121,11 @@ def main() -> None:
 
     try:
         if "destination" not in args.skip:
+            os.makedirs(work / "baseline")
+            started = time.perf_counter()
+            subprocess.run(["mkdir", "-p", deep], cwd=work / "baseline", check=True)
+            print(f"0. baseline, mkdir -p of the same {depth} levels: {time.perf_counter() - started:8.2f} s",
+                  flush=True)
             elapsed, result = timed({"source_endpoint_id": "src", "destination_endpoint_id": "dst",
                                      "transfer_items": [{"source_path": "/f.txt",
                                                          "destination_path": f"/deep/{deep}f.txt"}]})
