@@ -662,3 +662,39 @@ def test_checking_deep_paths_at_run_leaves_no_descriptor_open(deep, site):
         with pytest.raises(ClientError):
             client.run(body("src", "dst", ("/f.txt", destination), ("/f.txt", "/../escape")))
     assert len(os.listdir("/proc/self/fd")) < before + 10
+
+
+def test_making_and_listing_folders_stop_at_the_check_between_levels(deep, tmp_path):
+    # What a cancel does inside one long makedirs or walk: the engine passes its check (ctx.check and the
+    # deadline), called before each level or entry; a check that raises stops the work there, holding nothing open.
+    from providers.transfer.collections import Collection
+    from providers.transfer.storage import LocalStorage
+
+    class Stop(Exception):
+        pass
+
+    def stop_after(n):
+        calls = []
+
+        def check():
+            calls.append(1)
+            if len(calls) > n:
+                raise Stop()
+        return check
+
+    root = tmp_path / "root"
+    root.mkdir()
+    storage = LocalStorage(Collection("c" * 36, "c", "c", f"file://{root}"), str(root))
+    open_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(Stop):
+        storage.makedirs("/".join(["a"] * 1000), check=stop_after(10))
+    assert len(list(root.rglob("*"))) == 10  # levels made before the check said stop
+    storage.makedirs("/".join(["a"] * 1000))
+    make_tree(root, {f"wide/{i:03}/f.txt": b"x" for i in range(300)})
+    seen = []
+    with pytest.raises(Stop):
+        for entry in storage.walk("", check=stop_after(50)):
+            seen.append(entry.rel)
+    assert 40 <= len(seen) <= 50
+    storage.close()
+    assert len(os.listdir("/proc/self/fd")) == open_before
