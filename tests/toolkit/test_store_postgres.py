@@ -109,3 +109,27 @@ def test_expired_actions_are_purged(host, clock):
     app.extensions["aptk"].runtime.sweep()
     assert app.extensions["aptk"].runtime.store.get(action) is None
     assert app.extensions["aptk"].runtime.store.find(statuses=list(Status), providers=["hello"]) == []
+
+
+def test_pages_retries_and_ended_logs_on_postgresql(host):
+    import datetime as dt
+    import time
+
+    app, authority = host()
+    client = client_for(app, authority)
+    started = [client.run({"echo_string": str(i)})["action_id"] for i in range(12)]
+    assert [a["action_id"] for a in client.actions(page_size=5)] == started
+    page = client.actions_page(limit=5)
+    rest = client.actions_page(limit=50, marker=page["marker"])
+    assert [a["action_id"] for a in page["actions"] + rest["actions"]] == started
+
+    soon = dt.datetime.fromtimestamp(time.time() + 1, dt.timezone.utc).isoformat()
+    first = client.run({"echo_string": "late"}, request_id="late", deadline=soon)["action_id"]
+    client.wait(first)
+    time.sleep(1.2)
+    assert client.run({"echo_string": "late"}, request_id="late", deadline=soon)["action_id"] == first
+
+    store = app.extensions["aptk"].runtime.store
+    assert not store.append_log(first, time.time(), "Log", "too late", where={"status": Status.ACTIVE})
+    assert store.append_log(first, time.time(), "Log", "noted")
+    assert [e.description for e in store.log_page(first, 0, 10)][-1] == "noted"
