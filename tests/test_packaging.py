@@ -49,3 +49,7 @@ def test_wheel_keeps_templates_inside_the_toolkit(tmp_path):
     shipped = {n.removeprefix("toolkit/templates/") for n in names if n.startswith("toolkit/templates/")}
     expected = {str(p.relative_to(ROOT / "templates")) for p in (ROOT / "templates").rglob("*") if p.is_file()}
     assert shipped == expected
+
+
+def test_lazy_names_and_all_agree():
+    assert sorted(toolkit.__all__) == sorted(toolkit._LOCATIONS)

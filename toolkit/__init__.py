@@ -16,13 +16,15 @@ _LOCATIONS = {
     "Action": "documents", "Status": "documents",
     "ActionCancelled": "errors", "ActionConflict": "errors", "ActionFailed": "errors", "ActionInactive": "errors",
     "ActionNotFound": "errors", "ApiError": "errors", "BadActionRequest": "errors", "ConfigurationError": "errors",
-    "ForbiddenRequest": "errors", "ServiceUnavailable": "errors", "ToolkitError": "errors",
+    "ForbiddenRequest": "errors", "InsufficientScope": "errors", "RequestTooLarge": "errors",
+    "ServiceUnavailable": "errors", "ToolkitError": "errors",
     "UnauthorizedRequest": "errors",
     "Executor": "executor", "ThreadExecutor": "executor",
     "Toolkit": "extension", "ToolkitState": "extension", "get_toolkit": "extension",
     "RunContext": "lifecycle",
     "ActionProvider": "provider",
     "SQLStore": "store", "Store": "store",
+    "register_settings": "settings",
 }
 
 if TYPE_CHECKING:
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
         BadActionRequest,
         ConfigurationError,
         ForbiddenRequest,
+        InsufficientScope,
+        RequestTooLarge,
         ServiceUnavailable,
         ToolkitError,
         UnauthorizedRequest,
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
     from .extension import Toolkit, ToolkitState, get_toolkit
     from .lifecycle import RunContext
     from .provider import ActionProvider
+    from .settings import register_settings
     from .store import SQLStore, Store
 
 
@@ -78,6 +83,8 @@ __all__ = [
     "Executor",
     "ForbiddenRequest",
     "Identity",
+    "InsufficientScope",
+    "RequestTooLarge",
     "RunContext",
     "SQLStore",
     "ServiceUnavailable",
@@ -91,4 +98,5 @@ __all__ = [
     "UnauthorizedRequest",
     "get_toolkit",
     "mint_dev_token",
+    "register_settings",
 ]
