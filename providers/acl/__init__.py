@@ -9,7 +9,8 @@ Input as for the Globus set/manage permission action provider::
     {"operation": "LIST",   "endpoint_id": "<collection>"}
 
 ``principal_type`` is ``identity``, ``group`` or ``all_authenticated_users`` (no ``principal`` then); a principal is
-a UUID or its URN. ``permissions`` is ``r`` or ``rw``; a rule covers its path and everything beneath it. CREATE
+a UUID or its URN, or, for callers the server names without a UUID, ``urn:aptk:subject:<name>`` /
+``urn:aptk:group:<name>``. ``permissions`` is ``r`` or ``rw``; a rule covers its path and everything beneath it. CREATE
 answers ``details.access_id`` (the rule id, a UUID); LIST answers ``details.DATA``, the rules. Creating a rule that
 exists already (same path and principal, same permissions) answers the existing ``access_id``.
 
@@ -26,6 +27,7 @@ from typing import Any, Mapping
 
 from toolkit import ActionFailed, ActionProvider, ApiError, BadActionRequest, ConfigurationError, ForbiddenRequest
 from toolkit import RunContext
+from toolkit.documents import normalize_principal, principal_kind
 
 from providers.transfer import paths
 from providers.transfer.collections import Collection, load_collections
@@ -56,7 +58,7 @@ INPUT_SCHEMA: dict[str, Any] = {
                  "description": "A folder of the collection, from its root ('/shared/run1/')."},
         "principal_type": {"type": "string", "enum": list(PRINCIPAL_TYPES)},
         "principal": {"type": "string", "maxLength": 128,
-                      "description": "An identity or group UUID (or URN); empty for all_authenticated_users."},
+                      "description": "An identity or group UUID, or a principal URN; empty for all_authenticated_users."},
         "permissions": {"type": "string", "enum": list(PERMISSIONS)},
         "rule_id": {"type": "string", "minLength": 1, "maxLength": 64,
                     "description": "The access_id CREATE answered (for UPDATE and DELETE)."},
@@ -109,7 +111,9 @@ def _require(body: Mapping[str, Any], *fields: str) -> None:
 
 
 def _principal(principal_type: str, principal: str | None) -> str:
-    """The principal as stored: a lower-case UUID, or '' for all_authenticated_users."""
+    """The principal as stored: a lower-case UUID, a principal URN of another form (``urn:aptk:subject:<name>``,
+    ``urn:aptk:group:<name>``, as the server's verifier names callers without a UUID), or '' for
+    all_authenticated_users."""
     if principal_type == "all_authenticated_users":
         if principal not in (None, "", "all_authenticated_users"):
             raise BadActionRequest("principal: must be empty for principal_type all_authenticated_users.")
@@ -117,13 +121,21 @@ def _principal(principal_type: str, principal: str | None) -> str:
     if not principal:
         raise BadActionRequest(f"principal: is required for principal_type {principal_type}.")
     prefix = "urn:globus:auth:identity:" if principal_type == "identity" else "urn:globus:groups:id:"
-    value = principal.strip()
-    if value.startswith("urn:"):
-        if not value.startswith(prefix):
-            raise BadActionRequest(f"principal: {principal!r} is not a {principal_type} (expected {prefix}<uuid>).")
-        value = value[len(prefix):]
+    value = principal
+    if value[:4].lower() == "urn:":
+        try:
+            urn = normalize_principal(value)
+        except ValueError as exc:
+            raise BadActionRequest(f"principal: {exc}.") from None
+        if principal_kind(urn) != principal_type:
+            raise BadActionRequest(
+                f"principal: {principal!r} is not a {principal_type} (expected {prefix}<uuid> or, for a caller "
+                f"without a UUID, {'urn:aptk:subject:' if principal_type == 'identity' else 'urn:aptk:group:'}"
+                "<name>)."
+            )
+        return urn[len(prefix):] if urn.startswith(prefix) else urn
     if not re.fullmatch(_UUID, value):
-        raise BadActionRequest(f"principal: {principal!r} is not a {principal_type} UUID.")
+        raise BadActionRequest(f"principal: {principal!r} is not a {principal_type} UUID or principal URN.")
     return value.lower()
 
 

@@ -53,6 +53,8 @@ class Rule:
 
     @property
     def principal_urn(self) -> str:
+        if self.principal.startswith("urn:"):
+            return self.principal  # a principal without a UUID, kept whole
         if self.principal_type == "identity":
             return f"urn:globus:auth:identity:{self.principal}"
         if self.principal_type == "group":

@@ -231,3 +231,38 @@ def test_a_create_retried_after_its_rule_was_updated_finds_its_action(site):
     again = acl.run(request, request_id="create-1")
     assert (again["action_id"], again["details"]["access_id"]) == (first["action_id"], rule_id)
     assert "UPDATE" in refused(acl, request).description  # a new request is still checked
+
+
+def test_rules_can_name_callers_without_a_uuid(site):
+    """A client-credentials caller (urn:aptk:subject:<name>) or a named group can be granted a rule like anyone."""
+    from providers.acl import rules
+
+    client_rule = create(site, "/drop/", "identity", "urn:aptk:subject:flows-client", "rw")
+    group_rule = create(site, "/pub/", "group", "urn:aptk:group:lab%20members", "r")
+    listed = {r["id"]: r for r in site.acl().run({"operation": "LIST", "endpoint_id": "shared"})["details"]["DATA"]}
+    assert listed[client_rule["access_id"]]["principal"] == "urn:aptk:subject:flows-client"
+    assert listed[group_rule["access_id"]]["principal"] == "urn:aptk:group:lab%20members"
+    found = [rules.Rule(r["id"], "", r["path"], r["principal_type"], r["principal"], r["permissions"], None, 0, 0)
+             for r in listed.values()]
+    assert rules.allowed(found, "/drop/x/", {"urn:aptk:subject:flows-client"}, "rw")
+    assert not rules.allowed(found, "/drop/x/", {"urn:aptk:subject:other-client"}, "r")
+    assert rules.allowed(found, "/pub/", {"urn:aptk:group:lab%20members"}, "r")
+    # A UUID written as an upper-case URN is stored as the UUID, so it matches the verifier's form.
+    upper = create(site, "/up/", "identity", f"URN:GLOBUS:AUTH:IDENTITY:{OTHER.upper()}", "r")
+    listed = {r["id"]: r for r in site.acl().run({"operation": "LIST", "endpoint_id": "shared"})["details"]["DATA"]}
+    assert listed[upper["access_id"]]["principal"] == OTHER
+
+
+@pytest.mark.parametrize(
+    ("principal_type", "principal", "expected"),
+    [
+        ("group", "urn:aptk:subject:flows-client", "is not a group"),
+        ("identity", "urn:aptk:group:lab", "is not a identity"),
+        ("identity", "urn:aptk:subject:two words", "percent-encode"),
+        ("identity", f"urn:globus:auth:identity:{OTHER}\n", "UUID"),
+    ],
+)
+def test_principals_that_can_never_match_are_refused(site, principal_type, principal, expected):
+    error = refused(site.acl(), {"operation": "CREATE", "endpoint_id": "shared", "path": "/x/",
+                                 "principal_type": principal_type, "principal": principal, "permissions": "r"})
+    assert error.status == 400 and expected in error.description, error.description
