@@ -130,7 +130,7 @@ def test_actions_of_a_killed_server_run_again_after_a_restart(start_server):
     logs = [[e["code"] for e in api.get(f"/{action_id}/log", params={"limit": 100}).json()["entries"]]
             for action_id in ids]
     assert logs == [["ActionStarted", "ActionRecovered", "ActionSucceeded"]] * len(ids)
-    assert api.get("/actions", params={"status": "ACTIVE,INACTIVE"}).json() == []
+    assert api.get("/actions", params={"status": "ACTIVE,INACTIVE"}).json()["actions"] == []
 
 
 def test_sigint_stops_the_server_with_exit_code_0_and_no_traceback(start_server):

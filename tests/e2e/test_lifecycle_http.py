@@ -50,8 +50,11 @@ def test_a_second_callers_action_starts_within_seconds_while_one_caller_runs_24_
     while True:
         now = states()
         shown = sorted(s.get("display_status", "") for s in now)
-        if shown.count("Queued") == 16 and shown.count("sleeping") == 8:
-            break  # 4 running per worker and caller (half of 8 threads), the rest queued
+        # At most 4 running per worker and caller (half of 8 threads), the rest queued. How many run depends on
+        # how gunicorn spread the 24 requests over its 2 workers: 4 if one worker took them all, 8 at most.
+        if shown.count("Queued") + shown.count("sleeping") == len(held):
+            assert 4 <= shown.count("sleeping") <= 8, shown
+            break
         assert time.monotonic() < deadline, shown
         time.sleep(0.2)
     queued = [s["action_id"] for s in now if s.get("display_status") == "Queued"]
