@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import threading
 import time
+import weakref
 from typing import Any, Iterable, Iterator, Protocol
 
 import sqlalchemy as sa
@@ -489,7 +490,9 @@ def _build_update(shape: list[tuple[str, str]], clears_completion: bool) -> Any:
     return actions.update().where(*conditions).values(**values)
 
 
-_created: set[tuple[int, int]] = set()
+# Engine -> the table collections already created in it; both held weakly, since ids are reused once an
+# object is collected and a new engine could otherwise be taken for one that already has its tables.
+_created: weakref.WeakKeyDictionary[sa.Engine, weakref.WeakSet[sa.MetaData]] = weakref.WeakKeyDictionary()
 _created_lock = threading.Lock()
 
 
@@ -499,11 +502,10 @@ def create_tables(engine: sa.Engine, tables: sa.MetaData, *, once: bool = True) 
     For providers keeping tables of their own beside the actions (``ctx.store.engine``); with ``once`` (the
     default) later calls for the same engine and tables return at once.
     """
-    key = (id(engine), id(tables))
-    if once and key in _created:
+    if once and tables in _created.get(engine, ()):
         return
     with _created_lock:
-        if once and key in _created:
+        if once and tables in _created.get(engine, ()):
             return
         for attempt in range(5):
             try:
@@ -515,4 +517,4 @@ def create_tables(engine: sa.Engine, tables: sa.MetaData, *, once: bool = True) 
                 if attempt == 4:
                     raise
                 time.sleep(0.05 * (attempt + 1))
-        _created.add(key)
+        _created.setdefault(engine, weakref.WeakSet()).add(tables)
