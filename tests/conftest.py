@@ -1,7 +1,16 @@
+import os
+
 import pytest
 
 # Servers the tests start on loopback, one of each per session: OAuth2 (oidc-provider), SFTP, S3, PostgreSQL.
-pytest_plugins = ["tests.oidc.fixture", "tests.servers.fixtures"]
+pytest_plugins = ["tests.oidc.fixture", "tests.servers.fixtures", "pytester"]
+
+
+@pytest.fixture(autouse=True)
+def _without_the_developers_settings(monkeypatch):
+    """In-process tests see only the APTK_* settings they set themselves, never the developer's own."""
+    for name in [name for name in os.environ if name.startswith("APTK_")]:
+        monkeypatch.delenv(name)
 
 
 class FakeClock:

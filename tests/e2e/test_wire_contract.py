@@ -1,4 +1,4 @@
-"""The wire contract of /hello, every status code, over real HTTP to `aptk serve` (see /work/shared/DESIGN.md).
+"""The wire contract of /hello, every status code, over real HTTP to `aptk serve` (the README's "The API").
 
 Every answer is also checked for `null` anywhere in its JSON (support.Api does it on each call).
 """

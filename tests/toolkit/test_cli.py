@@ -1,6 +1,9 @@
 """The aptk command: dev tokens and the signing key."""
 
+import os
 import stat
+import subprocess
+import sys
 import uuid
 
 import jwt
@@ -72,3 +75,25 @@ def test_token_without_a_key_says_how_to_get_one(tmp_path):
 def test_token_rejects_bad_arguments(data_dir, args):
     result = CliRunner().invoke(main, ["token", "--data-dir", str(data_dir), *args])
     assert result.exit_code == 2
+
+
+def test_token_does_not_import_the_web_stack(data_dir):
+    """`aptk token` runs on a laptop or in a flow's shell step: it must stay quick and not load the web stack.
+
+    With ``--scope`` given; the default (every bundled provider's scope) imports the providers, and with them
+    the store's SQLAlchemy.
+    """
+    probe = (
+        "import sys\n"
+        "from toolkit.cli import main\n"
+        f"main(['token', '--data-dir', {str(data_dir)!r}, '--identity', {str(uuid.uuid4())!r},"
+        " '--scope', 'urn:s'],"
+        " standalone_mode=False)\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'werkzeug', 'sqlalchemy'))\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APTK_")}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(".") == 2  # the token itself was printed
+    assert "HEAVY []" in result.stderr, result.stderr

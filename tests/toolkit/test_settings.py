@@ -149,3 +149,16 @@ def test_a_read_only_directory_stops_start_up(tmp_path):
             Toolkit(app_with(tmp_path, APTK_DATABASE_URL=f"sqlite:///{locked / 'aptk.db'}"))
     finally:
         locked.chmod(0o700)
+
+
+def test_in_process_tests_do_not_see_the_developers_own_settings(pytester, monkeypatch):
+    """The suite's autouse fixture hides an APTK_* variable exported in the shell that runs pytest."""
+    pytester.makeconftest("from tests.conftest import _without_the_developers_settings  # noqa: F401\n")
+    pytester.makepyfile(
+        "import os\n"
+        "def test_sees_nothing():\n"
+        "    assert 'APTK_AUTH_AUDIENCE' not in os.environ\n"
+    )
+    monkeypatch.setenv("APTK_AUTH_AUDIENCE", "the-developers-own")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
