@@ -26,7 +26,7 @@ from .documents import (
     Status,
 )
 from .errors import ApiError, BadActionRequest, InsufficientScope, RequestTooLarge
-from .errors import STORAGE_FULL_RETRY_SECONDS, ServiceUnavailable, storage_full
+from .errors import STORAGE_FULL_RETRY_SECONDS, ServiceUnavailable, framework_error, storage_full
 from .extension import ToolkitState, get_toolkit
 from .settings import setting
 from .store import ROLES
@@ -71,9 +71,8 @@ def handle_http_exception(exc: HTTPException) -> Response | HTTPException:
     prefixes = current_app.extensions.get("aptk_prefixes", ())
     if request.blueprint is None and not any(_under(request.path, p) for p in prefixes):
         return exc
-    code = {400: "BadActionRequest", 404: "NotFound", 405: "MethodNotAllowed", 413: "RequestTooLarge"}.get(
-        exc.code or 500, exc.name.replace(" ", "")
-    )
+    error_class = framework_error(exc.code or 500)
+    code = error_class.code if error_class is not None else exc.name.replace(" ", "")
     response = jsonify({"code": code, "description": exc.description or exc.name})
     response.status_code = exc.code or 500
     if exc.code == 405 and exc.valid_methods:

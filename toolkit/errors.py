@@ -34,6 +34,8 @@ class ApiError(ToolkitError):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "InternalServerError"
     default_description: ClassVar[str] = "The server could not complete the request."
+    summary: ClassVar[str] = "The server could not complete the request"
+    """What the status means on this API, for the OpenAPI document's responses."""
 
     max_description: ClassVar[int] = 2000
     """A longer description is cut (values in it are cut shorter still, see :func:`toolkit.documents.shown`)."""
@@ -58,11 +60,13 @@ class BadActionRequest(ApiError):
     status = 400
     code = "BadActionRequest"
     default_description = "The request is malformed or invalid."
+    summary = "Malformed or invalid request"
 
 
 class UnauthorizedRequest(ApiError):
     status = 401
     code = "UnauthorizedRequest"
+    summary = "Missing, invalid or expired token, or a token without this provider's scope"
     default_description = "A valid bearer token is required."
 
     def __init__(self, description: str | None = None, *, error: str | None = "invalid_token") -> None:
@@ -85,6 +89,7 @@ def _header_safe(text: str) -> str:
 class ForbiddenRequest(ApiError):
     status = 403
     code = "ForbiddenRequest"
+    summary = "Authenticated, but not allowed"
     default_description = "You are not allowed to do this."
 
 
@@ -106,24 +111,46 @@ class ActionNotFound(ApiError):
     status = 404
     code = "ActionNotFound"
     default_description = "No such action."
+    summary = "Unknown or released action"
+
+
+class RouteNotFound(ApiError):
+    """No route at this path under a provider's prefix (the web framework's own 404)."""
+
+    status = 404
+    code = "NotFound"
+    default_description = "No such path."
+    summary = "No such path"
+
+
+class MethodNotAllowed(ApiError):
+    """A route that does not take this method (the web framework's own 405)."""
+
+    status = 405
+    code = "MethodNotAllowed"
+    default_description = "The method is not allowed for this path."
+    summary = "The method is not allowed for this path"
 
 
 class ActionConflict(ApiError):
     status = 409
     code = "ActionConflict"
     default_description = "The request conflicts with the state of the action."
+    summary = "Conflict with the action's state or an earlier request"
 
 
 class RequestTooLarge(ApiError):
     status = 413
     code = "RequestTooLarge"
     default_description = "The request body is too large."
+    summary = "The request body is larger than the provider accepts"
 
 
 class ServiceUnavailable(ApiError):
     status = 503
     code = "ServiceUnavailable"
     default_description = "A service this provider depends on is unavailable; try again later."
+    summary = "A service the provider depends on (its database) is unavailable; retry after Retry-After seconds"
 
     def __init__(self, description: str | None = None, *, code: str | None = None, retry_after: int = 5) -> None:
         super().__init__(description, code=code)
@@ -131,6 +158,18 @@ class ServiceUnavailable(ApiError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+# The classes that answer the web framework's own errors (malformed request, unknown path, wrong method, body
+# too large) under a provider's prefix: their code on the wire is the class's.
+_FRAMEWORK_ERRORS: dict[int, type[ApiError]] = {
+    cls.status: cls for cls in (BadActionRequest, RouteNotFound, MethodNotAllowed, RequestTooLarge)
+}
+
+
+def framework_error(status: int) -> type[ApiError] | None:
+    """The error class whose code answers the web framework's own error of this HTTP status, if any."""
+    return _FRAMEWORK_ERRORS.get(status)
 
 
 STORAGE_FULL_RETRY_SECONDS = 60

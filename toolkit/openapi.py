@@ -22,6 +22,16 @@ from .documents import (
     ProviderDescriptionSchema,
     Status,
 )
+from .errors import (
+    ActionConflict,
+    ActionNotFound,
+    ApiError,
+    BadActionRequest,
+    ForbiddenRequest,
+    RequestTooLarge,
+    ServiceUnavailable,
+    UnauthorizedRequest,
+)
 from .store import ROLES
 
 if TYPE_CHECKING:
@@ -76,15 +86,9 @@ def _json(ref: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
-    text = {
-        400: "Malformed or invalid request",
-        401: "Missing, invalid or expired token, or a token without this provider's scope",
-        403: "Authenticated, but not allowed",
-        404: "Unknown or released action",
-        409: "Conflict with the action's state or an earlier request",
-    }
-    return {str(s): {"description": text[s], "content": _json("Error")} for s in statuses}
+def _errors(*errors: type[ApiError]) -> dict[str, Any]:
+    """The error responses of an operation, each described by the exception class that answers it."""
+    return {str(e.status): {"description": e.summary, "content": _json("Error")} for e in errors}
 
 
 def openapi_document(provider: "ActionProvider", prefix: str) -> dict[str, Any]:
@@ -138,25 +142,28 @@ def openapi_document(provider: "ActionProvider", prefix: str) -> dict[str, Any]:
         {
             "202": {"description": "A new action", "content": _json("ActionStatus")},
             "200": {"description": "The action of an earlier request with this request_id", "content": _json("ActionStatus")},
-            **_errors(400, 401, 403, 409),
+            **_errors(BadActionRequest, UnauthorizedRequest, ForbiddenRequest, ActionConflict, RequestTooLarge,
+                      ServiceUnavailable),
         },
         path_id=False,
         requestBody={"required": True, "content": _json("ActionRequest")},
     )
-    status = op("An action's status", {"200": status_ok, **_errors(400, 401, 403, 404)})
-    cancel = op("Cancel an action", {"200": status_ok, **_errors(400, 401, 403, 404, 409)})
-    release = op("Release a completed action", {"200": status_ok, **_errors(400, 401, 403, 404, 409)})
-    resume = op("Resume an INACTIVE action", {"200": status_ok, **_errors(400, 401, 403, 404, 409)})
+    reading = (BadActionRequest, UnauthorizedRequest, ForbiddenRequest, ActionNotFound, ServiceUnavailable)
+    changing = (*reading, ActionConflict, RequestTooLarge)
+    status = op("An action's status", {"200": status_ok, **_errors(*reading)})
+    cancel = op("Cancel an action", {"200": status_ok, **_errors(*changing)})
+    release = op("Release a completed action", {"200": status_ok, **_errors(*changing)})
+    resume = op("Resume an INACTIVE action", {"200": status_ok, **_errors(*changing)})
     log_params = [
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
         {"name": "marker", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
     ]
     log = op("An action's log", {"200": {"description": "A page of log entries", "content": _json("LogPage")},
-                                 **_errors(400, 401, 403, 404)}, parameters=log_params)
+                                 **_errors(*reading)}, parameters=log_params)
     enumerate_ = op(
         "The caller's actions",
         {"200": {"description": "A page of matching actions, oldest first", "content": _json("ActionPage")},
-         **_errors(400, 401)},
+         **_errors(BadActionRequest, UnauthorizedRequest, ServiceUnavailable)},
         path_id=False,
         parameters=[
             {"name": "limit", "in": "query",
@@ -173,7 +180,7 @@ def openapi_document(provider: "ActionProvider", prefix: str) -> dict[str, Any]:
     introspect = op(
         "Describe this provider",
         {"200": {"description": "The provider description", "content": _json("ProviderDescription")},
-         **({} if public == [] else _errors(401, 403))},
+         **({} if public == [] else _errors(UnauthorizedRequest, ForbiddenRequest))},
         path_id=False,
         security=public,
     )

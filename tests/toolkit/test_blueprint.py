@@ -351,6 +351,25 @@ class TestActions:
         unknown = http.get("/provider/a/b/c", headers=auth)
         assert (unknown.status_code, unknown.json["code"]) == (404, "NotFound")
 
+    def test_every_error_status_a_route_answers_is_documented_by_its_class(self, client):
+        """The code on the wire and the OpenAPI document's response both come from the exception class."""
+        from toolkit.errors import RequestTooLarge, ServiceUnavailable
+
+        http, auth = raw(client)
+        too_large = http.post("/provider/run", data=b"{" + b" " * (10 * 1024 * 1024 + 1) + b"}",
+                              headers={**auth, "Content-Type": "application/json"})
+        assert (too_large.status_code, too_large.json["code"]) == (RequestTooLarge.status, RequestTooLarge.code)
+        spec = http.get("/provider/openapi.json").json
+        run = spec["paths"]["/run"]["post"]["responses"]
+        for error in (RequestTooLarge, ServiceUnavailable):
+            assert run[str(error.status)]["description"] == error.summary
+        for path, operations in spec["paths"].items():
+            for method, operation in operations.items():
+                if path != "/":  # every route but the description reads the store
+                    assert "503" in operation["responses"], (method, path)
+                if method in ("post", "delete"):
+                    assert "413" in operation["responses"], (method, path)
+
     def test_concurrent_identical_runs_create_one_action(self, tmp_path):
         client = provider_client(make_provider(), tmp_path)
         http, auth = raw(client)
