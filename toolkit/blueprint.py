@@ -27,7 +27,7 @@ from .documents import (
 )
 from .errors import ApiError, BadActionRequest, InsufficientScope, RequestTooLarge
 from .errors import STORAGE_FULL_RETRY_SECONDS, ServiceUnavailable, framework_error, storage_full
-from .extension import ToolkitState, get_toolkit
+from .extension import ToolkitState, find_toolkit, get_toolkit
 from .settings import setting
 from .store import ROLES
 
@@ -68,7 +68,8 @@ def handle_http_exception(exc: HTTPException) -> Response | HTTPException:
     Registered on the app, since routing errors never reach a blueprint; other paths of the app keep
     Flask's default pages.
     """
-    prefixes = current_app.extensions.get("aptk_prefixes", ())
+    state = find_toolkit(current_app)
+    prefixes = state.prefixes if state is not None else ()
     if request.blueprint is None and not any(_under(request.path, p) for p in prefixes):
         return exc
     error_class = framework_error(exc.code or 500)
@@ -209,14 +210,15 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
 
     @bp.record
     def _register(state) -> None:
-        get_toolkit(state.app).runtime.register(provider)
-        prefixes = state.app.extensions.setdefault("aptk_prefixes", [])
+        toolkit_state = get_toolkit(state.app)
+        toolkit_state.runtime.register(provider)
+        prefixes = toolkit_state.prefixes
         if not prefixes:
             state.app.register_error_handler(HTTPException, handle_http_exception)
         prefixes.append(state.url_prefix or "/")
 
     def toolkit() -> ToolkitState:
-        return current_app.extensions["aptk"]
+        return get_toolkit(current_app)
 
     def authenticate() -> Identity:
         """The caller; 401 (RFC 6750) without a valid token, 403 ``insufficient_scope`` without the scope."""

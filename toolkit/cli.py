@@ -105,6 +105,7 @@ def serve(host: str, port: int, workers: int, threads: int, data_dir: Path, conf
 
     The client secret is read from APTK_AUTH_CLIENT_SECRET (or the --config file), never from the command line.
     """
+    from .extension import get_toolkit
     from .server import create_app, private_umask, serve as run_server
 
     private_umask()  # everything this server creates in the data directory is the user's alone
@@ -123,7 +124,7 @@ def serve(host: str, port: int, workers: int, threads: int, data_dir: Path, conf
         except OSError as exc:
             raise ConfigurationError(f"cannot write the dev signing key in {data_dir}: {exc.strerror or exc}") from None
         app = create_app(config)
-        _open_database(app.extensions["aptk"].runtime.store)
+        _open_database(get_toolkit(app).runtime.store)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"aptk: data in {data_dir}; providers at http://{host}:{port}/", err=True)

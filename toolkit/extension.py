@@ -56,6 +56,8 @@ class ToolkitState:
     data_dir: Path
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     """The largest request body the toolkit's routes read (``APTK_MAX_BODY_BYTES``); a larger one is a 413."""
+    prefixes: list[str] = dataclasses.field(default_factory=list)
+    """The URL prefixes providers are mounted at; the web framework's own errors under them are answered as JSON."""
 
 
 class Toolkit:
@@ -171,7 +173,12 @@ def keep_private(data_dir: Path, create: tuple[str, ...] = ()) -> None:
 
 def get_toolkit(app: Flask) -> ToolkitState:
     """The app's toolkit state, set up from ``app.config`` if the app has none yet."""
-    state = app.extensions.get(EXTENSION)
+    state = find_toolkit(app)
     if state is None:
         state = Toolkit().init_app(app)
     return state
+
+
+def find_toolkit(app: Flask) -> ToolkitState | None:
+    """The app's toolkit state if it has one; unlike :func:`get_toolkit`, never sets one up."""
+    return app.extensions.get(EXTENSION)

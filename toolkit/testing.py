@@ -30,6 +30,7 @@ from requests.structures import CaseInsensitiveDict
 
 from .auth import DevTokenVerifier, mint_dev_token
 from .client import COMPLETED, ActionProviderClient
+from .extension import find_toolkit, get_toolkit
 from .provider import ActionProvider
 from .server import create_app
 
@@ -124,7 +125,7 @@ class TestClient(ActionProviderClient):
         """Another client on the same app, for another caller (needs the authority)."""
         if self.authority is None:
             raise ValueError("this client has no TokenAuthority to mint tokens with")
-        token_options.setdefault("scopes", [p.globus_auth_scope for p in self.app.extensions["aptk"].runtime.providers.values()])
+        token_options.setdefault("scopes", [p.globus_auth_scope for p in get_toolkit(self.app).runtime.providers.values()])
         return TestClient(self.app, self.url.removeprefix("http://testserver"),
                           self.authority.token(identity, **token_options), self.authority)
 
@@ -173,7 +174,7 @@ def close_app(app: Flask, *, grace: float = 0.0, timeout: float = 10.0) -> None:
     Running callbacks get ``grace`` seconds, are then told to stop (as at a server's shutdown), and the store's
     connections are closed. Safe to call twice.
     """
-    state = app.extensions.get("aptk")
+    state = find_toolkit(app)
     if state is None:
         return
     runtime = state.runtime

@@ -19,7 +19,7 @@ import uuid
 import pytest
 from werkzeug.serving import make_server
 
-from toolkit import ActionInactive, ActionProvider
+from toolkit import ActionInactive, ActionProvider, get_toolkit
 from toolkit.server import create_app
 from toolkit.testing import TokenAuthority
 
@@ -178,7 +178,7 @@ def paused_with_a_resolution(tmp_path_factory):
     finally:
         server.shutdown()
         thread.join(10)
-        app.extensions["aptk"].runtime.stop()
+        get_toolkit(app).runtime.stop()
 
 
 def test_inactive_shows_its_resolution_url_and_required_scope(paused_with_a_resolution):

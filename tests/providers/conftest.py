@@ -13,6 +13,7 @@ import pytest
 
 from providers.acl import provider as acl_provider
 from providers.transfer import provider as transfer_provider
+from toolkit import get_toolkit
 from toolkit.server import create_app
 from toolkit.testing import TestClient, TokenAuthority
 
@@ -42,7 +43,7 @@ class Site:
         return self.client(identity, "/acl", **kw)
 
     def stop(self) -> None:
-        self.app.extensions["aptk"].runtime.stop()
+        get_toolkit(self.app).runtime.stop()
 
 
 def local_collection(name: str, root: Path, *, shared: bool = False, owners=(OWNER,)) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from providers import bundled
+from toolkit import get_toolkit
 from toolkit.server import create_app
 from toolkit.testing import TokenAuthority
 
@@ -34,7 +35,7 @@ def make_app(tmp_path_factory):
 def app(tmp_path_factory):
     app = make_app(tmp_path_factory)
     yield app
-    app.extensions["aptk"].runtime.stop()  # wake callbacks the fuzzer left sleeping
+    get_toolkit(app).runtime.stop()  # wake callbacks the fuzzer left sleeping
 
 
 @pytest.mark.parametrize("prefix", [prefix for prefix, _ in PROVIDERS])
@@ -68,7 +69,7 @@ FUZZED_APP = create_app({"APTK_DATA_DIR": tempfile.mkdtemp(prefix="aptk-fuzz-")}
 @pytest.fixture(scope="module", autouse=True)
 def stop_fuzzed_app():
     yield
-    FUZZED_APP.extensions["aptk"].runtime.stop()  # wake callbacks the fuzzer left sleeping
+    get_toolkit(FUZZED_APP).runtime.stop()  # wake callbacks the fuzzer left sleeping
 
 
 def fuzz_test(prefix):

@@ -16,6 +16,7 @@ import pytest
 
 from providers.transfer import storage as storage_module
 from providers.transfer.collections import INBOX_ID, PROJECT_ID
+from toolkit import get_toolkit
 from toolkit.client import ClientError
 
 from .conftest import OWNER, USER, body, items, local_collection, make_tree, tree, wait_for
@@ -460,7 +461,7 @@ def test_default_collections_inbox_and_project(tmp_path, monkeypatch):
         assert owner.run(body("inbox", "project", ("/hello.txt", "/hello.txt")), wait=True)["status"] == "SUCCEEDED"
         assert (tmp_path / "collections" / "project" / "hello.txt").read_bytes() == b"hello"
     finally:
-        app.extensions["aptk"].runtime.stop()
+        get_toolkit(app).runtime.stop()
 
 
 @pytest.mark.parametrize("anonymous", [True, False], ids=["O_TMPFILE", "named-temporary"])

@@ -152,8 +152,8 @@ def test_one_toolkit_instance_sets_up_independent_apps(tmp_path):
     first.config["APTK_DATA_DIR"], second.config["APTK_DATA_DIR"] = str(tmp_path / "a"), str(tmp_path / "b")
     toolkit.init_app(first)
     toolkit.init_app(second)
-    assert first.extensions["aptk"].runtime is not second.extensions["aptk"].runtime
-    assert first.extensions["aptk"].data_dir != second.extensions["aptk"].data_dir
+    assert get_toolkit(first).runtime is not get_toolkit(second).runtime
+    assert get_toolkit(first).data_dir != get_toolkit(second).data_dir
 
 
 def test_a_graceful_stop_lets_short_callbacks_finish(tmp_path):
@@ -161,7 +161,7 @@ def test_a_graceful_stop_lets_short_callbacks_finish(tmp_path):
     client = provider_client(provider, tmp_path)
     action = client.run({})["action_id"]
     time.sleep(0.1)
-    runtime = client.app.extensions["aptk"].runtime
+    runtime = get_toolkit(client.app).runtime
     runtime.stop(grace=5)
     status = runtime.store.get(action)
     assert (status.status.value, status.details) == ("SUCCEEDED", {"done": True})

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from toolkit import Action, ActionConflict, ActionInactive, ActionProvider, Status
+from toolkit import Action, ActionConflict, ActionInactive, ActionProvider, Status, get_toolkit
 from toolkit.client import ClientError
 from toolkit.testing import provider_client
 
@@ -162,7 +162,7 @@ def test_deadline_is_enforced_by_the_sweep_without_any_request(gate, tmp_path, c
     action = client.run({"pause": True}, deadline=iso(clock.now + 60))["action_id"]
     gate.go.set()
     client.wait(action, until=["INACTIVE"], timeout=5)
-    runtime = client.app.extensions["aptk"].runtime
+    runtime = get_toolkit(client.app).runtime
     clock.advance(61)
     runtime.sweep()
     assert runtime.store.get(action).status is Status.FAILED
@@ -174,7 +174,7 @@ def test_completed_actions_disappear_after_release_after(tmp_path, clock):
     client = provider_client(gate.provider, tmp_path, clock=clock)
     short = client.run({}, release_after="PT1H")["action_id"]
     default = client.run({})["action_id"]
-    runtime = client.app.extensions["aptk"].runtime
+    runtime = get_toolkit(client.app).runtime
     clock.advance(3601)
     with pytest.raises(ClientError) as caught:
         client.status(short)
@@ -189,7 +189,7 @@ def test_completed_actions_disappear_after_release_after(tmp_path, clock):
 
 def orphan(client, clock, provider, attempts=1) -> str:
     """An ACTIVE action whose process died long ago (its heartbeat stopped)."""
-    runtime = client.app.extensions["aptk"].runtime
+    runtime = get_toolkit(client.app).runtime
     runtime.start()
     action = Action(
         action_id=uuid.uuid4().hex, provider=provider.name, request_id=f"r{attempts}", request_hash="h",
@@ -212,7 +212,7 @@ def test_action_of_a_dead_process_is_run_again_when_the_provider_says_rerun(tmp_
     quick = Quick(recovery="rerun", max_attempts=3)
     client = provider_client(quick.provider, tmp_path, clock=clock)
     action = orphan(client, clock, quick.provider)
-    client.app.extensions["aptk"].runtime.sweep()
+    get_toolkit(client.app).runtime.sweep()
     final = client.wait(action, timeout=5)
     assert (final["status"], final["details"]) == ("SUCCEEDED", {"attempt": 2})
     assert "ActionRecovered" in [e["code"] for e in client.log(action, limit=20)["entries"]]
@@ -222,7 +222,7 @@ def test_action_of_a_dead_process_fails_with_worker_lost_by_default(tmp_path, cl
     quick = Quick()
     client = provider_client(quick.provider, tmp_path, clock=clock)
     action = orphan(client, clock, quick.provider)
-    client.app.extensions["aptk"].runtime.sweep()
+    get_toolkit(client.app).runtime.sweep()
     final = client.status(action)
     assert (final["status"], final["details"]["code"]) == ("FAILED", "WorkerLost")
 
@@ -231,7 +231,7 @@ def test_rerun_stops_after_max_attempts(tmp_path, clock):
     quick = Quick(recovery="rerun", max_attempts=2)
     client = provider_client(quick.provider, tmp_path, clock=clock)
     action = orphan(client, clock, quick.provider, attempts=2)
-    client.app.extensions["aptk"].runtime.sweep()
+    get_toolkit(client.app).runtime.sweep()
     assert client.status(action)["details"]["code"] == "WorkerLost"
 
 
@@ -239,7 +239,7 @@ def test_live_actions_are_not_taken_over(gate, tmp_path, clock):
     client = provider_client(gate.provider, tmp_path, clock=clock)
     action = client.run({})["action_id"]
     assert gate.started.wait(5)
-    runtime = client.app.extensions["aptk"].runtime
+    runtime = get_toolkit(client.app).runtime
     clock.advance(runtime.lease_seconds / 2)
     runtime.sweep()
     assert client.status(action)["status"] == "ACTIVE"
@@ -332,7 +332,7 @@ def test_queued_actions_are_heartbeated_and_taken_up_when_their_process_dies(tmp
     monkeypatch.setenv("APTK_MAX_RUNNING_PER_IDENTITY", "1")
     hog = Hog()
     alice = provider_client(hog.provider, tmp_path, clock=clock)
-    runtime = alice.app.extensions["aptk"].runtime
+    runtime = get_toolkit(alice.app).runtime
     first, waiting = (alice.run({"hold": True})["action_id"] for _ in range(2))
     wait_for(lambda: alice.status(waiting).get("display_status") == "Queued")
     clock.advance(runtime.lease_seconds - 1)
@@ -342,7 +342,7 @@ def test_queued_actions_are_heartbeated_and_taken_up_when_their_process_dies(tmp
     runtime.stop()
     runtime.store.heartbeat(runtime.runner_id, clock.now, [first, waiting])
     other = provider_client(hog.provider, tmp_path, clock=clock)
-    other_runtime = other.app.extensions["aptk"].runtime
+    other_runtime = get_toolkit(other.app).runtime
     other_runtime.start()
     clock.advance(runtime.lease_seconds + 1)
     other_runtime.sweep()

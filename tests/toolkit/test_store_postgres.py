@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from providers.hello import provider as hello
-from toolkit import SQLStore, Status
+from toolkit import SQLStore, Status, get_toolkit
 from toolkit.client import ClientError
 from toolkit.testing import TestClient, provider_app
 
@@ -29,8 +29,8 @@ def host(database, tmp_path):
 
     yield make
     for app in apps:
-        app.extensions["aptk"].runtime.stop()
-        app.extensions["aptk"].runtime.store.dispose()
+        get_toolkit(app).runtime.stop()
+        get_toolkit(app).runtime.store.dispose()
 
 
 def client_for(app, authority, identity=None):
@@ -93,7 +93,7 @@ def test_a_run_on_one_host_is_cancelled_through_another(host):
     other = client_for(*second, identity)
     assert other.cancel(action)["status"] == "FAILED"
     # The first host's running callback notices within a maintenance tick and stops.
-    runtime = first[0].extensions["aptk"].runtime
+    runtime = get_toolkit(first[0]).runtime
     for _ in range(100):
         if action not in runtime._running:
             break
@@ -106,9 +106,9 @@ def test_expired_actions_are_purged(host, clock):
     client = client_for(app, authority)
     action = client.run({"echo_string": "x"}, release_after="PT1M", wait=True)["action_id"]
     clock.advance(61)
-    app.extensions["aptk"].runtime.sweep()
-    assert app.extensions["aptk"].runtime.store.get(action) is None
-    assert app.extensions["aptk"].runtime.store.find(statuses=list(Status), providers=["hello"]) == []
+    get_toolkit(app).runtime.sweep()
+    assert get_toolkit(app).runtime.store.get(action) is None
+    assert get_toolkit(app).runtime.store.find(statuses=list(Status), providers=["hello"]) == []
 
 
 def test_pages_retries_and_ended_logs_on_postgresql(host):
@@ -129,7 +129,7 @@ def test_pages_retries_and_ended_logs_on_postgresql(host):
     time.sleep(1.2)
     assert client.run({"echo_string": "late"}, request_id="late", deadline=soon)["action_id"] == first
 
-    store = app.extensions["aptk"].runtime.store
+    store = get_toolkit(app).runtime.store
     assert not store.append_log(first, time.time(), "Log", "too late", where={"status": Status.ACTIVE})
     assert store.append_log(first, time.time(), "Log", "noted")
     assert [e.description for e in store.log_page(first, 0, 10)][-1] == "noted"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from providers.hello import provider as hello
-from toolkit import ConfigurationError
+from toolkit import ConfigurationError, get_toolkit
 from toolkit.testing import close_app, provider_app, provider_client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +70,7 @@ def test_settings_reach_the_app(tmp_path):
                                                    "APTK_EXECUTOR_THREADS": 3}) as client:
         assert client.introspect()["admin_contact"] == "ops@example.org"
         assert client.app.config["APTK_EXECUTOR_THREADS"] == 3
-        assert client.app.extensions["aptk"].runtime.executor.max_workers == 3
+        assert get_toolkit(client.app).runtime.executor.max_workers == 3
 
 
 def test_a_misspelt_setting_is_refused(tmp_path):
