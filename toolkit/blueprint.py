@@ -15,7 +15,7 @@ import re
 from typing import TYPE_CHECKING, Any, Callable
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed as WrongMethod
 
 from .auth import DevTokenVerifier, Identity, bearer_token
 from .authorization import require_visible
@@ -76,7 +76,7 @@ def handle_http_exception(exc: HTTPException) -> Response | HTTPException:
     code = error_class.code if error_class is not None else exc.name.replace(" ", "")
     response = jsonify({"code": code, "description": exc.description or exc.name})
     response.status_code = exc.code or 500
-    if exc.code == 405 and exc.valid_methods:
+    if isinstance(exc, WrongMethod) and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
     return api_headers(response)
 
@@ -89,7 +89,7 @@ def _under(path: str, prefix: str) -> bool:
 _storage_full_logged = [0.0]
 
 
-def handle_unexpected(exc: Exception) -> Response:
+def handle_unexpected(exc: Exception) -> Response | HTTPException:
     if isinstance(exc, HTTPException):
         return handle_http_exception(exc)
     if storage_full(exc):

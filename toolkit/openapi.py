@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import copy
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
 
 from apispec import APISpec
-from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow import MarshmallowPlugin, OpenAPIConverter
 from marshmallow import Schema
 
 from .documents import (
@@ -42,14 +42,21 @@ _BODY = "#/components/schemas/ActionBody"
 
 
 def _plugin() -> MarshmallowPlugin:
-    plugin = MarshmallowPlugin(schema_name_resolver=lambda schema: None)
+    # A resolver answering None inlines nested schemas (apispec's documented use; its annotation says str).
+    plugin = MarshmallowPlugin(schema_name_resolver=cast(Callable[[type[Schema]], str], lambda schema: None))
     APISpec("schemas", "1", OPENAPI_VERSION, plugins=[plugin])
     return plugin
 
 
+def _converter() -> OpenAPIConverter:
+    converter = _plugin().converter
+    assert converter is not None  # set up by APISpec
+    return converter
+
+
 def marshmallow_to_json_schema(schema: Schema) -> dict[str, Any]:
     """The JSON Schema of a marshmallow schema (nested schemas inlined), as shown by introspection."""
-    return _plugin().converter.schema2jsonschema(schema)
+    return _converter().schema2jsonschema(schema)
 
 
 def _rebase_refs(node: Any, base: str) -> Any:
@@ -66,7 +73,7 @@ def _rebase_refs(node: Any, base: str) -> Any:
 
 @lru_cache(maxsize=1)
 def _document_schemas() -> dict[str, dict[str, Any]]:
-    convert = _plugin().converter.schema2jsonschema
+    convert = _converter().schema2jsonschema
     return {
         "ActionStatus": convert(ActionStatusSchema()),
         "ProviderDescription": convert(ProviderDescriptionSchema()),
@@ -126,7 +133,7 @@ def openapi_document(provider: "ActionProvider", prefix: str) -> dict[str, Any]:
 
     action_id = {"name": "action_id", "in": "path", "required": True, "schema": {"type": "string"}}
     status_ok = {"description": "The action's status", "content": _json("ActionStatus")}
-    secured = [{"bearer": []}]
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
     public = [] if set(provider.visible_to) == {"public"} else secured
 
     def op(summary: str, responses: dict[str, Any], *, path_id: bool = True, security=secured,

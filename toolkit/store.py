@@ -286,6 +286,7 @@ class SQLStore:
                 conn.execute(_INSERT_LOG, _log_row(action_id, log))
             if not returning:
                 row = conn.execute(sa.select(actions).where(actions.c.action_id == action_id)).first()
+        assert row is not None  # updated above, in the same transaction
         return self._action(row)
 
     def _update_statement(self, where: dict[str, Any], changes: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -437,7 +438,7 @@ class SQLStore:
             expired = conn.execute(
                 sa.select(actions.c.action_id).where(actions.c.expires_at <= now).limit(500)
             ).scalars().all()
-        return self._delete_ids(expired, now) if expired else 0
+        return self._delete_ids(list(expired), now) if expired else 0
 
     def _delete_ids(self, ids: list[str], now: float) -> int:
         """Delete these expired actions with their roles and log."""

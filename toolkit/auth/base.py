@@ -78,7 +78,7 @@ def bearer_token(authorization: str | None) -> str:
     token = token.strip()
     if scheme.lower() != "bearer":
         raise UnauthorizedRequest(
-            f"The Authorization header uses another scheme; expected 'Bearer <token>'.", error=None
+            "The Authorization header uses another scheme; expected 'Bearer <token>'.", error=None
         )
     if not token or " " in token:
         raise UnauthorizedRequest(

@@ -111,6 +111,7 @@ class DevTokenVerifier:
         if cached is not None:
             return cached
         identity = self._verify(token)
+        assert identity.expires_at is not None  # "exp" is a required claim
         self._cache.put(token, identity, identity.expires_at + self._leeway)
         return identity
 

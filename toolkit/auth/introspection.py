@@ -89,7 +89,9 @@ class IntrospectionVerifier:
     def _introspection_endpoint(self) -> str:
         with self._lock:
             if self._endpoint is None:
-                metadata = self._breaker.call(lambda: discover(self._session, self.issuer, timeout=self.timeout))
+                issuer = self.issuer
+                assert issuer is not None  # without an endpoint, __init__ demands an issuer
+                metadata = self._breaker.call(lambda: discover(self._session, issuer, timeout=self.timeout))
                 self._endpoint = metadata.get("introspection_endpoint")
                 if not self._endpoint:
                     raise ConfigurationError(f"{self.issuer} publishes no introspection_endpoint")
