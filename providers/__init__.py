@@ -12,6 +12,7 @@ def bundled() -> list[tuple[str, "ActionProvider"]]:
     """Every bundled provider with the URL prefix ``aptk serve`` mounts it at."""
     from .acl import provider as acl
     from .hello import provider as hello
+    from .notify import provider as notify
     from .transfer import provider as transfer
 
-    return [("/hello", hello), ("/transfer", transfer), ("/acl", acl)]
+    return [("/hello", hello), ("/transfer", transfer), ("/acl", acl), ("/notify", notify)]

@@ -72,6 +72,7 @@ KNOWN_SETTINGS: set[str] = {
     "APTK_TRANSFER_THREADS",
     "APTK_TRANSFER_CHUNK_BYTES",
     "APTK_TRANSFER_MAX_BYTES_PER_SECOND",
+    *("APTK_SMTP_URL", "APTK_SMTP_USERNAME", "APTK_SMTP_PASSWORD", "APTK_SMTP_CA_FILE", "APTK_SMTP_TIMEOUT", "APTK_NOTIFY_SENDER", "APTK_NOTIFY_SENDER_DOMAINS", "APTK_NOTIFY_MAX_BODY_BYTES"),  # providers.notify
 }
 """Every ``APTK_*`` name the toolkit and the bundled providers read. A provider of its own adds its names with
 :func:`register_settings` (or ``ActionProvider(settings=[...])``); any other ``APTK_*`` name in the environment or

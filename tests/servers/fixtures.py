@@ -13,6 +13,8 @@ Session scope:
 - ``sftp_server_no_chroot`` -> the same, not chrooted (real paths)
 - ``s3_server`` -> :class:`tests.servers.s3.S3ServerInfo`
 
+Function scope: ``smtp_servers(auth=..., tls=..., replies=...)`` -> :class:`tests.servers.smtp.SMTPServer`.
+
 Function scope, a fresh empty place per test, removed afterwards:
 
 - ``sftp_location`` / ``sftp_location_no_chroot`` / ``s3_location`` ->
@@ -169,4 +171,28 @@ def postgres_server():
     try:
         yield server
     finally:
+        server.stop()
+
+
+@pytest.fixture
+def smtp_servers():
+    """``smtp_servers(auth=None, tls=None, replies=None)`` -> :class:`tests.servers.smtp.SMTPServer`, a real
+    aiosmtpd server on loopback (AUTH, STARTTLS or SMTPS with a throwaway certificate, scripted 4xx/5xx replies to
+    DATA), stopped after the test."""
+    pytest.importorskip("aiosmtpd")
+    import warnings
+
+    from .smtp import SMTPServer
+
+    started: list[SMTPServer] = []
+
+    def start(**kw: Any) -> SMTPServer:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = SMTPServer(**kw)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
         server.stop()

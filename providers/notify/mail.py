@@ -1,0 +1,314 @@
+"""Building and sending the notification email: settings, validation, rendering, SMTP with retries."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import html.parser
+import json
+import smtplib
+import socket
+import ssl
+import string
+import time
+import urllib.parse
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import formatdate, getaddresses, make_msgid
+from typing import Any, Mapping
+
+from toolkit import ActionFailed, BadActionRequest, RunContext
+
+SETTINGS = (
+    "APTK_SMTP_URL", "APTK_SMTP_USERNAME", "APTK_SMTP_PASSWORD", "APTK_SMTP_CA_FILE", "APTK_SMTP_TIMEOUT",
+    "APTK_NOTIFY_SENDER", "APTK_NOTIFY_SENDER_DOMAINS", "APTK_NOTIFY_MAX_BODY_BYTES",
+)
+MAX_RECIPIENTS = 100
+DEFAULT_MAX_BODY = 256 * 1024
+SCHEMES = {"smtp": "plain", "smtps": "tls", "smtp+starttls": "starttls"}
+_FORBIDDEN = ("\r", "\n", "\0")
+
+
+@dataclasses.dataclass
+class Server:
+    host: str
+    port: int
+    security: str  # plain | tls | starttls | opportunistic
+    username: str | None
+    password: str | None = dataclasses.field(repr=False)
+    ca_file: str | None
+    timeout: float
+
+
+@dataclasses.dataclass
+class Prepared:
+    message: EmailMessage
+    sender: str
+    recipients: list[str]
+    server: Server
+
+
+def _setting(config: Mapping[str, Any], name: str) -> str | None:
+    value = config.get(name)
+    return None if value in (None, "") else str(value)
+
+
+def _no_control(field: str, value: str) -> None:
+    for char in _FORBIDDEN:
+        if char in value:
+            raise BadActionRequest(f"{field}: must not contain {char!r} (header injection refused).")
+
+
+def _address(field: str, value: str) -> Address:
+    """One mailbox, 'addr@example.org' or 'Name <addr@example.org>', syntax-checked."""
+    _no_control(field, value)
+    parsed = getaddresses([value], strict=True) if _strict_getaddresses() else getaddresses([value])
+    if len(parsed) != 1 or not parsed[0][1]:
+        raise BadActionRequest(f"{field}: {value!r} is not one email address.")
+    name, addr = parsed[0]
+    try:
+        address = Address(display_name=name, addr_spec=addr)
+    except (ValueError, IndexError) as exc:
+        raise BadActionRequest(f"{field}: {value!r} is not a valid email address ({exc}).") from None
+    if not address.username or "." not in address.domain or address.domain.startswith(".") or " " in addr:
+        raise BadActionRequest(f"{field}: {value!r} is not a valid email address (user@domain.tld).")
+    return address
+
+
+def _strict_getaddresses() -> bool:
+    import inspect
+
+    return "strict" in inspect.signature(getaddresses).parameters
+
+
+def server_from_url(url: str, config: Mapping[str, Any]) -> Server:
+    """The deployment's server from ``APTK_SMTP_URL``; credentials in the URL or in APTK_SMTP_USERNAME/PASSWORD."""
+    parts = urllib.parse.urlsplit(url)
+    security = SCHEMES.get(parts.scheme)
+    if security is None or not parts.hostname:
+        raise BadActionRequest(
+            "APTK_SMTP_URL: this server's mail setting is not smtp://, smtps:// or smtp+starttls://host[:port]."
+        )
+    try:
+        port = parts.port or (465 if security == "tls" else 587 if security == "starttls" else 25)
+    except ValueError:
+        raise BadActionRequest("APTK_SMTP_URL: this server's mail setting has an invalid port.") from None
+    username = urllib.parse.unquote(parts.username) if parts.username else _setting(config, "APTK_SMTP_USERNAME")
+    password = urllib.parse.unquote(parts.password) if parts.password else _setting(config, "APTK_SMTP_PASSWORD")
+    return Server(parts.hostname, port, security, username, password, _setting(config, "APTK_SMTP_CA_FILE"),
+                  _timeout(config))
+
+
+def _timeout(config: Mapping[str, Any]) -> float:
+    try:
+        return float(_setting(config, "APTK_SMTP_TIMEOUT") or 30)
+    except ValueError:
+        return 30.0
+
+
+def _caller_server(credentials: list[dict[str, Any]], config: Mapping[str, Any]) -> Server:
+    value = credentials[0]["credential_value"]
+    host = value["hostname"]
+    _no_control("send_credentials[0].credential_value.hostname", host)
+    port = int(value.get("port") or 587)
+    return Server(host, port, "tls" if port == 465 else "opportunistic", value.get("username") or None,
+                  value.get("password") or None, _setting(config, "APTK_SMTP_CA_FILE"), _timeout(config))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value) if isinstance(value, (dict, list, bool)) or value is None else str(value)
+
+
+def render(template: str, variables: Mapping[str, Any], mimetype: str, raw: set[str]) -> str:
+    values = {name: _text(value) for name, value in variables.items()}
+    if mimetype == "text/html":
+        values = {name: value if name in raw else html.escape(value) for name, value in values.items()}
+    try:
+        return string.Template(template).substitute(values)
+    except KeyError as exc:
+        raise BadActionRequest(
+            f"body_template: names the variable ${exc.args[0]}, which body_variables does not give."
+        ) from None
+    except ValueError as exc:
+        raise BadActionRequest(f"body_template: {exc} (write $$ for a literal $).") from None
+
+
+class _TextOf(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag in ("script", "style"):
+            self._skip += 1
+        elif tag in ("br", "p", "div", "li", "tr", "h1", "h2", "h3"):
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style") and self._skip:
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def text_alternative(markup: str) -> str:
+    parser = _TextOf()
+    parser.feed(markup)
+    parser.close()
+    lines = [" ".join(line.split()) for line in "".join(parser.parts).splitlines()]
+    return "\n".join(line for line in lines if line).strip() + "\n"
+
+
+def prepare(body: Mapping[str, Any], config: Mapping[str, Any]) -> Prepared:
+    """The message and where it goes; a 400 (BadActionRequest) naming the field for anything wrong."""
+    destination = body["destination"]
+    destinations = [destination] if isinstance(destination, str) else list(destination)
+    if len(destinations) > MAX_RECIPIENTS:
+        raise BadActionRequest(f"destination: at most {MAX_RECIPIENTS} recipients per action.")
+    recipients = [_address(f"destination[{i}]" if not isinstance(destination, str) else "destination", d)
+                  for i, d in enumerate(destinations)]
+    subject = body.get("subject", "")
+    _no_control("subject", subject)
+
+    credentials = body.get("send_credentials") or []
+    if credentials:
+        server = _caller_server(credentials, config)
+    else:
+        url = _setting(config, "APTK_SMTP_URL")
+        if url is None:
+            raise BadActionRequest(
+                "send_credentials: this server has no mail server of its own (APTK_SMTP_URL); name one."
+            )
+        server = server_from_url(url, config)
+
+    default_sender = _setting(config, "APTK_NOTIFY_SENDER")
+    sender_text = body.get("sender") or default_sender
+    if not sender_text:
+        raise BadActionRequest("sender: is required (this server has no default sender, APTK_NOTIFY_SENDER).")
+    sender = _address("sender", sender_text)
+    if not credentials:  # the deployment's server: only the domains it allows
+        domains = _setting(config, "APTK_NOTIFY_SENDER_DOMAINS")
+        allowed = ({d.strip().lower() for d in domains.split(",") if d.strip()} if domains
+                   else {_address("APTK_NOTIFY_SENDER", default_sender).domain.lower()} if default_sender else None)
+        if allowed is not None and sender.domain.lower() not in allowed:
+            raise BadActionRequest(
+                f"sender: this server sends only from {', '.join(sorted(allowed))}, not {sender.domain}."
+            )
+
+    mimetype = body.get("body_mimetype", "text/plain")
+    raw = set(body.get("raw_variables") or [])
+    content = render(body["body_template"], body.get("body_variables") or {}, mimetype, raw)
+    try:
+        limit = int(_setting(config, "APTK_NOTIFY_MAX_BODY_BYTES") or DEFAULT_MAX_BODY)
+    except ValueError:
+        limit = DEFAULT_MAX_BODY
+    size = len(content.encode("utf-8"))
+    if size > limit:
+        raise BadActionRequest(f"body_template: the rendered body is {size} bytes, over this server's {limit}.")
+
+    message = EmailMessage(policy=SMTP_POLICY)
+    message["From"] = sender
+    message["To"] = recipients
+    message["Subject"] = subject
+    message["Date"] = formatdate(localtime=False, usegmt=True)
+    message["Message-ID"] = make_msgid(domain=sender.domain)
+    if body.get("notification_priority", "").lower() == "high":
+        message["Importance"] = "high"
+    if mimetype == "text/html":
+        message.set_content(text_alternative(content))
+        message.add_alternative(content, subtype="html")
+    else:
+        message.set_content(content)
+    return Prepared(message, sender.addr_spec, [r.addr_spec for r in recipients], server)
+
+
+class Transient(Exception):
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(description)
+        self.code, self.description = code, description
+
+
+def _context(server: Server) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=server.ca_file)
+
+
+def _send_once(prepared: Prepared) -> dict[str, Any]:
+    server = prepared.server
+    try:
+        if server.security == "tls":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(server.host, server.port, timeout=server.timeout,
+                                                    context=_context(server))
+        else:
+            client = smtplib.SMTP(server.host, server.port, timeout=server.timeout)
+    except ConnectionRefusedError:
+        raise Transient("ConnectionRefused", f"The mail server {server.host}:{server.port} refused the connection.")
+    except (socket.timeout, TimeoutError):
+        raise Transient("Timeout", f"The mail server {server.host}:{server.port} did not answer in time.")
+    except ssl.SSLError as exc:
+        raise ActionFailed("TLSError", f"TLS with {server.host}:{server.port} failed: {exc.reason}.") from None
+    except OSError as exc:
+        raise Transient("ConnectionFailed", f"Could not reach {server.host}:{server.port}: {exc.strerror or exc}.")
+    try:
+        with client:
+            client.ehlo()
+            if server.security == "starttls" or (server.security == "opportunistic" and client.has_extn("starttls")):
+                client.starttls(context=_context(server))
+                client.ehlo()
+            if server.username:
+                client.login(server.username, server.password or "")
+            refused = client.send_message(prepared.message, prepared.sender, prepared.recipients)
+    except smtplib.SMTPAuthenticationError as exc:
+        raise ActionFailed("AuthenticationFailed",
+                           f"The mail server refused the login ({exc.smtp_code}).") from None
+    except smtplib.SMTPNotSupportedError:
+        raise ActionFailed("AuthenticationUnsupported", "The mail server offers no login (AUTH).") from None
+    except smtplib.SMTPRecipientsRefused as exc:
+        codes = {code for code, _ in exc.recipients.values()}
+        if all(400 <= c < 500 for c in codes):
+            raise Transient("RecipientsDeferred", f"The mail server deferred every recipient ({sorted(codes)}).")
+        raise ActionFailed("RecipientsRefused", "The mail server refused every recipient.",
+                           refused={a: f"{c} {m.decode(errors='replace')}"
+                                    for a, (c, m) in exc.recipients.items()}) from None
+    except smtplib.SMTPResponseException as exc:
+        reply = f"{exc.smtp_code} {exc.smtp_error.decode(errors='replace') if isinstance(exc.smtp_error, bytes) else exc.smtp_error}"
+        if 400 <= exc.smtp_code < 500:
+            raise Transient("TemporaryFailure", f"The mail server answered {reply}.")
+        code = "SenderRefused" if isinstance(exc, smtplib.SMTPSenderRefused) else "MessageRefused"
+        raise ActionFailed(code, f"The mail server answered {reply}.") from None
+    except ssl.SSLError as exc:
+        raise ActionFailed("TLSError", f"TLS with {server.host}:{server.port} failed: {exc.reason}.") from None
+    except (socket.timeout, TimeoutError):
+        raise Transient("Timeout", f"The mail server {server.host}:{server.port} stopped answering.")
+    except (smtplib.SMTPServerDisconnected, OSError) as exc:
+        raise Transient("Disconnected", f"The connection to {server.host}:{server.port} broke: {exc}.")
+    accepted = [r for r in prepared.recipients if r not in refused]
+    return {"message_id": prepared.message["Message-ID"], "accepted": accepted,
+            "refused": {a: f"{c} {m.decode(errors='replace')}" for a, (c, m) in refused.items()}}
+
+
+def deliver(prepared: Prepared, ctx: RunContext) -> dict[str, Any]:
+    """Send, retrying transient failures with backoff (1 s doubling to 60 s) until the action's deadline."""
+    attempt = 0
+    while True:
+        ctx.check()
+        try:
+            result = _send_once(prepared)
+        except Transient as exc:
+            attempt += 1
+            wait = min(60.0, 2.0 ** (attempt - 1))
+            if time.time() + wait >= ctx.deadline:
+                raise ActionFailed(exc.code, f"{exc.description} Gave up at the deadline after {attempt} "
+                                             "attempts.", attempts=attempt) from None
+            ctx.log(f"Attempt {attempt}: {exc.description} Retrying in {wait:.0f} s.")
+            ctx.progress(details={"code": exc.code, "description": exc.description, "attempts": attempt},
+                         display_status="retrying")
+            ctx.sleep(wait)
+            continue
+        ctx.log(f"Accepted by the mail server as {result['message_id']} for {len(result['accepted'])} recipients.")
+        return {**result, "attempts": attempt + 1}
