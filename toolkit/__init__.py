@@ -21,7 +21,7 @@ _LOCATIONS = {
     "UnauthorizedRequest": "errors",
     "Executor": "executor", "ThreadExecutor": "executor",
     "Toolkit": "extension", "ToolkitState": "extension", "get_toolkit": "extension",
-    "RunContext": "lifecycle",
+    "HookContext": "lifecycle", "RunContext": "lifecycle",
     "ActionProvider": "provider",
     "SQLStore": "store", "Store": "store",
     "register_settings": "settings",
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     )
     from .executor import Executor, ThreadExecutor
     from .extension import Toolkit, ToolkitState, get_toolkit
-    from .lifecycle import RunContext
+    from .lifecycle import HookContext, RunContext
     from .provider import ActionProvider
     from .settings import register_settings
     from .store import SQLStore, Store
@@ -82,6 +82,7 @@ __all__ = [
     "DevTokenVerifier",
     "Executor",
     "ForbiddenRequest",
+    "HookContext",
     "Identity",
     "InsufficientScope",
     "RequestTooLarge",

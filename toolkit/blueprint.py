@@ -278,7 +278,7 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
     def introspect() -> Response:
         if set(provider.visible_to) != {"public"}:
             require_visible(provider, authenticate())
-        contact = setting(current_app, "APTK_ADMIN_CONTACT", None)
+        contact = setting(current_app.config, "APTK_ADMIN_CONTACT")
         return jsonify(_description_schema.dump(describe(provider, contact)))
 
     @route([("/openapi.json", "GET")])

@@ -36,7 +36,7 @@ from .errors import ConfigurationError
 from .executor import Executor, ThreadExecutor, default_max_running_per_identity
 from .lifecycle import Runtime
 from .settings import check_database, check_settings, default_data_dir, make_data_dir
-from .settings import number as _number, setting as _setting
+from .settings import number, setting
 from .store import SQLStore, Store
 
 if TYPE_CHECKING:
@@ -87,15 +87,16 @@ class Toolkit:
         if EXTENSION in app.extensions:
             raise ConfigurationError("The toolkit is already set up on this app; create Toolkit(app) once.")
         check_settings(app.config)  # a misspelt APTK_* name stops here rather than being ignored
-        data_dir = Path(_setting(app, "APTK_DATA_DIR", default_data_dir()))
-        app.config["APTK_DATA_DIR"] = str(data_dir)
-        max_body = _number(app, "APTK_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int)
+        config = app.config
+        data_dir = Path(setting(config, "APTK_DATA_DIR", default_data_dir()))
+        config["APTK_DATA_DIR"] = str(data_dir)
+        max_body = number(config, "APTK_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, kind=int, positive=True)
         if app.config.get("MAX_CONTENT_LENGTH") is None:
             # Flask reads no limit from None; the whole app gets the toolkit's, an author's own limit stays.
             app.config["MAX_CONTENT_LENGTH"] = max_body
         store = self._store
         if store is None:
-            url = _setting(app, "APTK_DATABASE_URL", None)
+            url = setting(config, "APTK_DATABASE_URL")
             if not url:
                 make_data_dir(data_dir)
                 url = f"sqlite:///{data_dir / 'aptk.db'}"
@@ -104,18 +105,19 @@ class Toolkit:
             store = SQLStore(url)
         executor = self._executor
         if executor is None:
-            threads = _number(app, "APTK_EXECUTOR_THREADS", 8, int)
-            executor = ThreadExecutor(threads, _number(
-                app, "APTK_MAX_RUNNING_PER_IDENTITY", default_max_running_per_identity(threads), int))
-        verifier = self._verifier or verifier_from_config(lambda name: _setting(app, name, None), data_dir)
+            threads = number(config, "APTK_EXECUTOR_THREADS", 8, kind=int, positive=True)
+            executor = ThreadExecutor(threads, number(
+                config, "APTK_MAX_RUNNING_PER_IDENTITY", default_max_running_per_identity(threads), kind=int,
+                positive=True))
+        verifier = self._verifier or verifier_from_config(config, data_dir)
         runtime = Runtime(
             store,
             executor,
+            verifier=verifier,
             clock=self._clock or time.time,
-            lease_seconds=_number(app, "APTK_LEASE_SECONDS", 30.0),
-            config=app.config,
+            lease_seconds=number(config, "APTK_LEASE_SECONDS", 30.0, positive=True),
+            config=config,
         )
-        runtime.verifier = verifier
         if data_dir.is_dir():
             keep_private(data_dir)
         state = ToolkitState(runtime, verifier, data_dir, max_body)

@@ -14,6 +14,7 @@ Each process runs one maintenance thread that
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -50,7 +51,7 @@ from .executor import Executor
 from .store import LogEntry, Store
 
 if TYPE_CHECKING:
-    from .auth import Identity
+    from .auth import Identity, TokenVerifier
     from .provider import ActionProvider
     from .typing import Clock
 
@@ -64,6 +65,24 @@ PAUSE_DETAILS = frozenset({"code", "description", "required_scope", "resolution_
 """What a pause (INACTIVE) adds to an action's details; a resume removes these and keeps the rest."""
 QUEUED = "Queued"
 """The ``display_status`` of an action whose callback waits for a free thread or for its caller's turn."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HookContext:
+    """What a ``check``, ``cancel`` or ``resume`` hook gets besides the body (or action): who is asking, the
+    deployment's settings, the store, and the clock the toolkit runs on.
+
+    ``store.engine`` is the SQLAlchemy engine of the toolkit's database, where a provider may keep tables of its
+    own (:func:`toolkit.store.create_tables`); read settings with ``toolkit.settings.setting(ctx.config, name)``.
+    """
+
+    identity: Identity
+    """The caller (of ``/run``, ``/cancel``, ``/resume``), with every principal it speaks for."""
+    config: Mapping[str, Any]
+    """The app's configuration (``APTK_DATA_DIR`` is always set)."""
+    store: Store
+    clock: Clock
+    """Now, as UTC epoch seconds: use it rather than ``time.time`` so that tests may move time."""
 
 
 class RunContext:
@@ -112,10 +131,7 @@ class RunContext:
                 "This action needs the caller's credentials again; resume it to continue.",
                 required_scope=self._provider.globus_auth_scope,
             )
-        issue = getattr(self._runtime.verifier, "dependent_tokens", None)
-        if issue is None:
-            raise ConfigurationError("The token verifier cannot issue dependent tokens; use APTK_AUTH=globus.")
-        return issue(self.identity.token)
+        return self._runtime.verifier.dependent_tokens(self.identity.token)
 
     @property
     def config(self) -> Mapping[str, Any]:
@@ -127,6 +143,11 @@ class RunContext:
         """The store actions live in; with :class:`~toolkit.store.SQLStore` a provider may keep tables of its
         own in ``store.engine`` (a SQLAlchemy engine)."""
         return self._runtime.store
+
+    @property
+    def clock(self) -> "Clock":
+        """Now, as UTC epoch seconds (the clock the toolkit runs on, which tests may move)."""
+        return self._runtime.clock
 
     @property
     def cancelled(self) -> bool:
@@ -197,13 +218,15 @@ class Runtime:
         store: Store,
         executor: Executor,
         *,
+        verifier: "TokenVerifier",
         clock: "Clock" = time.time,
         lease_seconds: float = 30.0,
         tick_seconds: float = 0.5,
         config: Mapping[str, Any] | None = None,
     ) -> None:
         self.store = store
-        self.verifier: Any = None
+        self.verifier = verifier
+        """Who checks tokens; also asked for the dependent tokens of :meth:`RunContext.dependent_tokens`."""
         self.config: Mapping[str, Any] = config if config is not None else {}
         self.executor = executor
         # Executors written before fair scheduling take only the callable.
@@ -414,7 +437,10 @@ class Runtime:
     ) -> tuple[Status | None, dict[str, Any]]:
         """Run the callback; the state and details it ends in (None: the action already ended elsewhere)."""
         try:
-            result = provider.run_callback(provider.load_body(action.body), ctx)
+            callback = provider.run_callback
+            if callback is None:
+                raise ConfigurationError(f"{provider!r} has no run callback")
+            result = callback(provider.load_body(action.body), ctx)
             return Status.SUCCEEDED, _json_object({} if result is None else result)
         except ActionCancelled:
             if ctx.cancelled:
@@ -449,6 +475,10 @@ class Runtime:
         if updated is not None and ctx is not None and status is not Status.SUCCEEDED:
             self._ended(action_id, ctx)
         return updated
+
+    def hook_context(self, identity: "Identity") -> HookContext:
+        """The context a check, cancel or resume hook gets for a request by ``identity``."""
+        return HookContext(identity=identity, config=self.config, store=self.store, clock=self.clock)
 
     # --- the API operations ------------------------------------------------------------------------------------
 
@@ -520,7 +550,7 @@ class Runtime:
             raise BadActionRequest(describe_validation_error(exc)) from None
         body = provider.validate_body(request["body"])
         if provider.check_callback is not None:
-            provider.check_callback(body, identity)
+            provider.check_callback(body, self.hook_context(identity))
         now = self.clock()
         deadline = request.get("deadline")
         if deadline is None:
@@ -587,7 +617,7 @@ class Runtime:
             raise ActionConflict(f"Action {action_id} already {current.status.value}; it cannot be cancelled.")
         if provider.cancel_callback is not None:
             try:
-                provider.cancel_callback(updated, identity)
+                provider.cancel_callback(updated, self.hook_context(identity))
             except Exception:
                 logger.exception("cancel hook of %s failed for action %s", provider.name, action_id)
         return updated
@@ -612,7 +642,7 @@ class Runtime:
         if action.status in COMPLETED_STATES:
             raise ActionConflict(f"Action {action_id} already {action.status.value}; it cannot be resumed.")
         if provider.resume_callback is not None:
-            provider.resume_callback(action, identity)
+            provider.resume_callback(action, self.hook_context(identity))
         self.start()
         now = self.clock()
         # The pause's reason no longer holds; whatever else the action reported stays until the callback

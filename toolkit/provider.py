@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, TypeVar
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping
 
 import jsonschema
 from marshmallow import Schema, ValidationError
@@ -22,9 +25,18 @@ from .errors import BadActionRequest, ConfigurationError
 if TYPE_CHECKING:
     from flask import Blueprint
 
-    from .typing import CancelCallback, CheckCallback, ResumeCallback, RunCallback
+    from .lifecycle import HookContext
+    from .typing import (
+        CancelCallback,
+        CancelCallbackT,
+        CheckCallback,
+        CheckCallbackT,
+        ResumeCallback,
+        ResumeCallbackT,
+        RunCallback,
+        RunCallbackT,
+    )
 
-F = TypeVar("F", bound=Callable[..., Any])
 Recovery = Literal["rerun", "fail"]
 
 
@@ -126,9 +138,9 @@ class ActionProvider:
         if isinstance(schema, Schema):
             from .openapi import marshmallow_to_json_schema
 
-            self._marshmallow = schema
+            self._marshmallow: Schema | None = schema
             self.input_schema = marshmallow_to_json_schema(schema)
-            self._validator = None
+            self._validator: Any = None
             return
         if not isinstance(schema, Mapping):
             raise ConfigurationError("input_schema must be a JSON Schema dict or a marshmallow Schema")
@@ -161,35 +173,35 @@ class ActionProvider:
 
     # --- callbacks ------------------------------------------------------------------------------------------
 
-    def run(self, fn: F) -> F:
+    def run(self, fn: RunCallbackT) -> RunCallbackT:
         """Register the run callback: ``fn(body, ctx)`` returns the SUCCEEDED details (a dict, or None).
 
         It may raise :class:`~toolkit.ActionFailed` or :class:`~toolkit.ActionInactive` instead.
         """
-        self.run_callback = fn  # type: ignore[assignment]
+        self.run_callback = fn
         return fn
 
-    def check(self, fn: F) -> F:
-        """Register a hook ``fn(body, identity)`` run at ``/run`` before the action exists.
+    def check(self, fn: CheckCallbackT) -> CheckCallbackT:
+        """Register a hook ``fn(body, ctx)`` run at ``/run`` before the action exists.
 
-        For checks the schema cannot make (does that collection exist? may this caller use it?): raise an
+        For checks the schema cannot make (does that collection exist? may ``ctx.identity`` use it?): raise an
         :class:`~toolkit.errors.ApiError` such as ``BadActionRequest`` (400) or ``ForbiddenRequest`` (403) to
-        refuse the request; nothing is stored then.
+        refuse the request; nothing is stored then. ``ctx`` is a :class:`~toolkit.HookContext`.
         """
-        self.check_callback = fn  # type: ignore[assignment]
+        self.check_callback = _hook(self, "check", fn)
         return fn
 
-    def cancel(self, fn: F) -> F:
-        """Register a hook ``fn(action, identity)`` called once an action has been cancelled."""
-        self.cancel_callback = fn  # type: ignore[assignment]
+    def cancel(self, fn: CancelCallbackT) -> CancelCallbackT:
+        """Register a hook ``fn(action, ctx)`` called once an action has been cancelled."""
+        self.cancel_callback = _hook(self, "cancel", fn)
         return fn
 
-    def resume(self, fn: F) -> F:
-        """Register a hook ``fn(action, identity)`` called before an INACTIVE action runs again.
+    def resume(self, fn: ResumeCallbackT) -> ResumeCallbackT:
+        """Register a hook ``fn(action, ctx)`` called before an INACTIVE action runs again.
 
         Raise an :class:`~toolkit.errors.ApiError` (e.g. ``ActionConflict``) to refuse the resume.
         """
-        self.resume_callback = fn  # type: ignore[assignment]
+        self.resume_callback = _hook(self, "resume", fn)
         return fn
 
     # --- serving --------------------------------------------------------------------------------------------
@@ -203,6 +215,30 @@ class ActionProvider:
                 f"{self!r} has no run callback; decorate a function with @{self.name}.run before serving it."
             )
         return make_blueprint(self, url_prefix=url_prefix, name=name)
+
+
+def _hook(provider: ActionProvider, kind: str, fn: Callable[..., object]) -> Callable[[Any, HookContext], object]:
+    """What the runtime calls for a hook: ``fn`` itself, or for a hook of the earlier form ``fn(subject, identity)``
+    (told by its second parameter's name, once, here) an adapter handing it ``ctx.identity``, with a warning."""
+    try:
+        parameters = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):  # a callable without a signature: taken as the current form
+        return fn
+    if len(parameters) < 2 or parameters[1] != "identity":
+        return fn
+    name = getattr(fn, "__qualname__", repr(fn))
+    warnings.warn(
+        f"the {kind} hook {name} of {provider!r} takes (..., identity): hooks now get (..., ctx), with the caller "
+        "in ctx.identity; the old form is deprecated and will stop working in a later release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+    @functools.wraps(fn)
+    def legacy(subject: Any, ctx: HookContext) -> object:
+        return fn(subject, ctx.identity)
+
+    return legacy
 
 
 def _message(error: jsonschema.ValidationError) -> str:

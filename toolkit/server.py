@@ -38,7 +38,7 @@ def create_app(
         app.config.update(config)
     Toolkit(app, **toolkit_options)  # also sets MAX_CONTENT_LENGTH (APTK_MAX_BODY_BYTES)
     # Read by the workers of `aptk serve` (toolkit.worker); a wrong value stops start-up here, not a worker later.
-    number(app, "APTK_REQUEST_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
+    number(app.config, "APTK_REQUEST_READ_TIMEOUT", DEFAULT_READ_TIMEOUT, positive=True)
     if providers is None:
         from providers import bundled
 

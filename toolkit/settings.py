@@ -1,13 +1,16 @@
-"""Where settings come from: ``app.config`` first, then the environment (same ``APTK_*`` names)."""
+"""Where settings come from: ``app.config`` first, then the environment (same ``APTK_*`` names).
+
+:func:`setting` is the one reader (None or an empty string means not set); :func:`number`, :func:`flag` and
+:func:`string_list` convert on top of it and name the setting in the :class:`ConfigurationError` a wrong value
+raises. Providers read their own settings with them too (from ``ctx.config``).
+"""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
-
-if TYPE_CHECKING:
-    from flask import Flask
+from typing import Any, Mapping, overload
 
 from .errors import ConfigurationError
 
@@ -20,21 +23,70 @@ def default_data_dir() -> Path:
     return Path(base) / "aptk"
 
 
-def setting(app: Flask, key: str, default: Any) -> Any:
-    if key in app.config:
-        return app.config[key]
-    return os.environ.get(key, default)
+def setting(config: Mapping[str, Any], name: str, default: Any = None) -> Any:
+    """The value of setting ``name``: from ``config`` (``app.config``, ``ctx.config``) first, then the environment.
+
+    None and the empty string mean "not set" wherever they appear: an empty variable in the environment, or None
+    in ``config``, gives ``default`` (an empty value in ``config`` lets the environment's through). Every reader
+    below applies this rule first.
+    """
+    value = config.get(name)
+    if value is None or value == "":
+        value = os.environ.get(name)
+    return default if value is None or value == "" else value
 
 
-def number(app: Flask, key: str, default: float, kind=float) -> Any:
-    value = setting(app, key, default)
+@overload
+def number(config: Mapping[str, Any], name: str, default: int, *, kind: type[int], minimum: float = 0,
+           positive: bool = False) -> int: ...
+@overload
+def number(config: Mapping[str, Any], name: str, default: float, *, kind: type[float] = float, minimum: float = 0,
+           positive: bool = False) -> float: ...
+def number(config: Mapping[str, Any], name: str, default: float, *, kind: type[int] | type[float] = float,
+           minimum: float = 0, positive: bool = False) -> float:
+    """Setting ``name`` as a number of ``kind`` (``int`` or ``float``), at least ``minimum`` (above 0 if
+    ``positive``); ``default`` when not set. A wrong value is a :class:`ConfigurationError` naming the setting."""
+    value = setting(config, name, default)
     try:
-        number = kind(value)
+        parsed = float(value)
     except (TypeError, ValueError):
-        raise ConfigurationError(f"{key} must be a number, not {value!r}") from None
-    if number <= 0:
-        raise ConfigurationError(f"{key} must be positive, not {value!r}")
-    return number
+        raise ConfigurationError(f"{name} must be a number, not {value!r}") from None
+    if not math.isfinite(parsed):
+        raise ConfigurationError(f"{name} must be a number, not {value!r}")
+    if kind is int and not parsed.is_integer():
+        raise ConfigurationError(f"{name} must be a whole number, not {value!r}")
+    if positive and parsed <= 0:
+        raise ConfigurationError(f"{name} must be positive, not {value!r}")
+    if parsed < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}, not {value!r}")
+    return kind(parsed)
+
+
+def flag(config: Mapping[str, Any], name: str, default: bool) -> bool:
+    """Setting ``name`` as a boolean (``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off``)."""
+    value = setting(config, name)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be true or false, not {value!r}")
+
+
+def string_list(config: Mapping[str, Any], name: str) -> list[str]:
+    """Setting ``name`` as a list of strings: a comma-separated string or a list (``app.config``); [] if not set."""
+    value = setting(config, name)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    raise ConfigurationError(f"{name} must be a comma-separated list, not {value!r}")
 
 
 # --- every setting name, so that a misspelt one stops start-up instead of being ignored -----------------------
@@ -72,7 +124,15 @@ KNOWN_SETTINGS: set[str] = {
     "APTK_TRANSFER_THREADS",
     "APTK_TRANSFER_CHUNK_BYTES",
     "APTK_TRANSFER_MAX_BYTES_PER_SECOND",
-    *("APTK_SMTP_URL", "APTK_SMTP_USERNAME", "APTK_SMTP_PASSWORD", "APTK_SMTP_CA_FILE", "APTK_SMTP_TIMEOUT", "APTK_NOTIFY_SENDER", "APTK_NOTIFY_SENDER_DOMAINS", "APTK_NOTIFY_MAX_BODY_BYTES"),  # providers.notify
+    # providers.notify
+    "APTK_SMTP_URL",
+    "APTK_SMTP_USERNAME",
+    "APTK_SMTP_PASSWORD",
+    "APTK_SMTP_CA_FILE",
+    "APTK_SMTP_TIMEOUT",
+    "APTK_NOTIFY_SENDER",
+    "APTK_NOTIFY_SENDER_DOMAINS",
+    "APTK_NOTIFY_MAX_BODY_BYTES",
 }
 """Every ``APTK_*`` name the toolkit and the bundled providers read. A provider of its own adds its names with
 :func:`register_settings` (or ``ActionProvider(settings=[...])``); any other ``APTK_*`` name in the environment or

@@ -92,8 +92,15 @@ class LogEntry:
 
 
 class Store(Protocol):
-    """What the lifecycle needs from a store; :class:`SQLStore` is the implementation."""
+    """What the lifecycle and providers need from a store; :class:`SQLStore` is the implementation.
 
+    ``engine`` is the SQLAlchemy engine of the database the actions live in: providers keep tables of their own
+    there (``ctx.store.engine``, with :func:`create_tables`), so that their rows and the actions share one
+    database, its backups and its transactions.
+    """
+
+    @property
+    def engine(self) -> sa.Engine: ...
     def create_schema(self) -> None: ...
     def create(self, action: Action, log: LogRecord, now: float) -> tuple[Action, bool]: ...
     def get(self, action_id: str) -> Action | None: ...

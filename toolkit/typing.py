@@ -1,25 +1,33 @@
-"""Types of the callbacks a provider author registers."""
+"""Types of the callbacks a provider author registers.
+
+Each kind has a ``TypeVar`` bound to its signature, so that the decorators (``@provider.run``, ``.check``,
+``.cancel``, ``.resume``) return the decorated function with its own type.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 if TYPE_CHECKING:
-    from .auth import Identity
     from .documents import Action
-    from .lifecycle import RunContext
+    from .lifecycle import HookContext, RunContext
 
 RunCallback = Callable[[Any, "RunContext"], Optional[dict]]
 """``fn(body, ctx)``: returns the details of a SUCCEEDED action, or raises ActionFailed / ActionInactive."""
 
-CheckCallback = Callable[[Any, "Identity"], None]
-"""``fn(body, identity)``: called at /run before the action is stored; raise an ApiError to refuse."""
+CheckCallback = Callable[[Any, "HookContext"], object]
+"""``fn(body, ctx)``: called at /run before the action is stored; raise an ApiError to refuse."""
 
-CancelCallback = Callable[["Action", "Identity"], None]
-"""``fn(action, identity)``: called after an action was cancelled (to release outside resources)."""
+CancelCallback = Callable[["Action", "HookContext"], object]
+"""``fn(action, ctx)``: called after an action was cancelled (to release outside resources)."""
 
-ResumeCallback = Callable[["Action", "Identity"], None]
-"""``fn(action, identity)``: called before an INACTIVE action runs again; raise an ApiError to refuse."""
+ResumeCallback = Callable[["Action", "HookContext"], object]
+"""``fn(action, ctx)``: called before an INACTIVE action runs again; raise an ApiError to refuse."""
+
+RunCallbackT = TypeVar("RunCallbackT", bound=RunCallback)
+CheckCallbackT = TypeVar("CheckCallbackT", bound=CheckCallback)
+CancelCallbackT = TypeVar("CancelCallbackT", bound=CancelCallback)
+ResumeCallbackT = TypeVar("ResumeCallbackT", bound=ResumeCallback)
 
 Clock = Callable[[], float]
 """Returns the current time as UTC epoch seconds (``time.time``)."""

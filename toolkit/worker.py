@@ -176,9 +176,9 @@ class BufferingWorker(ThreadWorker):
             if config is not None:
                 from .settings import number
 
-                timeout = number(self.wsgi, "APTK_REQUEST_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
+                timeout = number(config, "APTK_REQUEST_READ_TIMEOUT", DEFAULT_READ_TIMEOUT, positive=True)
                 max_body = config.get("MAX_CONTENT_LENGTH") or number(
-                    self.wsgi, "APTK_MAX_BODY_BYTES", DEFAULT_MAX_BODY, int
+                    config, "APTK_MAX_BODY_BYTES", DEFAULT_MAX_BODY, kind=int, positive=True
                 )
             self._limits = (timeout, max_body)
         return self._limits

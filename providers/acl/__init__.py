@@ -26,7 +26,7 @@ import re
 from typing import Any, Mapping
 
 from toolkit import ActionFailed, ActionProvider, ApiError, BadActionRequest, ConfigurationError, ForbiddenRequest
-from toolkit import RunContext
+from toolkit import HookContext, RunContext
 from toolkit.documents import normalize_principal, principal_kind
 
 from providers.transfer import paths
@@ -80,15 +80,6 @@ provider = ActionProvider(
     input_schema=INPUT_SCHEMA,
     synchronous=True,
 )
-
-
-def _app_state() -> tuple[Mapping[str, Any], Any]:
-    """The app's config and database engine, from inside a request (the check hook gets neither)."""
-    from flask import current_app
-
-    from toolkit import get_toolkit
-
-    return current_app.config, get_toolkit(current_app).runtime.store.engine
 
 
 def _collection(config: Mapping[str, Any], endpoint_id: str) -> Collection:
@@ -147,10 +138,10 @@ def _rule_path(path: str) -> str:
 
 
 @provider.check
-def check_request(body: dict[str, Any], identity: Any) -> None:
-    config, engine = _app_state()
-    collection = _collection(config, body["endpoint_id"])
-    if not collection.is_owner(identity.principals):
+def check_request(body: dict[str, Any], ctx: HookContext) -> None:
+    engine = ctx.store.engine
+    collection = _collection(ctx.config, body["endpoint_id"])
+    if not collection.is_owner(ctx.identity.principals):
         raise ForbiddenRequest(
             f"Only the owners of the collection {collection.display_name!r} may manage its access rules."
         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from toolkit import ActionProvider, BadActionRequest, RunContext
+from toolkit import ActionProvider, BadActionRequest, HookContext, RunContext
 from toolkit.settings import register_settings
 
 from . import mail
@@ -93,10 +93,8 @@ provider = ActionProvider(
 
 
 @provider.check
-def check_request(body: dict[str, Any], identity: Any) -> None:
-    from flask import current_app
-
-    mail.prepare(body, current_app.config)
+def check_request(body: dict[str, Any], ctx: HookContext) -> None:
+    mail.prepare(body, ctx.config)
 
 
 @provider.run

@@ -27,13 +27,14 @@ Checksums are SHA-256.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Mapping
 
-from toolkit import ActionFailed, ActionProvider, ApiError, BadActionRequest, ConfigurationError, RunContext
+from toolkit import ActionFailed, ActionProvider, ApiError, BadActionRequest, ConfigurationError, HookContext
+from toolkit import RunContext
+from toolkit.settings import number, setting
 
 from . import paths
-from .collections import Collection, CollectionError, Collections, load_collections, setting
+from .collections import Collection, CollectionError, Collections, load_collections
 from .engine import Settings, Transfer
 from .paths import PathOutsideCollection
 from .request import INPUT_SCHEMA, TransferRequest, normalize_request
@@ -74,12 +75,6 @@ provider = _TransferProvider(
 )
 
 
-def _current_config() -> Mapping[str, Any]:
-    from flask import current_app
-
-    return current_app.config
-
-
 def _collections(config: Mapping[str, Any]) -> Collections:
     return load_collections(config)
 
@@ -92,22 +87,11 @@ def _find(collections: Collections, key: str, field: str) -> Collection:
     return found
 
 
-def _int_setting(config: Mapping[str, Any], key: str, default: float, minimum: float) -> float:
-    raw = setting(config, key, default)
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"{key} must be a number, not {raw!r}") from None
-    if value < minimum:
-        raise ConfigurationError(f"{key} must be at least {minimum}, not {raw!r}")
-    return value
-
-
 def settings_from(config: Mapping[str, Any]) -> Settings:
     return Settings(
-        threads=int(_int_setting(config, "APTK_TRANSFER_THREADS", 8, 1)),
-        chunk_size=int(_int_setting(config, "APTK_TRANSFER_CHUNK_BYTES", 8 * 1024 * 1024, 4096)),
-        max_bytes_per_second=_int_setting(config, "APTK_TRANSFER_MAX_BYTES_PER_SECOND", 0, 0),
+        threads=number(config, "APTK_TRANSFER_THREADS", 8, kind=int, minimum=1),
+        chunk_size=number(config, "APTK_TRANSFER_CHUNK_BYTES", 8 * 1024 * 1024, kind=int, minimum=4096),
+        max_bytes_per_second=number(config, "APTK_TRANSFER_MAX_BYTES_PER_SECOND", 0.0),
     )
 
 
@@ -116,16 +100,16 @@ def _endpoint_fields(body: Mapping[str, Any], side: str) -> str:
 
 
 @provider.check
-def check_request(body: dict[str, Any], identity: Any) -> None:
+def check_request(body: dict[str, Any], ctx: HookContext) -> None:
     """Refuse at /run what can be refused before the action exists (400 naming the field)."""
     request = normalize_request(body)
     try:
-        collections = _collections(_current_config())
+        collections = _collections(ctx.config)
     except ConfigurationError as exc:
         raise ApiError(f"The server's collections are misconfigured: {exc}", code="ConfigurationError") from None
     source = _find(collections, request.source_endpoint, _endpoint_fields(body, "source"))
     destination = _find(collections, request.destination_endpoint, _endpoint_fields(body, "destination"))
-    if request.deadline is not None and request.deadline <= time.time():
+    if request.deadline is not None and request.deadline <= ctx.clock():
         raise BadActionRequest("deadline: is in the past.")
     for side, collection in (("source", source), ("destination", destination)):
         if collection.protocol != "file":

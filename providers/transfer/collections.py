@@ -51,6 +51,7 @@ from typing import Any, Mapping
 
 from toolkit import ConfigurationError
 from toolkit.documents import normalize_principal
+from toolkit.settings import setting
 
 __all__ = [
     "Collection",
@@ -58,7 +59,6 @@ __all__ = [
     "Collections",
     "collection_id",
     "load_collections",
-    "setting",
     "INBOX_ID",
     "PROJECT_ID",
 ]
@@ -82,13 +82,6 @@ _KEYS = {"id", "name", "display_name", "url", "storage_options", "owners", "shar
 
 class CollectionError(Exception):
     """A collection that cannot be used as configured (missing secret, unreachable root)."""
-
-
-def setting(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    """``key`` from the app config, else from the environment (as the toolkit's own settings)."""
-    if key in config and config[key] is not None:
-        return config[key]
-    return os.environ.get(key, default)
 
 
 def _principal(value: Any, where: str) -> str:

@@ -12,7 +12,7 @@ from toolkit.testing import TokenAuthority, provider_client
 
 
 def build(tmp_path, **settings):
-    return verifier_from_config(settings.get, tmp_path)
+    return verifier_from_config(settings, tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -425,9 +425,9 @@ def test_check_hook_refuses_before_anything_is_stored(tmp_path):
     provider = make_provider(synchronous=True)
 
     @provider.check
-    def only_short(body, identity):
+    def only_short(body, ctx):
         if body["text"] == "no":
-            raise ForbiddenRequest(f"{identity.id} may not say no")
+            raise ForbiddenRequest(f"{ctx.identity.id} may not say no")
 
     client = provider_client(provider, tmp_path)
     error = error_of(client.run, {"text": "no"})

@@ -85,7 +85,7 @@ def test_cancel_reaches_the_running_callback_and_fails_the_action(gate, tmp_path
 
 def test_cancel_hook_runs_once_cancelled(gate, tmp_path):
     cancelled = []
-    gate.provider.cancel(lambda action, identity: cancelled.append((action.action_id, action.status)))
+    gate.provider.cancel(lambda action, ctx: cancelled.append((action.action_id, action.status)))
     client = provider_client(gate.provider, tmp_path)
     action = client.run({})["action_id"]
     client.cancel(action)
@@ -112,7 +112,7 @@ def test_inactive_then_resume_runs_the_callback_again(gate, tmp_path):
 
 
 def test_resume_hook_may_refuse(gate, tmp_path):
-    def refuse(action, identity):
+    def refuse(action, ctx):
         raise ActionConflict("Not yet.")
 
     gate.provider.resume(refuse)
@@ -385,7 +385,7 @@ class Checked:
         self.checks = 0
 
         @self.provider.check
-        def check(body, identity):
+        def check(body, ctx):
             self.checks += 1
             if self.refuse:
                 raise BadActionRequest("exists already")

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 from ..documents import ALL_AUTHENTICATED_USERS, principal_for
-from ..errors import UnauthorizedRequest
+from ..errors import ConfigurationError, UnauthorizedRequest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +61,19 @@ def _as_urn(value: str, kind: str) -> str:
 
 @runtime_checkable
 class TokenVerifier(Protocol):
-    """Turns a bearer token into an :class:`Identity`, or raises :class:`UnauthorizedRequest`."""
+    """Turns a bearer token into an :class:`Identity`, or raises :class:`UnauthorizedRequest`.
+
+    A verifier that can also get tokens to call downstream services as the caller (Globus Auth's dependent
+    tokens) overrides :meth:`dependent_tokens`; subclassing this protocol gives the others its refusal.
+    """
 
     def verify(self, token: str) -> Identity: ...
+
+    def dependent_tokens(self, token: str) -> dict[str, dict[str, Any]]:
+        """Tokens for the services the provider's scope depends on, by resource server, for this caller."""
+        raise ConfigurationError(
+            f"The token verifier ({type(self).__name__}) cannot issue dependent tokens; use APTK_AUTH=globus."
+        )
 
 
 def bearer_token(authorization: str | None) -> str:

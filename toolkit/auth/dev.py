@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import ConfigurationError, UnauthorizedRequest
-from .base import Identity, TokenCache
+from .base import Identity, TokenCache, TokenVerifier
 
 DEV_ISSUER = "aptk-dev"
 DEV_KEY_FILE = "dev-signing-key.pem"
@@ -94,7 +94,7 @@ def mint_dev_token(
     return jwt.encode(claims, key, algorithm=_DEV_ALGORITHM)
 
 
-class DevTokenVerifier:
+class DevTokenVerifier(TokenVerifier):
     """Accepts tokens from :func:`mint_dev_token` signed by this server's key (``aptk token``)."""
 
     def __init__(self, public_key: Ed25519PublicKey, *, leeway: float = 30, cache_size: int = 10_000) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable
 import requests
 
 from ..errors import ConfigurationError, ServiceUnavailable, UnauthorizedRequest
-from .base import Breaker, Identity, TokenCache, discover, fetch_json
+from .base import Breaker, Identity, TokenCache, TokenVerifier, discover, fetch_json
 from .jwks import identity_from_claims
 
 logger = logging.getLogger("toolkit.auth.introspection")
@@ -29,7 +29,7 @@ _ABOUT_THE_TOKEN = frozenset({400, 401, 403, 413, 414, 422, 431})
 DEFAULT_CACHE_SECONDS = 10.0
 
 
-class IntrospectionVerifier:
+class IntrospectionVerifier(TokenVerifier):
     """Asks the authorization server about each token, and remembers the answer.
 
     Active answers are cached (by a hash of the token) for ``cache_seconds`` (default

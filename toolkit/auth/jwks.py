@@ -10,13 +10,13 @@ import jwt
 import requests
 
 from ..errors import ConfigurationError, UnauthorizedRequest
-from .base import Breaker, Identity, TokenCache, Unreachable, discover, fetch_json
+from .base import Breaker, Identity, TokenCache, TokenVerifier, Unreachable, discover, fetch_json
 
 # Asymmetric algorithms only: never "none", and never an HMAC whose "secret" would be the public key.
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 
 
-class JWTVerifier:
+class JWTVerifier(TokenVerifier):
     """Checks signature (JWKS), issuer, audience, expiry and not-before (with ``leeway``), and ``typ``.
 
     The JWKS comes from ``jwks_uri`` or the issuer's metadata, fetched at the first token, not at construction.
