@@ -251,9 +251,31 @@ EXIT_INTERRUPTED = 130
 
 
 class _Exit(click.ClickException):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    """The command ends with a message; each subclass carries its exit code, as Click's own exceptions do."""
+
+
+class _Failed(_Exit):
+    exit_code = EXIT_FAILED
+
+
+class _Inactive(_Exit):
+    exit_code = EXIT_INACTIVE
+
+
+class _TimedOut(_Exit):
+    exit_code = EXIT_TIMEOUT
+
+
+class _Refused(_Exit):
+    exit_code = EXIT_REFUSED
+
+
+class _Unreachable(_Exit):
+    exit_code = EXIT_UNREACHABLE
+
+
+class _Interrupted(_Exit):
+    exit_code = EXIT_INTERRUPTED
 
 
 def _calling(fn, *args, **kwargs) -> Any:
@@ -262,9 +284,9 @@ def _calling(fn, *args, **kwargs) -> Any:
     try:
         return fn(*args, **kwargs)
     except ClientError as exc:
-        raise _Exit(str(exc), EXIT_REFUSED) from None
+        raise _Refused(str(exc)) from None
     except ProviderUnreachable as exc:
-        raise _Exit(str(exc), EXIT_UNREACHABLE) from None
+        raise _Unreachable(str(exc)) from None
 
 
 def _body(value: str) -> Any:
@@ -296,7 +318,7 @@ def _wait_and_exit(client: "ActionProviderClient", url: str, status: dict[str, A
     from .client import COMPLETED, WaitTimeout
 
     if not isinstance(status, dict) or not isinstance(status.get("action_id"), str):
-        raise _Exit(f"{url} answered with something that is not an action's status", EXIT_REFUSED)
+        raise _Refused(f"{url} answered with something that is not an action's status")
     action_id = status["action_id"]
     show = _Progress(action_id) if sys.stderr.isatty() else None
     if status.get("status") not in (*COMPLETED, "INACTIVE"):
@@ -306,19 +328,19 @@ def _wait_and_exit(client: "ActionProviderClient", url: str, status: dict[str, A
         except WaitTimeout as exc:
             status = exc.status
         except KeyboardInterrupt:
-            raise _Exit(f"stopped waiting; action {action_id} goes on (aptk wait {url} {action_id})",
-                        EXIT_INTERRUPTED) from None
+            raise _Interrupted(f"stopped waiting; action {action_id} goes on (aptk wait {url} {action_id})") from None
         finally:
             if show:
                 show.done()
     _print(status)
     outcome = status.get("status")
-    details = status.get("details") if isinstance(status.get("details"), dict) else {}
+    reported = status.get("details")
+    details: dict[str, Any] = reported if isinstance(reported, dict) else {}
     reason = ": ".join(str(details[k]) for k in ("code", "description") if details.get(k))
     if outcome == "SUCCEEDED":
         return
     if outcome == "FAILED":
-        raise _Exit(f"action {action_id} FAILED" + (f": {reason}" if reason else ""), EXIT_FAILED)
+        raise _Failed(f"action {action_id} FAILED" + (f": {reason}" if reason else ""))
     if outcome == "INACTIVE":
         todo = []
         if details.get("resolution_url"):
@@ -326,10 +348,10 @@ def _wait_and_exit(client: "ActionProviderClient", url: str, status: dict[str, A
         if details.get("required_scope"):
             todo.append(f"get a token with scope {details['required_scope']}")
         todo.append(f"then: aptk resume {url} {action_id}")
-        raise _Exit(f"action {action_id} is INACTIVE" + (f" ({reason})" if reason else "") + "; "
-                    + ", ".join(todo), EXIT_INACTIVE)
-    raise _Exit(f"action {action_id} still {outcome} after {timeout:g} s; it goes on (aptk wait {url} "
-                f"{action_id})", EXIT_TIMEOUT)
+        raise _Inactive(f"action {action_id} is INACTIVE" + (f" ({reason})" if reason else "") + "; "
+                        + ", ".join(todo))
+    raise _TimedOut(f"action {action_id} still {outcome} after {timeout:g} s; it goes on (aptk wait {url} "
+                    f"{action_id})")
 
 
 class _Progress:

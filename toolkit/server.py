@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from flask import Flask, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 
 from .extension import Toolkit, get_toolkit
 from .provider import ActionProvider
@@ -23,6 +24,12 @@ SHUTDOWN_GRACE_SECONDS = 3.0
 """How long a stopping worker waits for running callbacks before handing their actions to other workers."""
 
 
+class _DocumentOrderJSON(DefaultJSONProvider):
+    """JSON answers keep their keys in the order the documents are built in (Flask sorts them by default)."""
+
+    sort_keys = False
+
+
 def create_app(
     config: Mapping[str, Any] | None = None,
     providers: Iterable[tuple[str, ActionProvider]] | None = None,
@@ -33,7 +40,7 @@ def create_app(
     ``config`` sets ``APTK_*`` keys (see :mod:`toolkit.extension`); ``toolkit_options`` go to :class:`Toolkit`.
     """
     app = Flask("aptk")
-    app.json.sort_keys = False
+    app.json = _DocumentOrderJSON(app)
     if config:
         app.config.update(config)
     Toolkit(app, **toolkit_options)  # also sets MAX_CONTENT_LENGTH (APTK_MAX_BODY_BYTES)

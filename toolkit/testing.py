@@ -65,8 +65,20 @@ class WSGIAdapter(BaseAdapter):
         super().__init__()
         self._client = app.test_client()
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        url = requests.utils.urlparse(request.url)
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float | None, float | None] | None = None,
+        verify: bool | str = True,
+        cert: str | tuple[str, str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """Answer ``request`` from the app; the socket options (timeouts, TLS, proxies) have nothing to act on."""
+        target = request.url
+        if target is None:
+            raise ValueError("the request has no URL (it was not prepared)")
+        url = requests.utils.urlparse(target)
         body = request.body.encode() if isinstance(request.body, str) else request.body
         answer = self._client.open(
             url.path, method=request.method, query_string=url.query, headers=dict(request.headers), data=body
@@ -75,7 +87,7 @@ class WSGIAdapter(BaseAdapter):
         response.status_code = answer.status_code
         response.headers = CaseInsensitiveDict(answer.headers)
         response.raw = io.BytesIO(answer.get_data())
-        response.url = request.url
+        response.url = target
         response.request = request
         response.reason = answer.status.partition(" ")[2]
         return response

@@ -10,7 +10,6 @@ import smtplib
 import socket
 import ssl
 import string
-import time
 import urllib.parse
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -247,13 +246,13 @@ def _send_once(prepared: Prepared) -> dict[str, Any]:
         else:
             client = smtplib.SMTP(server.host, server.port, timeout=server.timeout)
     except ConnectionRefusedError:
-        raise Transient("ConnectionRefused", f"The mail server {server.host}:{server.port} refused the connection.")
+        raise Transient("ConnectionRefused", f"The mail server {server.host}:{server.port} refused the connection.") from None
     except (socket.timeout, TimeoutError):
-        raise Transient("Timeout", f"The mail server {server.host}:{server.port} did not answer in time.")
+        raise Transient("Timeout", f"The mail server {server.host}:{server.port} did not answer in time.") from None
     except ssl.SSLError as exc:
         raise ActionFailed("TLSError", f"TLS with {server.host}:{server.port} failed: {exc.reason}.") from None
     except OSError as exc:
-        raise Transient("ConnectionFailed", f"Could not reach {server.host}:{server.port}: {exc.strerror or exc}.")
+        raise Transient("ConnectionFailed", f"Could not reach {server.host}:{server.port}: {exc.strerror or exc}.") from None
     try:
         with client:
             client.ehlo()
@@ -271,22 +270,23 @@ def _send_once(prepared: Prepared) -> dict[str, Any]:
     except smtplib.SMTPRecipientsRefused as exc:
         codes = {code for code, _ in exc.recipients.values()}
         if all(400 <= c < 500 for c in codes):
-            raise Transient("RecipientsDeferred", f"The mail server deferred every recipient ({sorted(codes)}).")
+            raise Transient("RecipientsDeferred", f"The mail server deferred every recipient ({sorted(codes)}).") from None
         raise ActionFailed("RecipientsRefused", "The mail server refused every recipient.",
                            refused={a: f"{c} {m.decode(errors='replace')}"
                                     for a, (c, m) in exc.recipients.items()}) from None
     except smtplib.SMTPResponseException as exc:
-        reply = f"{exc.smtp_code} {exc.smtp_error.decode(errors='replace') if isinstance(exc.smtp_error, bytes) else exc.smtp_error}"
+        text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
+        reply = f"{exc.smtp_code} {text}"
         if 400 <= exc.smtp_code < 500:
-            raise Transient("TemporaryFailure", f"The mail server answered {reply}.")
+            raise Transient("TemporaryFailure", f"The mail server answered {reply}.") from None
         code = "SenderRefused" if isinstance(exc, smtplib.SMTPSenderRefused) else "MessageRefused"
         raise ActionFailed(code, f"The mail server answered {reply}.") from None
     except ssl.SSLError as exc:
         raise ActionFailed("TLSError", f"TLS with {server.host}:{server.port} failed: {exc.reason}.") from None
     except (socket.timeout, TimeoutError):
-        raise Transient("Timeout", f"The mail server {server.host}:{server.port} stopped answering.")
+        raise Transient("Timeout", f"The mail server {server.host}:{server.port} stopped answering.") from None
     except (smtplib.SMTPServerDisconnected, OSError) as exc:
-        raise Transient("Disconnected", f"The connection to {server.host}:{server.port} broke: {exc}.")
+        raise Transient("Disconnected", f"The connection to {server.host}:{server.port} broke: {exc}.") from None
     accepted = [r for r in prepared.recipients if r not in refused]
     return {"message_id": prepared.message["Message-ID"], "accepted": accepted,
             "refused": {a: f"{c} {m.decode(errors='replace')}" for a, (c, m) in refused.items()}}
@@ -302,7 +302,7 @@ def deliver(prepared: Prepared, ctx: RunContext) -> dict[str, Any]:
         except Transient as exc:
             attempt += 1
             wait = min(60.0, 2.0 ** (attempt - 1))
-            if time.time() + wait >= ctx.deadline:
+            if ctx.deadline is not None and ctx.clock() + wait >= ctx.deadline:
                 raise ActionFailed(exc.code, f"{exc.description} Gave up at the deadline after {attempt} "
                                              "attempts.", attempts=attempt) from None
             ctx.log(f"Attempt {attempt}: {exc.description} Retrying in {wait:.0f} s.")
