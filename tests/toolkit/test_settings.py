@@ -162,3 +162,101 @@ def test_in_process_tests_do_not_see_the_developers_own_settings(pytester, monke
     monkeypatch.setenv("APTK_AUTH_AUDIENCE", "the-developers-own")
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+# --- the one reader: None and empty mean not set, a wrong value names the setting -----------------------------
+
+NAME = "APTK_TEST_READER"
+
+
+def test_a_setting_comes_from_the_config_first_then_the_environment_then_the_default(monkeypatch):
+    from toolkit.settings import setting
+
+    assert setting({}, NAME, "default") == "default"
+    monkeypatch.setenv(NAME, "from env")
+    assert setting({}, NAME, "default") == "from env"
+    assert setting({NAME: "from config"}, NAME, "default") == "from config"
+    assert setting({NAME: 0}, NAME, "default") == 0  # a falsy value that is set stays set
+
+
+@pytest.mark.parametrize("unset", [None, ""])
+def test_none_or_empty_in_the_config_lets_the_environment_and_then_the_default_through(monkeypatch, unset):
+    from toolkit.settings import number, setting
+
+    assert setting({NAME: unset}, NAME, "default") == "default"
+    monkeypatch.setenv(NAME, "")
+    assert setting({NAME: unset}, NAME, "default") == "default"
+    assert number({NAME: unset}, NAME, 7, kind=int) == 7
+    monkeypatch.setenv(NAME, "3")
+    assert setting({NAME: unset}, NAME, "default") == "3"
+
+
+def test_numbers_are_converted_to_their_kind(monkeypatch):
+    from toolkit.settings import number
+
+    monkeypatch.setenv(NAME, "12")
+    assert (number({}, NAME, 1, kind=int), type(number({}, NAME, 1, kind=int))) == (12, int)
+    assert (number({}, NAME, 1.5), type(number({}, NAME, 1.5))) == (12.0, float)
+    assert number({NAME: 2.5}, NAME, 1.0) == 2.5
+
+
+@pytest.mark.parametrize("value, options, message", [
+    ("soon", {}, "APTK_TEST_READER must be a number, not 'soon'"),
+    ("nan", {}, "APTK_TEST_READER must be a number, not 'nan'"),
+    ("inf", {}, "APTK_TEST_READER must be a number, not 'inf'"),
+    ([1], {}, "APTK_TEST_READER must be a number, not [1]"),
+    ("1.5", {"kind": int}, "APTK_TEST_READER must be a whole number, not '1.5'"),
+    ("0", {"positive": True}, "APTK_TEST_READER must be positive, not '0'"),
+    ("-1", {}, "APTK_TEST_READER must be at least 0, not '-1'"),
+    ("100", {"kind": int, "minimum": 4096}, "APTK_TEST_READER must be at least 4096, not '100'"),
+])
+def test_a_wrong_number_is_an_error_naming_the_setting_and_the_value(value, options, message):
+    from toolkit.settings import number
+
+    with pytest.raises(ConfigurationError) as error:
+        number({NAME: value}, NAME, 1, **options)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("Yes", True), ("1", True), ("on", True), (True, True),
+                                             ("false", False), ("NO", False), ("0", False), ("off", False),
+                                             (False, False), (None, "default"), ("", "default")])
+def test_flags(value, expected):
+    from toolkit.settings import flag
+
+    assert flag({NAME: value}, NAME, "default") == expected
+
+
+def test_a_wrong_flag_names_the_setting():
+    from toolkit.settings import flag
+
+    with pytest.raises(ConfigurationError, match=r"^APTK_TEST_READER must be true or false, not 'maybe'$"):
+        flag({NAME: "maybe"}, NAME, True)
+
+
+def test_lists_come_comma_separated_or_as_lists():
+    from toolkit.settings import string_list
+
+    assert string_list({NAME: " a, b ,,c "}, NAME) == ["a", "b", "c"]
+    assert string_list({NAME: ["a", 2]}, NAME) == ["a", "2"]
+    assert string_list({NAME: ""}, NAME) == []
+    with pytest.raises(ConfigurationError, match="APTK_TEST_READER must be a comma-separated list, not 3"):
+        string_list({NAME: 3}, NAME)
+
+
+def test_an_empty_toolkit_setting_in_the_environment_means_its_default(tmp_path, monkeypatch):
+    from toolkit import get_toolkit
+
+    monkeypatch.setenv("APTK_LEASE_SECONDS", "")
+    monkeypatch.setenv("APTK_EXECUTOR_THREADS", "")
+    app = app_with(tmp_path)
+    Toolkit(app)
+    runtime = get_toolkit(app).runtime
+    assert runtime.lease_seconds == 30.0
+    assert runtime.executor.max_workers == 8
+
+
+def test_a_wrong_toolkit_setting_stops_set_up_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("APTK_LEASE_SECONDS", "a while")
+    with pytest.raises(ConfigurationError, match=r"^APTK_LEASE_SECONDS must be a number, not 'a while'$"):
+        Toolkit(app_with(tmp_path))
