@@ -181,3 +181,27 @@ def test_the_decorators_keep_the_type_of_the_function_they_register(tmp_path):
         'RunContext], None]"  [type-var]',
     ], err
     assert status == 1
+
+
+def test_the_readme_hook_example_refuses_the_callers_the_setting_names(tmp_path):
+    """The hook example of the README's section 1, on the greeter above it, as written."""
+    import re
+
+    from toolkit.client import ClientError
+
+    readme = (ROOT / "README.md").read_text()
+    greeter = re.search(r"```python\n(# greeter\.py\n.*?)```", readme, re.S).group(1)
+    hooks = readme[readme.index("Optional hooks:"):]
+    example = re.search(r"```python\n(.*?)```", hooks, re.S).group(1)
+    namespace: dict = {}
+    exec(greeter.split("\napp = Flask")[0] + "\n" + example, namespace)  # the provider, not its app
+    banned = f"urn:globus:auth:identity:{CALLER}"
+    with provider_client(namespace["greeter"], tmp_path, identity=CALLER,
+                         config={"APTK_GREETER_BANNED": f"x,{banned}"}) as client:
+        with pytest.raises(ClientError) as refused:
+            client.run({"name": "Ada"})
+        assert (refused.value.status, refused.value.description) == (403, f"{banned} may not use the greeter.")
+        assert list(client.actions()) == []
+        client.session.headers["Authorization"] = "Bearer " + client.authority.token(
+            str(uuid.uuid4()), scopes=[namespace["greeter"].globus_auth_scope])
+        assert client.run({"name": "Ada"}, wait=True)["details"] == {"greeting": "Hello, Ada"}
