@@ -21,6 +21,12 @@ UTC = dt.timezone.utc
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _UUID_ANY_CASE = re.compile(_UUID, re.IGNORECASE)
 
+
+def is_uuid(value: object) -> bool:
+    """True for a UUID in its usual form (8-4-4-4-12 hex digits, any case)."""
+    return isinstance(value, str) and _UUID_ANY_CASE.fullmatch(value) is not None
+
+
 # What a principal is (README, "Who is who"). Every verifier names callers only in these forms, and every field
 # that names principals (monitor_by, manage_by, runnable_by, visible_to, administered_by) accepts exactly these:
 #   urn:globus:auth:identity:<uuid>   a subject (the token's ``sub``, else its ``client_id``) that is a UUID
@@ -75,14 +81,40 @@ def principal_kind(urn: str) -> str:
     raise ValueError(f"{_shown(urn)} is not a principal URN")
 
 
-def normalize_principal(value: str) -> str:
+def normalize_principal(value: str, kind: str | None = None, *, uuid_kind: str | None = None) -> str:
     """``value`` (a principal URN as a person may write it) in the canonical form verifiers produce.
 
     The URN prefix and UUIDs are lower-cased, percent-escapes upper-cased, characters that need no escape
     unescaped; ``urn:aptk:subject:<uuid>`` becomes ``urn:globus:auth:identity:<uuid>`` (and likewise for groups).
     Anything else raises :class:`ValueError` saying precisely what is wrong: a trailing newline, a stray space,
     a UUID with a typo, an unknown prefix.
+
+    With ``kind`` (``"identity"`` or ``"group"``) the principal must be of that kind, and a bare UUID is one
+    (``urn:globus:auth:identity:<uuid>``, ``urn:globus:groups:id:<uuid>``); ``uuid_kind`` accepts a bare UUID as
+    a principal of that kind without restricting the kind of a URN. This is the one place where a principal as
+    written (a request, a provider's settings, a collection's owners, a stored access rule) becomes the form
+    callers are named in.
     """
+    uuid_kind = uuid_kind or kind
+    if uuid_kind is not None and isinstance(value, str):
+        if _UUID_ANY_CASE.fullmatch(value):
+            urn = (IDENTITY_PREFIX if uuid_kind == "identity" else GROUP_PREFIX) + value.lower()
+        elif value[:4].lower() != "urn:":
+            raise ValueError(f"{_shown(value)} is not a principal URN ({_PRINCIPAL_FORMS}) nor a {uuid_kind} UUID")
+        else:
+            urn = _canonical_urn(value)
+    else:
+        urn = _canonical_urn(value)
+    if kind is not None and principal_kind(urn) != kind:
+        uuid_prefix, name_prefix = (
+            (IDENTITY_PREFIX, SUBJECT_PREFIX) if kind == "identity" else (GROUP_PREFIX, NAMED_GROUP_PREFIX)
+        )
+        raise ValueError(f"{_shown(value)} is not a {kind} (expected {uuid_prefix}<uuid> or, for a caller without "
+                         f"a UUID, {name_prefix}<name>)")
+    return urn
+
+
+def _canonical_urn(value: str) -> str:
     if not isinstance(value, str):
         raise ValueError("is not a string")
     if len(value) > MAX_PRINCIPAL_LENGTH:
@@ -119,18 +151,11 @@ def principal_for(name: str, kind: str) -> str:
     """The principal URN for an identity or group ``name`` as an authorization server gives it (a ``sub``, a
     ``client_id``, an entry of a groups claim): the UUID form for a UUID, else the ``urn:aptk:...:<name>`` form.
     A value that is already a principal URN must be of the same kind."""
-    uuid_prefix, name_prefix = (
-        (IDENTITY_PREFIX, SUBJECT_PREFIX) if kind == "identity" else (GROUP_PREFIX, NAMED_GROUP_PREFIX)
-    )
+    name_prefix = SUBJECT_PREFIX if kind == "identity" else NAMED_GROUP_PREFIX
     if not isinstance(name, str) or not name:
         raise ValueError(f"an empty {kind} name")
-    if _UUID_ANY_CASE.fullmatch(name):
-        return uuid_prefix + name.lower()
-    if any(name.lower().startswith(prefix) for prefix in _KINDS):
-        urn = normalize_principal(name)
-        if principal_kind(urn) != kind:
-            raise ValueError(f"{_shown(name)} names a principal of another kind ({principal_kind(urn)}, not {kind})")
-        return urn
+    if _UUID_ANY_CASE.fullmatch(name) or any(name.lower().startswith(prefix) for prefix in _KINDS):
+        return normalize_principal(name, kind)
     urn = name_prefix + urllib.parse.quote(name, safe=_NAME_SAFE)
     if len(urn) > MAX_PRINCIPAL_LENGTH:
         raise ValueError(

@@ -22,23 +22,18 @@ enforces them.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping
 
-from toolkit import ActionFailed, ActionProvider, ApiError, BadActionRequest, ConfigurationError, ForbiddenRequest
-from toolkit import HookContext, RunContext
-from toolkit.documents import normalize_principal, principal_kind
+from toolkit import ActionFailed, ActionProvider, ApiError, BadActionRequest, ForbiddenRequest, HookContext
+from toolkit import RunContext
 
-from providers.transfer import paths
-from providers.transfer.collections import Collection, load_collections
-from providers.transfer.paths import PathOutsideCollection
-
-from . import rules as store
-from .rules import PERMISSIONS, PRINCIPAL_TYPES
+from providers.collections import Collection, find_collection, paths, served_collections
+from providers.collections import rules as store
+from providers.collections.paths import PathOutsideCollection
+from providers.collections.rules import PERMISSIONS, PRINCIPAL_TYPES
 
 __all__ = ["provider"]
 
-_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _IGNORED = "Accepted for compatibility with the Globus permission action provider; has no effect here."
 
 INPUT_SCHEMA: dict[str, Any] = {
@@ -83,16 +78,7 @@ provider = ActionProvider(
 
 
 def _collection(config: Mapping[str, Any], endpoint_id: str) -> Collection:
-    try:
-        collections = load_collections(config)
-    except ConfigurationError as exc:
-        raise ApiError(f"The server's collections are misconfigured: {exc}", code="ConfigurationError") from None
-    found = collections.get(endpoint_id)
-    if found is None:
-        raise BadActionRequest(
-            f"endpoint_id: there is no collection {endpoint_id!r} here (known: {collections.names() or 'none'})."
-        )
-    return found
+    return find_collection(served_collections(config), endpoint_id, "endpoint_id")
 
 
 def _require(body: Mapping[str, Any], *fields: str) -> None:
@@ -102,32 +88,11 @@ def _require(body: Mapping[str, Any], *fields: str) -> None:
 
 
 def _principal(principal_type: str, principal: str | None) -> str:
-    """The principal as stored: a lower-case UUID, a principal URN of another form (``urn:aptk:subject:<name>``,
-    ``urn:aptk:group:<name>``, as the server's verifier names callers without a UUID), or '' for
-    all_authenticated_users."""
-    if principal_type == "all_authenticated_users":
-        if principal not in (None, "", "all_authenticated_users"):
-            raise BadActionRequest("principal: must be empty for principal_type all_authenticated_users.")
-        return ""
-    if not principal:
-        raise BadActionRequest(f"principal: is required for principal_type {principal_type}.")
-    prefix = "urn:globus:auth:identity:" if principal_type == "identity" else "urn:globus:groups:id:"
-    value = principal
-    if value[:4].lower() == "urn:":
-        try:
-            urn = normalize_principal(value)
-        except ValueError as exc:
-            raise BadActionRequest(f"principal: {exc}.") from None
-        if principal_kind(urn) != principal_type:
-            raise BadActionRequest(
-                f"principal: {principal!r} is not a {principal_type} (expected {prefix}<uuid> or, for a caller "
-                f"without a UUID, {'urn:aptk:subject:' if principal_type == 'identity' else 'urn:aptk:group:'}"
-                "<name>)."
-            )
-        return urn[len(prefix):] if urn.startswith(prefix) else urn
-    if not re.fullmatch(_UUID, value):
-        raise BadActionRequest(f"principal: {principal!r} is not a {principal_type} UUID or principal URN.")
-    return value.lower()
+    """The principal as stored (see :func:`providers.collections.rules.stored_principal`), or a 400 saying why."""
+    try:
+        return store.stored_principal(principal_type, principal)
+    except ValueError as exc:
+        raise BadActionRequest(f"principal: {exc}.") from None
 
 
 def _rule_path(path: str) -> str:

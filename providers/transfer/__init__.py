@@ -5,7 +5,8 @@ Its input is the Globus transfer action provider's (``source_endpoint_id``, ``de
 ``verify_checksum``, ``preserve_timestamp``, ``skip_source_errors``, ``delete_destination_extra``, ``deadline``,
 ``filter_rules``; or the newer ``source_endpoint``, ``destination_endpoint``, ``DATA``), so that a flow definition
 written for Globus works by changing the provider URL. Collections are described in
-:mod:`providers.transfer.collections`; the engine in :mod:`providers.transfer.engine`.
+:mod:`providers.collections`; the engine in :mod:`providers.transfer.engine`, storage backends in
+:mod:`providers.transfer.storage`.
 
 At ``/run`` (before the action exists) a request is refused with a 400 naming the field when a collection is
 unknown, a path leaves its collection (``..``; on local collections also a symbolic link pointing outside), or the
@@ -15,7 +16,7 @@ with ``PermissionDenied`` (before any byte moves) when an owner has not granted 
 Settings (app config or environment):
 
 ======================================  ================================================================  ==========
-``APTK_COLLECTIONS_FILE``               the collections (see :mod:`providers.transfer.collections`)        two local
+``APTK_COLLECTIONS_FILE``               the collections (see :mod:`providers.collections.config`)         two local
 ``APTK_COLLECTION_OWNERS``              owners of the two default collections (identity UUIDs or URNs)    none
 ``APTK_TRANSFER_THREADS``               files copied at once per transfer                                 ``8``
 ``APTK_TRANSFER_CHUNK_BYTES``           bytes read and written at a time (memory: threads x chunk)        8 MiB
@@ -29,18 +30,30 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from toolkit import ActionFailed, ActionProvider, ApiError, BadActionRequest, ConfigurationError, HookContext
-from toolkit import RunContext
+from toolkit import ActionFailed, ActionProvider, BadActionRequest, ConfigurationError, HookContext, RunContext
 from toolkit.settings import number, setting
 
-from . import paths
-from .collections import Collection, CollectionError, Collections, load_collections
-from .engine import Settings, Transfer
-from .paths import PathOutsideCollection
-from .request import INPUT_SCHEMA, TransferRequest, normalize_request
-from .storage import LocalStorage
+from providers.collections import (
+    Collection,
+    CollectionError,
+    Collections,
+    find_collection,
+    load_collections,
+    served_collections,
+)
+from providers.collections.paths import PathOutsideCollection
 
-__all__ = ["Permissions", "permission_errors", "provider", "settings_from"]
+from .engine import Settings, Transfer
+from .permissions import Permissions, permission_errors
+from .request import INPUT_SCHEMA, normalize_request
+from .storage import LocalStorage, open_storage
+
+__all__ = ["OPEN_STORAGE", "Permissions", "permission_errors", "provider", "settings_from"]
+
+#: App config key: a function ``collection -> Storage`` that replaces :func:`providers.transfer.storage.open_storage`
+#: for an app's transfers (storage of its own, or a test's).
+OPEN_STORAGE = "TRANSFER_OPEN_STORAGE"
+
 
 class _TransferProvider(ActionProvider):
     def blueprint(self, url_prefix: str | None = None, *, name: str | None = None) -> Any:
@@ -80,11 +93,7 @@ def _collections(config: Mapping[str, Any]) -> Collections:
 
 
 def _find(collections: Collections, key: str, field: str) -> Collection:
-    found = collections.get(key)
-    if found is None:
-        known = collections.names() or "none are configured"
-        raise BadActionRequest(f"{field}: there is no collection {key!r} here (known: {known}).")
-    return found
+    return find_collection(collections, key, field)
 
 
 def settings_from(config: Mapping[str, Any]) -> Settings:
@@ -103,10 +112,7 @@ def _endpoint_fields(body: Mapping[str, Any], side: str) -> str:
 def check_request(body: dict[str, Any], ctx: HookContext) -> None:
     """Refuse at /run what can be refused before the action exists (400 naming the field)."""
     request = normalize_request(body)
-    try:
-        collections = _collections(ctx.config)
-    except ConfigurationError as exc:
-        raise ApiError(f"The server's collections are misconfigured: {exc}", code="ConfigurationError") from None
+    collections = served_collections(ctx.config)
     source = _find(collections, request.source_endpoint, _endpoint_fields(body, "source"))
     destination = _find(collections, request.destination_endpoint, _endpoint_fields(body, "destination"))
     if request.deadline is not None and request.deadline <= ctx.clock():
@@ -130,53 +136,6 @@ def check_request(body: dict[str, Any], ctx: HookContext) -> None:
             storage.close()  # the folders it opened
 
 
-class Permissions:
-    """The caller's access to the two collections of a transfer: ``r`` on every source path and ``rw`` on every
-    destination path of a shared collection it does not own, from the access rules (``/acl``)."""
-
-    def __init__(self, engine: Any, source: Collection, destination: Collection, principals: frozenset[str]):
-        from providers.acl.rules import list_rules
-
-        self.principals = principals
-        self.sides: dict[str, tuple[Collection, str, list[Any]]] = {}
-        for side, collection, need in (("source", source, "r"), ("destination", destination, "rw")):
-            if collection.shared and not collection.is_owner(principals):
-                self.sides[side] = (collection, need, list_rules(engine, collection.id))
-
-    @property
-    def restricted(self) -> bool:
-        return bool(self.sides)
-
-    def denied(self, side: str, rel: str) -> str | None:
-        """Why the caller may not use ``rel`` on ``side``, or None."""
-        from providers.acl.rules import allowed
-
-        if side not in self.sides:
-            return None
-        collection, need, rules = self.sides[side]
-        if allowed(rules, paths.rule_key(rel), self.principals, need):
-            return None
-        word = "read" if need == "r" else "write"
-        return (f"You may not {word} {paths.display(rel)} on the shared collection {collection.display_name!r}: "
-                f"it needs '{need}' permission from an access rule.")
-
-    def item_errors(self, request: TransferRequest) -> list[dict[str, str]]:
-        errors = []
-        for side in ("source", "destination"):
-            for item in request.items:
-                why = self.denied(side, item.src if side == "source" else item.dst)
-                if why is not None:
-                    errors.append({"source_path": item.source_path, "destination_path": item.destination_path,
-                                   "code": "PermissionDenied", "error": why})
-        return errors
-
-
-def permission_errors(engine: Any, request: TransferRequest, source: Collection, destination: Collection,
-                      principals: frozenset[str]) -> list[dict[str, str]]:
-    """The items the caller may not transfer (by their paths as given), as ``errors`` entries."""
-    return Permissions(engine, source, destination, principals).item_errors(request)
-
-
 @provider.run
 def transfer(body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     try:
@@ -191,7 +150,8 @@ def transfer(body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         raise ActionFailed("ConfigurationError", f"The server is misconfigured: {exc}") from None
     permissions = Permissions(ctx.store.engine, source, destination, ctx.principals)
     job = Transfer(ctx, request, source, destination, settings,
-                   authorize=permissions.denied if permissions.restricted else None)
+                   authorize=permissions.denied if permissions.restricted else None,
+                   open_storage=ctx.config.get(OPEN_STORAGE) or open_storage)
     denied = permissions.item_errors(request)
     if denied:
         first = denied[0]["error"]

@@ -13,8 +13,8 @@ from typing import Any
 
 from toolkit import BadActionRequest
 
-from . import paths
-from .paths import PathOutsideCollection
+from providers.collections import paths
+from providers.collections.paths import PathOutsideCollection
 
 SYNC_LEVELS = {"exists": 0, "size": 1, "mtime": 2, "checksum": 3}
 SYNC_NAMES = {v: k for k, v in SYNC_LEVELS.items()}

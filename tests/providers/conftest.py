@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from providers.acl import provider as acl_provider
+from providers.transfer import OPEN_STORAGE
 from providers.transfer import provider as transfer_provider
+from providers.transfer.storage import LocalStorage
 from toolkit import get_toolkit
 from toolkit.server import create_app
 from toolkit.testing import TestClient, TokenAuthority
@@ -50,6 +52,16 @@ def local_collection(name: str, root: Path, *, shared: bool = False, owners=(OWN
     root.mkdir(parents=True, exist_ok=True)
     return {"id": str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{name}.test")), "name": name, "url": f"file://{root}",
             "shared": shared, "owners": list(owners)}
+
+
+def local_storage(cls: type[LocalStorage] = LocalStorage, **options: Any) -> dict[str, Any]:
+    """App config that has the transfer provider open local collections as ``cls`` (a test's subclass of
+    :class:`LocalStorage`, with ``options``): ``make_site(**local_storage(MyStorage))``."""
+
+    def open_storage(collection):
+        return cls(collection, collection.url.split("://", 1)[1], **options)
+
+    return {OPEN_STORAGE: open_storage}
 
 
 @pytest.fixture

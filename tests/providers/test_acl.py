@@ -81,7 +81,7 @@ def test_an_owner_group_member_may_manage(make_site, tmp_path):
     ({"operation": "CREATE", "endpoint_id": "shared", "path": "/../x", "principal_type": "identity",
       "principal": USER, "permissions": "r"}, "escapes the collection root"),
     ({"operation": "CREATE", "endpoint_id": "shared", "path": "/x", "principal_type": "identity",
-      "principal": "bob", "permissions": "r"}, "principal: 'bob' is not a identity UUID"),
+      "principal": "bob", "permissions": "r"}, "principal: 'bob' is not a principal URN"),
     ({"operation": "CREATE", "endpoint_id": "shared", "path": "/x", "principal_type": "group",
       "principal": f"urn:globus:auth:identity:{USER}", "permissions": "r"}, "is not a group"),
     ({"operation": "CREATE", "endpoint_id": "shared", "path": "/x", "principal_type": "identity",
@@ -235,7 +235,7 @@ def test_a_create_retried_after_its_rule_was_updated_finds_its_action(site):
 
 def test_rules_can_name_callers_without_a_uuid(site):
     """A client-credentials caller (urn:aptk:subject:<name>) or a named group can be granted a rule like anyone."""
-    from providers.acl import rules
+    from providers.collections import rules
 
     client_rule = create(site, "/drop/", "identity", "urn:aptk:subject:flows-client", "rw")
     group_rule = create(site, "/pub/", "group", "urn:aptk:group:lab%20members", "r")

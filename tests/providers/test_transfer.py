@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from providers.transfer import storage as storage_module
-from providers.transfer.collections import INBOX_ID, PROJECT_ID
+from providers.collections import INBOX_ID, PROJECT_ID
+from providers.transfer.storage import LocalStorage
 from toolkit import get_toolkit
 from toolkit.client import ClientError
 
-from .conftest import OWNER, USER, body, items, local_collection, make_tree, tree, wait_for
+from .conftest import OWNER, USER, body, items, local_collection, local_storage, make_tree, tree, wait_for
 
 COUNTERS = ("files", "files_transferred", "files_skipped", "directories", "bytes_transferred", "bytes_checksummed",
             "faults", "effective_bytes_per_second")
@@ -134,19 +134,26 @@ def test_sync_rerun_skips_everything_then_copies_only_what_changed(site):
     assert tree(dst / "d") == tree(src / "d")
 
 
-def test_verification_recopies_a_file_whose_checksum_differs(site, monkeypatch):
-    make_tree(site.roots["src"], {"v.bin": 200_000})
+def test_verification_recopies_a_file_whose_checksum_differs(make_site):
     corrupted = []
-    real_write = storage_module._LocalWriter.write
 
-    def flaky_write(self, data):
-        if not corrupted and self.temp.endswith(".part"):
-            corrupted.append(self.temp)
-            data = bytes(data)
-            data = bytes([data[0] ^ 0xFF]) + data[1:]
-        return real_write(self, data)
+    class CorruptsTheFirstWrite(LocalStorage):
+        def open_write(self, rel, token, chunk_size):
+            writer = super().open_write(rel, token, chunk_size)
+            write = writer.write
 
-    monkeypatch.setattr(storage_module._LocalWriter, "write", flaky_write)
+            def flaky_write(data):
+                if not corrupted:
+                    corrupted.append(rel)
+                    data = bytes(data)
+                    data = bytes([data[0] ^ 0xFF]) + data[1:]
+                return write(data)
+
+            writer.write = flaky_write
+            return writer
+
+    site = make_site(**local_storage(CorruptsTheFirstWrite))
+    make_tree(site.roots["src"], {"v.bin": 200_000})
     status = site.transfer().run(body("src", "dst", ("/v.bin", "/v.bin")), wait=True)
     assert status["status"] == "SUCCEEDED", status
     assert corrupted and status["details"]["faults"] == 1
@@ -156,16 +163,23 @@ def test_verification_recopies_a_file_whose_checksum_differs(site, monkeypatch):
     assert any("Checksum mismatch" in e["description"] for e in log)
 
 
-def test_a_checksum_that_never_matches_fails_the_item(site, monkeypatch):
+def test_a_checksum_that_never_matches_fails_the_item(make_site):
+    class WritesGarbage(LocalStorage):
+        def open_write(self, rel, token, chunk_size):
+            writer = super().open_write(rel, token, chunk_size)
+            write = writer.write
+            writer.write = lambda data: write(b"x" * len(data))
+            return writer
+
+    site = make_site(**local_storage(WritesGarbage))
     make_tree(site.roots["src"], {"v.bin": 1000})
-    real_write = storage_module._LocalWriter.write
-    monkeypatch.setattr(storage_module._LocalWriter, "write", lambda self, data: real_write(self, b"x" * len(data)))
     status = site.transfer().run(body("src", "dst", ("/v.bin", "/w.bin")), wait=True)
     assert status["status"] == "FAILED"
     assert status["details"]["code"] == "ChecksumMismatch"
     assert status["details"]["faults"] == 3
     assert status["details"]["errors"] == [{"source_path": "/v.bin", "destination_path": "/w.bin",
                                             "code": "ChecksumMismatch", "error": status["details"]["errors"][0]["error"]}]
+    assert not (site.roots["dst"] / "w.bin").exists()
 
 
 def test_external_checksum_is_checked(site):
@@ -211,7 +225,7 @@ def test_preserve_timestamp_delete_extra_and_filter_rules(site):
     ("~bob/x", "another user's home"),
 ])
 def test_paths_leaving_the_root_are_refused_at_run(site, path, reason):
-    from providers.transfer.paths import PathOutsideCollection, normalize
+    from providers.collections.paths import PathOutsideCollection, normalize
 
     with pytest.raises(PathOutsideCollection, match=reason):
         normalize(path)
@@ -259,24 +273,40 @@ def test_symbolic_links_leading_outside_are_refused_before_any_byte_moves(site, 
     assert status["status"] == "SUCCEEDED" and (dst / "z.txt").read_bytes() == b"z"
 
 
-def test_a_link_swapped_in_after_planning_is_refused_when_the_file_is_opened(site, tmp_path, monkeypatch):
-    from providers.transfer import engine
+class BeforeFolders(LocalStorage):
+    """Local storage that runs ``hook`` once, when the first destination folder is made (after planning)."""
 
-    src = site.roots["src"]
-    make_tree(tmp_path / "secret", {"key": b"secret"})
-    make_tree(src, {"swap/a.txt": b"a"})
-    real_make_dirs = engine.Transfer._make_dirs
+    hook = staticmethod(lambda: None)
+    done: list[bool] = []
 
-    def swap_then_make_dirs(self):
+    def makedirs(self, rel, check=None):
+        if not self.done:
+            self.done.append(True)
+            self.hook()
+        super().makedirs(rel, check=check)
+
+
+def before_folders(hook):
+    return local_storage(type("Hooked", (BeforeFolders,), {"hook": staticmethod(hook), "done": []}))
+
+
+def test_a_link_swapped_in_after_planning_is_refused_when_the_file_is_opened(make_site, tmp_path):
+    made = []
+
+    def swap():
+        src = made[0].roots["src"]
         (src / "swap" / "a.txt").unlink()
         (src / "swap" / "a.txt").symlink_to(tmp_path / "secret" / "key")
-        real_make_dirs(self)
 
-    monkeypatch.setattr(engine.Transfer, "_make_dirs", swap_then_make_dirs)
+    site = make_site(**before_folders(swap))
+    made.append(site)
+    make_tree(tmp_path / "secret", {"key": b"secret"})
+    make_tree(site.roots["src"], {"swap/a.txt": b"a"})
     status = site.transfer().run(body("src", "dst", ("/swap", "/swap", True)), wait=True)
     assert status["status"] == "FAILED"
     assert status["details"]["code"] == "PathOutsideCollection"
     assert not (site.roots["dst"] / "swap" / "a.txt").exists()
+    assert (site.roots["src"] / "swap" / "a.txt").is_symlink()  # the swap happened, after planning
 
 
 def test_unknown_collections_and_bad_requests_are_400s(site):
@@ -465,9 +495,10 @@ def test_default_collections_inbox_and_project(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("anonymous", [True, False], ids=["O_TMPFILE", "named-temporary"])
-def test_files_appear_whole_replace_older_ones_and_a_folder_in_the_way_fails(site, monkeypatch, anonymous):
-    if not anonymous:  # a filesystem without O_TMPFILE: a hidden temporary name, renamed into place
-        monkeypatch.setattr(storage_module, "_anonymous_files", [False])
+def test_files_appear_whole_replace_older_ones_and_a_folder_in_the_way_fails(make_site, anonymous):
+    # Without O_TMPFILE (anonymous_files=False, as on a filesystem that lacks it): a hidden temporary name, renamed
+    # into place.
+    site = make_site(**local_storage(anonymous_files=anonymous))
     src, dst = site.roots["src"], site.roots["dst"]
     make_tree(src, {"f/new.txt": b"new", "f/old.txt": b"fresh content", "f/dir.txt": b"x"})
     make_tree(dst, {"f/old.txt": b"stale", "f/dir.txt/inside": b"a folder where a file should go"})
@@ -626,26 +657,24 @@ def test_links_deep_in_a_destination_are_followed_only_inside(deep, site, tmp_pa
     assert list(outside.iterdir()) == []
 
 
-def test_a_link_put_deep_in_the_way_before_folders_are_made_is_refused(deep, site, tmp_path, monkeypatch):
-    from providers.transfer import engine
-
-    dst = site.roots["dst"]
+def test_a_link_put_deep_in_the_way_before_folders_are_made_is_refused(deep, make_site, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
-    make_tree(site.roots["src"], {"f.txt": b"payload"})
     middle = "/".join(["m"] * 500)
-    write_deep(dst, f"{middle}/keep.txt", b"")
-    real_make_dirs = engine.Transfer._make_dirs
+    made = []
 
-    def link_then_make_dirs(self):  # planned where nothing was: a link appears there before folders are made
-        fd = descend(dst, middle.split("/"))
+    def put_link():  # planned where nothing was: a link appears there before folders are made
+        fd = descend(made[0].roots["dst"], middle.split("/"))
         try:
             os.symlink(str(outside), "new", dir_fd=fd)
         finally:
             os.close(fd)
-        real_make_dirs(self)
 
-    monkeypatch.setattr(engine.Transfer, "_make_dirs", link_then_make_dirs)
+    site = make_site(**before_folders(put_link))
+    made.append(site)
+    dst = site.roots["dst"]
+    make_tree(site.roots["src"], {"f.txt": b"payload"})
+    write_deep(dst, f"{middle}/keep.txt", b"")
     status = site.transfer().run(body("src", "dst", ("/f.txt", f"/{middle}/new/x/f.txt")), wait=True, timeout=60)
     assert (status["status"], status["details"]["code"]) == ("FAILED", "PathOutsideCollection"), status
     assert list(outside.iterdir()) == []
@@ -668,8 +697,7 @@ def test_checking_deep_paths_at_run_leaves_no_descriptor_open(deep, site):
 def test_making_and_listing_folders_stop_at_the_check_between_levels(deep, tmp_path):
     # What a cancel does inside one long makedirs or walk: the engine passes its check (ctx.check and the
     # deadline), called before each level or entry; a check that raises stops the work there, holding nothing open.
-    from providers.transfer.collections import Collection
-    from providers.transfer.storage import LocalStorage
+    from providers.collections import Collection
 
     class Stop(Exception):
         pass

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from providers.transfer.collections import INBOX_ID, PROJECT_ID
+from providers.collections import INBOX_ID, PROJECT_ID
 from tests.e2e.support import Server
 
 OWNER = "6a3b4d5e-0000-4000-8000-000000000001"

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import time
 import uuid
 from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from toolkit.store import create_tables
 from sqlalchemy.exc import IntegrityError
+
+from toolkit.documents import ALL_AUTHENTICATED_USERS, GROUP_PREFIX, IDENTITY_PREFIX, normalize_principal
+from toolkit.store import create_tables
 
 metadata = sa.MetaData()
 
@@ -39,6 +42,21 @@ PRINCIPAL_TYPES = ("identity", "group", "all_authenticated_users")
 PERMISSIONS = ("r", "rw")
 
 
+def stored_principal(principal_type: str, principal: str | None) -> str:
+    """The principal as a rule stores it: a lower-case UUID, a principal URN of another form
+    (``urn:aptk:subject:<name>``, ``urn:aptk:group:<name>``, as the server's verifier names callers without a UUID),
+    or '' for all_authenticated_users. :class:`ValueError` says why a principal cannot be one of ``principal_type``."""
+    if principal_type == ALL_AUTHENTICATED_USERS:
+        if principal not in (None, "", ALL_AUTHENTICATED_USERS):
+            raise ValueError("must be empty for principal_type all_authenticated_users")
+        return ""
+    if not principal:
+        raise ValueError(f"is required for principal_type {principal_type}")
+    urn = normalize_principal(principal, principal_type)
+    prefix = IDENTITY_PREFIX if principal_type == "identity" else GROUP_PREFIX
+    return urn[len(prefix):] if urn.startswith(prefix) else urn
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     rule_id: str
@@ -51,15 +69,12 @@ class Rule:
     create_time: float
     update_time: float
 
-    @property
+    @functools.cached_property
     def principal_urn(self) -> str:
-        if self.principal.startswith("urn:"):
-            return self.principal  # a principal without a UUID, kept whole
-        if self.principal_type == "identity":
-            return f"urn:globus:auth:identity:{self.principal}"
-        if self.principal_type == "group":
-            return f"urn:globus:groups:id:{self.principal}"
-        return "all_authenticated_users"
+        """Whom the rule is for, in the form callers are named in (a UUID is stored bare, other URNs whole)."""
+        if self.principal_type == ALL_AUTHENTICATED_USERS:
+            return ALL_AUTHENTICATED_USERS
+        return normalize_principal(self.principal, self.principal_type)
 
     def grants(self, need: str) -> bool:
         return need == "r" or self.permissions == "rw"

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from toolkit import ConfigurationError
-from toolkit.documents import normalize_principal
+from toolkit.documents import ALL_AUTHENTICATED_USERS, is_uuid, normalize_principal
 from toolkit.settings import setting
 
 __all__ = [
@@ -75,7 +75,6 @@ INBOX_ID = collection_id("inbox")
 PROJECT_ID = collection_id("project")
 __doc__ = (__doc__ or "").replace("{INBOX_ID}", INBOX_ID).replace("{PROJECT_ID}", PROJECT_ID)
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _KEYS = {"id", "name", "display_name", "url", "storage_options", "owners", "shared", "description"}
 
@@ -85,17 +84,14 @@ class CollectionError(Exception):
 
 
 def _principal(value: Any, where: str) -> str:
-    """An owner in the canonical form principals are compared in (lower-case prefix and UUID): a bare UUID is an
-    identity. What cannot be put in that form is a configuration error naming it, never an owner that matches
-    nobody."""
+    """An owner in the canonical form principals are compared in (a bare UUID is an identity). What cannot be put
+    in that form is a configuration error naming it, never an owner that matches nobody."""
+    if value == ALL_AUTHENTICATED_USERS:
+        return ALL_AUTHENTICATED_USERS
     if not isinstance(value, str):
         raise ConfigurationError(f"{where}: {value!r} is not a principal")
-    if _UUID.fullmatch(value):
-        return f"urn:globus:auth:identity:{value.lower()}"
-    if value == "all_authenticated_users":
-        return value
     try:
-        return normalize_principal(value)
+        return normalize_principal(value, uuid_kind="identity")
     except ValueError as exc:
         raise ConfigurationError(f"{where}: {exc} (an owner is an identity UUID or a principal URN)") from None
 
@@ -186,7 +182,7 @@ def _parse(entry: Any, index: int, base: Path) -> Collection:
         raise ConfigurationError(f"{where}: 'name' must be 1-64 letters, digits, '_', '.' or '-'")
     where = f"collection {name!r}"
     cid = entry.get("id") or collection_id(name)
-    if not isinstance(cid, str) or not _UUID.fullmatch(cid):
+    if not isinstance(cid, str) or not is_uuid(cid):
         raise ConfigurationError(f"{where}: 'id' must be a UUID")
     url = entry.get("url")
     if not isinstance(url, str) or not url:

@@ -1,0 +1,220 @@
+"""The contract every storage backend keeps, and the optional capabilities the engine makes use of.
+
+A backend is a subclass of :class:`Storage`. Every method takes a path *relative to the collection root*: a
+normalized POSIX path as :func:`providers.collections.paths.normalize` makes it (``""`` is the root, no ``.``,
+``..``, empty parts, leading ``/`` or NUL byte). A backend builds the path it hands to its filesystem only
+through :meth:`Storage.checked`, which refuses anything else with
+:class:`~providers.collections.paths.PathOutsideCollection`, so that a caller's slip can never reach outside
+the root. Where the filesystem has symbolic links, the backend also refuses a path that leads outside the root
+through one (:meth:`Storage.confine`), when a transfer is planned and again when a file is opened.
+
+What the engine needs of every backend (abstract here): :meth:`~Storage.confine`, :meth:`~Storage.stat`,
+:meth:`~Storage.walk`, :meth:`~Storage.open_read` (a :class:`Reader`), :meth:`~Storage.open_write` (a
+:class:`Writer` whose data appears under its name whole, at :meth:`Writer.commit`, or not at all),
+:meth:`~Storage.makedirs` and :meth:`~Storage.remove`. :meth:`~Storage.fork`, :meth:`~Storage.close` and
+:meth:`~Storage.resolve` have defaults that suit a thread-safe filesystem without links.
+
+What a backend may offer besides, found by ``isinstance`` against the runtime-checkable protocols below:
+
+* on the storage: :class:`SettableTimes` (``preserve_timestamp`` applies), :class:`LocalDisk` (files on this
+  machine: the engine confines every destination file while planning and copies disk to disk on per-core lanes);
+* on a reader: :class:`ReadsInto` (no copy of each chunk), :class:`HasDescriptor` (an OS file descriptor: the
+  source side of a kernel copy);
+* on a writer: :class:`KernelCopy` (``copy_file_range``/``sendfile`` from a descriptor), :class:`ReadsBack` (what
+  was written can be verified before it gets its name), :class:`ReportsWritten` (size and time of the committed
+  file, sparing a ``stat``).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Callable, Iterator, Protocol, runtime_checkable
+
+from providers.collections import Collection
+from providers.collections.paths import PathOutsideCollection
+
+__all__ = [
+    "Entry",
+    "FileStat",
+    "HasDescriptor",
+    "KernelCopy",
+    "LocalDisk",
+    "OpenStorage",
+    "Reader",
+    "ReadsBack",
+    "ReadsInto",
+    "ReportsWritten",
+    "SettableTimes",
+    "Storage",
+    "Writer",
+    "temp_name",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class FileStat:
+    kind: str  # "file", "dir", "link" (only from walk(follow_links=False)), "other"
+    size: int = 0
+    mtime: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One thing found by :meth:`Storage.walk`: a path and what it is (``stat``), or why it could not be read
+    (``error``); exactly one of the two is set."""
+
+    rel: str
+    stat: FileStat | None = None
+    error: BaseException | None = None
+
+
+class Reader(Protocol):
+    """An open source file: ``read`` answers at most ``size`` bytes, ``b""`` at the end."""
+
+    def read(self, size: int) -> bytes: ...
+    def close(self) -> None: ...
+
+
+class Writer(Protocol):
+    """A destination file being written: nothing appears under its name before :meth:`commit`; :meth:`abort`
+    leaves nothing behind (best effort, never raising)."""
+
+    def write(self, data: bytes | memoryview) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+@runtime_checkable
+class ReadsInto(Protocol):
+    def readinto(self, buffer: memoryview) -> int: ...
+
+
+@runtime_checkable
+class HasDescriptor(Protocol):
+    fd: int
+
+
+@runtime_checkable
+class KernelCopy(Protocol):
+    def copy_from(self, source_fd: int, size: int) -> int:
+        """Copy up to ``size`` bytes from ``source_fd`` without passing them through Python; 0 at the end."""
+        ...
+
+
+@runtime_checkable
+class ReadsBack(Protocol):
+    def read_back(self, buffer: memoryview) -> Iterator[memoryview]:
+        """What was written, read again (into ``buffer``) before :meth:`Writer.commit`."""
+        ...
+
+
+@runtime_checkable
+class ReportsWritten(Protocol):
+    written: FileStat | None  # set by commit
+
+
+@runtime_checkable
+class SettableTimes(Protocol):
+    def set_mtime(self, rel: str, mtime: float) -> None: ...
+
+
+@runtime_checkable
+class LocalDisk(Protocol):
+    def local_path(self, rel: str) -> str:
+        """The resolved path of ``rel`` on this machine's disk (refused if it leads outside the root)."""
+        ...
+
+
+def temp_name(name: str, token: str) -> str:
+    """A hidden name next to the destination; the same for the same (file, token), so a rerun reuses it."""
+    return f".{name[:200]}.aptk-{token}.part"
+
+
+class Storage(abc.ABC):
+    """The operations a transfer needs on one collection. Paths are relative to the collection root.
+
+    One storage object is used by one thread at a time; :meth:`fork` gives another thread its own.
+    """
+
+    def __init__(self, collection: Collection) -> None:
+        self.collection = collection
+
+    @staticmethod
+    def checked(rel: str) -> str:
+        """``rel`` if it is a normalized path relative to the root, else :class:`PathOutsideCollection`.
+
+        Backends pass every path through this before using it: it is what keeps ``..``, an absolute path or a
+        NUL byte from reaching the filesystem, whoever the caller."""
+        if not isinstance(rel, str):
+            raise PathOutsideCollection(str(rel), "is not a string")
+        if "\x00" in rel:
+            raise PathOutsideCollection(rel, "contains a NUL byte")
+        if rel.startswith("/"):
+            raise PathOutsideCollection(rel, "is absolute, not relative to the collection root")
+        if rel and any(part in ("", ".", "..") for part in rel.split("/")):
+            raise PathOutsideCollection(rel, "is not a normalized path inside the collection ('..', '.', '//')")
+        return rel
+
+    # --- lifetime -------------------------------------------------------------------------------------------------
+
+    def fork(self) -> "Storage":
+        """A storage for another thread (the same object where the filesystem is thread-safe)."""
+        return self
+
+    def close(self) -> None:
+        """Release what the storage holds (connections, open folders); it is not used afterwards."""
+        return None  # nothing held here
+
+    # --- confinement ----------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def confine(self, rel: str) -> None:
+        """Raise :class:`PathOutsideCollection` if ``rel`` is not a normalized relative path or leads outside the
+        root (through a symbolic link); what does not exist yet is fine."""
+
+    def resolve(self, rel: str) -> str:
+        """Where ``rel`` really is (links resolved), relative to the root; ``rel`` itself where nothing exists.
+        Access rules are checked on this. Without links: ``rel``."""
+        return self.checked(rel)
+
+    # --- reading --------------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def stat(self, rel: str) -> FileStat | None:
+        """What ``rel`` is (links followed), or None if nothing is there."""
+
+    @abc.abstractmethod
+    def walk(self, rel: str, *, follow_links: bool = True,
+             prune: Callable[[str, FileStat], bool] | None = None,
+             check: Callable[[], None] | None = None) -> Iterator[Entry]:
+        """Everything beneath ``rel`` (not ``rel`` itself), a folder before what it holds. ``prune(rel, stat)``
+        true skips an entry (and, for a folder, all beneath it); ``check`` is called between entries and raises to
+        stop the walk. A link leading outside the root is an :class:`Entry` with a :class:`PathOutsideCollection`
+        error; with ``follow_links=False`` links are reported as kind ``link`` and not followed."""
+
+    @abc.abstractmethod
+    def open_read(self, rel: str, chunk_size: int) -> Reader:
+        """Open the regular file ``rel``; reads will ask for ``chunk_size`` bytes at a time."""
+
+    # --- writing --------------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def open_write(self, rel: str, token: str, chunk_size: int) -> Writer:
+        """Start writing ``rel`` (its folder exists); ``token`` names the transfer (for temporary names, the same
+        on a rerun), writes come ``chunk_size`` bytes at a time. A link at ``rel`` is replaced, never written
+        through."""
+
+    @abc.abstractmethod
+    def makedirs(self, rel: str, check: Callable[[], None] | None = None) -> None:
+        """Make the folder ``rel`` and any missing above it; ``check`` is called between folders (it raises to
+        stop). Where a filesystem has no folders this does nothing."""
+
+    @abc.abstractmethod
+    def remove(self, rel: str, kind: str) -> None:
+        """Remove the file (or link) ``rel``, or the empty folder ``rel`` when ``kind`` is ``dir``."""
+
+
+OpenStorage = Callable[[Collection], Storage]
+"""Connects to a collection's storage (:func:`providers.transfer.storage.open_storage`); raises
+:class:`~providers.collections.CollectionError` when it cannot."""

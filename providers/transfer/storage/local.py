@@ -1,0 +1,623 @@
+"""Local disk (``file://``): the operating system directly, each folder opened relative to the one before.
+
+Symbolic links are resolved and anything leading outside the root is refused, when a transfer is planned and
+again when each file is opened (relative to its folder, held open, never through a link unchecked); a file is
+written without a name (``O_TMPFILE``) or under a hidden temporary one, and linked or renamed into place once
+complete and verified, so that a destination name holds the old file or the whole new one, never a part.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import dataclasses
+import errno
+import os
+import stat as stat_module
+from typing import Callable, Iterator
+
+from providers.collections import Collection, CollectionError, paths
+from providers.collections.paths import PathOutsideCollection
+
+from .base import Entry, FileStat, Storage, temp_name
+
+__all__ = ["LocalStorage", "connect"]
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC
+_DIRECTORY_CACHE = 64
+
+
+class _LocalReader:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def read(self, size: int) -> bytes:
+        return os.read(self.fd, size)
+
+    def readinto(self, buffer: memoryview) -> int:
+        return os.readv(self.fd, [buffer])
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
+_TMPFILE = getattr(os, "O_TMPFILE", 0)
+_anonymous_files = [bool(_TMPFILE) and os.path.isdir("/proc/self/fd")]  # cleared if the system says no
+
+
+class _LocalWriter:
+    """Writes a new file that has no name until it is complete (``O_TMPFILE``, then linked into place), or,
+    where the filesystem cannot, ``.<name>.aptk-<token>.part`` renamed into place. Either way the destination
+    name holds the old file or the whole new one, and a crash leaves no partial file under it."""
+
+    def __init__(self, dir_fd: int, name: str, token: str, anonymous: bool = True) -> None:
+        self.dir_fd = dir_fd
+        self.name = name
+        self.temp = temp_name(name, token)
+        self.named = True
+        self.written: FileStat | None = None
+        try:
+            if anonymous and _anonymous_files[0]:
+                try:
+                    self.fd = os.open(".", os.O_RDWR | _TMPFILE | _CLOEXEC, 0o666, dir_fd=dir_fd)
+                    self.named = False
+                    return
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                        raise
+                    _anonymous_files[0] = False
+            self.fd = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _NOFOLLOW | _CLOEXEC, 0o666,
+                              dir_fd=dir_fd)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+
+    def copy_from(self, source_fd: int, size: int) -> int:
+        """Copy up to ``size`` bytes from ``source_fd`` in the kernel; bytes copied (0 at the end)."""
+        try:
+            return os.copy_file_range(source_fd, self.fd, size)
+        except (AttributeError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL,
+                                                               errno.EOPNOTSUPP):
+                raise
+            return os.sendfile(self.fd, source_fd, None, size)
+
+    def read_back(self, buffer: memoryview) -> Iterator[memoryview]:
+        """What was written, read again before the file gets its name (verification)."""
+        offset = 0
+        while True:
+            n = os.preadv(self.fd, [buffer], offset)
+            if not n:
+                return
+            yield buffer[:n]
+            offset += n
+
+    def _link(self, name: str) -> None:
+        os.link(f"/proc/self/fd/{self.fd}", name, dst_dir_fd=self.dir_fd, follow_symlinks=True)
+
+    def commit(self) -> None:
+        st = os.fstat(self.fd)
+        self.written = FileStat("file", st.st_size, st.st_mtime)
+        if not self.named:
+            try:
+                self._link(self.name)
+            except FileExistsError:
+                # Something is there already: give the file its temporary name, then rename it over.
+                try:
+                    os.unlink(self.temp, dir_fd=self.dir_fd)
+                except FileNotFoundError:
+                    pass
+                self._link(self.temp)
+                self.named = True
+            else:
+                self._release()
+                return
+        os.close(self.fd)
+        self.fd = -1
+        try:
+            os.replace(self.temp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        except IsADirectoryError:
+            raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the file", self.name) from None
+        self._release()
+
+    def _release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+        if self.dir_fd >= 0:
+            if self.named:
+                try:
+                    os.unlink(self.temp, dir_fd=self.dir_fd)
+                except OSError:
+                    pass
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+
+class _NotThere(FileNotFoundError):
+    """A folder on the way does not exist (yet); ``where`` is where the path would be, relative to the root,
+    once the links on the way that do exist are resolved."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(errno.ENOENT, "No such file or directory")
+        self.where = where
+
+
+@dataclasses.dataclass
+class _Frame:
+    """One open folder of :meth:`LocalStorage.walk`."""
+
+    rel: str
+    real: str  # where it really is, relative to the root
+    ident: tuple[int, int]  # st_dev, st_ino
+    fd: int  # -1 once closed to spare descriptors (re-opened when needed)
+    via_link: bool
+    entries: list[tuple[str, os.stat_result]]
+    index: int = 0
+
+
+_WALK_OPEN_FOLDERS = 64  # descriptors a walk keeps open at most, however deep it goes
+
+
+class LocalStorage(Storage):
+    """A directory on this machine.
+
+    Folders are opened one component at a time from the root (or from a folder already open), each relative to
+    the one before (``openat``) with ``O_NOFOLLOW | O_DIRECTORY``: the cost is linear in the depth of a path and
+    no path is ever too long for the system. A symbolic link met on the way is resolved and followed only if it
+    stays inside the root. Files are opened relative to their open folder and never through a link as the last
+    component (``O_NOFOLLOW``; a link there is resolved and checked first). A folder swapped for a link once
+    opened changes nothing: the open folder is used.
+    """
+
+    def __init__(self, collection: Collection, root: str, *, anonymous_files: bool = True) -> None:
+        """``anonymous_files=False`` writes every file under a hidden temporary name, as on a filesystem without
+        ``O_TMPFILE`` (which is found out, and remembered, by itself)."""
+        super().__init__(collection)
+        self.anonymous_files = anonymous_files
+        if collection.create_root:
+            os.makedirs(root, exist_ok=True)
+        if not os.path.isdir(root):
+            raise CollectionError(f"collection {collection.name!r}: its root directory does not exist")
+        self.root = os.path.realpath(root)
+        self._init_caches()
+
+    def _init_caches(self) -> None:
+        # Open folders by path (relative to the root): descriptor and where the folder really is.
+        self._dirs: "collections.OrderedDict[str, tuple[int, str]]" = collections.OrderedDict()
+        # Folders found missing while planning, and where they would be: their subfolders are missing too.
+        self._missing: dict[str, str] = {}
+
+    def fork(self) -> "LocalStorage":
+        other = copy.copy(self)  # the same root and options; folders of its own
+        other._init_caches()
+        return other
+
+    def close(self) -> None:
+        self._missing.clear()
+        while self._dirs:
+            _, (fd, _real) = self._dirs.popitem()
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _inside(self, real: str) -> bool:
+        return real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)
+
+    def _relative(self, real: str) -> str:
+        return "" if real == self.root else real[len(self.root.rstrip(os.sep)) + 1:].replace(os.sep, "/")
+
+    def _through_link(self, real_folder: str, name: str, rel: str) -> str:
+        """Where the link ``name`` in the folder that really is ``real_folder`` leads (relative to the root);
+        refused if outside. Resolving costs the depth of the path, paid only where a link is."""
+        real = os.path.realpath(os.path.join(self.root, real_folder, name) if real_folder
+                                else os.path.join(self.root, name))
+        if not self._inside(real):
+            raise PathOutsideCollection(paths.display(rel), "leads outside the collection through a symbolic link")
+        return self._relative(real)
+
+    def _remember(self, rel: str, fd: int, real: str) -> None:
+        self._dirs[rel] = (fd, real)
+        if len(self._dirs) > _DIRECTORY_CACHE:
+            _, (old, _real) = self._dirs.popitem(last=False)
+            os.close(old)
+
+    def _forget(self, rel: str) -> None:
+        for key in [k for k in self._dirs if paths.is_within(k, rel)]:
+            os.close(self._dirs.pop(key)[0])
+
+    def _lookup(self, rel: str, *, create: bool = False,
+                check: Callable[[], None] | None = None) -> tuple[int, str]:
+        """An open descriptor of the folder ``rel`` (kept by the storage: do not close it) and where it really
+        is, relative to the root. Walked from the nearest folder already open, one component at a time; with
+        ``create``, missing folders are made on the way. ``check`` is called before each component (cancel).
+
+        Raises :class:`_NotThere` (a folder is missing), :class:`NotADirectoryError` (a file is in the way) or
+        :class:`PathOutsideCollection` (a link leads outside)."""
+        cached = self._dirs.get(rel)
+        if cached is not None:
+            self._dirs.move_to_end(rel)
+            return cached
+        parent = paths.parent(rel) if rel else ""
+        if rel and parent in self._dirs:
+            base, parts = parent, [paths.name(rel)]
+        else:
+            base, parts = "", rel.split("/") if rel else []
+        cached = self._dirs.get(base)
+        if cached is None:
+            fd = os.open(self.root, _DIRECTORY_FLAGS)
+            self._remember("", fd, "")
+            if not parts:
+                return fd, ""
+            current, real = fd, ""
+        else:
+            self._dirs.move_to_end(base)
+            current, real = cached
+        real_parts = real.split("/") if real else []
+        owned = False
+        try:
+            for i, part in enumerate(parts):
+                if check is not None:
+                    check()
+                try:
+                    child = self._open_folder(current, part, create)
+                    real_parts.append(part)
+                except _LinkFound:
+                    done = paths.join(base, *parts[:i + 1])
+                    target = self._through_link("/".join(real_parts), part, rel if i == len(parts) - 1 else done)
+                    try:
+                        child = os.open(os.path.join(self.root, target) if target else self.root,
+                                        _DIRECTORY_FLAGS)
+                    except FileNotFoundError:
+                        raise _NotThere(paths.join(target, *parts[i + 1:])) from None
+                    except NotADirectoryError:
+                        raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of a folder",
+                                                 paths.display(done)) from None
+                    real_parts = target.split("/") if target else []
+                except FileNotFoundError:
+                    raise _NotThere("/".join(real_parts + parts[i:])) from None
+                except NotADirectoryError:
+                    raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of a folder",
+                                             paths.display(paths.join(base, *parts[:i + 1]))) from None
+                if owned:
+                    os.close(current)
+                current, owned = child, True
+        except BaseException:
+            if owned:
+                os.close(current)
+            raise
+        real = "/".join(real_parts)
+        self._remember(rel, current, real)
+        return current, real
+
+    @staticmethod
+    def _open_folder(dir_fd: int, name: str, create: bool) -> int:
+        """Open the folder ``name`` inside ``dir_fd`` (made first if missing and ``create``), never through a
+        link: :class:`_LinkFound` if ``name`` is one."""
+        for _ in range(2):
+            try:
+                return os.open(name, _DIRECTORY_FLAGS, dir_fd=dir_fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(name, 0o777, dir_fd=dir_fd)
+                except FileExistsError:
+                    pass  # made meanwhile (another worker), or a link: opened again below
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                if stat_module.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                    raise _LinkFound() from None
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder") from None
+        return os.open(name, _DIRECTORY_FLAGS, dir_fd=dir_fd)
+
+    def _find(self, rel: str) -> tuple[int, str]:
+        """:meth:`_lookup` without creating, remembering what is missing (planning looks at every destination
+        folder before any is made: a missing folder's subfolders are known missing without a walk)."""
+        where = self._missing.get(rel)
+        if where is None and rel:
+            above = self._missing.get(paths.parent(rel))
+            if above is not None:
+                where = self._missing[rel] = paths.join(above, paths.name(rel))
+        if where is not None:
+            raise _NotThere(where)
+        try:
+            return self._lookup(rel)
+        except _NotThere as exc:
+            self._missing[rel] = exc.where
+            raise
+
+    def real(self, rel: str) -> str:
+        """The resolved absolute path of ``rel``, refused if it leads outside the root."""
+        where = self.resolve(rel)
+        return os.path.join(self.root, where) if where else self.root
+
+    def confine(self, rel: str) -> None:
+        if not self.checked(rel):
+            return
+        try:
+            fd, real_folder = self._find(paths.parent(rel))
+        except (FileNotFoundError, NotADirectoryError):
+            return  # nothing there (yet): it cannot lead anywhere
+        try:
+            st = os.stat(paths.name(rel), dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return
+        if stat_module.S_ISLNK(st.st_mode):
+            self._through_link(real_folder, paths.name(rel), rel)
+
+    def local_path(self, rel: str) -> str:
+        return self.real(rel)
+
+    def resolve(self, rel: str) -> str:
+        if not self.checked(rel):
+            return ""
+        name = paths.name(rel)
+        try:
+            fd, real_folder = self._find(paths.parent(rel))
+        except _NotThere as exc:
+            return paths.join(exc.where, name)
+        except NotADirectoryError:
+            return rel
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return paths.join(real_folder, name)
+        if stat_module.S_ISLNK(st.st_mode):
+            return self._through_link(real_folder, name, rel)
+        return paths.join(real_folder, name)
+
+    def _dir(self, rel: str) -> int:
+        """An open descriptor of the folder ``rel``, checked to be inside the root."""
+        return self._lookup(self.checked(rel))[0]
+
+    def _in_folder(self, rel: str) -> tuple[int, str]:
+        """The open folder of ``rel`` and its name there (``rel`` checked first: never ``..``)."""
+        return self._dir(paths.parent(self.checked(rel))), paths.name(rel)
+
+    def _open_in(self, rel: str, flags: int) -> int:
+        dir_fd, name = self._in_folder(rel)
+        try:
+            return os.open(name, flags | _NOFOLLOW | _CLOEXEC, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+        return os.open(self.real(rel), flags | _NOFOLLOW | _CLOEXEC)  # a link: followed if it stays inside
+
+    @staticmethod
+    def _from_stat(st: os.stat_result) -> FileStat:
+        if stat_module.S_ISDIR(st.st_mode):
+            return FileStat("dir", 0, st.st_mtime)
+        if stat_module.S_ISREG(st.st_mode):
+            return FileStat("file", st.st_size, st.st_mtime)
+        if stat_module.S_ISLNK(st.st_mode):
+            return FileStat("link", 0, st.st_mtime)
+        return FileStat("other", 0, st.st_mtime)
+
+    def stat(self, rel: str) -> FileStat | None:
+        try:
+            if not self.checked(rel):
+                return self._from_stat(os.fstat(self._dir("")))
+            dir_fd, name = self._in_folder(rel)
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat_module.S_ISLNK(st.st_mode):
+                st = os.stat(self.real(rel))
+            return self._from_stat(st)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def walk(self, rel: str, *, follow_links: bool = True,
+             prune: Callable[[str, FileStat], bool] | None = None,
+             check: Callable[[], None] | None = None) -> Iterator[Entry]:
+        """Everything under ``rel``, depth first in name order, without recursion: each folder is opened
+        relative to its parent, so a walk costs one step per entry however deep the tree (and ``check`` is called
+        at each, to stop it). At most a few dozen folders are held open; one closed on the way down is found
+        again through ``..`` of its subfolder (checked to be the same folder) or, failing that, from the root."""
+        try:
+            fd, real = self._lookup(self.checked(rel))
+            fd = os.dup(fd)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            yield Entry(rel, None, exc)
+            return
+        stack: list[_Frame] = []
+        seen: set[tuple[int, int]] = set()
+        open_count = 0
+
+        def push(dir_rel: str, dir_real: str, fd: int, via_link: bool) -> Entry | None:
+            nonlocal open_count
+            try:
+                st = os.fstat(fd)
+                entries = []
+                for i, name in enumerate(sorted(os.listdir(fd))):
+                    if check is not None and i % 256 == 255:
+                        check()
+                    try:
+                        entries.append((name, os.stat(name, dir_fd=fd, follow_symlinks=False)))
+                    except FileNotFoundError:
+                        continue  # gone since the listing
+            except OSError as exc:
+                os.close(fd)
+                return Entry(dir_rel, None, exc)
+            except BaseException:
+                os.close(fd)
+                raise
+            seen.add((st.st_dev, st.st_ino))
+            stack.append(_Frame(dir_rel, dir_real, (st.st_dev, st.st_ino), fd, via_link, entries))
+            open_count += 1
+            if open_count > _WALK_OPEN_FOLDERS:
+                for frame in stack:
+                    if frame.fd >= 0:
+                        os.close(frame.fd)
+                        frame.fd = -1
+                        open_count -= 1
+                        break
+            return None
+
+        def reopen(frame: _Frame, below: _Frame | None) -> None:
+            nonlocal open_count
+            fd = -1
+            if below is not None and below.fd >= 0 and not below.via_link:
+                try:
+                    fd = os.open("..", _DIRECTORY_FLAGS, dir_fd=below.fd)
+                    st = os.fstat(fd)
+                    if (st.st_dev, st.st_ino) != frame.ident:
+                        os.close(fd)
+                        fd = -1
+                except OSError:
+                    fd = -1
+            if fd < 0:
+                fd = os.dup(self._lookup(frame.real)[0])
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != frame.ident:
+                    os.close(fd)
+                    raise OSError(errno.ESTALE, "the folder changed during the listing", paths.display(frame.rel))
+            frame.fd = fd
+            open_count += 1
+
+        try:
+            error = push(rel, real, fd, False)
+            if error is not None:
+                yield error
+                return
+            below: _Frame | None = None
+            while stack:
+                frame = stack[-1]
+                if frame.index >= len(frame.entries):
+                    stack.pop()
+                    if below is not None and below.fd >= 0:
+                        os.close(below.fd)
+                        open_count -= 1
+                    below = frame
+                    continue
+                name, st = frame.entries[frame.index]
+                frame.index += 1
+                if check is not None:
+                    check()
+                child = paths.join(frame.rel, name)
+                via_link = False
+                try:
+                    if stat_module.S_ISLNK(st.st_mode):
+                        if not follow_links:
+                            yield Entry(child, FileStat("link"))
+                            continue
+                        try:
+                            target = self._through_link(frame.real, name, child)
+                        except PathOutsideCollection:
+                            yield Entry(child, None, PathOutsideCollection(
+                                paths.display(child), "is a symbolic link that leads outside the collection"))
+                            continue
+                        try:
+                            st = os.stat(os.path.join(self.root, target) if target else self.root)
+                        except FileNotFoundError:
+                            yield Entry(child, None, FileNotFoundError(errno.ENOENT, "dangling symbolic link"))
+                            continue
+                        child_real, via_link = target, True
+                    else:
+                        child_real = paths.join(frame.real, name)
+                except OSError as exc:
+                    yield Entry(child, None, exc)
+                    continue
+                found = self._from_stat(st)
+                if prune is not None and prune(child, found):
+                    continue
+                yield Entry(child, found)
+                if found.kind != "dir" or (st.st_dev, st.st_ino) in seen:
+                    continue
+                try:
+                    if frame.fd < 0:
+                        reopen(frame, below)
+                    if below is not None and below.fd >= 0:
+                        os.close(below.fd)
+                        open_count -= 1
+                    below = None
+                    if via_link:
+                        fd = os.open(os.path.join(self.root, child_real) if child_real else self.root,
+                                     _DIRECTORY_FLAGS)
+                    else:
+                        fd = os.open(name, _DIRECTORY_FLAGS, dir_fd=frame.fd)
+                except OSError as exc:
+                    yield Entry(child, None, exc)
+                    continue
+                error = push(child, child_real, fd, via_link)
+                if error is not None:
+                    yield error
+        finally:
+            for frame in stack:
+                if frame.fd >= 0:
+                    os.close(frame.fd)
+            if below is not None and below.fd >= 0:
+                os.close(below.fd)
+
+    def open_read(self, rel: str, chunk_size: int = 0) -> _LocalReader:
+        # O_NONBLOCK: opening a FIFO swapped in for a file must not hang (it changes nothing for a regular file).
+        fd = self._open_in(rel, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat_module.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+        except BaseException:
+            os.close(fd)
+            raise
+        return _LocalReader(fd)
+
+    def open_write(self, rel: str, token: str, chunk_size: int) -> _LocalWriter:
+        # A link where the file goes is replaced, never written through.
+        self._missing.clear()
+        dir_fd, name = self._in_folder(rel)
+        if not name:
+            raise IsADirectoryError(errno.EISDIR, "the collection root is a folder", "/")
+        return _LocalWriter(os.dup(dir_fd), name, token, self.anonymous_files)
+
+    def makedirs(self, rel: str, check: Callable[[], None] | None = None) -> None:
+        """Make the folder ``rel`` and those above it: one step per component, each relative to the one before
+        (``mkdirat``/``openat``), from the nearest folder already open; ``check`` is called at each step."""
+        self._missing.clear()
+        self._lookup(self.checked(rel), create=True, check=check)
+
+    def remove(self, rel: str, kind: str) -> None:
+        if not self.checked(rel):
+            raise PermissionError(errno.EPERM, "the collection root is not removed", "/")
+        fd, name = self._in_folder(rel)
+        if kind == "dir" and not stat_module.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+            self._forget(rel)
+            os.rmdir(name, dir_fd=fd)
+        else:
+            os.unlink(name, dir_fd=fd)
+
+    def set_mtime(self, rel: str, mtime: float) -> None:
+        dir_fd, name = self._in_folder(rel)
+        os.utime(name or ".", (mtime, mtime), dir_fd=dir_fd, follow_symlinks=False)
+
+
+class _LinkFound(Exception):
+    """The component being opened is a symbolic link."""
+
+
+
+
+def connect(collection: Collection) -> LocalStorage:
+    return LocalStorage(collection, collection.url.split("://", 1)[1])
