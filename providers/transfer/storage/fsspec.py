@@ -153,6 +153,7 @@ class FsspecStorage(Storage):
 
     def makedirs(self, rel: str, check: Callable[[], None] | None = None) -> None:
         # Object stores have no folders: nothing to make, whatever the depth of the key.
+        self.checked(rel)
         if self.protocol_has_dirs():
             self.fs.makedirs(self.full(rel), exist_ok=True)
 
@@ -161,6 +162,7 @@ class FsspecStorage(Storage):
         return not any(p in OBJECT_STORES for p in protocols)
 
     def remove(self, rel: str, kind: str) -> None:
+        self.checked(rel)
         if kind == "dir":
             if self.protocol_has_dirs():
                 self.fs.rmdir(self.full(rel))

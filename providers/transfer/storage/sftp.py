@@ -305,7 +305,7 @@ class SFTPStorage(Storage):
         # One or two round trips per level, from the deepest folder this storage made or found already: a level
         # that is a folder (lstat) stays where its parent is, so only a link needs the server to resolve it.
         self._written()
-        if not rel or rel in self._folders:
+        if not self.checked(rel) or rel in self._folders:
             return
         parts = rel.split("/")
         done = paths.parent(rel)

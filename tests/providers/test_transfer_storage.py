@@ -1,0 +1,267 @@
+"""Path confinement of each storage backend, tested on the backend itself (local disk, SFTP and S3 servers).
+
+Every backend must refuse, in every operation, a path that is not a normalized path inside its collection (``..``,
+an absolute path, a NUL byte, ``.`` or empty parts) before touching its filesystem; and, where the filesystem has
+symbolic links, a path that leads outside the root through one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from providers.collections import Collection
+from providers.collections.paths import PathOutsideCollection
+from providers.transfer.storage import (
+    BACKENDS,
+    FsspecStorage,
+    LocalDisk,
+    LocalStorage,
+    SettableTimes,
+    SFTPStorage,
+    Storage,
+    open_storage,
+)
+
+BAD_PATHS = ["..", "../x", "a/../../x", "a/..", "/aptk-no-such-folder/x.txt", "/", "a//b", "./a", "a/.", "a\x00b", "\x00"]
+
+
+@dataclasses.dataclass
+class Backend:
+    """A storage over a fresh collection, and the test's own way to look at the same place."""
+
+    kind: str
+    storage: Storage
+    put: Callable[[str, bytes], None]
+    exists: Callable[[str], bool]
+    outside: Callable[[], set[str]]  # what lies next to the collection, outside it
+    link: Callable[[str, str], None] | None = None  # link(rel, target): a symbolic link at rel
+
+    def close(self) -> None:
+        self.storage.close()
+
+
+def _collection(name: str, url: str, options: dict[str, Any] | None = None) -> Collection:
+    return Collection(str(uuid.uuid4()), name, name, url, options or {})
+
+
+def _local(tmp_path: Path) -> Backend:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"secret")
+
+    def put(rel: str, data: bytes) -> None:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+
+    def link(rel: str, target: str) -> None:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).symlink_to(outside if target == "OUTSIDE" else target)
+
+    storage = open_storage(_collection("local", f"file://{root}"))
+    return Backend("local", storage, put, lambda rel: (root / rel).exists() or (root / rel).is_symlink(),
+                   lambda: {p.name for p in tmp_path.iterdir()} | {p.name for p in outside.iterdir()}, link)
+
+
+def _sftp(request: pytest.FixtureRequest, chroot: bool) -> Backend:
+    server = request.getfixturevalue("sftp_server" if chroot else "sftp_server_no_chroot")
+    location = request.getfixturevalue("sftp_location" if chroot else "sftp_location_no_chroot")
+    root: Path = location.local
+    outside = server.root / f"outside-{uuid.uuid4().hex[:8]}"  # served, but not in the collection
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"secret")
+    request.addfinalizer(lambda: shutil.rmtree(outside, ignore_errors=True))
+
+    def put(rel: str, data: bytes) -> None:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+
+    def link(rel: str, target: str) -> None:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        up = Path(*[".."] * (rel.count("/") + 1))  # from the link's folder to the server's root
+        (root / rel).symlink_to(up / outside.name if target == "OUTSIDE" else target)
+
+    storage = open_storage(_collection("sftp", location.url, location.storage_options))
+    return Backend("sftp", storage, put, lambda rel: (root / rel).exists() or (root / rel).is_symlink(),
+                   lambda: {p.name for p in server.root.iterdir()} | {p.name for p in outside.iterdir()}, link)
+
+
+def _s3(request: pytest.FixtureRequest) -> Backend:
+    location = request.getfixturevalue("s3_location")
+    fs = location.filesystem()
+    bucket = location.path.split("/", 1)[0]
+
+    def put(rel: str, data: bytes) -> None:
+        fs.pipe_file(location.join(rel), data)
+
+    def exists(rel: str) -> bool:
+        fs.invalidate_cache()
+        return bool(fs.exists(location.join(rel)))
+
+    def outside() -> set[str]:
+        fs.invalidate_cache()
+        return {p for p in fs.find(bucket) if not p.startswith(location.path + "/")}
+
+    storage = open_storage(_collection("s3", location.url, location.storage_options))
+    return Backend("s3", storage, put, exists, outside)
+
+
+@pytest.fixture(params=["local", "sftp", "sftp-no-chroot", "s3"])
+def backend(request, tmp_path):
+    kind = request.param
+    made = (_local(tmp_path) if kind == "local" else _s3(request) if kind == "s3"
+            else _sftp(request, chroot=kind == "sftp"))
+    yield made
+    made.close()
+
+
+@pytest.fixture(params=["local", "sftp", "sftp-no-chroot"])
+def linked(request, tmp_path):
+    """A backend whose filesystem has symbolic links."""
+    kind = request.param
+    made = _local(tmp_path) if kind == "local" else _sftp(request, chroot=kind == "sftp")
+    yield made
+    made.close()
+
+
+def test_each_protocol_opens_its_backend(backend):
+    assert type(backend.storage) is {"local": LocalStorage, "sftp": SFTPStorage, "s3": FsspecStorage}[backend.kind]
+    assert BACKENDS["file"] == "local" and BACKENDS["sftp"] == "sftp" and "s3" not in BACKENDS
+    assert isinstance(backend.storage, LocalDisk) == (backend.kind == "local")
+    assert isinstance(backend.storage, SettableTimes) == (backend.kind != "s3")
+
+
+def test_a_normalized_path_inside_works(backend):
+    """The other tests' refusals mean something: the same operations on a good path succeed."""
+    storage = backend.storage
+    storage.makedirs("a/b")
+    writer = storage.open_write("a/b/f.txt", "tok", 1 << 20)
+    writer.write(b"hello")
+    writer.commit()
+    assert backend.exists("a/b/f.txt")
+    stat = storage.stat("a/b/f.txt")
+    assert stat is not None and (stat.kind, stat.size) == ("file", 5)
+    reader = storage.open_read("a/b/f.txt", 1 << 20)
+    assert reader.read(100) == b"hello"
+    reader.close()
+    storage.confine("a/b/f.txt")
+    assert storage.resolve("a/b/f.txt") == "a/b/f.txt"
+    assert "a/b/f.txt" in [e.rel for e in storage.walk("a")]
+    storage.remove("a/b/f.txt", "file")
+    assert not backend.exists("a/b/f.txt")
+
+
+@pytest.mark.parametrize("rel", BAD_PATHS, ids=repr)
+def test_every_operation_refuses_a_path_that_is_not_inside(backend, rel):
+    storage = backend.storage
+    backend.put("a/x", b"inside")
+    before = backend.outside()
+    operations: list[tuple[str, Callable[[], Any]]] = [
+        ("confine", lambda: storage.confine(rel)),
+        ("resolve", lambda: storage.resolve(rel)),
+        ("stat", lambda: storage.stat(rel)),
+        ("walk", lambda: list(storage.walk(rel))),
+        ("open_read", lambda: storage.open_read(rel, 1 << 20)),
+        ("open_write", lambda: storage.open_write(rel, "tok", 1 << 20)),
+        ("makedirs", lambda: storage.makedirs(rel)),
+        ("remove", lambda: storage.remove(rel, "file")),
+        ("remove a folder", lambda: storage.remove(rel, "dir")),
+    ]
+    if isinstance(storage, SettableTimes):
+        operations.append(("set_mtime", lambda: storage.set_mtime(rel, 0.0)))
+    for name, operation in operations:
+        with pytest.raises(PathOutsideCollection):
+            operation()
+            pytest.fail(f"{name} accepted {rel!r}")
+    assert backend.outside() == before
+    assert backend.exists("a/x")
+
+
+def test_object_keys_that_are_no_path_inside_are_reported_not_listed(request):
+    """An object store may hold a key such as ``a/../b``: a walk reports it as an error, never as a path."""
+    backend = _s3(request)
+    try:
+        backend.put("a/ok.txt", b"ok")
+        backend.put("a/../../escape.txt", b"key with dots")
+        backend.put("a/./dot.txt", b"key with a dot")
+        entries = list(backend.storage.walk("a"))
+        listed = {e.rel for e in entries if e.stat is not None}
+        refused = {e.rel for e in entries if isinstance(e.error, PathOutsideCollection)}
+        assert listed == {"a/ok.txt"}
+        assert {"a/../../escape.txt", "a/./dot.txt"} <= refused  # and the pseudo-folders "a/..", "a/." of their keys
+        assert all({".", ".."} & set(rel.split("/")) for rel in refused)
+    finally:
+        backend.close()
+
+
+def test_links_leading_outside_are_refused(linked):
+    storage = linked.storage
+    linked.put("inside/real.txt", b"inside")
+    linked.link("out", "OUTSIDE")  # a folder outside the root
+    linked.link("deep/er/out", "OUTSIDE")  # the same, deeper
+    linked.link("ok", "inside")  # a link that stays inside
+    before = linked.outside()
+    for rel in ("out", "out/secret.txt", "out/new.txt", "deep/er/out/secret.txt", "out/sub/new.txt"):
+        with pytest.raises(PathOutsideCollection) as refused:
+            storage.confine(rel)
+        assert "symbolic link" in refused.value.reason
+        with pytest.raises(PathOutsideCollection):
+            storage.resolve(rel)
+    for operation in (lambda: storage.open_read("out/secret.txt", 1 << 20),
+                      lambda: storage.stat("out/secret.txt"),
+                      lambda: storage.open_write("out/new.txt", "tok", 1 << 20),
+                      lambda: storage.makedirs("out/sub"),
+                      lambda: storage.remove("out/secret.txt", "file")):
+        with pytest.raises(PathOutsideCollection):
+            operation()
+    assert linked.outside() == before  # nothing read, written, made or removed there
+    # A walk reports the link as an error and does not descend into it.
+    entries = {e.rel: e for e in storage.walk("")}
+    assert isinstance(entries["out"].error, PathOutsideCollection)
+    assert not any(rel.startswith("out/") for rel in entries)
+    # A link that stays inside is followed, and resolved to where it leads.
+    assert storage.resolve("ok/real.txt") == "inside/real.txt"
+    reader = storage.open_read("ok/real.txt", 1 << 20)
+    assert reader.read(100) == b"inside"
+    reader.close()
+
+
+def test_a_local_file_link_to_outside_is_refused_on_open_and_replaced_on_write(tmp_path):
+    backend = _local(tmp_path)
+    storage = backend.storage
+    root = tmp_path / "root"
+    (root / "passwd").symlink_to(tmp_path / "outside" / "secret.txt")
+    try:
+        with pytest.raises(PathOutsideCollection):
+            storage.open_read("passwd", 1 << 20)
+        with pytest.raises(PathOutsideCollection):
+            storage.stat("passwd")
+        writer = storage.open_write("passwd", "tok", 1 << 20)
+        writer.write(b"new")
+        writer.commit()
+        assert (root / "passwd").read_bytes() == b"new" and not (root / "passwd").is_symlink()
+        assert (tmp_path / "outside" / "secret.txt").read_bytes() == b"secret"
+    finally:
+        backend.close()
+
+
+def test_a_local_root_that_is_a_link_is_the_collection(tmp_path):
+    """The root itself may be reached through a link: what matters is where the real root is."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "f.txt").write_bytes(b"f")
+    (tmp_path / "alias").symlink_to(real)
+    storage = LocalStorage(_collection("alias", f"file://{tmp_path / 'alias'}"), str(tmp_path / "alias"))
+    try:
+        storage.confine("f.txt")
+        assert storage.local_path("f.txt") == str(real / "f.txt")
+        with pytest.raises(PathOutsideCollection):
+            storage.confine("../alias/f.txt")
+    finally:
+        storage.close()
