@@ -265,3 +265,53 @@ def test_a_local_root_that_is_a_link_is_the_collection(tmp_path):
             storage.confine("../alias/f.txt")
     finally:
         storage.close()
+
+
+def test_the_backend_in_the_readme_is_all_a_backend_needs(make_site, tmp_path):
+    """README, "Adding a storage backend": its example, run as written, serves transfers from a web server on
+    loopback, plugged in through TRANSFER_OPEN_STORAGE."""
+    import functools
+    import threading
+    import types
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from .conftest import body, local_collection, make_tree
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Adding a storage backend"):]
+    start = section.index("```python\n") + len("```python\n")
+    example = types.ModuleType("readme_backend")
+    exec(compile(section[start:section.index("```\n", start)], "README.md", "exec"), example.__dict__)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    served = tmp_path / "served"
+    written = make_tree(served, {"data/report 1.csv": b"a,b\n1,2\n", "big.bin": 3 * 1024 * 1024 + 7})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        opened = []
+
+        def open_with_web(collection):
+            opened.append(collection.name)
+            return example.connect(collection) if collection.protocol == "http" else open_storage(collection)
+
+        web = {"id": str(uuid.uuid4()), "name": "web", "url": f"http://127.0.0.1:{server.server_port}/"}
+        site = make_site([local_collection("dst", tmp_path / "dst"), web], TRANSFER_OPEN_STORAGE=open_with_web)
+        client = site.transfer()
+        copied = client.run(body("web", "dst", ("/data/report 1.csv", "/report.csv"), ("/big.bin", "/big.bin")),
+                            wait=True)
+        assert copied["status"] == "SUCCEEDED", copied
+        assert (tmp_path / "dst" / "report.csv").read_bytes() == written["data/report 1.csv"]
+        assert (tmp_path / "dst" / "big.bin").read_bytes() == written["big.bin"]
+        assert opened == ["web", "dst"]  # the app's function opened both sides
+        missing = client.run(body("web", "dst", ("/nothing.csv", "/nothing.csv")), wait=True)
+        assert (missing["status"], missing["details"]["code"]) == ("FAILED", "SourceNotFound"), missing
+        upload = client.run(body("dst", "web", ("/report.csv", "/uploaded.csv")), wait=True)
+        assert (upload["status"], upload["details"]["code"]) == ("FAILED", "DestinationReadOnly"), upload
+        assert not (served / "uploaded.csv").exists()
+    finally:
+        server.shutdown()
+        server.server_close()
