@@ -86,6 +86,31 @@ def test_what_cannot_be_normalised_is_refused_precisely(written, fragment):
     assert fragment in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "written, kind, uuid_kind, expected",
+    [
+        (ADA.upper(), "identity", None, f"urn:globus:auth:identity:{ADA}"),  # a bare UUID is one of the kind asked
+        (LAB, "group", None, f"urn:globus:groups:id:{LAB}"),
+        (f"URN:GLOBUS:GROUPS:ID:{LAB}", "group", None, f"urn:globus:groups:id:{LAB}"),
+        ("urn:aptk:subject:flows-client", "identity", None, "urn:aptk:subject:flows-client"),
+        (ADA, None, "identity", f"urn:globus:auth:identity:{ADA}"),  # a collection's owners: a UUID is an identity
+        (f"urn:globus:groups:id:{LAB}", None, "identity", f"urn:globus:groups:id:{LAB}"),  # ... and any URN is fine
+        (f"urn:globus:auth:identity:{ADA}", "group", None, "is not a group (expected urn:globus:groups:id:<uuid>"),
+        ("urn:aptk:group:lab", "identity", None, "is not a identity"),
+        ("bob", "identity", None, "is not a principal URN"),
+        (f" {ADA}", None, "identity", "nor a identity UUID"),
+        (ADA, None, None, "is not a principal URN"),  # without a kind, a UUID alone names nobody
+    ],
+)
+def test_a_kind_makes_a_bare_uuid_a_principal_and_refuses_urns_of_another_kind(written, kind, uuid_kind, expected):
+    if expected.startswith("urn:"):
+        assert normalize_principal(written, kind, uuid_kind=uuid_kind) == expected
+    else:
+        with pytest.raises(ValueError) as caught:
+            normalize_principal(written, kind, uuid_kind=uuid_kind)
+        assert expected in str(caught.value)
+
+
 def test_identity_build_uses_the_rule_for_subjects_and_groups():
     identity = Identity.build("flows-client", groups=["/lab/members", LAB.upper()], linked_identities=[ADA.upper()])
     assert identity.id == "urn:aptk:subject:flows-client"
