@@ -28,8 +28,8 @@ from .planning import FileTask
 from .progress import Counters, Progress, Report
 from .request import TransferRequest
 from .state import Done
-from .storage import FileStat, HasDescriptor, KernelCopy, LocalDisk, ReadsBack, ReadsInto, ReportsWritten
-from .storage import SettableTimes, Storage
+from .storage import FileStat, LocalDisk, ReadsBack, Storage, capable, has_descriptor, kernel_copy, reads_back, reads_into
+from .storage import reports_written, settable_times
 
 if TYPE_CHECKING:
     from .engine import Settings
@@ -54,7 +54,7 @@ def lanes(tasks: list[FileTask], src: Storage, dst: Storage, threads: int) -> li
     rerun of 10,000 small files took twice as long on two threads as on one).
     """
     ordered = sorted(tasks, key=lambda t: -t.size)  # the biggest first: a long one must not start last
-    if not (isinstance(src, LocalDisk) and isinstance(dst, LocalDisk)):
+    if not (capable(src, LocalDisk) and capable(dst, LocalDisk)):
         return [(max(1, min(threads, len(ordered))), [[t] for t in ordered])]
     large = [t for t in ordered if t.size >= SMALL_FILE_BYTES]
     small = [t for t in ordered if t.size < SMALL_FILE_BYTES]
@@ -206,7 +206,7 @@ class Copying:
             raise ItemError("ChecksumMismatch",
                             f"The destination's checksum differed from the source's after {MAX_TRIES} attempts",
                             task.src, task.dst)
-        if self.request.preserve_timestamp and task.mtime is not None and isinstance(dst, SettableTimes):
+        if self.request.preserve_timestamp and task.mtime is not None and settable_times(dst):
             on_destination(dst.set_mtime, task.src, task.dst, task.dst, task.mtime)
             written = None
         final = written or on_destination(dst.stat, task.src, task.dst, task.dst)
@@ -237,7 +237,7 @@ class Copying:
         reader = side(storage.open_read, task.src, task.dst, rel, self.settings.chunk_size)
         try:
             buffer = memoryview(worker.buffer)
-            readinto = reader.readinto if isinstance(reader, ReadsInto) else None
+            readinto = reader.readinto if reads_into(reader) else None
             while True:
                 self.control.checkpoint()
                 if readinto is not None:
@@ -272,7 +272,7 @@ class Copying:
             raise
         digest = hashlib.sha256() if hashing else None
         try:
-            if (digest is None and isinstance(writer, KernelCopy) and isinstance(reader, HasDescriptor)
+            if (digest is None and kernel_copy(writer) and has_descriptor(reader)
                     and task.size >= KERNEL_COPY_BYTES):
                 while True:
                     self.control.checkpoint()
@@ -283,7 +283,7 @@ class Copying:
                     self.throttle.consume(n)
             else:
                 buffer = memoryview(worker.buffer)[:chunk]
-                readinto = reader.readinto if isinstance(reader, ReadsInto) else None
+                readinto = reader.readinto if reads_into(reader) else None
                 while True:
                     self.control.checkpoint()
                     if readinto is not None:
@@ -306,7 +306,7 @@ class Copying:
                 raise ItemError("ChecksumMismatch", "The source's SHA-256 is not the external_checksum given",
                                 task.src, task.dst)
             verified = False
-            if self.request.verify_checksum and hexdigest is not None and isinstance(writer, ReadsBack):
+            if self.request.verify_checksum and hexdigest is not None and reads_back(writer):
                 self._read_back(task, worker, writer, hexdigest)
                 verified = True
             on_destination(writer.commit, task.src, task.dst)
@@ -318,7 +318,7 @@ class Copying:
                 reader.close()
             except Exception:
                 pass
-        return hexdigest, writer.written if isinstance(writer, ReportsWritten) else None, verified
+        return hexdigest, writer.written if reports_written(writer) else None, verified
 
     def _read_back(self, task: FileTask, worker: _Worker, writer: ReadsBack, hexdigest: str) -> None:
         check = hashlib.sha256()

@@ -16,7 +16,7 @@ from providers.collections.paths import PathOutsideCollection
 
 from .errors import ItemError, destination_error, outside, source_error
 from .request import Item, TransferRequest
-from .storage import FileStat, LocalDisk, Storage
+from .storage import FileStat, LocalDisk, Storage, capable
 
 __all__ = ["FileTask", "Plan", "Planner", "excluded_by"]
 
@@ -151,7 +151,7 @@ class Planner:
                 self.dst.confine(directory)
             except PathOutsideCollection as exc:
                 self.errors.append(destination_error(exc, None, directory))
-        if isinstance(self.dst, LocalDisk):
+        if capable(self.dst, LocalDisk):
             for task in self.plan.tasks:
                 self.check()
                 try:

@@ -25,7 +25,9 @@ from providers.transfer.storage import (
     SettableTimes,
     SFTPStorage,
     Storage,
+    capable,
     open_storage,
+    settable_times,
 )
 
 BAD_PATHS = ["..", "../x", "a/../../x", "a/..", "/aptk-no-such-folder/x.txt", "/", "a//b", "./a", "a/.", "a\x00b", "\x00"]
@@ -133,8 +135,8 @@ def linked(request, tmp_path):
 def test_each_protocol_opens_its_backend(backend):
     assert type(backend.storage) is {"local": LocalStorage, "sftp": SFTPStorage, "s3": FsspecStorage}[backend.kind]
     assert BACKENDS["file"] == "local" and BACKENDS["sftp"] == "sftp" and "s3" not in BACKENDS
-    assert isinstance(backend.storage, LocalDisk) == (backend.kind == "local")
-    assert isinstance(backend.storage, SettableTimes) == (backend.kind != "s3")
+    assert isinstance(backend.storage, LocalDisk) == capable(backend.storage, LocalDisk) == (backend.kind == "local")
+    assert isinstance(backend.storage, SettableTimes) == settable_times(backend.storage) == (backend.kind != "s3")
 
 
 def test_a_normalized_path_inside_works(backend):

@@ -30,6 +30,13 @@ from .base import (
     SettableTimes,
     Storage,
     Writer,
+    capable,
+    has_descriptor,
+    kernel_copy,
+    reads_back,
+    reads_into,
+    reports_written,
+    settable_times,
 )
 from .fsspec import FsspecStorage
 from .local import LocalStorage
@@ -53,7 +60,14 @@ __all__ = [
     "SettableTimes",
     "Storage",
     "Writer",
+    "capable",
+    "has_descriptor",
+    "kernel_copy",
     "open_storage",
+    "reads_back",
+    "reads_into",
+    "reports_written",
+    "settable_times",
 ]
 
 #: The module (in this package) whose ``connect(collection)`` opens a protocol's storage; fsspec for the rest.

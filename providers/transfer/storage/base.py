@@ -14,7 +14,8 @@ What the engine needs of every backend (abstract here): :meth:`~Storage.confine`
 :meth:`~Storage.makedirs` and :meth:`~Storage.remove`. :meth:`~Storage.fork`, :meth:`~Storage.close` and
 :meth:`~Storage.resolve` have defaults that suit a thread-safe filesystem without links.
 
-What a backend may offer besides, found by ``isinstance`` against the runtime-checkable protocols below:
+What a backend may offer besides, found by ``isinstance`` against the runtime-checkable protocols below (through
+:func:`capable` and the functions after it, which ask once per class):
 
 * on the storage: :class:`SettableTimes` (``preserve_timestamp`` applies), :class:`LocalDisk` (files on this
   machine: the engine confines every destination file while planning and copies disk to disk on per-core lanes);
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Callable, Iterator, Protocol, runtime_checkable
+from typing import Callable, Iterator, Protocol, TypeGuard, runtime_checkable
 
 from providers.collections import Collection
 from providers.collections.paths import PathOutsideCollection
@@ -48,6 +49,13 @@ __all__ = [
     "SettableTimes",
     "Storage",
     "Writer",
+    "capable",
+    "has_descriptor",
+    "kernel_copy",
+    "reads_back",
+    "reads_into",
+    "reports_written",
+    "settable_times",
     "temp_name",
 ]
 
@@ -124,6 +132,44 @@ class LocalDisk(Protocol):
     def local_path(self, rel: str) -> str:
         """The resolved path of ``rel`` on this machine's disk (refused if it leads outside the root)."""
         ...
+
+
+_capabilities: dict[tuple[type, type], bool] = {}
+
+
+def capable(obj: object, capability: type) -> bool:
+    """``isinstance(obj, capability)`` for the protocols above, answered once per class: a runtime protocol check
+    looks up every member each time, which costs more than copying a small file. A backend's storages, readers and
+    writers have their capabilities by class, not object by object. The functions below narrow the type too."""
+    key = (type(obj), capability)
+    found = _capabilities.get(key)
+    if found is None:
+        found = _capabilities[key] = isinstance(obj, capability)
+    return found
+
+
+def reads_into(reader: object) -> TypeGuard[ReadsInto]:
+    return capable(reader, ReadsInto)
+
+
+def has_descriptor(reader: object) -> TypeGuard[HasDescriptor]:
+    return capable(reader, HasDescriptor)
+
+
+def kernel_copy(writer: object) -> TypeGuard[KernelCopy]:
+    return capable(writer, KernelCopy)
+
+
+def reads_back(writer: object) -> TypeGuard[ReadsBack]:
+    return capable(writer, ReadsBack)
+
+
+def reports_written(writer: object) -> TypeGuard[ReportsWritten]:
+    return capable(writer, ReportsWritten)
+
+
+def settable_times(storage: object) -> TypeGuard[SettableTimes]:
+    return capable(storage, SettableTimes)
 
 
 def temp_name(name: str, token: str) -> str:
