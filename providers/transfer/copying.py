@@ -16,7 +16,7 @@ import hashlib
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from toolkit import RunContext
 
@@ -31,10 +31,7 @@ from .state import Done
 from .storage import FileStat, LocalDisk, ReadsBack, Storage, capable, has_descriptor, kernel_copy, reads_back, reads_into
 from .storage import reports_written, settable_times
 
-if TYPE_CHECKING:
-    from .engine import Settings
-
-__all__ = ["Copying", "lanes"]
+__all__ = ["Copying", "Settings", "lanes"]
 
 logger = logging.getLogger("providers.transfer")
 
@@ -68,6 +65,16 @@ def lanes(tasks: list[FileTask], src: Storage, dst: Storage, threads: int) -> li
     return result
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How a transfer copies: files at once (APTK_TRANSFER_THREADS), bytes at a time (APTK_TRANSFER_CHUNK_BYTES),
+    bandwidth (APTK_TRANSFER_MAX_BYTES_PER_SECOND, 0 for no limit)."""
+
+    threads: int = 8
+    chunk_size: int = 8 * 1024 * 1024
+    max_bytes_per_second: float = 0.0
+
+
 def _same_time(a: float | None, b: float | None) -> bool:
     if a is None or b is None:
         return a is b
@@ -86,7 +93,7 @@ class _Worker:
 class Copying:
     """Copies the planned files on a few threads; item errors are collected (``errors``, or skipped)."""
 
-    def __init__(self, ctx: RunContext, request: TransferRequest, settings: "Settings", control: Control,
+    def __init__(self, ctx: RunContext, request: TransferRequest, settings: Settings, control: Control,
                  counters: Counters, report: Report, progress: Progress, previous: dict[str, Done],
                  src: Storage, dst: Storage, token: str, adopt: Callable[[Storage], None]) -> None:
         self.ctx = ctx

@@ -16,7 +16,6 @@ rerun after a crash skips them.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from typing import Any, Callable
@@ -26,7 +25,7 @@ from toolkit import ActionCancelled, ActionFailed, RunContext
 from providers.collections import Collection, CollectionError
 
 from .control import Control
-from .copying import Copying
+from .copying import Copying, Settings
 from .errors import ItemError, failure
 from .folders import delete_extra, make_folders
 from .planning import FileTask, Plan, Planner
@@ -38,13 +37,6 @@ from .storage import OpenStorage, Storage, open_storage
 __all__ = ["CHECKSUM_ALGORITHM", "FileTask", "ItemError", "Settings", "Transfer", "sync_level_name"]
 
 logger = logging.getLogger("providers.transfer")
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    threads: int = 8
-    chunk_size: int = 8 * 1024 * 1024
-    max_bytes_per_second: float = 0.0
 
 
 class Transfer:
