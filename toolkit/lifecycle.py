@@ -118,6 +118,7 @@ class RunContext:
         self._submitted: float | None = None
         self._started = False
         self._marked = False
+        self._done = threading.Event()  # set once the callback's outcome is recorded (or it will not run)
 
     def dependent_tokens(self) -> dict[str, dict[str, Any]]:
         """Tokens to call downstream services as the caller, by resource server (Globus Auth verifier).
@@ -386,20 +387,21 @@ class Runtime:
         resumed: bool,
         identity: "Identity | None" = None,
         inline: bool | None = None,
-    ) -> None:
+    ) -> RunContext:
         """Run the callback: inline for a synchronous provider's request, otherwise on the executor."""
         ctx = RunContext(self, provider, action, resumed, identity)
         self._running[action.action_id] = ctx
         if provider.synchronous if inline is None else inline:
             ctx._started = True
             self._execute(provider, action, ctx)
-            return
+            return ctx
         ctx._submitted = time.monotonic()
         task = functools.partial(self._start_queued, provider, action, ctx)
         if self._fair:
             self.executor.submit(task, identity=action.creator_id, provider=provider.name)
         else:
             self.executor.submit(task)
+        return ctx
 
     def _start_queued(self, provider: "ActionProvider", action: Action, ctx: RunContext) -> None:
         """The executor's turn for this action came: run its callback unless it ended while it waited."""
@@ -415,8 +417,10 @@ class Runtime:
                 run = False
         if run and not ctx.cancelled:
             self._execute(provider, action, ctx)
-        elif self._running.get(action.action_id) is ctx:
-            del self._running[action.action_id]
+        else:
+            if self._running.get(action.action_id) is ctx:
+                del self._running[action.action_id]
+            ctx._done.set()
 
     def _execute(self, provider: "ActionProvider", action: Action, ctx: RunContext) -> None:
         ownership = ctx._ownership()
@@ -431,6 +435,7 @@ class Runtime:
         finally:
             if self._running.get(action.action_id) is ctx:
                 del self._running[action.action_id]
+            ctx._done.set()
 
     def _outcome(
         self, provider: "ActionProvider", action: Action, ctx: RunContext
@@ -534,9 +539,11 @@ class Runtime:
                     f"(action {stored.action_id})."
                 )
             return self._current(provider, stored), False
-        self._dispatch(provider, stored, resumed=False, identity=identity)
-        # An asynchronous action is ACTIVE as stored; a synchronous one has finished, so read it again.
-        return (self._current(provider, stored, expired_ok=True) if provider.synchronous else stored), True
+        ctx = self._dispatch(provider, stored, resumed=False, identity=identity)
+        # An asynchronous action is ACTIVE as stored, unless its callback finished within answer_within; a
+        # synchronous one has finished: read those again.
+        finished = provider.synchronous or (provider.answer_within > 0 and ctx._done.wait(provider.answer_within))
+        return (self._current(provider, stored, expired_ok=True) if finished else stored), True
 
     def _validated(
         self, provider: "ActionProvider", identity: "Identity", document: Any

@@ -66,6 +66,9 @@ class ActionProvider:
     ``input_schema`` is a JSON Schema (a dict) or a marshmallow schema (class or instance); the callback gets the
     validated body (for marshmallow, what ``load`` returned). Call :meth:`blueprint` to serve it.
 
+    ``answer_within`` (seconds) lets ``/run`` of an asynchronous provider wait that long for the callback: a
+    callback that finishes in time is answered SUCCEEDED or FAILED at once, a slower one ACTIVE as usual.
+
     ``recovery`` says what happens to an action whose process died while it ran: ``"rerun"`` runs the callback
     again (up to ``max_attempts`` runs), ``"fail"`` ends it FAILED with code ``WorkerLost``.
     """
@@ -90,6 +93,7 @@ class ActionProvider:
         default_release_after: str = "P30D",
         recovery: Recovery = "fail",
         max_attempts: int = 3,
+        answer_within: float = 0.0,
     ) -> None:
         if not title:
             raise ConfigurationError("An ActionProvider needs a title.")
@@ -121,6 +125,9 @@ class ActionProvider:
             raise ConfigurationError("max_attempts must be at least 1")
         self.recovery = recovery
         self.max_attempts = max_attempts
+        if answer_within < 0:
+            raise ConfigurationError("answer_within must be zero or more seconds")
+        self.answer_within = float(answer_within)
         self._set_input_schema(input_schema)
         self.run_callback: RunCallback | None = None
         self.check_callback: CheckCallback | None = None

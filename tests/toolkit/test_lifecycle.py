@@ -565,3 +565,27 @@ def test_a_retry_the_schema_would_now_refuse_still_gets_its_action(tmp_path, mon
     assert (other.status_code, other.json["code"]) == (409, "ActionConflict")
     new = http.post("/provider/run", headers=auth, json={"request_id": "r2", "body": {"v": 1}})
     assert (new.status_code, new.json["description"]) == (400, "body.v: is no longer accepted.")
+
+
+def test_answer_within_lets_run_answer_a_quick_callback_finished(tmp_path):
+    from toolkit import ActionFailed
+
+    provider = ActionProvider(title="Quick", input_schema={"type": "object"}, answer_within=2.0)
+
+    @provider.run
+    def run(body, ctx):
+        time.sleep(body.get("sleep", 0))
+        if body.get("fail"):
+            raise ActionFailed("Nope", "failed quickly")
+        return {"done": True}
+
+    client = provider_client(provider, tmp_path)
+    assert client.run({})["status"] == "SUCCEEDED"
+    failed = client.run({"fail": True})
+    assert failed["status"] == "FAILED" and failed["details"]["code"] == "Nope"
+    started = time.monotonic()
+    slow = client.run({"sleep": 3})
+    assert slow["status"] == "ACTIVE" and 2.0 <= time.monotonic() - started < 2.9
+    assert client.introspect()["synchronous"] is False
+    with pytest.raises(Exception, match="answer_within"):
+        ActionProvider(title="Bad", input_schema={"type": "object"}, answer_within=-1)
