@@ -133,6 +133,14 @@ KNOWN_SETTINGS: set[str] = {
     "APTK_NOTIFY_SENDER",
     "APTK_NOTIFY_SENDER_DOMAINS",
     "APTK_NOTIFY_MAX_BODY_BYTES",
+    "APTK_NOTIFY_TEMPLATES_DIR",
+    "APTK_NOTIFY_RATE_LIMIT",
+    "APTK_NOTIFY_RATE_WINDOW",
+    "APTK_NOTIFY_WEBHOOK_SECRET",
+    "APTK_NOTIFY_WEBHOOK_TIMEOUT",
+    "APTK_NOTIFY_WEBHOOK_CA_FILE",
+    "APTK_NOTIFY_WEBHOOK_ALLOW_LOOPBACK",
+    "APTK_NOTIFY_WEBHOOK_ALLOW_NETWORKS",
 }
 """Every ``APTK_*`` name the toolkit and the bundled providers read. A provider of its own adds its names with
 :func:`register_settings` (or ``ActionProvider(settings=[...])``); any other ``APTK_*`` name in the environment or

@@ -10,18 +10,23 @@ import smtplib
 import socket
 import ssl
 import string
+import time
 import urllib.parse
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate, getaddresses, make_msgid
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from toolkit import ActionFailed, BadActionRequest, RunContext
+from toolkit.settings import setting
 
 SETTINGS = (
     "APTK_SMTP_URL", "APTK_SMTP_USERNAME", "APTK_SMTP_PASSWORD", "APTK_SMTP_CA_FILE", "APTK_SMTP_TIMEOUT",
     "APTK_NOTIFY_SENDER", "APTK_NOTIFY_SENDER_DOMAINS", "APTK_NOTIFY_MAX_BODY_BYTES",
+    "APTK_NOTIFY_TEMPLATES_DIR", "APTK_NOTIFY_RATE_LIMIT", "APTK_NOTIFY_RATE_WINDOW",
+    "APTK_NOTIFY_WEBHOOK_SECRET", "APTK_NOTIFY_WEBHOOK_TIMEOUT", "APTK_NOTIFY_WEBHOOK_CA_FILE",
+    "APTK_NOTIFY_WEBHOOK_ALLOW_LOOPBACK", "APTK_NOTIFY_WEBHOOK_ALLOW_NETWORKS",
 )
 MAX_RECIPIENTS = 100
 DEFAULT_MAX_BODY = 256 * 1024
@@ -49,8 +54,9 @@ class Prepared:
 
 
 def _setting(config: Mapping[str, Any], name: str) -> str | None:
-    value = config.get(name)
-    return None if value in (None, "") else str(value)
+    """A setting from the app's configuration, else from the environment (same name); None when unset or empty."""
+    value = setting(config, name)
+    return None if value is None else str(value)
 
 
 def _no_control(field: str, value: str) -> None:
@@ -62,6 +68,8 @@ def _no_control(field: str, value: str) -> None:
 def _address(field: str, value: str) -> Address:
     """One mailbox, 'addr@example.org' or 'Name <addr@example.org>', syntax-checked."""
     _no_control(field, value)
+    if len(value) > 320:
+        raise BadActionRequest(f"{field}: an email address has at most 320 characters, not {len(value)}.")
     parsed = getaddresses([value], strict=True) if _strict_getaddresses() else getaddresses([value])
     if len(parsed) != 1 or not parsed[0][1]:
         raise BadActionRequest(f"{field}: {value!r} is not one email address.")
@@ -164,8 +172,38 @@ def text_alternative(markup: str) -> str:
     return "\n".join(line for line in lines if line).strip() + "\n"
 
 
-def prepare(body: Mapping[str, Any], config: Mapping[str, Any]) -> Prepared:
-    """The message and where it goes; a 400 (BadActionRequest) naming the field for anything wrong."""
+def render_body(body: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The body as (text, html or None): from ``body_template`` ($-variables) or a named ``template`` (Jinja)."""
+    variables = body.get("body_variables") or {}
+    raw = set(body.get("raw_variables") or [])
+    name = body.get("template")
+    if name is not None:
+        from . import templates
+
+        text, markup = templates.render(name, variables, raw, body.get("subject", ""), config)
+    else:
+        mimetype = body.get("body_mimetype", "text/plain")
+        content = render(body["body_template"], variables, mimetype, raw)
+        text, markup = (None, content) if mimetype == "text/html" else (content, None)
+    if text is None:
+        text = text_alternative(markup or "")
+    try:
+        limit = int(_setting(config, "APTK_NOTIFY_MAX_BODY_BYTES") or DEFAULT_MAX_BODY)
+    except ValueError:
+        limit = DEFAULT_MAX_BODY
+    size = len(text.encode("utf-8")) + (len(markup.encode("utf-8")) if markup is not None else 0)
+    if size > limit:
+        field = "template" if name is not None else "body_template"
+        raise BadActionRequest(f"{field}: the rendered body is {size} bytes, over this server's {limit}.")
+    return text, markup
+
+
+def prepare(body: Mapping[str, Any], config: Mapping[str, Any], message_id: str | None = None) -> Prepared:
+    """The message and where it goes; a 400 (BadActionRequest) naming the field for anything wrong.
+
+    ``message_id`` (the local part) makes the Message-ID stable, so that every attempt for one action sends the
+    same message; by default a fresh one.
+    """
     destination = body["destination"]
     destinations = [destination] if isinstance(destination, str) else list(destination)
     if len(destinations) > MAX_RECIPIENTS:
@@ -200,34 +238,24 @@ def prepare(body: Mapping[str, Any], config: Mapping[str, Any]) -> Prepared:
                 f"sender: this server sends only from {', '.join(sorted(allowed))}, not {sender.domain}."
             )
 
-    mimetype = body.get("body_mimetype", "text/plain")
-    raw = set(body.get("raw_variables") or [])
-    content = render(body["body_template"], body.get("body_variables") or {}, mimetype, raw)
-    try:
-        limit = int(_setting(config, "APTK_NOTIFY_MAX_BODY_BYTES") or DEFAULT_MAX_BODY)
-    except ValueError:
-        limit = DEFAULT_MAX_BODY
-    size = len(content.encode("utf-8"))
-    if size > limit:
-        raise BadActionRequest(f"body_template: the rendered body is {size} bytes, over this server's {limit}.")
-
+    text, markup = render_body(body, config)
     message = EmailMessage(policy=SMTP_POLICY)
     message["From"] = sender
     message["To"] = recipients
     message["Subject"] = subject
     message["Date"] = formatdate(localtime=False, usegmt=True)
-    message["Message-ID"] = make_msgid(domain=sender.domain)
-    if body.get("notification_priority", "").lower() == "high":
+    message["Message-ID"] = f"<{message_id}@{sender.domain}>" if message_id else make_msgid(domain=sender.domain)
+    if str(body.get("notification_priority", "")).lower() == "high":
         message["Importance"] = "high"
-    if mimetype == "text/html":
-        message.set_content(text_alternative(content))
-        message.add_alternative(content, subtype="html")
-    else:
-        message.set_content(content)
+    message.set_content(text)
+    if markup is not None:
+        message.add_alternative(markup, subtype="html")
     return Prepared(message, sender.addr_spec, [r.addr_spec for r in recipients], server)
 
 
 class Transient(Exception):
+    """A failure worth another attempt (the mail server or webhook receiver may answer later)."""
+
     def __init__(self, code: str, description: str) -> None:
         super().__init__(description)
         self.code, self.description = code, description
@@ -237,7 +265,40 @@ def _context(server: Server) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=server.ca_file)
 
 
-def _send_once(prepared: Prepared) -> dict[str, Any]:
+def _reply(exc: smtplib.SMTPResponseException) -> str:
+    error = exc.smtp_error
+    return f"{exc.smtp_code} {error.decode(errors='replace') if isinstance(error, bytes) else error}"
+
+
+def _envelope(client: smtplib.SMTP, prepared: Prepared) -> tuple[bytes, dict[str, tuple[int, bytes]]]:
+    """MAIL FROM and RCPT TO; the message as it will go after DATA, and the recipients refused."""
+    international = not all(a.isascii() for a in (prepared.sender, *prepared.recipients))
+    policy = SMTP_POLICY.clone(utf8=True) if international else SMTP_POLICY
+    payload = prepared.message.as_bytes(policy=policy)
+    options: list[str] = []
+    if international:
+        if not client.has_extn("smtputf8"):
+            raise ActionFailed("SMTPUTF8Unsupported",
+                               "The mail server cannot take non-ASCII addresses (no SMTPUTF8).")
+        options += ["SMTPUTF8", "BODY=8BITMIME"]
+    if client.does_esmtp and client.has_extn("size"):
+        options.append(f"SIZE={len(payload)}")
+    code, answer = client.mail(prepared.sender, options)
+    if code != 250:
+        raise smtplib.SMTPSenderRefused(code, answer, prepared.sender)
+    refused: dict[str, tuple[int, bytes]] = {}
+    for recipient in prepared.recipients:
+        code, answer = client.rcpt(recipient)
+        if code not in (250, 251):
+            refused[recipient] = (code, answer)
+    if len(refused) == len(prepared.recipients):
+        raise smtplib.SMTPRecipientsRefused(refused)
+    return payload, refused
+
+
+def send_once(prepared: Prepared, before_data: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """One attempt over one connection. ``before_data`` runs once the server took the envelope, right before
+    the message itself goes (after this point a crash leaves it unknown whether the server took the mail)."""
     server = prepared.server
     try:
         if server.security == "tls":
@@ -251,6 +312,10 @@ def _send_once(prepared: Prepared) -> dict[str, Any]:
         raise Transient("Timeout", f"The mail server {server.host}:{server.port} did not answer in time.") from None
     except ssl.SSLError as exc:
         raise ActionFailed("TLSError", f"TLS with {server.host}:{server.port} failed: {exc.reason}.") from None
+    except smtplib.SMTPResponseException as exc:  # the greeting: 421 or 554
+        if 400 <= exc.smtp_code < 500:
+            raise Transient("TemporaryFailure", f"The mail server answered {_reply(exc)}.") from None
+        raise ActionFailed("ConnectionRejected", f"The mail server answered {_reply(exc)}.") from None
     except OSError as exc:
         raise Transient("ConnectionFailed", f"Could not reach {server.host}:{server.port}: {exc.strerror or exc}.") from None
     try:
@@ -261,7 +326,11 @@ def _send_once(prepared: Prepared) -> dict[str, Any]:
                 client.ehlo()
             if server.username:
                 client.login(server.username, server.password or "")
-            refused = client.send_message(prepared.message, prepared.sender, prepared.recipients)
+            payload, refused = _envelope(client, prepared)
+            before_data()
+            code, answer = client.data(payload)
+            if code != 250:
+                raise smtplib.SMTPDataError(code, answer)
     except smtplib.SMTPAuthenticationError as exc:
         raise ActionFailed("AuthenticationFailed",
                            f"The mail server refused the login ({exc.smtp_code}).") from None
@@ -275,12 +344,10 @@ def _send_once(prepared: Prepared) -> dict[str, Any]:
                            refused={a: f"{c} {m.decode(errors='replace')}"
                                     for a, (c, m) in exc.recipients.items()}) from None
     except smtplib.SMTPResponseException as exc:
-        text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
-        reply = f"{exc.smtp_code} {text}"
         if 400 <= exc.smtp_code < 500:
-            raise Transient("TemporaryFailure", f"The mail server answered {reply}.") from None
-        code = "SenderRefused" if isinstance(exc, smtplib.SMTPSenderRefused) else "MessageRefused"
-        raise ActionFailed(code, f"The mail server answered {reply}.") from None
+            raise Transient("TemporaryFailure", f"The mail server answered {_reply(exc)}.") from None
+        refusal = "SenderRefused" if isinstance(exc, smtplib.SMTPSenderRefused) else "MessageRefused"
+        raise ActionFailed(refusal, f"The mail server answered {_reply(exc)}.") from None
     except ssl.SSLError as exc:
         raise ActionFailed("TLSError", f"TLS with {server.host}:{server.port} failed: {exc.reason}.") from None
     except (socket.timeout, TimeoutError):
@@ -292,17 +359,18 @@ def _send_once(prepared: Prepared) -> dict[str, Any]:
             "refused": {a: f"{c} {m.decode(errors='replace')}" for a, (c, m) in refused.items()}}
 
 
-def deliver(prepared: Prepared, ctx: RunContext) -> dict[str, Any]:
-    """Send, retrying transient failures with backoff (1 s doubling to 60 s) until the action's deadline."""
+def deliver(attempt_once: Callable[[], dict[str, Any]], ctx: RunContext, what: str) -> dict[str, Any]:
+    """Call ``attempt_once`` until it succeeds, retrying :class:`Transient` failures with backoff (1 s doubling
+    to 60 s) until the action's deadline."""
     attempt = 0
     while True:
         ctx.check()
         try:
-            result = _send_once(prepared)
+            result = attempt_once()
         except Transient as exc:
             attempt += 1
             wait = min(60.0, 2.0 ** (attempt - 1))
-            if ctx.deadline is not None and ctx.clock() + wait >= ctx.deadline:
+            if ctx.deadline is not None and time.time() + wait >= ctx.deadline:
                 raise ActionFailed(exc.code, f"{exc.description} Gave up at the deadline after {attempt} "
                                              "attempts.", attempts=attempt) from None
             ctx.log(f"Attempt {attempt}: {exc.description} Retrying in {wait:.0f} s.")
@@ -310,5 +378,5 @@ def deliver(prepared: Prepared, ctx: RunContext) -> dict[str, Any]:
                          display_status="retrying")
             ctx.sleep(wait)
             continue
-        ctx.log(f"Accepted by the mail server as {result['message_id']} for {len(result['accepted'])} recipients.")
+        ctx.log(f"{what} (attempt {attempt + 1}).")
         return {**result, "attempts": attempt + 1}
