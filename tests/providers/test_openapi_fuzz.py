@@ -14,6 +14,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from providers import bundled
+from tests.servers.smtp import SMTPServer
 from toolkit import get_toolkit
 from toolkit.server import create_app
 from toolkit.testing import TokenAuthority
@@ -62,14 +63,19 @@ def valid_request_accepted(ctx, response, case):
     raise AssertionError(f"A schema-valid request was rejected: {description}")
 
 
-# Schemathesis loads each document at collection time, so the fuzzed app is built at import.
-FUZZED_APP = create_app({"APTK_DATA_DIR": tempfile.mkdtemp(prefix="aptk-fuzz-")}, verifier=authority.verifier)
+# Schemathesis loads each document at collection time, so the fuzzed app is built at import. The notify
+# provider sends what the fuzzer gets past its checks to a real SMTP server on loopback.
+MAIL_SERVER = SMTPServer()
+FUZZED_APP = create_app({"APTK_DATA_DIR": tempfile.mkdtemp(prefix="aptk-fuzz-"), "APTK_SMTP_URL": MAIL_SERVER.url(),
+                         "APTK_NOTIFY_SENDER": "fuzz@example.org", "APTK_NOTIFY_WEBHOOK_SECRET": "fuzz-secret"},
+                        verifier=authority.verifier)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def stop_fuzzed_app():
     yield
     get_toolkit(FUZZED_APP).runtime.stop()  # wake callbacks the fuzzer left sleeping
+    MAIL_SERVER.stop()
 
 
 def fuzz_test(prefix):
@@ -97,3 +103,8 @@ def test_status_document_of_a_real_action_matches_the_schema(app):
     for path, method in [("/{action_id}/status", "GET"), ("/actions/{action_id}", "GET"), ("/{action_id}/log", "GET")]:
         case = schema[path][method].Case(path_parameters={"action_id": action_id})
         assert case.call_and_validate(headers=AUTH).status_code == 200
+
+
+def test_fuzzing_reached_the_mail_server():
+    """Runs after the fuzz tests (file order): some generated requests were valid and their mail arrived."""
+    assert MAIL_SERVER.messages, "no fuzzed notify request got through to the mail server"

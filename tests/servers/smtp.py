@@ -1,7 +1,8 @@
 """A real SMTP server on loopback (aiosmtpd), keeping the messages it receives.
 
 ``SMTPServer(auth={"user": "pw"}, tls="starttls" | "smtps" | None, reply=None)``: ``reply`` is an SMTP reply
-(``"451 4.3.0 try later"``) answered to DATA instead of accepting, for testing failures. ``.url`` is the
+(``"451 4.3.0 try later"``) answered to DATA instead of accepting, for testing failures; ``delay`` seconds pass
+before DATA is answered (a message is kept before that wait). ``.url`` is the
 ``APTK_SMTP_URL`` reaching it; ``.messages`` the :class:`email.message.EmailMessage` received, with
 ``.envelopes`` the (mail_from, rcpt_tos) of each.
 """
@@ -51,20 +52,26 @@ class _Handler:
         self.server = server
 
     async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
+        import asyncio
+
         if self.server.replies:
+            await asyncio.sleep(self.server.delay)
             return self.server.replies.pop(0)
+        # Taken (and kept) before the answer: a client that is gone by then has still sent the mail.
         message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
         self.server.messages.append(message)
         self.server.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        await asyncio.sleep(self.server.delay)
         return "250 2.0.0 OK"
 
 
 class SMTPServer:
     def __init__(self, *, auth: dict[str, str] | None = None, tls: str | None = None,
-                 replies: list[str] | None = None) -> None:
+                 replies: list[str] | None = None, delay: float = 0.0, port: int | None = None) -> None:
         self.messages: list[email.message.EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
         self.replies = list(replies or [])
+        self.delay = delay
         self.sessions = 0
         self._dir = tempfile.TemporaryDirectory()
         self.cert_file = self.key_file = None
@@ -88,7 +95,7 @@ class SMTPServer:
 
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+            self.port = port or probe.getsockname()[1]
         self.controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port, **kwargs)
         with warnings.catch_warnings():  # AUTH without STARTTLS: on loopback, or inside SMTPS
             warnings.simplefilter("ignore")
