@@ -346,6 +346,8 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
             page["marker"] = str(entries[-1].entry_id)
         return jsonify(page)
 
+    for extra in provider.extra_blueprints:
+        bp.register_blueprint(extra)
     return bp
 
 

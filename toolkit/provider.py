@@ -133,6 +133,7 @@ class ActionProvider:
         self.check_callback: CheckCallback | None = None
         self.cancel_callback: CancelCallback | None = None
         self.resume_callback: ResumeCallback | None = None
+        self.extra_blueprints: list[Blueprint] = []
 
     def __repr__(self) -> str:
         return f"<ActionProvider {self.name!r}>"
@@ -212,6 +213,14 @@ class ActionProvider:
         return fn
 
     # --- serving --------------------------------------------------------------------------------------------
+
+    def add_blueprint(self, blueprint: "Blueprint") -> None:
+        """Serve ``blueprint``'s routes (a provider's web pages, say) under this provider's prefix too.
+
+        It is nested in every blueprint :meth:`blueprint` makes, so its views share the provider's prefix and
+        the toolkit's per-request setup; its own error handlers come before the API's JSON ones.
+        """
+        self.extra_blueprints.append(blueprint)
 
     def blueprint(self, url_prefix: str | None = None, *, name: str | None = None) -> "Blueprint":
         """A Flask blueprint serving every route of the Action Provider API for this provider."""
