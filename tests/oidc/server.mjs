@@ -116,6 +116,11 @@ const clients = (overrides.clients ?? DEFAULT_CLIENTS).map((c) => ({
   resources: c.resources ?? Object.keys(resources),
 }));
 const clientsById = new Map(clients.map((c) => [c.client_id, c]));
+// Browser sign-in (authorization code flow with PKCE) is served only when a client is configured for it, with
+// `grant_types: ["authorization_code"]` and its `redirect_uris`. `accounts` (login -> groups) adds a `groups`
+// claim to a person's ID token.
+const browserSignIn = clients.some((c) => c.grant_types.includes('authorization_code'));
+const accountGroups = overrides.accounts ?? {};
 
 const { privateKey } = await keyPair;
 const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), use: 'sig', alg: 'RS256' };
@@ -138,16 +143,25 @@ server.listen(requestedPort, host, () => {
       client_id: c.client_id,
       client_secret: c.client_secret,
       grant_types: c.grant_types,
-      response_types: [],
-      redirect_uris: [],
+      response_types: c.grant_types.includes('authorization_code') ? ['code'] : [],
+      redirect_uris: c.redirect_uris ?? [],
       token_endpoint_auth_method: 'client_secret_basic',
     })),
     jwks: { keys: [signingKey] },
-    cookies: { keys: [randomUUID()] }, // unused (no browser flows), set to silence a startup warning
+    cookies: { keys: [randomUUID()] }, // signs the sign-in pages' cookies (browser clients only)
     clockTolerance: 0, // so a token is inactive the second it expires
-    scopes: [HELLO, OTHER],
+    scopes: browserSignIn ? ['openid', 'profile', HELLO, OTHER] : [HELLO, OTHER],
+    // A person signs in with any login (it becomes `sub`, and `name` is derived from it) and any password.
+    findAccount: async (_ctx, sub) => ({
+      accountId: sub,
+      claims: async () => ({ sub, name: `Test user ${sub}`, ...(accountGroups[sub] ? { groups: accountGroups[sub] } : {}) }),
+    }),
+    claims: { openid: ['sub'], profile: ['name', 'groups'] },
+    conformIdTokenClaims: false, // the ID token carries the scopes' claims (name, groups), not only the userinfo
+    pkce: { methods: ['S256'], required: () => true }, // a sign-in without a PKCE challenge is refused
     features: {
-      devInteractions: { enabled: false },
+      // oidc-provider's own login and consent pages, for clients configured with the authorization_code grant.
+      devInteractions: { enabled: browserSignIn },
       clientCredentials: { enabled: true },
       introspection: {
         enabled: true,
