@@ -32,6 +32,7 @@ from toolkit.server import create_app
 from toolkit.testing import TokenAuthority
 
 CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = os.environ.get("APTK_TEST_SCREENSHOTS")  # read at import: the tests' own fixture clears APTK_*
 CREATOR = "11111111-1111-4111-8111-111111111111"
 
 pytestmark = pytest.mark.slow
@@ -214,7 +215,7 @@ def test_cancel_closes_the_open_page(site, page):
 
 
 def test_screenshots_of_a_form(site, browser, tmp_path):
-    folder = Path(os.environ.get("APTK_TEST_SCREENSHOTS") or tmp_path)
+    folder = Path(SCREENSHOTS or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     action = site.run({
         "title": "Approve sharing of run 42",
