@@ -16,12 +16,22 @@ deadline), closes the form. The pages are in :mod:`.pages`, the fields in :mod:`
 from __future__ import annotations
 
 import datetime
+import string
 import time
 from typing import Any
 
 from flask import current_app, has_app_context, has_request_context, request, url_for
 
-from toolkit import ActionFailed, ActionInactive, ActionProvider, BadActionRequest, RunContext, get_toolkit
+from toolkit import (
+    ActionFailed,
+    ActionInactive,
+    ActionProvider,
+    ApiError,
+    BadActionRequest,
+    Identity,
+    RunContext,
+    get_toolkit,
+)
 from toolkit.documents import PUBLIC, Status, normalize_principal
 from toolkit.settings import register_settings
 
@@ -40,6 +50,7 @@ MAX_EXPIRES_IN = 30 * 24 * 3600
 MAX_OPTIONS = 20
 
 _TEXT = {"type": "string", "maxLength": 2000}
+_ADDRESS = {"type": "string", "minLength": 1, "maxLength": 320}
 
 INPUT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -74,8 +85,27 @@ INPUT_SCHEMA: dict[str, Any] = {
         "allow_changes": {"type": "boolean", "default": False,
                           "description": "Respondents may save an answer and change it until they submit it."},
         "submit_label": {"type": "string", "minLength": 1, "maxLength": 60},
+        "notify": {
+            "type": "object", "additionalProperties": False, "required": ["destination"],
+            "description": "Email the form's link through this deployment's notify provider when the form opens.",
+            "properties": {
+                "destination": {"oneOf": [_ADDRESS, {"type": "array", "minItems": 1, "maxItems": 100,
+                                                     "items": _ADDRESS}]},
+                "subject": {"type": "string", "maxLength": 998},
+                "body_template": {"type": "string", "maxLength": 20000,
+                                  "description": "$title, $form_url and $closes_at are replaced."},
+                "sender": {"type": "string", "maxLength": 998},
+            },
+        },
     },
 }
+
+NOTIFY_SUBJECT = "Please answer: $title"
+NOTIFY_TEMPLATE = (
+    "You are asked to answer the form \"$title\".\n\n"
+    "Open it here: $form_url\n\n"
+    "The link is for you only; the form closes at $closes_at (UTC).\n"
+)
 
 provider = ActionProvider(
     name="forms",
@@ -130,6 +160,48 @@ def check_request(body: dict[str, Any], identity: Any) -> None:
             normalize_principal(principal)
         except ValueError as exc:
             raise BadActionRequest(f"body.respondents[{i}]: {exc}") from None
+    if "notify" in body:
+        _check_notify(body)
+
+
+def _check_notify(body: dict[str, Any]) -> None:
+    """Refuse at /run what the email could not be: the notify provider checks the rest when it is sent."""
+    if "notify" not in get_toolkit(current_app).runtime.providers:
+        raise BadActionRequest("body.notify: this deployment serves no notify provider to send the email with.")
+    if sign_in_mode(current_app.config) == "link" and len(body.get("respondents", ())) > 1:
+        raise BadActionRequest("body.notify: each respondent has a personal link here; give at most one respondent "
+                               "per form, or send the links from respondent_links yourself.")
+    notify = body["notify"]
+    for field in ("subject", "body_template"):
+        try:
+            string.Template(notify.get(field, "")).substitute(title="", form_url="", closes_at="")
+        except KeyError as exc:
+            raise BadActionRequest(f"body.notify.{field}: ${exc.args[0]} is not one of $title, $form_url, "
+                                   "$closes_at (write $$ for a $).") from None
+        except ValueError as exc:
+            raise BadActionRequest(f"body.notify.{field}: {exc} (write $$ for a $).") from None
+
+
+def _send_link(body: dict[str, Any], ctx: RunContext, link: str, closes_at: float) -> str:
+    """Start a notify action (as the form's creator) that emails ``link``; its action id."""
+    notify = body["notify"]
+    values = {"title": body["title"], "form_url": link, "closes_at": _iso(closes_at)[:16].replace("T", " ")}
+    document = {
+        "destination": notify["destination"],
+        "subject": string.Template(notify.get("subject", NOTIFY_SUBJECT)).substitute(values),
+        "body_template": string.Template(notify.get("body_template", NOTIFY_TEMPLATE)).substitute(values)
+        .replace("$", "$$"),
+    }
+    if "sender" in notify:
+        document["sender"] = notify["sender"]
+    runtime = get_toolkit(current_app).runtime
+    identity = ctx.identity or Identity.build(ctx.creator_id)
+    try:
+        action, _ = runtime.run(runtime.providers["notify"], identity,
+                                {"request_id": f"forms-{ctx.action_id}", "body": document})
+    except ApiError as exc:
+        raise ActionFailed("NotifyRefused", f"The email with the form's link was refused: {exc.description}") from None
+    return action.action_id
 
 
 def respondents(body: dict[str, Any]) -> list[str]:
@@ -175,7 +247,8 @@ def open_form(body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         answered = {"response": answer.response, "respondent": answer.respondent,
                     "answered_at": _iso(answer.answered_at)}
         if answer.final:
-            return {"form_url": url, **answered}
+            sent = {"notify_action_id": ctx.details["notify_action_id"]} if "notify_action_id" in ctx.details else {}
+            return {"form_url": url, **answered, **sent}
         done.update(answered)
     details: dict[str, Any] = dict(done)
     resolution_url = url
@@ -185,6 +258,9 @@ def open_form(body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         details["respondent_links"] = links
         if len(links) == 1:
             resolution_url = next(iter(links.values()))
+    if "notify" in body:
+        details["notify_action_id"] = ctx.details.get("notify_action_id") or _send_link(body, ctx, resolution_url,
+                                                                                         closes_at)
     waiting = "an answer to be submitted" if answer is not None else "an answer"
     raise ActionInactive(
         "WaitingForResponse",

@@ -386,3 +386,57 @@ def test_unknown_forms_are_a_page_not_a_crash(site):
 def test_run_refuses_forms_that_cannot_be_shown(site, body, message):
     refused = site.run(body, expect=400)
     assert refused["code"] == "BadActionRequest" and message in refused["description"]
+
+
+# --- the link by email, through the notify provider ----------------------------------------------------------
+
+
+def test_notify_emails_the_link_through_the_notify_provider(tmp_path, smtp_servers):
+    import time
+
+    from providers.notify import provider as notify_provider
+
+    smtp = smtp_servers()
+    authority = TokenAuthority()
+    app = create_app({"APTK_DATA_DIR": str(tmp_path / "data"), "APTK_SMTP_URL": smtp.url(),
+                      "APTK_NOTIFY_SENDER": "flows@example.org"},
+                     providers=[("/forms", provider), ("/notify", notify_provider)], verifier=authority.verifier)
+    scopes = [provider.globus_auth_scope, notify_provider.globus_auth_scope]
+    headers = {"Authorization": f"Bearer {authority.token(CREATOR, scopes=scopes)}"}
+    api = app.test_client()
+    body = form_body(respondents=[ADA], notify={"destination": "ada@example.org"})
+    action = api.post("/forms/run", json={"request_id": "n", "body": body}, headers=headers).json
+    assert action["status"] == "INACTIVE", action
+    notify_id = action["details"]["notify_action_id"]
+    give_up = time.monotonic() + 10
+    while api.get(f"/notify/{notify_id}/status", headers=headers).json["status"] != "SUCCEEDED":
+        assert time.monotonic() < give_up, api.get(f"/notify/{notify_id}/status", headers=headers).json
+        time.sleep(0.05)
+    [message] = smtp.messages
+    assert message["Subject"] == "Please answer: Sample request" and message["To"] == "ada@example.org"
+    link = action["details"]["respondent_links"][ADA]
+    assert link in message.get_content()
+    page = app.test_client().get(_path(link), follow_redirects=True)
+    assert page.status_code == 200 and ADA in page.text
+    # a retried /run finds the same action and sends nothing again
+    again = api.post("/forms/run", json={"request_id": "n", "body": body}, headers=headers)
+    assert again.status_code == 200 and len(smtp.messages) == 1
+    get_toolkit(app).runtime.stop()
+
+
+def test_notify_is_refused_without_a_notify_provider_or_with_unknown_variables(tmp_path, site):
+    refused = site.run(form_body(notify={"destination": "ada@example.org"}), expect=400)
+    assert "no notify provider" in refused["description"]
+    from providers.notify import provider as notify_provider
+
+    authority = TokenAuthority()
+    app = create_app({"APTK_DATA_DIR": str(tmp_path / "d2")},
+                     providers=[("/forms", provider), ("/notify", notify_provider)], verifier=authority.verifier)
+    headers = {"Authorization": f"Bearer {authority.token(CREATOR, scopes=[provider.globus_auth_scope])}"}
+    body = form_body(notify={"destination": "ada@example.org", "body_template": "Open $link"})
+    response = app.test_client().post("/forms/run", json={"request_id": "x", "body": body}, headers=headers)
+    assert response.status_code == 400 and "body.notify.body_template: $link is not one of" in response.json["description"]
+    body = form_body(respondents=[ADA, BOB], notify={"destination": "ada@example.org"})
+    response = app.test_client().post("/forms/run", json={"request_id": "y", "body": body}, headers=headers)
+    assert response.status_code == 400 and "personal link" in response.json["description"]
+    get_toolkit(app).runtime.stop()
