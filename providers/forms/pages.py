@@ -19,7 +19,7 @@ from flask import Blueprint, Response, current_app, redirect, render_template, r
 
 from toolkit import Identity, get_toolkit
 from toolkit.documents import PUBLIC, Status
-from toolkit.errors import ApiError
+from toolkit.errors import ApiError, ConfigurationError
 
 from . import answers, fields
 from .settings import sign_in_mode
@@ -314,6 +314,9 @@ def sign_in(action_id: str) -> Any:
         url, saved = _oidc().start(_callback_url())
     except SignInError as exc:
         return _message("Sign-in is not available", f"Sign-in failed: {exc}.", 503)
+    except ConfigurationError as exc:
+        current_app.logger.error("forms sign-in is not set up: %s", exc)
+        return _message("Sign-in is not available", "Sign-in is not set up on this server; tell its operator.", 503)
     response = redirect(url, 303)
     state = _signer().state({**saved, "a": action_id})
     response.set_cookie(STATE_COOKIE, state, max_age=600, path=urlsplit(_callback_url()).path, httponly=True,

@@ -440,3 +440,43 @@ def test_notify_is_refused_without_a_notify_provider_or_with_unknown_variables(t
     response = app.test_client().post("/forms/run", json={"request_id": "y", "body": body}, headers=headers)
     assert response.status_code == 400 and "personal link" in response.json["description"]
     get_toolkit(app).runtime.stop()
+
+
+# --- settings ------------------------------------------------------------------------------------------------
+
+
+def test_the_signing_key_is_kept_private_in_the_data_directory(site, tmp_path):
+    import stat
+
+    site.run(form_body())
+    key = tmp_path / "data" / "forms-secret-key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_text()) >= 40
+
+
+def test_a_configured_secret_key_signs_the_links_instead(tmp_path):
+    site = Site(tmp_path, APTK_FORMS_SECRET_KEY="k" * 40)
+    action = site.run(form_body())
+    assert not (tmp_path / "data" / "forms-secret-key").exists()
+    token = action["details"]["resolution_url"].split("?t=")[1]
+    assert Signer("k" * 40).read_link(token, action["action_id"]) == "public"
+    assert Signer("other" * 8).read_link(token, action["action_id"]) is None
+    get_toolkit(site.app).runtime.stop()
+
+
+def test_oidc_mode_offers_sign_in_and_says_when_it_is_not_set_up(tmp_path):
+    site = Site(tmp_path, APTK_FORMS_SIGN_IN="oidc")
+    action = site.run(form_body())
+    assert "respondent_links" not in action["details"]
+    assert action["details"]["resolution_url"] == action["details"]["form_url"]
+    page = site.browser().get(f"/forms/{action['action_id']}/form")
+    assert page.status_code == 401 and f'href="/forms/{action["action_id"]}/sign-in"' in page.text
+    start = site.browser().get(f"/forms/{action['action_id']}/sign-in")
+    assert start.status_code == 503 and "not set up" in start.text
+    done = site.browser().get("/forms/sign-in/done?code=x&state=y")
+    assert done.status_code == 400 and "Open the form again" in done.text  # no sign-in was started here
+    get_toolkit(site.app).runtime.stop()
+
+
+def test_link_mode_has_no_sign_in(site):
+    action = site.run(form_body())
+    assert site.browser().get(f"/forms/{action['action_id']}/sign-in").status_code == 404
