@@ -29,7 +29,7 @@ class SignInError(Exception):
 
 
 class OIDCClient:
-    def __init__(self, issuer: str, client_id: str, client_secret: str | None, scope: str = "openid profile email",
+    def __init__(self, issuer: str, client_id: str, client_secret: str | None, scope: str = "openid profile",
                  groups_claim: str = "groups") -> None:
         self.issuer = issuer.rstrip("/")
         self.client_id = client_id
@@ -50,7 +50,7 @@ class OIDCClient:
                 "APTK_AUTH_ISSUER); or set APTK_FORMS_SIGN_IN=link."
             )
         return cls(issuer, client_id, setting(config, "APTK_FORMS_OIDC_CLIENT_SECRET"),
-                   setting(config, "APTK_FORMS_OIDC_SCOPE", "openid profile email"),
+                   setting(config, "APTK_FORMS_OIDC_SCOPE", "openid profile"),
                    setting(config, "APTK_AUTH_GROUPS_CLAIM", "groups"))
 
     def _session(self, redirect_uri: str) -> OAuth2Session:

@@ -307,6 +307,8 @@ def test_pages_carry_a_strict_content_security_policy_and_private_cookies(site):
     assert "script-src" not in CSP and "default-src 'none'" in CSP
     assert page.headers["X-Frame-Options"] == "DENY" and page.headers["Referrer-Policy"] == "no-referrer"
     assert site.browser().get("/forms/assets/forms.css").status_code == 200
+    over_https = site.browser().get(_path(action["details"]["resolution_url"]), base_url="https://localhost")
+    assert "Secure" in over_https.headers["Set-Cookie"] and "Secure" not in cookie
 
 
 def test_an_answer_without_the_csrf_token_is_refused(site):
