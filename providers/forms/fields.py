@@ -47,7 +47,7 @@ class Field:
 
     @property
     def id(self) -> str:
-        return "f-" + self.name.replace(".", "-")
+        return field_id(self.name)
 
     @property
     def label(self) -> str:
@@ -96,6 +96,11 @@ class Field:
         yield self
         for child in self.children:
             yield from child.walk()
+
+
+def field_id(name: str) -> str:
+    """The HTML id of a field: unique and valid for any property name (other characters as ``-hex-``)."""
+    return "f-" + "".join(c if c.isascii() and (c.isalnum() or c in "._") else f"-{ord(c):x}-" for c in name)
 
 
 def _label(value: Any) -> str:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException
 
 from toolkit import Identity, get_toolkit
 from toolkit.documents import PUBLIC, Status
@@ -62,6 +63,8 @@ def _page_headers(response: Response) -> Response:
 
 @pages.errorhandler(Exception)
 def _failure(exc: Exception) -> Response | tuple[str, int]:
+    if isinstance(exc, HTTPException) and exc.code is not None and exc.code < 500:
+        return _message(exc.name, exc.description or exc.name, exc.code)  # a body too large, say
     if isinstance(exc, ApiError) and exc.status == 503:
         return _message("Try again later", exc.description, exc.status)
     current_app.logger.exception("forms page %s %s failed", request.method, request.path)
@@ -177,6 +180,7 @@ def _render_form(action: "Action", who: dict[str, Any], *, form: Any = None, err
         who=_name(who),
         closes_at=action.details.get("closes_at"),
         action_url=_form_path(action.action_id),
+        field_id=fields.field_id,
     ), status
 
 
@@ -263,7 +267,8 @@ def submit(action_id: str) -> Any:
             errors.setdefault(name, message)
         if errors:
             return _render_form(action, who, form=request.form, errors=errors, status=400)
-    final = not body.get("allow_changes") or request.form.get("intent") == "submit"
+    # A choice among options is always final; a form that allows changes is final once submitted.
+    final = "options" in body or not body.get("allow_changes") or request.form.get("intent") == "submit"
     respondent = (who.get("p") or [PUBLIC])[0]
     answer = answers.Answer(action_id, respondent, response, now(), final)
     engine = _engine()

@@ -257,7 +257,7 @@ def test_invalid_answers_show_field_errors_and_keep_what_was_typed(site):
     ])
     assert 'value="a dozen"' in shown.text and 'value="not an address"' in shown.text
     assert 'id="f-samples" name="samples" value="a dozen"' in shown.text
-    assert 'aria-invalid="true"' in shown.text and 'href="#f-contact-phone"' in shown.text
+    assert 'aria-invalid="true"' in shown.text and 'href="#f-contact.phone"' in shown.text
     assert site.status(action["action_id"])["status"] == "INACTIVE"
 
 
@@ -362,6 +362,27 @@ def test_a_signed_in_person_who_is_not_a_respondent_is_refused(site):
     token = csrf(member.get(f"/forms/{action['action_id']}/form").text)
     eve.set_cookie(SESSION_COOKIE, "forged", path="/forms/")
     assert eve.post(f"/forms/{action['action_id']}/form", data={**GOOD_ANSWER, "csrf_token": token}).status_code == 401
+
+
+def test_any_property_name_makes_a_valid_unique_field_id(site):
+    schema = {"type": "object", "required": ["a b", "a-b"], "properties": {
+        "a b": {"type": "string"}, "a-b": {"type": "string"}, "a": {"type": "object", "properties": {
+            "b": {"type": "string"}}}, "ünï": {"type": "string"}}}
+    action = site.run({"title": "ids", "schema": schema})
+    page, browser = site.open(action["details"]["resolution_url"])
+    ids = re.findall(r'<input[^>]* id="([^"]+)"', page.text)
+    assert ids == ["f-a-20-b", "f-a-2d-b", "f-a.b", "f--fc-n-ef-"]
+    shown = browser.post(f"/forms/{action['action_id']}/form", data={"csrf_token": csrf(page.text)})
+    assert 'href="#f-a-20-b"' in shown.text and 'href="#f-a-2d-b"' in shown.text
+
+
+def test_a_body_too_large_is_a_page(tmp_path):
+    site = Site(tmp_path, APTK_MAX_BODY_BYTES=2000)
+    action = site.run(form_body())
+    page, browser = site.open(action["details"]["resolution_url"])
+    refused = browser.post(f"/forms/{action['action_id']}/form", data={"name": "x" * 5000, "csrf_token": csrf(page.text)})
+    assert refused.status_code == 413 and "<h1>" in refused.text
+    get_toolkit(site.app).runtime.stop()
 
 
 def test_unknown_forms_are_a_page_not_a_crash(site):
