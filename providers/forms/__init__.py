@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import datetime
 import string
-import time
 from typing import Any
 
-from flask import current_app, has_app_context, has_request_context, request, url_for
+from flask import current_app, has_request_context, request, url_for
 
 from toolkit import (
     ActionFailed,
@@ -33,12 +32,13 @@ from toolkit import (
     get_toolkit,
 )
 from toolkit.documents import PUBLIC, Status, normalize_principal
-from toolkit.settings import register_settings
+from toolkit.lifecycle import HookContext
+from toolkit.settings import register_settings, setting
 
 from . import answers, fields
 from .content import render_description
 from .pages import pages
-from .settings import SETTINGS, setting, sign_in_mode
+from .settings import SETTINGS, sign_in_mode
 from .signing import Signer
 
 __all__ = ["provider"]
@@ -136,7 +136,7 @@ def answer_schema(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @provider.check
-def check_request(body: dict[str, Any], identity: Any) -> None:
+def check_request(body: dict[str, Any], ctx: HookContext) -> None:
     if ("schema" in body) == ("options" in body):
         raise BadActionRequest("body: give exactly one of schema (a JSON Schema) and options (a list of choices).")
     if "schema" in body:
@@ -161,14 +161,14 @@ def check_request(body: dict[str, Any], identity: Any) -> None:
         except ValueError as exc:
             raise BadActionRequest(f"body.respondents[{i}]: {exc}") from None
     if "notify" in body:
-        _check_notify(body)
+        _check_notify(body, ctx.config)
 
 
-def _check_notify(body: dict[str, Any]) -> None:
+def _check_notify(body: dict[str, Any], config: Any) -> None:
     """Refuse at /run what the email could not be: the notify provider checks the rest when it is sent."""
-    if "notify" not in get_toolkit(current_app).runtime.providers:
+    if _notify_provider() is None:
         raise BadActionRequest("body.notify: this deployment serves no notify provider to send the email with.")
-    if sign_in_mode(current_app.config) == "link" and len(body.get("respondents", ())) > 1:
+    if sign_in_mode(config) == "link" and len(body.get("respondents", ())) > 1:
         raise BadActionRequest("body.notify: each respondent has a personal link here; give at most one respondent "
                                "per form, or send the links from respondent_links yourself.")
     notify = body["notify"]
@@ -180,6 +180,14 @@ def _check_notify(body: dict[str, Any]) -> None:
                                    "$closes_at (write $$ for a $).") from None
         except ValueError as exc:
             raise BadActionRequest(f"body.notify.{field}: {exc} (write $$ for a $).") from None
+
+
+def _notify_provider() -> ActionProvider | None:
+    """The notify provider served beside this one (the email goes out as one of its actions), if any.
+
+    The toolkit hands hooks no handle on the other providers of the app, so this asks the app's runtime.
+    """
+    return get_toolkit(current_app).runtime.providers.get("notify")
 
 
 def _send_link(body: dict[str, Any], ctx: RunContext, link: str, closes_at: float) -> str:
@@ -195,9 +203,12 @@ def _send_link(body: dict[str, Any], ctx: RunContext, link: str, closes_at: floa
     if "sender" in notify:
         document["sender"] = notify["sender"]
     runtime = get_toolkit(current_app).runtime
+    notify_provider = _notify_provider()
+    if notify_provider is None:
+        raise ActionFailed("NotifyUnavailable", "This deployment no longer serves the notify provider.")
     identity = ctx.identity or Identity.build(ctx.creator_id)
     try:
-        action, _ = runtime.run(runtime.providers["notify"], identity,
+        action, _ = runtime.run(notify_provider, identity,
                                 {"request_id": f"forms-{ctx.action_id}", "body": document})
     except ApiError as exc:
         raise ActionFailed("NotifyRefused", f"The email with the form's link was refused: {exc.description}") from None
@@ -206,13 +217,6 @@ def _send_link(body: dict[str, Any], ctx: RunContext, link: str, closes_at: floa
 
 def respondents(body: dict[str, Any]) -> list[str]:
     return [normalize_principal(p) for p in body.get("respondents", ())]
-
-
-def now() -> float:
-    """The toolkit's clock (a test's, or ``time.time``): the form closes by the clock its deadline is kept by."""
-    if has_app_context():
-        return get_toolkit(current_app).runtime.clock()
-    return time.time()
 
 
 def _iso(epoch: float) -> str:
@@ -233,12 +237,12 @@ def _form_url(ctx: RunContext) -> str:
 @provider.run
 def open_form(body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     """Open the form (pause the action) or, once it has an answer, end the action with it."""
-    engine = answers.engine_of(ctx.store)
+    engine = ctx.store.engine
     url = _form_url(ctx)
     if "closes_at" in ctx.details and ctx.deadline is not None:
         closes_at = ctx.deadline
     else:
-        closes_at = min(now() + body.get("expires_in", DEFAULT_EXPIRES_IN), ctx.deadline or float("inf"))
+        closes_at = min(ctx.clock() + body.get("expires_in", DEFAULT_EXPIRES_IN), ctx.deadline or float("inf"))
         # The form closes at the action's deadline: the toolkit then ends the action, and no answer is taken.
         ctx.store.update(ctx.action_id, where={"status": Status.ACTIVE, "attempts": ctx.attempt}, deadline=closes_at)
     answer = answers.get(engine, ctx.action_id)

@@ -36,11 +36,6 @@ class Answer:
     final: bool
 
 
-def engine_of(store: Any) -> sa.Engine:
-    """The SQLAlchemy engine of the toolkit's store, where this provider keeps its table."""
-    return store.engine
-
-
 def get(engine: sa.Engine, action_id: str) -> Answer | None:
     create_tables(engine, metadata)
     with engine.connect() as conn:

@@ -76,7 +76,7 @@ def now() -> float:
 
 
 def _engine() -> Any:
-    return answers.engine_of(get_toolkit(current_app).runtime.store)
+    return get_toolkit(current_app).runtime.store.engine
 
 
 def _provider():

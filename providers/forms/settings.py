@@ -1,11 +1,11 @@
-"""The forms provider's settings: read from the app's configuration, then the environment (same names)."""
+"""The forms provider's settings, read as every setting is (``toolkit.settings.setting``)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 from toolkit.errors import ConfigurationError
+from toolkit.settings import setting
 
 SETTINGS = (
     "APTK_FORMS_URL",
@@ -19,13 +19,6 @@ SETTINGS = (
 """Every setting this provider reads (registered with the toolkit, so that a misspelt one stops start-up)."""
 
 SIGN_IN_MODES = ("link", "oidc")
-
-
-def setting(config: Mapping[str, Any], name: str, default: Any = None) -> Any:
-    value = config.get(name)
-    if value is None or value == "":
-        value = os.environ.get(name) or default
-    return value
 
 
 def sign_in_mode(config: Mapping[str, Any]) -> str:

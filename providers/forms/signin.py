@@ -18,7 +18,7 @@ from authlib.integrations.requests_client import OAuth2Session
 
 from toolkit.errors import ConfigurationError
 
-from .settings import setting
+from toolkit.settings import setting
 
 CACHE_SECONDS = 3600
 TIMEOUT = 10

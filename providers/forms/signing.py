@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from itsdangerous import BadSignature, URLSafeSerializer, URLSafeTimedSerializer
 
-from .settings import setting
+from toolkit.settings import setting
 
 KEY_FILE = "forms-secret-key"
 CSRF_MAX_AGE = 24 * 3600
