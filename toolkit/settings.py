@@ -141,6 +141,14 @@ KNOWN_SETTINGS: set[str] = {
     "APTK_NOTIFY_WEBHOOK_CA_FILE",
     "APTK_NOTIFY_WEBHOOK_ALLOW_LOOPBACK",
     "APTK_NOTIFY_WEBHOOK_ALLOW_NETWORKS",
+    # providers.forms
+    "APTK_FORMS_URL",
+    "APTK_FORMS_SECRET_KEY",
+    "APTK_FORMS_SIGN_IN",
+    "APTK_FORMS_OIDC_ISSUER",
+    "APTK_FORMS_OIDC_CLIENT_ID",
+    "APTK_FORMS_OIDC_CLIENT_SECRET",
+    "APTK_FORMS_OIDC_SCOPE",
 }
 """Every ``APTK_*`` name the toolkit and the bundled providers read. A provider of its own adds its names with
 :func:`register_settings` (or ``ActionProvider(settings=[...])``); any other ``APTK_*`` name in the environment or
