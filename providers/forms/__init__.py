@@ -27,12 +27,12 @@ from toolkit import (
     ActionProvider,
     ApiError,
     BadActionRequest,
+    HookContext,
     Identity,
     RunContext,
     get_toolkit,
 )
 from toolkit.documents import PUBLIC, Status, normalize_principal
-from toolkit.lifecycle import HookContext
 from toolkit.settings import register_settings, setting
 
 from . import answers, fields
