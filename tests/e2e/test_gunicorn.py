@@ -7,6 +7,7 @@ import subprocess
 import time
 import uuid
 
+from toolkit.server import SHUTDOWN_GRACE_SECONDS
 
 from .support import Api, post_when_all_ready, start_together
 
@@ -168,7 +169,9 @@ def test_sigint_while_an_action_runs_stops_promptly_and_the_next_start_takes_the
     api.wait_until_sleeping(action_id)
 
     try:
-        exit_code = server.interrupt(group=False, timeout=5)  # gunicorn would SIGKILL a stuck worker at 10 s
+        # The worker waits SHUTDOWN_GRACE_SECONDS for the callback, then hands the action over; gunicorn would
+        # SIGKILL a worker still stuck at its graceful_timeout (10 s), so stopping must take clearly less.
+        exit_code = server.interrupt(group=False, timeout=SHUTDOWN_GRACE_SECONDS + 5)
     except subprocess.TimeoutExpired:
         server.kill()
         exit_code = None
