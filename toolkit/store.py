@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import json
+import os
 import threading
 import time
 import weakref
@@ -76,6 +79,7 @@ action_log = sa.Table(
 )
 
 ROLES = ("creator_id", "monitor_by", "manage_by")
+_JSON_COLUMNS = frozenset(c.name for c in actions.columns if isinstance(c.type, sa.JSON))
 
 LogRecord = tuple[float, str, str]
 """A log line written with a state change: (time, code, description)."""
@@ -130,8 +134,17 @@ class SQLStore:
         self._engine_options = engine_options
         self._lock = threading.Lock()
         self._update_cache: dict[Any, Any] = {}
+        self._sqlite = self.url.get_backend_name() == "sqlite"
         # Only SQLite has a single writer; elsewhere the lock is a no-op.
-        self._write_lock: Any = threading.Lock() if self.url.get_backend_name() == "sqlite" else contextlib.nullcontext()
+        self._write_lock: Any = threading.Lock() if self._sqlite else contextlib.nullcontext()
+        # SQLite files: writers of every process sharing the file also queue on an advisory lock beside it (see
+        # _writer_turn); None for an in-memory database, or a database that is not SQLite.
+        database = self.url.database if self._sqlite else None
+        self._lock_path = f"{database}-writer.lock" if database not in (None, "", ":memory:") and not (
+            database or "").startswith("file:") else None
+        self._lock_fd: int | None = None
+        self._lock_pid: int | None = None
+        self._sql: _Statements | None = None
 
     def __repr__(self) -> str:
         return f"SQLStore({self.url.render_as_string(hide_password=True)!r})"
@@ -181,9 +194,93 @@ class SQLStore:
     def _write(self) -> Iterator[sa.Connection]:
         """A write transaction. On SQLite, threads of one process queue on a lock here rather than in SQLite's
         busy handler, which polls with sleeps of up to 100 ms instead of waking when the lock is free."""
-        with self._write_lock:
+        with self._write_lock, self._writer_turn():
             with self.engine.begin() as conn:
                 yield conn
+
+    @contextlib.contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """On a SQLite file, wait for this process's turn among all processes writing to it.
+
+        SQLite's own busy handler, which a writer meets when another process holds the write lock, sleeps and
+        retries (1, 2, 5, ... up to 100 ms); under steady writes from several gunicorn workers most of a write's
+        time went to those sleeps. An exclusive ``flock`` on a file beside the database queues the writers in the
+        kernel instead, which wakes the next one as soon as the lock is released, and releases the lock of a
+        process that dies (even by kill -9). ``BEGIN IMMEDIATE`` then finds the database free; the busy handler
+        remains for writers outside the toolkit (a provider's own tables, the sqlite3 shell).
+        """
+        if self._lock_path is None:
+            yield
+            return
+        fd = self._lock_file()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _lock_file(self) -> int:
+        # One open file per process: a descriptor inherited over a fork shares its lock with the parent.
+        pid = os.getpid()
+        if self._lock_pid != pid:
+            with self._lock:
+                if self._lock_pid != pid:
+                    assert self._lock_path is not None
+                    self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                    self._lock_pid = pid
+        assert self._lock_fd is not None
+        return self._lock_fd
+
+    # --- the hot statements, on the pooled DBAPI connection ------------------------------------------------
+    #
+    # A status is one read and a run two writes (create; the outcome); through SQLAlchemy's Connection each
+    # costs more in statement caching, execution contexts, events and row processing than the database spends
+    # on it. These few statements are therefore written once per dialect as SQL text and run on the DBAPI
+    # connection that the engine's pool hands out (so the pool, its checkout events and pre-ping still apply).
+    # Errors are raised as SQLAlchemy's exceptions, as from the rest of the store.
+
+    @property
+    def sql(self) -> "_Statements":
+        if self._sql is None:
+            self._sql = _Statements(self.engine.dialect)
+        return self._sql
+
+    @contextlib.contextmanager
+    def _dbapi(self, write: bool) -> Iterator[Any]:
+        """A DBAPI cursor; with ``write``, inside a write transaction (committed on success)."""
+        statements = self.sql
+        if write:
+            with self._write_lock, self._writer_turn():
+                with self._dbapi_transaction(statements, True) as cursor:
+                    yield cursor
+        else:
+            with self._dbapi_transaction(statements, False) as cursor:
+                yield cursor
+
+    @contextlib.contextmanager
+    def _dbapi_transaction(self, statements: "_Statements", write: bool) -> Iterator[Any]:
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                if write and self._sqlite:
+                    cursor.execute("BEGIN IMMEDIATE")
+                yield cursor
+                if write or not self._sqlite:  # SQLite reads run in autocommit: nothing to end
+                    connection.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    connection.rollback()
+                raise
+            finally:
+                with contextlib.suppress(Exception):
+                    cursor.close()
+        except statements.dbapi_error as exc:
+            raise sa.exc.DBAPIError.instance(
+                None, None, exc, statements.dbapi_error, dialect=self.engine.dialect,
+            ) from exc
+        finally:
+            connection.close()  # back to the pool
 
     def create_schema(self) -> None:
         """Create the tables if they are missing; safe to call from several processes at once."""
@@ -235,12 +332,16 @@ class SQLStore:
         An earlier action of the same request that has expired (but is not purged yet) is deleted first: its
         ``request_id`` is free again, as if it had been released.
         """
+        sql = self.sql
+        row = sql.action_values(self._row(action))
+        roles = [(r["action_id"], r["role"], r["principal"]) for r in self._roles(action)]
+        log_row = (action.action_id, log[0], log[1], log[2], sql.json_value(None))
         for _ in range(3):
             try:
-                with self._write() as conn:
-                    conn.execute(_INSERT_ACTION, self._row(action))
-                    conn.execute(_INSERT_ROLE, self._roles(action))
-                    conn.execute(_INSERT_LOG, _log_row(action.action_id, log))
+                with self._dbapi(write=True) as cursor:
+                    cursor.execute(sql.insert_action, row)
+                    cursor.executemany(sql.insert_role, roles)
+                    cursor.execute(sql.insert_log, log_row)
                 return action, True
             except IntegrityError:
                 existing = self.find_request(action.provider, action.creator_id, action.request_id)
@@ -261,9 +362,11 @@ class SQLStore:
         return None if row is None else self._action(row)
 
     def get(self, action_id: str) -> Action | None:
-        with self._read() as conn:
-            row = conn.execute(sa.select(actions).where(actions.c.action_id == action_id)).first()
-        return None if row is None else self._action(row)
+        sql = self.sql
+        with self._dbapi(write=False) as cursor:
+            cursor.execute(sql.select_action, (action_id,))
+            row = cursor.fetchone()
+        return None if row is None else sql.action(row)
 
     def _conditions(self, where: dict[str, Any]) -> list[Any]:
         conditions = []
@@ -281,6 +384,25 @@ class SQLStore:
         self, action_id: str, *, where: dict[str, Any], log: LogRecord | None = None, **changes: Any
     ) -> Action | None:
         """Apply ``changes`` if the action still matches ``where``; the new action, or None if it did not."""
+        sql = self.sql
+        statement, values = sql.update(action_id, where, changes)
+        with self._dbapi(write=True) as cursor:
+            cursor.execute(statement, values)
+            row = cursor.fetchone() if sql.returning else None
+            if (row is None) if sql.returning else (cursor.rowcount != 1):
+                return None
+            if log is not None:
+                cursor.execute(sql.insert_log, (action_id, log[0], log[1], log[2], sql.json_value(None)))
+            if not sql.returning:
+                cursor.execute(sql.select_action, (action_id,))
+                row = cursor.fetchone()
+        assert row is not None  # updated above, in the same transaction
+        return sql.action(row)
+
+    def _update_with_sqlalchemy(
+        self, action_id: str, *, where: dict[str, Any], log: LogRecord | None = None, **changes: Any
+    ) -> Action | None:
+        """:meth:`update` through SQLAlchemy's Connection (the statements the fast path must agree with)."""
         statement, params = self._update_statement(where, changes)
         params["w_action_id"] = action_id
         returning = self.engine.dialect.update_returning
@@ -336,6 +458,20 @@ class SQLStore:
         *, where: dict[str, Any] | None = None,
     ) -> bool:
         """Add a log entry; with ``where``, only while the action still matches it (False if it did not)."""
+        sql = self.sql
+        with self._dbapi(write=True) as cursor:
+            if where is not None:
+                statement, values = sql.owned(action_id, where)
+                cursor.execute(statement, values)
+                if cursor.fetchone() is None:
+                    return False
+            cursor.execute(sql.insert_log, (action_id, time, code, description, sql.json_value(details)))
+        return True
+
+    def _append_log_with_sqlalchemy(
+        self, action_id: str, time: float, code: str, description: str, details: dict[str, Any] | None = None,
+        *, where: dict[str, Any] | None = None,
+    ) -> bool:
         with self._write() as conn:
             if where is not None:
                 found = conn.execute(
@@ -496,6 +632,132 @@ def _build_update(shape: list[tuple[str, str]], clears_completion: bool) -> Any:
         release_after = values.get("release_after", actions.c.release_after)
         values["expires_at"] = sa.null() if clears_completion else completion + release_after
     return actions.update().where(*conditions).values(**values)
+
+
+_ACTION_COLUMNS = [c.name for c in actions.columns]
+
+
+class _Statements:
+    """The hot statements as SQL text for one dialect, with its parameter style and JSON handling."""
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self.dialect = dialect
+        self.dbapi_error = dialect.loaded_dbapi.Error
+        self.returning = bool(dialect.update_returning)
+        mark = {"qmark": "?", "numeric": None, "named": None}.get(dialect.paramstyle, "%s")
+        if mark is None:  # pragma: no cover - the toolkit's dialects use qmark (sqlite3) or format (psycopg)
+            raise sa.exc.ArgumentError(f"unsupported DBAPI paramstyle {dialect.paramstyle}")
+        self.mark = mark
+        # sqlite3 hands JSON back as text and takes text; psycopg parses json itself and takes its Json wrapper.
+        self.text_json = dialect.name == "sqlite"
+        if not self.text_json:
+            from psycopg.types.json import Json
+
+            self._json = Json
+        quote = dialect.identifier_preparer.quote
+        self.columns = ", ".join(quote(c) for c in _ACTION_COLUMNS)
+        self._q = quote
+        places = ", ".join(mark for _ in _ACTION_COLUMNS)
+        self.insert_action = f"INSERT INTO aptk_actions ({self.columns}) VALUES ({places})"
+        self.insert_role = f"INSERT INTO aptk_action_roles (action_id, role, principal) VALUES ({mark}, {mark}, {mark})"
+        self.insert_log = (f"INSERT INTO aptk_action_log (action_id, {quote('time')}, code, description, details) "
+                           f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark})")
+        self.select_action = f"SELECT {self.columns} FROM aptk_actions WHERE action_id = {mark}"
+        self._updates: dict[Any, str] = {}
+        self._owned: dict[Any, str] = {}
+        self._json_positions = [i for i, c in enumerate(_ACTION_COLUMNS) if c in _JSON_COLUMNS]
+        self._status_position = _ACTION_COLUMNS.index("status")
+
+    def json_value(self, value: Any) -> Any:
+        if value is None:
+            return None if not self.text_json else "null"  # as SQLAlchemy's JSON type stores None
+        return json.dumps(value) if self.text_json else self._json(value)
+
+    def action_values(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(self.json_value(row[c]) if c in _JSON_COLUMNS else row[c] for c in _ACTION_COLUMNS)
+
+    def action(self, row: Any) -> Action:
+        values = list(row)
+        if self.text_json:
+            for i in self._json_positions:
+                if values[i] is not None:
+                    values[i] = json.loads(values[i])
+        values[self._status_position] = Status(values[self._status_position])
+        values.pop(_EXPIRES_POSITION)
+        return Action(*values)
+
+    def _conditions(self, where: dict[str, Any], values: list[Any], shape: list[Any]) -> list[str]:
+        conditions = []
+        for name, expected in where.items():
+            column = actions.c[name].name  # KeyError for a column that does not exist
+            if isinstance(expected, (set, frozenset, list, tuple)):
+                items = sorted(_plain(v) for v in expected)
+                conditions.append(f"{self._q(column)} IN ({', '.join(self.mark for _ in items)})")
+                values.extend(items)
+                shape.append((name, "in", len(items)))
+            elif expected is None:
+                conditions.append(f"{self._q(column)} IS NULL")
+                shape.append((name, "null"))
+            else:
+                conditions.append(f"{self._q(column)} = {self.mark}")
+                values.append(_plain(expected))
+                shape.append((name, "eq"))
+        return conditions
+
+    def update(self, action_id: str, where: dict[str, Any], changes: dict[str, Any]) -> tuple[str, list[Any]]:
+        """A compare-and-set UPDATE of one action (RETURNING its row where the database can)."""
+        values: list[Any] = []
+        shape: list[Any] = []
+        sets = []
+        for name, value in changes.items():
+            column = actions.c[name]
+            sets.append(f"{self._q(column.name)} = {self.mark}")
+            values.append(self.json_value(value) if name in _JSON_COLUMNS else _plain(value))
+            shape.append((name, "set"))
+        if "completion_time" in changes or "release_after" in changes:
+            if "completion_time" in changes and changes["completion_time"] is None:
+                sets.append("expires_at = NULL")
+                shape.append(("expires_at", "null"))
+            else:
+                parts = []
+                for name in ("completion_time", "release_after"):
+                    if name in changes:
+                        parts.append(self.mark)
+                        values.append(changes[name])
+                    else:
+                        parts.append(self._q(name))
+                sets.append(f"expires_at = {parts[0]} + {parts[1]}")
+                shape.append(("expires_at", "sum"))
+        values.append(action_id)
+        conditions = self._conditions(where, values, shape)
+        key = tuple(shape)
+        statement = self._updates.get(key)
+        if statement is None:
+            statement = f"UPDATE aptk_actions SET {', '.join(sets)} WHERE {' AND '.join([f'action_id = {self.mark}', *conditions])}"
+            if self.returning:
+                statement += f" RETURNING {self.columns}"
+            self._updates[key] = statement
+        return statement, values
+
+    def owned(self, action_id: str, where: dict[str, Any]) -> tuple[str, list[Any]]:
+        """SELECT of the action while it still matches ``where``, locking its row where the database can."""
+        values: list[Any] = [action_id]
+        shape: list[Any] = []
+        conditions = self._conditions(where, values, shape)
+        key = tuple(shape)
+        statement = self._owned.get(key)
+        if statement is None:
+            statement = (f"SELECT action_id FROM aptk_actions WHERE "
+                         f"{' AND '.join([f'action_id = {self.mark}', *conditions])}")
+            if not self.text_json:
+                statement += " FOR UPDATE"
+            self._owned[key] = statement
+        return statement, values
+
+
+_EXPIRES_POSITION = _ACTION_COLUMNS.index("expires_at")
+# _Statements.action builds an Action from a row by position: the table's columns, less expires_at, in order.
+assert [f.name for f in dataclasses.fields(Action)] == [c for c in _ACTION_COLUMNS if c != "expires_at"]
 
 
 # Engine -> the table collections already created in it; both held weakly, since ids are reused once an
