@@ -24,6 +24,7 @@ from .documents import (
     LogEntrySchema,
     ProviderDescriptionSchema,
     Status,
+    dump_status,
 )
 from .errors import ApiError, BadActionRequest, InsufficientScope, RequestTooLarge
 from .errors import STORAGE_FULL_RETRY_SECONDS, ServiceUnavailable, framework_error, storage_full
@@ -237,7 +238,7 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
         return identity
 
     def status_response(action, code: int = 200) -> Response:
-        response = jsonify(_status_schema.dump(action))
+        response = jsonify(dump_status(action))
         response.status_code = code
         return response
 
@@ -304,7 +305,7 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
         after = _actions_marker(request.args.get("marker"))
         actions, more = toolkit().runtime.enumerate(provider, identity, statuses, roles, after=after, limit=limit)
         page: dict[str, Any] = {
-            "actions": [_status_schema.dump(a) for a in actions],
+            "actions": [dump_status(a) for a in actions],
             "limit": limit,
             "has_next_page": more,
         }
