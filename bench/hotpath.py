@@ -129,12 +129,19 @@ def start_reference(tmp: Path, args: argparse.Namespace) -> Target:
 
 
 def start_toolkit(tmp: Path, args: argparse.Namespace, name: str, database_url: str | None,
-                  source: Path | None = None) -> Target:
+                  source: Path | None = None, worker_class: str | None = None) -> Target:
     data = tmp / name
     port = _free_port()
     cmd = _aptk_command() + ["serve", "--port", str(port), "--workers", str(args.workers),
                              "--threads", str(args.threads), "--data-dir", str(data)]
     env = {"APTK_DATABASE_URL": database_url} if database_url else {}
+    if worker_class is not None:  # the same app under plain gunicorn and another worker class, access log kept
+        data.mkdir(mode=0o700)
+        cmd = gunicorn_cmd(sys.executable, "toolkit.server:create_app()", port, args.workers, args.threads, data)
+        cmd[cmd.index("gthread")] = worker_class
+        cmd[cmd.index("--chdir") + 1] = str(REPO)
+        cmd[-1:-1] = ["--access-logfile", "-"]
+        env["APTK_DATA_DIR"] = str(data)
     if source is not None:  # another checkout of the toolkit, e.g. an earlier commit, ahead of this one
         env["PYTHONPATH"] = str(source)
     proc = _spawn(cmd, tmp / f"{name}.log", env)
@@ -147,6 +154,8 @@ def start_toolkit(tmp: Path, args: argparse.Namespace, name: str, database_url: 
     ).stdout.strip()
     store = "PostgreSQL" if database_url else "SQLite"
     which = f"toolkit at {source.name}" if source is not None else "this toolkit"
+    if worker_class is not None:
+        which += f" ({worker_class.rsplit('.', 1)[-1]})"
     return Target(f"{which}, {store}, {args.workers} workers", server, token)
 
 
@@ -227,6 +236,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare", type=Path, action="append", default=[], metavar="SRC",
                    help="also bench the toolkit from this source tree (e.g. `git worktree` or `git archive` of an "
                         "earlier commit), in the same pass; repeatable")
+    p.add_argument("--gthread", action="store_true",
+                   help="also bench the toolkit (SQLite) under gunicorn's plain gthread worker instead of aptk's "
+                        "BufferingWorker, to measure what the buffering costs")
     p.add_argument("--json", type=Path, help="write the medians and every sample here")
     return p.parse_args(argv)
 
@@ -255,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             from tests.servers.postgres import start_postgres
 
             postgres = start_postgres()
+        if args.gthread:
+            targets.append(start_toolkit(tmp, args, "aptk-sqlite-gthread", None, worker_class="gthread"))
         for source in [None, *args.compare]:
             tag = "" if source is None else f"-{source.name}"
             targets.append(start_toolkit(tmp, args, f"aptk-sqlite{tag}", None, source))

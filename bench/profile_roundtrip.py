@@ -41,6 +41,22 @@ class InlineExecutor:
         pass
 
 
+def runs(client, token: str, n: int) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    for _ in range(n):
+        r = client.post(
+            "/provider/run", json={"request_id": uuid.uuid4().hex, "body": {"echo_string": "x"}}, headers=headers
+        )
+        assert r.status_code == 202, r.get_data(as_text=True)
+
+
+def statuses(client, token: str, n: int, action_id: str) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    for _ in range(n):
+        s = client.get(f"/provider/{action_id}/status", headers=headers)
+        assert s.status_code == 200, s.get_data(as_text=True)
+
+
 def round_trips(client, token: str, n: int) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     for _ in range(n):
@@ -54,19 +70,23 @@ def round_trips(client, token: str, n: int) -> None:
 
 # Functions whose cumulative time says what a layer costs (inclusive; layers nest, so do not add them up).
 LAYERS = [
-    ("whole round trip (Flask test client)", "werkzeug/test.py", "open"),
-    ("token verification (PyJWT, Ed25519)", "toolkit/auth", "verify"),
+    ("whole request(s) (Flask test client)", "werkzeug/test.py", "open"),
+    ("Flask dispatch to the view (full_dispatch_request)", "flask/app.py", "full_dispatch_request"),
+    ("token verification (dev JWT, cached)", "toolkit/auth", "verify"),
+    ("request JSON parse + checks", "toolkit/blueprint.py", "_json_body"),
     ("ActionRequest load (marshmallow)", "marshmallow/schema.py", "load"),
-    ("body validation (jsonschema), all calls", "toolkit/provider.py", "validate_body"),
+    ("body validation (jsonschema)", "toolkit/provider.py", "validate_body"),
+    ("authorization (monitor_by)", "toolkit/authorization.py", "require_monitor"),
     ("store.create (3 INSERTs, 1 txn)", "toolkit/store.py", "create"),
-    ("store.update (completion, 1 txn)", "toolkit/store.py", "update"),
-    ("store.get (status reads)", "toolkit/store.py", "get"),
-    ("Runtime._execute (callback + finish)", "toolkit/lifecycle.py", "_execute"),
-    ("ActionStatus dump (marshmallow)", "marshmallow/schema.py", "dump"),
+    ("store.update (outcome + log, 1 txn)", "toolkit/store.py", "update"),
+    ("store.get (status read)", "toolkit/store.py", "get"),
+    ("  write transaction (group commit)", "toolkit/store.py", "_commit_group"),
+    ("  sqlite3 COMMIT (C)", "~", "<method 'commit' of 'sqlite3.Connection' objects>"),
+    ("  sqlite3 execute (C)", "~", "<method 'execute' of 'sqlite3.Cursor' objects>"),
+    ("  pool checkout + return", "sqlalchemy/engine/base.py", "raw_connection"),
+    ("Runtime._execute (callback + outcome)", "toolkit/lifecycle.py", "_execute"),
+    ("status document (dump_status)", "toolkit/documents.py", "dump_status"),
     ("Flask jsonify (responses)", "flask/json/__init__.py", "jsonify"),
-    ("SQLAlchemy statement compile", "sqlalchemy/sql/elements.py", "_compile_w_cache"),
-    ("sqlite3 execute (C)", "~", "<method 'execute' of 'sqlite3.Cursor' objects>"),
-    ("engine.begin/connect + pool", "sqlalchemy/engine/base.py", "__init__"),
     ("Runtime.start (per request)", "toolkit/lifecycle.py", "start"),
 ]
 
@@ -112,6 +132,21 @@ def main() -> int:
         profiler.enable()
         round_trips(client, token, args.n)
         profiler.disable()
+
+        # The two requests apart: a run (with its callback and outcome, inline) and a status.
+        action_id = client.post("/provider/run", json={"request_id": "one", "body": {"echo_string": "x"}},
+                                headers={"Authorization": f"Bearer {token}"}).get_json()["action_id"]
+        apart = {}
+        for name, work in (("run", lambda: runs(client, token, args.n)),
+                           ("status", lambda: statuses(client, token, args.n, action_id))):
+            t0 = time.perf_counter()
+            work()
+            elapsed = (time.perf_counter() - t0) / args.n
+            one = cProfile.Profile()
+            one.enable()
+            work()
+            one.disable()
+            apart[name] = (elapsed, one)
         tc.app.extensions["aptk"].runtime.stop()
 
     print(f"{args.n} round trips in-process, unprofiled: {1000 * plain:.3f} ms per round trip "
@@ -119,6 +154,9 @@ def main() -> int:
     stats = pstats.Stats(profiler)
     print("\nwhere a round trip goes (cumulative, profiled; layers nest):")
     print(layer_table(stats, args.n))
+    for name, (elapsed, one) in apart.items():
+        print(f"\none {name}, unprofiled: {1000 * elapsed:.3f} ms; where it goes (profiled, ms per {name}):")
+        print(layer_table(pstats.Stats(one), args.n))
     buf = io.StringIO()
     pstats.Stats(profiler, stream=buf).sort_stats(args.sort).print_stats(args.top)
     print(buf.getvalue())

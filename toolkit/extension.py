@@ -126,7 +126,8 @@ class Toolkit:
 
 
 DATABASE_FILE = "aptk.db"
-OWN_FILES = (DATABASE_FILE, "aptk.db-wal", "aptk.db-shm", "aptk.db-journal", "dev-signing-key.pem", "gunicorn.ctl")
+OWN_FILES = (DATABASE_FILE, "aptk.db-wal", "aptk.db-shm", "aptk.db-journal", "aptk.db-writer.lock", "dev-signing-key.pem",
+             "gunicorn.ctl")
 """What the toolkit itself keeps in a data directory (next to the bundled transfer provider's ``collections``)."""
 
 

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
@@ -133,7 +133,6 @@ class SQLStore:
         self._engine: sa.Engine | None = None
         self._engine_options = engine_options
         self._lock = threading.Lock()
-        self._update_cache: dict[Any, Any] = {}
         self._sqlite = self.url.get_backend_name() == "sqlite"
         # Only SQLite has a single writer; elsewhere the lock is a no-op.
         self._write_lock: Any = threading.Lock() if self._sqlite else contextlib.nullcontext()
@@ -145,6 +144,10 @@ class SQLStore:
         self._lock_fd: int | None = None
         self._lock_pid: int | None = None
         self._sql: _Statements | None = None
+        # Group commit (SQLite): the writes waiting for a leader, and whether a thread leads one now.
+        self._group_lock = threading.Lock()
+        self._group_pending: list[_GroupWrite] = []
+        self._group_leading = False
 
     def __repr__(self) -> str:
         return f"SQLStore({self.url.render_as_string(hide_password=True)!r})"
@@ -245,17 +248,77 @@ class SQLStore:
             self._sql = _Statements(self.engine.dialect)
         return self._sql
 
-    @contextlib.contextmanager
-    def _dbapi(self, write: bool) -> Iterator[Any]:
-        """A DBAPI cursor; with ``write``, inside a write transaction (committed on success)."""
-        statements = self.sql
-        if write:
+    def _read_cursor(self) -> Any:
+        """A context with a DBAPI cursor for reads."""
+        return self._dbapi_transaction(self.sql, write=False)
+
+    def _transact(self, work: Callable[[Any], Any]) -> Any:
+        """Run ``work(cursor)`` in a write transaction; what it returns, once that is committed.
+
+        On SQLite, which has one writer at a time, the writes that threads of this process have waiting are
+        committed together (group commit): the first thread to arrive leads, takes every write queued so far,
+        runs each in a savepoint of one transaction (a write that fails is rolled back alone and its error raised
+        in its own thread), commits, and only then hands each thread its result; the next waiting thread then
+        leads the next group. No result is handed out before the commit that made it durable: if the commit
+        fails, every write of the group fails with that error and none of them is in the database. Elsewhere
+        (PostgreSQL) each write is its own transaction: that database lets writers proceed side by side.
+        """
+        if not self._sqlite:
+            with self._dbapi_transaction(self.sql, write=True) as cursor:
+                return work(cursor)
+        write = _GroupWrite(work)
+        with self._group_lock:
+            self._group_pending.append(write)
+            lead = not self._group_leading
+            self._group_leading = True
+        if not lead:
+            write.turn.wait()
+            if not write.leads:
+                return write.outcome()
+        try:
+            with self._group_lock:
+                group, self._group_pending = self._group_pending, []
+            self._commit_group(group)
+        finally:
+            with self._group_lock:
+                if self._group_pending:
+                    following = self._group_pending[0]
+                    following.leads = True
+                    following.turn.set()
+                else:
+                    self._group_leading = False
+        return write.outcome()
+
+    def _commit_group(self, group: list["_GroupWrite"]) -> None:
+        several = len(group) > 1
+        try:
             with self._write_lock, self._writer_turn():
-                with self._dbapi_transaction(statements, True) as cursor:
-                    yield cursor
-        else:
-            with self._dbapi_transaction(statements, False) as cursor:
-                yield cursor
+                with self._dbapi_transaction(self.sql, write=True) as cursor:
+                    for write in group:
+                        if not several:
+                            write.result = write.work(cursor)
+                            continue
+                        cursor.execute("SAVEPOINT aptk_write")
+                        try:
+                            write.result = write.work(cursor)
+                        except Exception as exc:
+                            # Only this write is undone. If SQLite rolled the whole transaction back (a full disk
+                            # can), the savepoint is gone: then the whole group fails, with this write's error.
+                            try:
+                                cursor.execute("ROLLBACK TO aptk_write")
+                            except Exception:
+                                raise exc from None
+                            write.error = self._translated(exc)
+                        cursor.execute("RELEASE aptk_write")
+        except BaseException as exc:
+            for write in group:
+                write.result, write.error = None, exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for write in group:
+                if not write.leads:
+                    write.turn.set()
 
     @contextlib.contextmanager
     def _dbapi_transaction(self, statements: "_Statements", write: bool) -> Iterator[Any]:
@@ -276,11 +339,16 @@ class SQLStore:
                 with contextlib.suppress(Exception):
                     cursor.close()
         except statements.dbapi_error as exc:
-            raise sa.exc.DBAPIError.instance(
-                None, None, exc, statements.dbapi_error, dialect=self.engine.dialect,
-            ) from exc
+            raise self._translated(exc) from exc
         finally:
             connection.close()  # back to the pool
+
+    def _translated(self, exc: BaseException) -> BaseException:
+        """A DBAPI error as the SQLAlchemy exception the rest of the store raises (IntegrityError, ...)."""
+        base = self.sql.dbapi_error
+        if isinstance(exc, base):
+            return sa.exc.DBAPIError.instance(None, None, exc, base, dialect=self.engine.dialect)  # type: ignore[arg-type]
+        return exc
 
     def create_schema(self) -> None:
         """Create the tables if they are missing; safe to call from several processes at once."""
@@ -336,12 +404,14 @@ class SQLStore:
         row = sql.action_values(self._row(action))
         roles = [(r["action_id"], r["role"], r["principal"]) for r in self._roles(action)]
         log_row = (action.action_id, log[0], log[1], log[2], sql.json_value(None))
+        def insert(cursor: Any) -> None:
+            cursor.execute(sql.insert_action, row)
+            cursor.executemany(sql.insert_role, roles)
+            cursor.execute(sql.insert_log, log_row)
+
         for _ in range(3):
             try:
-                with self._dbapi(write=True) as cursor:
-                    cursor.execute(sql.insert_action, row)
-                    cursor.executemany(sql.insert_role, roles)
-                    cursor.execute(sql.insert_log, log_row)
+                self._transact(insert)
                 return action, True
             except IntegrityError:
                 existing = self.find_request(action.provider, action.creator_id, action.request_id)
@@ -363,7 +433,7 @@ class SQLStore:
 
     def get(self, action_id: str) -> Action | None:
         sql = self.sql
-        with self._dbapi(write=False) as cursor:
+        with self._read_cursor() as cursor:
             cursor.execute(sql.select_action, (action_id,))
             row = cursor.fetchone()
         return None if row is None else sql.action(row)
@@ -386,7 +456,8 @@ class SQLStore:
         """Apply ``changes`` if the action still matches ``where``; the new action, or None if it did not."""
         sql = self.sql
         statement, values = sql.update(action_id, where, changes)
-        with self._dbapi(write=True) as cursor:
+
+        def change(cursor: Any) -> Any:
             cursor.execute(statement, values)
             row = cursor.fetchone() if sql.returning else None
             if (row is None) if sql.returning else (cursor.rowcount != 1):
@@ -396,51 +467,10 @@ class SQLStore:
             if not sql.returning:
                 cursor.execute(sql.select_action, (action_id,))
                 row = cursor.fetchone()
-        assert row is not None  # updated above, in the same transaction
-        return sql.action(row)
+            return row
 
-    def _update_with_sqlalchemy(
-        self, action_id: str, *, where: dict[str, Any], log: LogRecord | None = None, **changes: Any
-    ) -> Action | None:
-        """:meth:`update` through SQLAlchemy's Connection (the statements the fast path must agree with)."""
-        statement, params = self._update_statement(where, changes)
-        params["w_action_id"] = action_id
-        returning = self.engine.dialect.update_returning
-        with self._write() as conn:
-            result = conn.execute(statement.returning(*actions.c) if returning else statement, params)
-            row = result.first() if returning else None
-            if (row is None) if returning else (result.rowcount != 1):
-                return None
-            if log is not None:
-                conn.execute(_INSERT_LOG, _log_row(action_id, log))
-            if not returning:
-                row = conn.execute(sa.select(actions).where(actions.c.action_id == action_id)).first()
-        assert row is not None  # updated above, in the same transaction
-        return self._action(row)
-
-    def _update_statement(self, where: dict[str, Any], changes: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """A compare-and-set UPDATE with bound parameters, built once per shape of (where, changes) and reused:
-        building a SQLAlchemy statement for every update costs more than running it."""
-        params: dict[str, Any] = {}
-        shape: list[tuple[str, str]] = []
-        for name, expected in where.items():
-            if isinstance(expected, (set, frozenset, list, tuple)):
-                shape.append((name, "in"))
-                params[f"w_{name}"] = [_plain(v) for v in expected]
-            elif expected is None:
-                shape.append((name, "null"))
-            else:
-                shape.append((name, "eq"))
-                params[f"w_{name}"] = _plain(expected)
-        for name, value in changes.items():
-            shape.append((name, "set"))
-            params[f"v_{name}"] = _plain(value)
-        clears_completion = "completion_time" in changes and changes["completion_time"] is None
-        key = (tuple(shape), clears_completion)
-        statement = self._update_cache.get(key)
-        if statement is None:
-            statement = self._update_cache[key] = _build_update(shape, clears_completion)
-        return statement, params
+        row = self._transact(change)
+        return None if row is None else sql.action(row)
 
     def delete(self, action_id: str, *, where: dict[str, Any]) -> bool:
         with self._write() as conn:
@@ -459,31 +489,18 @@ class SQLStore:
     ) -> bool:
         """Add a log entry; with ``where``, only while the action still matches it (False if it did not)."""
         sql = self.sql
-        with self._dbapi(write=True) as cursor:
-            if where is not None:
-                statement, values = sql.owned(action_id, where)
-                cursor.execute(statement, values)
+        entry = (action_id, time, code, description, sql.json_value(details))
+        owned = sql.owned(action_id, where) if where is not None else None
+
+        def write(cursor: Any) -> bool:
+            if owned is not None:
+                cursor.execute(*owned)
                 if cursor.fetchone() is None:
                     return False
-            cursor.execute(sql.insert_log, (action_id, time, code, description, sql.json_value(details)))
-        return True
+            cursor.execute(sql.insert_log, entry)
+            return True
 
-    def _append_log_with_sqlalchemy(
-        self, action_id: str, time: float, code: str, description: str, details: dict[str, Any] | None = None,
-        *, where: dict[str, Any] | None = None,
-    ) -> bool:
-        with self._write() as conn:
-            if where is not None:
-                found = conn.execute(
-                    sa.select(actions.c.action_id)
-                    .where(actions.c.action_id == action_id, *self._conditions(where))
-                    .with_for_update()
-                ).first()
-                if found is None:
-                    return False
-            conn.execute(_INSERT_LOG, {"action_id": action_id, "time": time, "code": code,
-                                       "description": description, "details": details})
-        return True
+        return bool(self._transact(write))
 
     def log_page(self, action_id: str, after: int, limit: int) -> list[LogEntry]:
         with self._read() as conn:
@@ -594,15 +611,12 @@ class SQLStore:
         return gone
 
 
-_INSERT_ACTION = actions.insert()
 _SELECT_BY_REQUEST = sa.select(actions).where(
     actions.c.provider == sa.bindparam("provider"),
     actions.c.creator_id == sa.bindparam("creator_id"),
     actions.c.request_id == sa.bindparam("request_id"),
 )
 _LATER_INDEXES = [i for i in actions.indexes if i.name == "aptk_actions_listing"]
-_INSERT_ROLE = action_roles.insert()
-_INSERT_LOG = action_log.insert()
 
 
 def _log_row(action_id: str, log: LogRecord) -> dict[str, Any]:
@@ -614,24 +628,22 @@ def _plain(value: Any) -> Any:
 
 
 
-def _build_update(shape: list[tuple[str, str]], clears_completion: bool) -> Any:
-    conditions = [actions.c.action_id == sa.bindparam("w_action_id")]
-    values: dict[str, Any] = {}
-    for name, kind in shape:
-        column = actions.c[name]
-        if kind == "in":
-            conditions.append(column.in_(sa.bindparam(f"w_{name}", expanding=True)))
-        elif kind == "null":
-            conditions.append(column.is_(None))
-        elif kind == "eq":
-            conditions.append(column == sa.bindparam(f"w_{name}"))
-        else:
-            values[name] = sa.bindparam(f"v_{name}", type_=column.type)
-    if "completion_time" in values or "release_after" in values:
-        completion = values.get("completion_time", actions.c.completion_time)
-        release_after = values.get("release_after", actions.c.release_after)
-        values["expires_at"] = sa.null() if clears_completion else completion + release_after
-    return actions.update().where(*conditions).values(**values)
+class _GroupWrite:
+    """One thread's write in a group commit: its work, then its result or error once the group is committed."""
+
+    __slots__ = ("work", "turn", "leads", "result", "error")
+
+    def __init__(self, work: Callable[[Any], Any]) -> None:
+        self.work = work
+        self.turn = threading.Event()  # set when it is done, or when its thread is to lead the next group
+        self.leads = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 _ACTION_COLUMNS = [c.name for c in actions.columns]
@@ -680,9 +692,14 @@ class _Statements:
         values = list(row)
         if self.text_json:
             for i in self._json_positions:
-                if values[i] is not None:
-                    values[i] = json.loads(values[i])
-        values[self._status_position] = Status(values[self._status_position])
+                text = values[i]
+                if text == "[]":  # most monitor_by and manage_by; a fresh list each time, as json.loads gives
+                    values[i] = []
+                elif text == "{}":
+                    values[i] = {}
+                elif text is not None:
+                    values[i] = _json_decode(text)
+        values[self._status_position] = _STATUSES[values[self._status_position]]
         values.pop(_EXPIRES_POSITION)
         return Action(*values)
 
@@ -733,7 +750,8 @@ class _Statements:
         key = tuple(shape)
         statement = self._updates.get(key)
         if statement is None:
-            statement = f"UPDATE aptk_actions SET {', '.join(sets)} WHERE {' AND '.join([f'action_id = {self.mark}', *conditions])}"
+            where_sql = " AND ".join([f"action_id = {self.mark}", *conditions])
+            statement = f"UPDATE aptk_actions SET {', '.join(sets)} WHERE {where_sql}"
             if self.returning:
                 statement += f" RETURNING {self.columns}"
             self._updates[key] = statement
@@ -756,6 +774,8 @@ class _Statements:
 
 
 _EXPIRES_POSITION = _ACTION_COLUMNS.index("expires_at")
+_STATUSES = {s.value: s for s in Status}
+_json_decode = json.JSONDecoder().decode
 # _Statements.action builds an Action from a row by position: the table's columns, less expires_at, in order.
 assert [f.name for f in dataclasses.fields(Action)] == [c for c in _ACTION_COLUMNS if c != "expires_at"]
 

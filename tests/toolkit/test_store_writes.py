@@ -1,0 +1,284 @@
+"""The store's write path: group commit, the writers' lock file, what a crash leaves, and the status document."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from toolkit import SQLStore, Status
+from toolkit.documents import Action, ActionStatusSchema, dump_status
+from toolkit.store import action_log, action_roles, actions
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def new_action(request_id=None, **changes):
+    now = time.time()
+    values = dict(action_id=uuid.uuid4().hex, provider="p", request_id=request_id or uuid.uuid4().hex,
+                  request_hash="h", creator_id="urn:globus:auth:identity:" + str(uuid.uuid4()),
+                  status=Status.ACTIVE, body={"n": 1}, start_time=now, attempts=1, runner="r", heartbeat=now,
+                  principals=["a", "b"], monitor_by=["urn:globus:groups:id:" + str(uuid.uuid4())])
+    values.update(changes)
+    return Action(**values)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        store = SQLStore(f"sqlite:///{tmp_path / 'aptk.db'}")
+    else:
+        server = request.getfixturevalue("postgres_server")
+        store = SQLStore(server.create_database(f"aptk_{uuid.uuid4().hex[:12]}"))
+    store.create_schema()
+    yield store
+    store.dispose()
+
+
+def log_codes(store, action_id):
+    return [e.code for e in store.log_page(action_id, 0, 100)]
+
+
+def test_what_the_fast_statements_write_reads_back_the_same_through_sqlalchemy(store):
+    action = new_action(label="l", deadline=time.time() + 60, details={"x": [1, "ü", None]})
+    stored, created = store.create(action, log=(1.0, "ActionStarted", "Action started"), now=time.time())
+    assert created and stored == action
+    assert store.get(action.action_id) == action
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.select(actions).where(actions.c.action_id == action.action_id)).one()
+        roles = conn.execute(sa.select(action_roles.c.role, action_roles.c.principal)
+                             .where(action_roles.c.action_id == action.action_id)).all()
+    assert (row.body, row.details, row.monitor_by, row.principals, row.status) == (
+        {"n": 1}, {"x": [1, "ü", None]}, action.monitor_by, ["a", "b"], "ACTIVE")
+    assert sorted(roles) == sorted([("creator_id", action.creator_id), ("monitor_by", action.monitor_by[0])])
+
+    done = store.update(action.action_id, where={"status": {Status.ACTIVE, Status.INACTIVE}, "runner": "r"},
+                        log=(2.0, "ActionSucceeded", "Action SUCCEEDED"), status=Status.SUCCEEDED,
+                        details={"ok": True}, runner=None, completion_time=100.0, release_after=5.0)
+    assert (done.status, done.details, done.runner, done.expires_at) == (Status.SUCCEEDED, {"ok": True}, None, 105.0)
+    assert store.get(action.action_id) == done
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(actions.c.expires_at)
+                            .where(actions.c.action_id == action.action_id)).scalar() == 105.0
+    # A compare-and-set that no longer matches changes nothing and writes no log line.
+    assert store.update(action.action_id, where={"status": Status.ACTIVE}, log=(3.0, "X", "x"),
+                        status=Status.FAILED) is None
+    assert store.append_log(action.action_id, 4.0, "Log", "late", {"a": 1}, where={"status": Status.ACTIVE}) is False
+    assert store.append_log(action.action_id, 4.0, "Log", "any time", {"a": 1}) is True
+    entries = store.log_page(action.action_id, 0, 100)
+    assert [(e.code, e.details) for e in entries] == [
+        ("ActionStarted", None), ("ActionSucceeded", None), ("Log", {"a": 1})]
+    assert store.update(action.action_id, where={}, completion_time=None).expires_at is None
+
+
+def test_concurrent_writes_each_get_their_own_result_and_keep_every_log_entry(store):
+    """Threads writing at once (grouped into shared commits on SQLite): every create, every compare-and-set and
+    every log line is there afterwards, and each thread saw its own outcome, a lost race included."""
+    created = [new_action() for _ in range(40)]
+    duplicate = new_action(request_id="same")
+    errors, outcomes = [], {}
+    start = threading.Barrier(8)
+
+    def writer(n):
+        try:
+            start.wait()
+            for action in created[n::8]:
+                store.create(action, log=(1.0, "ActionStarted", "Action started"), now=time.time())
+                won = store.update(action.action_id, where={"status": Status.ACTIVE, "attempts": 1},
+                                   log=(2.0, "ActionSucceeded", "Action SUCCEEDED"), status=Status.SUCCEEDED)
+                store.append_log(action.action_id, 3.0, "Log", f"by {n}", where={"status": Status.SUCCEEDED})
+                assert won is not None and won.status is Status.SUCCEEDED
+            copy = new_action(request_id="same", action_id=uuid.uuid4().hex, creator_id=duplicate.creator_id)
+            stored, new = store.create(copy, log=(1.0, "ActionStarted", "Action started"), now=time.time())
+            outcomes[n] = (stored.action_id, new)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    for action in created:
+        assert store.get(action.action_id).status is Status.SUCCEEDED
+        assert log_codes(store, action.action_id) == ["ActionStarted", "ActionSucceeded", "Log"]
+    winners = {action_id for action_id, new in outcomes.values() if new}
+    assert len(winners) == 1 and {action_id for action_id, _ in outcomes.values()} == winners
+    assert log_codes(store, winners.pop()) == ["ActionStarted"]
+
+
+def test_writes_waiting_together_are_committed_together_and_a_failing_one_alone_is_undone(tmp_path):
+    store = SQLStore(f"sqlite:///{tmp_path / 'aptk.db'}")
+    store.create_schema()
+    holding, release = threading.Event(), threading.Event()
+    ran_on, results = {}, {}
+
+    def blocker(cursor):
+        holding.set()
+        release.wait(10)
+        cursor.execute("INSERT INTO aptk_action_log (action_id, time, code, description) VALUES ('a', 0, 'A', '')")
+        return "first"
+
+    def write(n):
+        def work(cursor):
+            ran_on[n] = threading.get_ident()
+            if n == 2:  # a duplicate primary key: this write fails, the others of its group must not
+                cursor.execute("INSERT INTO aptk_action_roles VALUES ('x', 'r', 'p')")
+                cursor.execute("INSERT INTO aptk_action_roles VALUES ('x', 'r', 'p')")
+            cursor.execute("INSERT INTO aptk_action_log (action_id, time, code, description) VALUES (?, 0, 'W', '')",
+                           (f"w{n}",))
+            return n
+        try:
+            results[n] = store._transact(work)
+        except Exception as exc:
+            results[n] = exc
+
+    first = threading.Thread(target=lambda: results.__setitem__("first", store._transact(blocker)))
+    first.start()
+    assert holding.wait(10)
+    others = [threading.Thread(target=write, args=(n,)) for n in range(5)]
+    for thread in others:
+        thread.start()
+    deadline = time.time() + 10
+    while len(store._group_pending) < 5 and time.time() < deadline:
+        time.sleep(0.01)
+    release.set()
+    for thread in [first, *others]:
+        thread.join(10)
+
+    assert results["first"] == "first"
+    assert [results[n] for n in (0, 1, 3, 4)] == [0, 1, 3, 4]
+    assert isinstance(results[2], sa.exc.IntegrityError)
+    assert len(set(ran_on.values())) == 1  # one thread ran the whole waiting group, in one transaction
+    with store.engine.connect() as conn:
+        written = set(conn.execute(sa.select(action_log.c.action_id)).scalars())
+        assert written == {"a", "w0", "w1", "w3", "w4"}
+        assert conn.execute(sa.select(sa.func.count()).select_from(action_roles)).scalar() == 0
+    store.dispose()
+
+
+def test_a_full_disk_in_a_group_fails_exactly_the_writes_that_are_not_in_the_database(tmp_path):
+    store = SQLStore(f"sqlite:///{tmp_path / 'aptk.db'}")
+    store.create_schema()
+    room = {"pages": 0}
+
+    @sa.event.listens_for(store.engine, "checkout")
+    def _limit(dbapi_connection, record, proxy):
+        dbapi_connection.execute(f"PRAGMA max_page_count = {room['pages'] or 1_000_000_000}")
+
+    with store.engine.connect() as conn:
+        room["pages"] = conn.exec_driver_sql("PRAGMA page_count").scalar() + 3
+    store.engine.dispose()
+    outcomes = {}
+    start = threading.Barrier(6)
+
+    def writer(n):
+        action = new_action(body={"blob": "y" * (50_000 if n % 2 else 100)})
+        start.wait()
+        try:
+            store.create(action, log=(1.0, "ActionStarted", "Action started"), now=time.time())
+            outcomes[action.action_id] = True
+        except sa.exc.OperationalError as exc:
+            assert "full" in str(exc)
+            outcomes[action.action_id] = False
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(outcomes) == 6 and not all(outcomes.values())
+    room["pages"] = 0
+    store.engine.dispose()
+    for action_id, acknowledged in outcomes.items():
+        found = store.get(action_id)
+        assert (found is not None) is acknowledged, action_id
+        assert log_codes(store, action_id) == (["ActionStarted"] if acknowledged else [])
+    store.dispose()
+
+
+CRASHING_WRITER = textwrap.dedent("""
+    import sys, threading, time, uuid
+    from toolkit import SQLStore, Status
+    from toolkit.documents import Action
+
+    store = SQLStore(sys.argv[1])
+    lock = threading.Lock()
+
+    def write():
+        while True:
+            now = time.time()
+            action = Action(action_id=uuid.uuid4().hex, provider="p", request_id=uuid.uuid4().hex, request_hash="h",
+                            creator_id="c", status=Status.ACTIVE, body={"b": "x" * 2000}, start_time=now,
+                            attempts=1, runner="r", heartbeat=now)
+            store.create(action, log=(now, "ActionStarted", "Action started"), now=now)
+            done = store.update(action.action_id, where={"status": Status.ACTIVE}, status=Status.SUCCEEDED,
+                                log=(now, "ActionSucceeded", "Action SUCCEEDED"), completion_time=now)
+            assert done is not None
+            with lock:
+                print(action.action_id, flush=True)
+
+    for _ in range(6):
+        threading.Thread(target=write, daemon=True).start()
+    time.sleep(60)
+""")
+
+
+def test_kill_9_in_the_middle_of_writes_loses_nothing_acknowledged_and_leaves_nothing_half_written(tmp_path):
+    url = f"sqlite:///{tmp_path / 'aptk.db'}"
+    SQLStore(url).create_schema()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    acknowledged = []
+    for _ in range(3):  # two processes writing at once, each killed mid-stream
+        procs = [subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, url], stdout=subprocess.PIPE, text=True,
+                                  env=env) for _ in range(2)]
+        for proc in procs:  # both are writing (however loaded the machine): kill them mid-stream
+            acknowledged += [proc.stdout.readline().strip() for _ in range(20)]
+        for proc in procs:
+            os.kill(proc.pid, signal.SIGKILL)
+        for proc in procs:
+            out, _ = proc.communicate(timeout=30)
+            acknowledged += out.split()
+    assert len(acknowledged) >= 120 and all(acknowledged)
+
+    store = SQLStore(url)
+    for action_id in acknowledged:
+        assert store.get(action_id).status is Status.SUCCEEDED
+        assert log_codes(store, action_id) == ["ActionStarted", "ActionSucceeded"]
+    with store.engine.connect() as conn:
+        # Whatever the kills interrupted was rolled back whole: an action is there with its log line, or not at all.
+        for action_id, status in conn.execute(sa.select(actions.c.action_id, actions.c.status)):
+            codes = log_codes(store, action_id)
+            assert codes == (["ActionStarted", "ActionSucceeded"] if status == "SUCCEEDED" else ["ActionStarted"])
+        orphans = conn.execute(sa.select(action_log.c.action_id).where(
+            action_log.c.action_id.not_in(sa.select(actions.c.action_id)))).all()
+        assert orphans == []
+    # The killed writers' lock on the writers' lock file went with them: a write goes through at once.
+    began = time.monotonic()
+    store.create(new_action(), log=(1.0, "ActionStarted", "Action started"), now=time.time())
+    assert time.monotonic() - began < 5
+    assert (tmp_path / "aptk.db-writer.lock").stat().st_mode & 0o077 == 0
+    store.dispose()
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"label": "a label", "display_status": "working", "completion_time": 1_700_000_123.25, "release_after": 90.5},
+    {"monitor_by": [], "manage_by": ["urn:globus:groups:id:" + str(uuid.uuid4())], "details": {"n": {"deep": [1]}},
+     "status": Status.FAILED, "start_time": None, "release_after": 0.0},
+    {"status": Status.INACTIVE, "release_after": 30 * 86400.0, "details": {"code": "X", "description": "y"}},
+])
+def test_the_status_document_is_exactly_what_the_schema_dumps(changes):
+    action = new_action(**changes)
+    expected = ActionStatusSchema().dump(action)
+    assert dump_status(action) == expected
+    assert json.dumps(dump_status(action), sort_keys=True) == json.dumps(expected, sort_keys=True)
