@@ -284,6 +284,21 @@ class ActionRequestSchema(Schema):
     release_after = Duration(metadata={"type": "string", "format": "duration"})
 
 
+_action_request_schema = ActionRequestSchema()
+
+
+def load_action_request(document: dict[str, Any]) -> dict[str, Any]:
+    """``ActionRequestSchema().load(document)``; a request of just a fine ``request_id`` and a ``body`` object
+    (most runs) is taken as it is, since the schema would give back exactly that. ValidationError as the schema's.
+    """
+    if len(document) == 2:
+        request_id, body = document.get("request_id"), document.get("body")
+        if (isinstance(request_id, str) and 0 < len(request_id) <= 256 and "\x00" not in request_id
+                and type(body) is dict and all(type(k) is str for k in body)):
+            return {"request_id": request_id, "body": dict(body)}
+    return _action_request_schema.load(document)
+
+
 class ActionStatusSchema(_OmitNone):
     action_id = fields.String(required=True)
     status = fields.Enum(Status, by_value=True, required=True)

@@ -33,9 +33,9 @@ from marshmallow import ValidationError
 from .authorization import require_manage, require_monitor, require_runnable
 from .documents import (
     Action,
-    ActionRequestSchema,
     Status,
     describe_validation_error,
+    load_action_request,
 )
 from .errors import (
     ActionCancelled,
@@ -59,7 +59,6 @@ logger = logging.getLogger("toolkit.lifecycle")
 
 ACTIVE_STATES = frozenset({Status.ACTIVE, Status.INACTIVE})
 COMPLETED_STATES = frozenset({Status.SUCCEEDED, Status.FAILED})
-_request_schema = ActionRequestSchema()
 _ACTION_ID = re.compile(r"[0-9a-f]{32}")
 PAUSE_DETAILS = frozenset({"code", "description", "required_scope", "resolution_url"})
 """What a pause (INACTIVE) adds to an action's details; a resume removes these and keeps the rest."""
@@ -552,7 +551,7 @@ class Runtime:
         if not isinstance(document, dict):
             raise BadActionRequest("The request body must be a JSON object (an ActionRequest).")
         try:
-            request = _request_schema.load(document)
+            request = load_action_request(document)
         except ValidationError as exc:
             raise BadActionRequest(describe_validation_error(exc)) from None
         body = provider.validate_body(request["body"])

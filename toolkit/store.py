@@ -148,6 +148,7 @@ class SQLStore:
         self._group_lock = threading.Lock()
         self._group_pending: list[_GroupWrite] = []
         self._group_leading = False
+        self._group_pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"SQLStore({self.url.render_as_string(hide_password=True)!r})"
@@ -267,6 +268,9 @@ class SQLStore:
             with self._dbapi_transaction(self.sql, write=True) as cursor:
                 return work(cursor)
         write = _GroupWrite(work)
+        if self._group_pid != os.getpid():  # a fork: whatever the parent's threads were doing is not ours
+            self._group_lock, self._group_pending, self._group_leading = threading.Lock(), [], False
+            self._group_pid = os.getpid()
         with self._group_lock:
             self._group_pending.append(write)
             lead = not self._group_leading

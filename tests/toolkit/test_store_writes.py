@@ -282,3 +282,31 @@ def test_the_status_document_is_exactly_what_the_schema_dumps(changes):
     expected = ActionStatusSchema().dump(action)
     assert dump_status(action) == expected
     assert json.dumps(dump_status(action), sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+@pytest.mark.parametrize("document", [
+    {"request_id": "r", "body": {}},
+    {"request_id": "r" * 256, "body": {"a": [1, {"b": None}], "ü": "x"}},
+    {"request_id": "", "body": {}},
+    {"request_id": "r" * 257, "body": {}},
+    {"request_id": "a\x00b", "body": {}},
+    {"request_id": 5, "body": {}},
+    {"request_id": "r", "body": []},
+    {"request_id": "r", "body": None},
+    {"request_id": "r", "boddy": {}},
+    {"request_id": "r", "body": {}, "label": "l", "monitor_by": ["urn:globus:auth:identity:" + str(uuid.uuid4())]},
+])
+def test_a_request_loads_exactly_as_the_schema_loads_it(document):
+    from marshmallow import ValidationError
+
+    from toolkit.documents import ActionRequestSchema, load_action_request
+
+    try:
+        expected = ActionRequestSchema().load(document)
+    except ValidationError as exc:
+        with pytest.raises(ValidationError) as caught:
+            load_action_request(document)
+        assert caught.value.messages == exc.messages
+    else:
+        assert load_action_request(document) == expected
+        assert load_action_request(document)["body"] is not document["body"]
