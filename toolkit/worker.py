@@ -213,26 +213,33 @@ class BufferingWorker(ThreadWorker):
         ahead = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
         if ahead and self._take(conn, reading, ahead):
             return
-        if not reading.paused:
-            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        if reading.paused:
+            return
+        # A kept-alive connection comes here because the poller saw bytes arrive: read them now (without
+        # blocking) instead of after another trip through the poller. A whole request is dispatched at once.
+        if self._read(conn, reading) or reading.paused or conn not in self._reading:
+            return
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _read(self, conn: Any, reading: _Reading) -> bool:
+        """Read what has arrived; True when the connection left the reading stage (dispatched or dropped)."""
+        try:
+            data = conn.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            self._drop(conn)
+            return True
+        if not data:
+            self._drop(conn)  # the client went away
+            return True
+        return self._take(conn, reading, data)
 
     def _on_readable(self, conn: Any, _sock: Any) -> None:
         reading = self._reading.get(conn)
         if reading is None:  # pragma: no cover - already dispatched or closed
             return
-        try:
-            data = conn.sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._drop(conn)
-            return
-        if not data:
-            self._drop(conn)  # the client went away
-            return
-        if self._take(conn, reading, data):
-            return
-        if reading.paused:
+        if not self._read(conn, reading) and reading.paused:
             self.poller.unregister(conn.sock)
 
     def _take(self, conn: Any, reading: _Reading, data: bytes) -> bool:
