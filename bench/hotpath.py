@@ -25,13 +25,13 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +59,9 @@ STATUS_LUA = """
 wrk.method = "GET"
 wrk.headers["Authorization"] = "Bearer {token}"
 """
+
+LOAD_CPU: list[float] = []
+"""wrk's own CPU seconds per request, for every measurement: what the load generator costs the machine."""
 
 RUN_LUA = """
 local counter = 0
@@ -172,6 +175,7 @@ def first_action(target: Target) -> None:
 def wrk(url: str, script: str, args: argparse.Namespace, seconds: float) -> float:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         out = subprocess.run(
             ["wrk", "-t", str(args.wrk_threads), "-c", str(args.connections), "-d", f"{max(1, round(seconds))}s", "-s", f.name,
@@ -183,7 +187,11 @@ def wrk(url: str, script: str, args: argparse.Namespace, seconds: float) -> floa
     errors = re.search(r"Socket errors: .*", out)
     if bad or (errors and "timeout 0" not in errors.group(0)):
         raise RuntimeError(f"wrk saw failed requests against {url}:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    LOAD_CPU.append(cpu / max(1.0, rate * max(1, round(seconds))))
+    return rate
 
 
 def measure(target: Target, kind: str, args: argparse.Namespace, seconds: float) -> float:
@@ -214,6 +222,10 @@ def report(targets: list[Target], args: argparse.Namespace) -> dict:
             cells.append(cell)
         lines.append(f"| {target.label:44} | {cells[0]:>30} | {cells[1]:>30} |")
         summary[target.label] = {k: {"median": target.median(k), "all": target.rates[k]} for k in ("status", "run")}
+    if LOAD_CPU:
+        lines.append("")
+        lines.append(f"wrk's own CPU per request: {1e6 * statistics.median(LOAD_CPU):.0f} us median, "
+                     f"{1e6 * max(LOAD_CPU):.0f} us at most (a core drives {1 / max(LOAD_CPU):.0f}+ requests/s)")
     print("\n".join(lines))
     return summary
 
