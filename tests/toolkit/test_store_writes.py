@@ -246,9 +246,10 @@ def test_kill_9_in_the_middle_of_writes_loses_nothing_acknowledged_and_leaves_no
         for proc in procs:
             os.kill(proc.pid, signal.SIGKILL)
         for proc in procs:
-            out, _ = proc.communicate(timeout=30)
-            acknowledged += out.split()
-    assert len(acknowledged) >= 120 and all(acknowledged)
+            acknowledged += proc.stdout.read().split()  # the same buffered reader as above: no line cut
+            proc.stdout.close()
+            proc.wait(30)
+    assert len(acknowledged) >= 120 and all(len(a) == 32 for a in acknowledged)
 
     store = SQLStore(url)
     for action_id in acknowledged:
