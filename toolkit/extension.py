@@ -118,6 +118,8 @@ class Toolkit:
             lease_seconds=number(config, "APTK_LEASE_SECONDS", 30.0, positive=True),
             config=config,
         )
+        if self._store is None:
+            _ = runtime.request_key  # created now: a data directory that cannot hold it stops start-up
         if data_dir.is_dir():
             keep_private(data_dir)
         state = ToolkitState(runtime, verifier, data_dir, max_body)
@@ -127,6 +129,7 @@ class Toolkit:
 
 DATABASE_FILE = "aptk.db"
 OWN_FILES = (DATABASE_FILE, "aptk.db-wal", "aptk.db-shm", "aptk.db-journal", "aptk.db-writer.lock", "dev-signing-key.pem",
+             "request-key",
              "gunicorn.ctl")
 """What the toolkit itself keeps in a data directory (next to the bundled transfer provider's ``collections``)."""
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import inspect
 import json
 import logging
@@ -48,6 +47,7 @@ from .errors import (
     ConfigurationError,
 )
 from .executor import Executor
+from .request_key import load_or_create_request_key, request_digest, same_request
 from .store import LogEntry, Store
 
 if TYPE_CHECKING:
@@ -205,9 +205,9 @@ def _json_object(value: Any) -> dict[str, Any]:
     return json.loads(json.dumps(value, allow_nan=False))
 
 
-def request_hash(document: dict[str, Any]) -> str:
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def request_hash(document: dict[str, Any], key: bytes | None = None) -> str:
+    """The digest stored for ``request_id`` idempotency, keyed with the data directory's key (:mod:`.request_key`)."""
+    return request_digest(document, key)
 
 
 class Runtime:
@@ -247,6 +247,12 @@ class Runtime:
         self._pid: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @functools.cached_property
+    def request_key(self) -> bytes | None:
+        """The key of request digests: the data directory's (None, plain SHA-256, for a runtime without one)."""
+        data_dir = self.config.get("APTK_DATA_DIR")
+        return load_or_create_request_key(data_dir) if data_dir else None
 
     def register(self, provider: "ActionProvider") -> None:
         known = self.providers.get(provider.name)
@@ -515,7 +521,7 @@ class Runtime:
             action_id=uuid.uuid4().hex,
             provider=provider.name,
             request_id=request["request_id"],
-            request_hash=request_hash(document),
+            request_hash=request_hash(document, self.request_key),
             creator_id=identity.id,
             status=Status.ACTIVE,
             body=request["body"],
@@ -532,7 +538,7 @@ class Runtime:
         )
         stored, created = self.store.create(action, log=(now, "ActionStarted", "Action started"), now=now)
         if not created:
-            if stored.request_hash != action.request_hash:
+            if not same_request(stored.request_hash, document, self.request_key):
                 raise ActionConflict(
                     f"request_id {action.request_id!r} was already used with a different request "
                     f"(action {stored.action_id})."
@@ -578,7 +584,7 @@ class Runtime:
         stored = self.store.find_request(provider.name, identity.id, request_id)
         if stored is None or (stored.expires_at is not None and stored.expires_at <= self.clock()):
             return None  # an expired action's request_id is free again
-        if stored.request_hash != request_hash(document):
+        if not same_request(stored.request_hash, document, self.request_key):
             raise ActionConflict(
                 f"request_id {request_id!r} was already used with a different request (action {stored.action_id})."
             )

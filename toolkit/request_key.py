@@ -1,0 +1,73 @@
+"""The key of the request digests the store keeps for ``request_id`` idempotency.
+
+A request may carry a secret (a caller's mail password, say); a plain SHA-256 of it in the database would let
+anyone holding a copy of the database test guesses offline. The digest is therefore an HMAC-SHA256 keyed with 32
+random bytes kept in the data directory (``request-key``, mode 0600), created on first use, read by every
+process that shares the data directory and kept across restarts. Hosts that share one PostgreSQL database share
+this file too (copy it into each host's data directory), or a retry reaching another host is taken for a
+different request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError
+
+REQUEST_KEY_FILE = "request-key"
+KEY_BYTES = 32
+
+
+def load_or_create_request_key(data_dir: str | os.PathLike[str]) -> bytes:
+    """The data directory's request key, created (mode 0600) on first use; ConfigurationError saying why not."""
+    path = Path(data_dir) / REQUEST_KEY_FILE
+    try:
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Written whole to a private temporary file, then linked into place: a racing process sees either
+            # no key or a complete one, and the first link wins.
+            fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".request-key-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(secrets.token_bytes(KEY_BYTES))
+                try:
+                    os.link(temporary, path)
+                except FileExistsError:
+                    pass
+            finally:
+                os.unlink(temporary)
+        key = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read or create the request key {path}: {exc.strerror or exc}; choose "
+                                 "another data directory with --data-dir or APTK_DATA_DIR") from None
+    if len(key) < KEY_BYTES:
+        raise ConfigurationError(f"the request key {path} is damaged ({len(key)} bytes, not {KEY_BYTES}); delete "
+                                 "it to make a new one (requests already stored then no longer match a retry)")
+    return key
+
+
+def _canonical(document: Any) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def request_digest(document: Any, key: bytes | None) -> str:
+    """The hex HMAC-SHA256 of the canonical JSON of ``document`` under ``key`` (plain SHA-256 without a key)."""
+    canonical = _canonical(document)
+    if key is None:
+        return hashlib.sha256(canonical).hexdigest()
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
+
+
+def same_request(stored: str, document: Any, key: bytes | None) -> bool:
+    """Whether ``document`` is the request whose digest was stored: keyed, or a plain SHA-256 stored before
+    digests were keyed (so that a retry of a request taken by an older version still meets its action)."""
+    if hmac.compare_digest(stored, request_digest(document, key)):
+        return True
+    return key is not None and hmac.compare_digest(stored, request_digest(document, None))
