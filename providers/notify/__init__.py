@@ -22,10 +22,10 @@ until the action's deadline; permanent ones end FAILED with a code naming the ca
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
-from toolkit import ActionFailed, ActionProvider, BadActionRequest, HookContext, RunContext
-from toolkit.settings import register_settings
+from toolkit import ActionFailed, ActionProvider, ApiError, BadActionRequest, ConfigurationError, HookContext, RunContext
+from toolkit.settings import register_settings, setting
 
 from . import guard, mail, webhook
 from .mail import SETTINGS
@@ -96,7 +96,36 @@ INPUT_SCHEMA: dict[str, Any] = {
     },
 }
 
-provider = ActionProvider(
+def check_settings(config: Mapping[str, Any]) -> None:
+    """Read every setting of the provider's that can be wrong: a ConfigurationError naming the first that is."""
+    mail.max_body(config)
+    mail._timeout(config)
+    mail.caller_policy(config)
+    webhook.timeout(config)
+    webhook.policy(config)
+    guard.limits(config)
+    url = setting(config, "APTK_SMTP_URL")
+    if url:
+        try:
+            mail.server_from_url(str(url), config)
+        except BadActionRequest as exc:
+            raise ConfigurationError(exc.description) from None
+
+
+class _NotifyProvider(ActionProvider):
+    def blueprint(self, url_prefix: str | None = None, *, name: str | None = None) -> Any:
+        """The provider's routes; mounting them on an app checks its settings, so that a wrong one stops
+        start-up with its name rather than failing requests."""
+        bp = super().blueprint(url_prefix, name=name)
+        bp.record_once(lambda state: check_settings(state.app.config))
+        return bp
+
+
+def _misconfigured(exc: ConfigurationError) -> ApiError:
+    return ApiError(f"The server is misconfigured: {exc}", code="ConfigurationError")
+
+
+provider = _NotifyProvider(
     name="notify",
     title="Notifications",
     subtitle="Send an email or a webhook from a flow",
@@ -155,6 +184,13 @@ def check_request(body: dict[str, Any], ctx: HookContext) -> None:
     ``body`` is what the toolkit stores: its ``send_credentials`` is replaced by a copy whose password is a
     handle to this process's memory (the request document itself is left alone).
     """
+    try:
+        _checked(body, ctx)
+    except ConfigurationError as exc:  # the settings changed since start-up
+        raise _misconfigured(exc) from None
+
+
+def _checked(body: dict[str, Any], ctx: HookContext) -> None:
     _check_source(body)
     if _method(body) == "webhook":
         _webhook_target(body, ctx.config)
@@ -193,8 +229,8 @@ def notify(body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
                            "before recording its answer; the mail may have been delivered, so it is not sent again.",
                            message_id=ctx.details.get("message_id"))
     body = _with_password(body)
-    guard.admit(ctx)
     try:
+        guard.admit(ctx)
         if method == "webhook":
             target = _webhook_target(body, ctx.config)
             text, markup = mail.render_body(body, ctx.config)
@@ -204,6 +240,8 @@ def notify(body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         prepared = mail.prepare(body, ctx.config, message_id=f"{ctx.action_id}.notify")
     except BadActionRequest as exc:  # the settings changed since /run
         raise ActionFailed("BadRequest", exc.description) from None
+    except ConfigurationError as exc:
+        raise ActionFailed("ConfigurationError", f"The server is misconfigured: {exc}") from None
     message_id = prepared.message["Message-ID"]
 
     def sending() -> None:

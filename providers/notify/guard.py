@@ -10,9 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from toolkit import ActionFailed, RunContext
+from toolkit.settings import number
 from toolkit.store import create_tables
-
-from .mail import _setting
 
 # --- caller passwords: never in the stored action -----------------------------------------------------------------
 
@@ -58,15 +57,8 @@ sends = sa.Table(
 
 def limits(config: Any) -> tuple[int, float]:
     """(notifications per window, window in seconds); 0 notifications: no limit."""
-    try:
-        limit = int(_setting(config, "APTK_NOTIFY_RATE_LIMIT") or DEFAULT_LIMIT)
-    except ValueError:
-        limit = DEFAULT_LIMIT
-    try:
-        window = float(_setting(config, "APTK_NOTIFY_RATE_WINDOW") or DEFAULT_WINDOW)
-    except ValueError:
-        window = DEFAULT_WINDOW
-    return max(0, limit), max(1.0, window)
+    return (number(config, "APTK_NOTIFY_RATE_LIMIT", DEFAULT_LIMIT, kind=int),
+            number(config, "APTK_NOTIFY_RATE_WINDOW", DEFAULT_WINDOW, positive=True))
 
 
 def admit(ctx: RunContext) -> None:

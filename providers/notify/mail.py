@@ -19,7 +19,11 @@ from email.utils import formatdate, getaddresses, make_msgid
 from typing import Any, Callable, Mapping
 
 from toolkit import ActionFailed, BadActionRequest, RunContext
-from toolkit.settings import setting
+from toolkit.settings import number, setting
+
+from . import addresses
+from .addresses import Address as IPAddress
+from .addresses import Transient
 
 SETTINGS = (
     "APTK_SMTP_URL", "APTK_SMTP_USERNAME", "APTK_SMTP_PASSWORD", "APTK_SMTP_CA_FILE", "APTK_SMTP_TIMEOUT",
@@ -27,9 +31,12 @@ SETTINGS = (
     "APTK_NOTIFY_TEMPLATES_DIR", "APTK_NOTIFY_RATE_LIMIT", "APTK_NOTIFY_RATE_WINDOW",
     "APTK_NOTIFY_WEBHOOK_SECRET", "APTK_NOTIFY_WEBHOOK_TIMEOUT", "APTK_NOTIFY_WEBHOOK_CA_FILE",
     "APTK_NOTIFY_WEBHOOK_ALLOW_LOOPBACK", "APTK_NOTIFY_WEBHOOK_ALLOW_NETWORKS",
+    "APTK_NOTIFY_SMTP_ALLOW_LOOPBACK", "APTK_NOTIFY_SMTP_ALLOW_NETWORKS",
 )
 MAX_RECIPIENTS = 100
 DEFAULT_MAX_BODY = 256 * 1024
+DEFAULT_TIMEOUT = 30.0
+HOSTNAME_FIELD = "send_credentials[0].credential_value.hostname"
 SCHEMES = {"smtp": "plain", "smtps": "tls", "smtp+starttls": "starttls"}
 _FORBIDDEN = ("\r", "\n", "\0")
 
@@ -43,6 +50,8 @@ class Server:
     password: str | None = dataclasses.field(repr=False)
     ca_file: str | None
     timeout: float
+    policy: addresses.Policy | None = None
+    """Where a caller's server may be (None: the deployment's own, trusted)."""
 
 
 @dataclasses.dataclass
@@ -108,19 +117,31 @@ def server_from_url(url: str, config: Mapping[str, Any]) -> Server:
 
 
 def _timeout(config: Mapping[str, Any]) -> float:
-    try:
-        return float(_setting(config, "APTK_SMTP_TIMEOUT") or 30)
-    except ValueError:
-        return 30.0
+    return number(config, "APTK_SMTP_TIMEOUT", DEFAULT_TIMEOUT, positive=True)
+
+
+def max_body(config: Mapping[str, Any]) -> int:
+    return number(config, "APTK_NOTIFY_MAX_BODY_BYTES", DEFAULT_MAX_BODY, kind=int, positive=True)
+
+
+def caller_policy(config: Mapping[str, Any]) -> addresses.Policy:
+    """Where a caller's own mail server may be: public addresses, unless the deployment allows more."""
+    return addresses.policy(config, "mail", "APTK_NOTIFY_SMTP_ALLOW_LOOPBACK", "APTK_NOTIFY_SMTP_ALLOW_NETWORKS")
 
 
 def _caller_server(credentials: list[dict[str, Any]], config: Mapping[str, Any]) -> Server:
     value = credentials[0]["credential_value"]
     host = value["hostname"]
-    _no_control("send_credentials[0].credential_value.hostname", host)
+    _no_control(HOSTNAME_FIELD, host)
+    allowed = caller_policy(config)
+    literal = addresses.literal(host.strip("[]"))
+    if literal is not None:  # a name's addresses are checked when sending
+        addresses.check(literal, allowed, HOSTNAME_FIELD)
+        host = str(literal)
     port = int(value.get("port") or 587)
     return Server(host, port, "tls" if port == 465 else "opportunistic", value.get("username") or None,
-                  value.get("password") or None, _setting(config, "APTK_SMTP_CA_FILE"), _timeout(config))
+                  value.get("password") or None, _setting(config, "APTK_SMTP_CA_FILE"), _timeout(config),
+                  allowed)
 
 
 def _text(value: Any) -> str:
@@ -187,10 +208,7 @@ def render_body(body: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[str
         text, markup = (None, content) if mimetype == "text/html" else (content, None)
     if text is None:
         text = text_alternative(markup or "")
-    try:
-        limit = int(_setting(config, "APTK_NOTIFY_MAX_BODY_BYTES") or DEFAULT_MAX_BODY)
-    except ValueError:
-        limit = DEFAULT_MAX_BODY
+    limit = max_body(config)
     size = len(text.encode("utf-8")) + (len(markup.encode("utf-8")) if markup is not None else 0)
     if size > limit:
         field = "template" if name is not None else "body_template"
@@ -253,12 +271,41 @@ def prepare(body: Mapping[str, Any], config: Mapping[str, Any], message_id: str 
     return Prepared(message, sender.addr_spec, [r.addr_spec for r in recipients], server)
 
 
-class Transient(Exception):
-    """A failure worth another attempt (the mail server or webhook receiver may answer later)."""
+class _PinnedSMTP(smtplib.SMTP):
+    """SMTP to checked addresses only; the server's name still goes to STARTTLS's certificate check."""
 
-    def __init__(self, code: str, description: str) -> None:
-        super().__init__(description)
-        self.code, self.description = code, description
+    def __init__(self, checked: list[IPAddress], host: str, port: int, **options: Any) -> None:
+        self._checked = checked
+        super().__init__(host, port, **options)
+
+    def _get_socket(self, host: str, port: int, timeout: float | None) -> socket.socket:
+        return addresses.connect(self._checked, port, timeout)
+
+
+class _PinnedSMTPS(smtplib.SMTP_SSL):
+    """SMTPS to checked addresses only, TLS checking the certificate against the server's name."""
+
+    def __init__(self, checked: list[IPAddress], host: str, port: int, **options: Any) -> None:
+        self._checked = checked
+        super().__init__(host, port, **options)
+
+    def _get_socket(self, host: str, port: int, timeout: float | None) -> socket.socket:
+        return self.context.wrap_socket(addresses.connect(self._checked, port, timeout), server_hostname=self._host)  # type: ignore[attr-defined]
+
+
+def _connect(server: Server) -> smtplib.SMTP:
+    """A connection to ``server``; a caller's server only at an address its policy allows, checked now."""
+    if server.policy is None:
+        if server.security == "tls":
+            return smtplib.SMTP_SSL(server.host, server.port, timeout=server.timeout, context=_context(server))
+        return smtplib.SMTP(server.host, server.port, timeout=server.timeout)
+    try:
+        checked = addresses.resolve(server.host, server.port, server.policy, HOSTNAME_FIELD)
+    except Transient as exc:
+        raise Transient(exc.code, f"The mail server {exc.description}") from None
+    if server.security == "tls":
+        return _PinnedSMTPS(checked, server.host, server.port, timeout=server.timeout, context=_context(server))
+    return _PinnedSMTP(checked, server.host, server.port, timeout=server.timeout)
 
 
 def _context(server: Server) -> ssl.SSLContext:
@@ -301,11 +348,7 @@ def send_once(prepared: Prepared, before_data: Callable[[], None] = lambda: None
     the message itself goes (after this point a crash leaves it unknown whether the server took the mail)."""
     server = prepared.server
     try:
-        if server.security == "tls":
-            client: smtplib.SMTP = smtplib.SMTP_SSL(server.host, server.port, timeout=server.timeout,
-                                                    context=_context(server))
-        else:
-            client = smtplib.SMTP(server.host, server.port, timeout=server.timeout)
+        client = _connect(server)
     except ConnectionRefusedError:
         raise Transient("ConnectionRefused", f"The mail server {server.host}:{server.port} refused the connection.") from None
     except (socket.timeout, TimeoutError):

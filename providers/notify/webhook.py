@@ -2,8 +2,7 @@
 
 The receiver's name is resolved once per attempt; every address it resolves to must be public (or inside
 ``APTK_NOTIFY_WEBHOOK_ALLOW_NETWORKS``, or loopback with ``APTK_NOTIFY_WEBHOOK_ALLOW_LOOPBACK``), and the
-connection goes to the address that was checked, so a name that resolves differently a moment later (DNS
-rebinding) changes nothing. Redirects are not followed.
+connection goes to the address that was checked (see :mod:`.addresses`). Redirects are not followed.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import dataclasses
 import hashlib
 import hmac
 import http.client
-import ipaddress
 import json
 import socket
 import ssl
@@ -21,16 +19,17 @@ import urllib.parse
 from typing import Any, Callable, Mapping
 
 from toolkit import ActionFailed, BadActionRequest
+from toolkit.settings import number
 
-from .mail import Transient, _no_control, _setting
+from . import addresses
+from .addresses import Address, Transient
+from .mail import _no_control, _setting
 
 SIGNATURE_HEADER = "X-Aptk-Signature"
 TIMESTAMP_HEADER = "X-Aptk-Timestamp"
 DELIVERY_HEADER = "X-Aptk-Delivery"
 MAX_URL = 2048
-_TRUE = {"1", "true", "yes", "on"}
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+DEFAULT_TIMEOUT = 10.0
 
 
 @dataclasses.dataclass
@@ -43,21 +42,16 @@ class Target:
     secret: bytes = dataclasses.field(repr=False)
     timeout: float
     ca_file: str | None
-    loopback: bool
-    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    policy: addresses.Policy
 
 
-def _loopback_allowed(config: Mapping[str, Any]) -> bool:
-    return (_setting(config, "APTK_NOTIFY_WEBHOOK_ALLOW_LOOPBACK") or "").strip().lower() in _TRUE
+def policy(config: Mapping[str, Any]) -> addresses.Policy:
+    return addresses.policy(config, "webhooks", "APTK_NOTIFY_WEBHOOK_ALLOW_LOOPBACK",
+                            "APTK_NOTIFY_WEBHOOK_ALLOW_NETWORKS")
 
 
-def _networks(config: Mapping[str, Any]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    text = _setting(config, "APTK_NOTIFY_WEBHOOK_ALLOW_NETWORKS") or ""
-    try:
-        return [ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise BadActionRequest(f"APTK_NOTIFY_WEBHOOK_ALLOW_NETWORKS: this server's setting is wrong ({exc}).") \
-            from None
+def timeout(config: Mapping[str, Any]) -> float:
+    return number(config, "APTK_NOTIFY_WEBHOOK_TIMEOUT", DEFAULT_TIMEOUT, positive=True)
 
 
 def target(url: str, config: Mapping[str, Any]) -> Target:
@@ -69,7 +63,8 @@ def target(url: str, config: Mapping[str, Any]) -> Target:
     if len(url) > MAX_URL:
         raise BadActionRequest(f"destination: a webhook URL has at most {MAX_URL} characters.")
     parts = urllib.parse.urlsplit(url)
-    loopback = _loopback_allowed(config)
+    allowed = policy(config)
+    loopback = allowed.loopback
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise BadActionRequest("destination: a webhook is an https:// URL.")
     if parts.username is not None or parts.password is not None:
@@ -79,8 +74,7 @@ def target(url: str, config: Mapping[str, Any]) -> Target:
     except ValueError:
         raise BadActionRequest("destination: the URL's port is not a number from 1 to 65535.") from None
     host = parts.hostname
-    networks = _networks(config)
-    literal = _literal(host)
+    literal = addresses.literal(host)
     if parts.scheme == "http":
         if not loopback:
             raise BadActionRequest("destination: a webhook is an https:// URL (http only to loopback, where this "
@@ -88,77 +82,32 @@ def target(url: str, config: Mapping[str, Any]) -> Target:
         if host != "localhost" and (literal is None or not literal.is_loopback):
             raise BadActionRequest("destination: http:// is allowed only to a loopback address; use https://.")
     if literal is not None:
-        _allowed(literal, loopback, networks, "destination")
-    try:
-        timeout = float(_setting(config, "APTK_NOTIFY_WEBHOOK_TIMEOUT") or 10)
-    except ValueError:
-        timeout = 10.0
+        addresses.check(literal, allowed, "destination")
     path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
-    return Target(url, parts.scheme, host, port, path, secret.encode(), timeout,
-                  _setting(config, "APTK_NOTIFY_WEBHOOK_CA_FILE"), loopback, networks)
-
-
-def _literal(host: str) -> Address | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-def _allowed(address: Address, loopback: bool, networks: list[Any], field: str) -> None:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if any(address.version == n.version and address in n for n in networks):
-        return
-    if address.is_loopback:
-        if loopback:
-            return
-        raise BadActionRequest(f"{field}: {address} is a loopback address; this server sends no webhooks there.")
-    if not address.is_global or address.is_multicast:
-        kind = "link-local" if address.is_link_local else "private or reserved"
-        raise BadActionRequest(f"{field}: {address} is a {kind} address; this server sends no webhooks into "
-                               "private networks.")
+    return Target(url, parts.scheme, host, port, path, secret.encode(), timeout(config),
+                  _setting(config, "APTK_NOTIFY_WEBHOOK_CA_FILE"), allowed)
 
 
 def resolve(target: Target) -> list[Address]:
     """The addresses to connect to: every address the name has must be allowed (checked once, then used)."""
-    literal = _literal(target.host)
-    if literal is not None:
-        return [literal]
     try:
-        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise Transient("NameNotResolved", f"The webhook's host {target.host} could not be resolved ({exc.strerror}).") from None
-    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-    for address in addresses:
-        try:
-            _allowed(address, target.loopback, target.networks, "destination")
-        except BadActionRequest as exc:
-            raise ActionFailed("AddressRefused", f"{target.host} resolves to a refused address: "
-                                                 f"{exc.description.removeprefix('destination: ')}") from None
-    return list(dict.fromkeys(addresses))
+        return addresses.resolve(target.host, target.port, target.policy, "destination")
+    except Transient as exc:
+        raise Transient(exc.code, f"The webhook's host {exc.description}") from None
 
 
 class _Pinned(http.client.HTTPSConnection):
     """HTTP(S) to the checked addresses only (the first that answers), with the URL's name for Host, SNI and
     certificate checks."""
 
-    def __init__(self, target: Target, addresses: list[Address]) -> None:
+    def __init__(self, target: Target, checked: list[Address]) -> None:
         self._tls_context = ssl.create_default_context(cafile=target.ca_file)
         super().__init__(target.host, target.port, timeout=target.timeout, context=self._tls_context)
-        self._addresses = [str(a) for a in addresses]
+        self._addresses = checked
         self._tls = target.scheme == "https"
 
     def connect(self) -> None:
-        sock = None
-        for i, address in enumerate(self._addresses):
-            try:
-                sock = socket.create_connection((address, self.port), self.timeout)
-                break
-            except OSError:
-                if i == len(self._addresses) - 1:
-                    raise
-        assert sock is not None
+        sock = addresses.connect(self._addresses, self.port, self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = self._tls_context.wrap_socket(sock, server_hostname=self.host) if self._tls else sock
 
@@ -180,13 +129,13 @@ def sign(secret: bytes, timestamp: str, payload: bytes) -> str:
 
 def send_once(target: Target, doc: Mapping[str, Any], delivery: str,
               before_send: Callable[[], None] = lambda: None) -> dict[str, Any]:
-    addresses = resolve(target)
+    checked = resolve(target)
     payload = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
     timestamp = str(int(time.time()))
     headers = {"Content-Type": "application/json", "User-Agent": "aptk-notify",
                SIGNATURE_HEADER: sign(target.secret, timestamp, payload), TIMESTAMP_HEADER: timestamp,
                DELIVERY_HEADER: delivery}
-    connection = _Pinned(target, addresses)
+    connection = _Pinned(target, checked)
     where = f"{target.host}:{target.port}"
     try:
         before_send()

@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("aiosmtpd")
 
 from providers.notify import provider as notify_provider  # noqa: E402
+from toolkit import ActionFailed  # noqa: E402
 from toolkit.client import ClientError  # noqa: E402
 from toolkit.server import create_app  # noqa: E402
 from toolkit.testing import TestClient, TokenAuthority  # noqa: E402
@@ -154,7 +155,8 @@ def test_deployment_server_with_auth_and_tls(servers, make_client, tls):
 
 def test_caller_credentials_are_used_and_never_shown(servers, make_client):
     server = servers(auth={"caller": SECRET}, tls="starttls")
-    client = make_client(APTK_SMTP_CA_FILE=str(server.cert_file))  # no deployment server at all
+    # No deployment server at all; the caller's is on loopback, which this deployment allows.
+    client = make_client(APTK_SMTP_CA_FILE=str(server.cert_file), APTK_NOTIFY_SMTP_ALLOW_LOOPBACK="1")
     body = {"destination": "ada@example.org", "subject": "own server", "body_template": "x",
             "sender": "me@anywhere.example",
             "send_credentials": [{"credential_type": "smtp", "credential_method": "email",
@@ -250,7 +252,7 @@ def stored_bytes(data_dir: Path) -> bytes:
 
 def test_caller_password_is_never_written_to_the_database(servers, make_client):
     server = servers(auth={"caller-user-7f3": SECRET})
-    client = make_client()
+    client = make_client(APTK_NOTIFY_SMTP_ALLOW_LOOPBACK="1")
     credentials = [{"credential_type": "smtp", "credential_method": "email",
                     "credential_value": {"hostname": "127.0.0.1", "port": server.port,
                                          "username": "caller-user-7f3", "password": SECRET}}]
@@ -284,6 +286,113 @@ def test_bad_credentials_are_refused_without_echoing_them(servers, make_client, 
     two = {**body, "send_credentials": [{"credential_value": {"hostname": "h.example", "password": SECRET}}] * 2}
     description = refused(client, two)
     assert "at most one mail server" in description and SECRET not in description
+
+
+# --- a caller's own mail server: never into the host's network unless allowed --------------------------------------
+
+def own_server(hostname, port=None, **value):
+    return {"destination": "ada@example.org", "subject": "s", "body_template": "x", "sender": "me@own.example",
+            "send_credentials": [{"credential_type": "smtp", "credential_value": {
+                "hostname": hostname, **({"port": port} if port else {}), **value}}]}
+
+
+@pytest.mark.parametrize("hostname, expected", [
+    ("127.0.0.1", "127.0.0.1 is a loopback address; this server sends no mail there"),
+    ("::1", "::1 is a loopback address"),
+    ("[::1]", "::1 is a loopback address"),
+    ("169.254.169.254", "169.254.169.254 is a link-local address; this server sends no mail into private networks"),
+    ("::ffff:169.254.169.254", "169.254.169.254 is a link-local address"),
+    ("10.1.2.3", "10.1.2.3 is a private or reserved address"),
+    ("192.168.0.1", "is a private or reserved address"),
+    ("0.0.0.0", "is a private or reserved address"),
+])
+def test_caller_smtp_servers_in_private_networks_are_refused(servers, make_client, hostname, expected):
+    server = servers()
+    client = make_client(APTK_SMTP_URL=server.url())  # the deployment's own server on loopback stays trusted
+    description = refused(client, own_server(hostname, 25, username="u", password=SECRET))
+    assert description.startswith("send_credentials[0].credential_value.hostname: ") and expected in description
+    assert SECRET not in description
+    assert client.run(MAIL, wait=True)["status"] == "SUCCEEDED" and len(server.messages) == 1
+
+
+def test_caller_smtp_server_named_on_loopback_is_refused_when_sending(servers, make_client):
+    server = servers()
+    strict = make_client()
+    status = strict.run(own_server("localhost", server.port), wait=True)
+    assert status["status"] == "FAILED" and status["details"]["code"] == "AddressRefused", status
+    assert "localhost resolves to a refused address" in status["details"]["description"]
+    assert "loopback" in status["details"]["description"]
+    assert server.messages == []
+    # Another network allowed is not loopback; the literal address is still a 400.
+    other = make_client(APTK_NOTIFY_SMTP_ALLOW_NETWORKS="10.0.0.0/8")
+    assert "loopback" in refused(other, own_server("127.0.0.1", server.port))
+    # The webhook settings say nothing about mail servers.
+    webhooks = make_client(APTK_NOTIFY_WEBHOOK_ALLOW_LOOPBACK="1", APTK_NOTIFY_WEBHOOK_ALLOW_NETWORKS="127.0.0.0/8")
+    assert "loopback" in refused(webhooks, own_server("127.0.0.1", server.port))
+
+
+@pytest.mark.parametrize("settings", [{"APTK_NOTIFY_SMTP_ALLOW_LOOPBACK": "true"},
+                                      {"APTK_NOTIFY_SMTP_ALLOW_NETWORKS": "127.0.0.0/8, ::1/128"}])
+def test_caller_smtp_server_on_loopback_when_allowed(servers, make_client, settings):
+    server = servers()
+    client = make_client(**settings)
+    assert client.run(own_server("127.0.0.1", server.port), wait=True)["status"] == "SUCCEEDED"
+    assert client.run(own_server("localhost", server.port), wait=True)["status"] == "SUCCEEDED"
+    assert len(server.messages) == 2
+
+
+_AUDIT: list[tuple[str, object]] | None = None
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _AUDIT is not None and event in ("socket.getaddrinfo", "socket.connect"):
+        _AUDIT.append((event, args[0] if event == "socket.getaddrinfo" else args[1]))
+
+
+def test_caller_smtp_connection_goes_to_the_checked_address_with_starttls_to_the_name(servers, make_client):
+    """The name is resolved once, checked, and the connection opened to the address that was checked (a second
+    lookup could answer differently); STARTTLS still checks the certificate against the name."""
+    import sys
+
+    global _AUDIT
+    server = servers(tls="starttls")
+    client = make_client(APTK_NOTIFY_SMTP_ALLOW_LOOPBACK="1", APTK_SMTP_CA_FILE=str(server.cert_file))
+    if not getattr(sys, "_aptk_notify_audit", False):
+        sys.addaudithook(_audit)
+        sys._aptk_notify_audit = True
+    _AUDIT = []
+    try:
+        status = client.run(own_server("localhost", server.port), wait=True)
+    finally:
+        seen, _AUDIT = _AUDIT, None
+    assert status["status"] == "SUCCEEDED", status
+    lookups = [host for event, host in seen if event == "socket.getaddrinfo"]
+    connects = [address for event, address in seen if event == "socket.connect"
+                and isinstance(address, tuple) and address[1] == server.port]
+    assert lookups.count("localhost") == 1, seen
+    assert connects and all(address[0] in ("127.0.0.1", "::1") for address in connects), seen
+    # STARTTLS took place with the certificate checked (a CA that did not sign it fails the same send).
+    other = make_client(APTK_NOTIFY_SMTP_ALLOW_LOOPBACK="1", APTK_SMTP_CA_FILE=str(servers(tls="starttls").cert_file))
+    failed = other.run(own_server("localhost", server.port), wait=True)
+    assert failed["status"] == "FAILED" and failed["details"]["code"] == "TLSError", failed
+
+
+def test_caller_smtps_connection_is_pinned_and_verifies_the_name(servers, tmp_path):
+    """SMTPS (a caller's server on port 465) over the same pinned connection, straight through send_once."""
+    from providers.notify import mail
+
+    server = servers(tls="smtps")
+    config = {"APTK_NOTIFY_SMTP_ALLOW_LOOPBACK": "1", "APTK_SMTP_CA_FILE": str(server.cert_file)}
+    prepared = mail.prepare(own_server("localhost", 465), config)
+    prepared.server.port = server.port  # the same server as on 465, found where the test could bind it
+    assert prepared.server.security == "tls" and prepared.server.policy is not None
+    result = mail.send_once(prepared)
+    assert result["accepted"] == ["ada@example.org"] and len(server.messages) == 1
+    strict = mail.prepare(own_server("localhost", 465), {"APTK_SMTP_CA_FILE": str(server.cert_file)})
+    strict.server.port = server.port
+    with pytest.raises(ActionFailed) as caught:
+        mail.send_once(strict)
+    assert caught.value.code == "AddressRefused" and len(server.messages) == 1
 
 
 # --- named Jinja templates -----------------------------------------------------------------------------------------
@@ -463,7 +572,8 @@ GLOBUS_EXAMPLE = {
 
 def test_globus_example_documents(servers, make_client):
     server = servers(auth={"mdf": SECRET})
-    client = make_client(APTK_SMTP_URL=server.url("mdf", SECRET), APTK_NOTIFY_SENDER_DOMAINS="globus.org")
+    client = make_client(APTK_SMTP_URL=server.url("mdf", SECRET), APTK_NOTIFY_SENDER_DOMAINS="globus.org",
+                         APTK_NOTIFY_SMTP_ALLOW_LOOPBACK="1")
     # SES credentials are not an SMTP server: a precise 400 that shows no secret.
     description = refused(client, GLOBUS_EXAMPLE)
     assert "credential_type: 'ses' is not one of ['smtp']" in description and "SECRET" not in description
@@ -530,3 +640,46 @@ def iso_seconds(text: str) -> float:
     import datetime
 
     return datetime.datetime.fromisoformat(text).timestamp()
+
+
+# --- settings: a wrong one stops start-up, naming it ----------------------------------------------------------------
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("APTK_SMTP_TIMEOUT", "soon", "must be a number"),
+    ("APTK_SMTP_TIMEOUT", "0", "must be positive"),
+    ("APTK_NOTIFY_WEBHOOK_TIMEOUT", "-1", "must be positive"),
+    ("APTK_NOTIFY_MAX_BODY_BYTES", "lots", "must be a number"),
+    ("APTK_NOTIFY_MAX_BODY_BYTES", "1.5", "must be a whole number"),
+    ("APTK_NOTIFY_RATE_LIMIT", "ten", "must be a number"),
+    ("APTK_NOTIFY_RATE_LIMIT", "-1", "must be at least 0"),
+    ("APTK_NOTIFY_RATE_WINDOW", "0", "must be positive"),
+    ("APTK_NOTIFY_RATE_WINDOW", "nan", "must be a number"),
+    ("APTK_NOTIFY_WEBHOOK_ALLOW_LOOPBACK", "maybe", "must be true or false"),
+    ("APTK_NOTIFY_SMTP_ALLOW_LOOPBACK", "sure", "must be true or false"),
+    ("APTK_NOTIFY_WEBHOOK_ALLOW_NETWORKS", "10.0.0.0/33", "comma-separated list of networks"),
+    ("APTK_NOTIFY_SMTP_ALLOW_NETWORKS", "intranet", "comma-separated list of networks"),
+    ("APTK_SMTP_URL", "http://mail.example.org", "not smtp://"),
+])
+@pytest.mark.parametrize("where", ["app.config", "environment"])
+def test_a_wrong_setting_stops_start_up_naming_it(tmp_path, monkeypatch, name, value, expected, where):
+    from toolkit import ConfigurationError
+
+    config = {"APTK_DATA_DIR": str(tmp_path)}
+    if where == "environment":
+        monkeypatch.setenv(name, value)
+    else:
+        config[name] = value
+    with pytest.raises(ConfigurationError) as caught:
+        create_app(config, providers=[("/notify", notify_provider)], verifier=TokenAuthority().verifier)
+    assert name in str(caught.value) and expected in str(caught.value)
+
+
+def test_a_setting_made_wrong_after_start_up_is_a_configuration_error_not_a_crash(servers, make_client):
+    server = servers()
+    client = make_client(APTK_SMTP_URL=server.url())
+    client.app.config["APTK_NOTIFY_MAX_BODY_BYTES"] = "lots"
+    with pytest.raises(ClientError) as caught:
+        client.run(MAIL)
+    assert (caught.value.status, caught.value.code) == (500, "ConfigurationError")
+    assert "APTK_NOTIFY_MAX_BODY_BYTES must be a number" in caught.value.description
+    assert server.messages == []

@@ -117,7 +117,7 @@ def test_a_mail_handed_over_before_a_crash_is_not_sent_again(tmp_path, served, s
 def test_a_mail_not_yet_handed_over_is_sent_after_a_crash_and_a_password_is_not(tmp_path, served, smtp_servers):
     port = free_port()  # no mail server yet: attempts are refused and retried
     data = tmp_path / "data"
-    server = served(data, APTK_SMTP_URL=f"smtp://127.0.0.1:{port}").start()
+    server = served(data, APTK_SMTP_URL=f"smtp://127.0.0.1:{port}", APTK_NOTIFY_SMTP_ALLOW_LOOPBACK="1").start()
     token = server.token(ADA, scopes=[SCOPE])
     deployment = server.run(token, MAIL)["action_id"]
     own = {**MAIL, "sender": "me@own.example",
@@ -132,7 +132,7 @@ def test_a_mail_not_yet_handed_over_is_sent_after_a_crash_and_a_password_is_not(
     assert SECRET.encode() not in b"".join(p.read_bytes() for p in data.rglob("*") if p.is_file())
 
     mail = smtp_servers(port=port)
-    restarted = served(data, APTK_SMTP_URL=f"smtp://127.0.0.1:{port}").start()
+    restarted = served(data, APTK_SMTP_URL=f"smtp://127.0.0.1:{port}", APTK_NOTIFY_SMTP_ALLOW_LOOPBACK="1").start()
     sent = restarted.wait(token, deployment)
     assert sent["status"] == "SUCCEEDED", sent
     assert len(mail.messages) == 1 and mail.messages[0]["Message-ID"] == f"<{deployment}.notify@example.org>"
