@@ -47,7 +47,7 @@ from .errors import (
     ConfigurationError,
 )
 from .executor import Executor
-from .request_key import load_or_create_request_key, request_digest, same_request
+from .request_key import request_digest, request_key, same_request
 from .store import LogEntry, Store
 
 if TYPE_CHECKING:
@@ -250,9 +250,8 @@ class Runtime:
 
     @functools.cached_property
     def request_key(self) -> bytes | None:
-        """The key of request digests: the data directory's (None, plain SHA-256, for a runtime without one)."""
-        data_dir = self.config.get("APTK_DATA_DIR")
-        return load_or_create_request_key(data_dir) if data_dir else None
+        """The key of request digests (:mod:`.request_key`); None (plain SHA-256) for a runtime without one."""
+        return request_key(self.config)
 
     def register(self, provider: "ActionProvider") -> None:
         known = self.providers.get(provider.name)

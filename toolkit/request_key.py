@@ -1,11 +1,10 @@
 """The key of the request digests the store keeps for ``request_id`` idempotency.
 
 A request may carry a secret (a caller's mail password, say); a plain SHA-256 of it in the database would let
-anyone holding a copy of the database test guesses offline. The digest is therefore an HMAC-SHA256 keyed with 32
-random bytes kept in the data directory (``request-key``, mode 0600), created on first use, read by every
-process that shares the data directory and kept across restarts. Hosts that share one PostgreSQL database share
-this file too (copy it into each host's data directory), or a retry reaching another host is taken for a
-different request.
+anyone holding a copy of the database test guesses offline. The digest is therefore an HMAC-SHA256 keyed with
+``APTK_REQUEST_KEY`` when it is set (hosts that share one database set the same), else with 32 random bytes kept
+in the data directory (``request-key``, mode 0600), created on first use, read by every process that shares the
+data directory and kept across restarts.
 """
 
 from __future__ import annotations
@@ -17,12 +16,25 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .errors import ConfigurationError
+from .settings import setting
 
 REQUEST_KEY_FILE = "request-key"
 KEY_BYTES = 32
+
+
+def request_key(config: Mapping[str, Any]) -> bytes | None:
+    """The key of ``config`` (``APTK_REQUEST_KEY``, else the data directory's); None without either."""
+    value = setting(config, "APTK_REQUEST_KEY")
+    if value is not None:
+        if not isinstance(value, str) or len(value.strip()) < KEY_BYTES:
+            raise ConfigurationError(f"APTK_REQUEST_KEY must be a secret of at least {KEY_BYTES} characters (e.g. "
+                                     "the output of `openssl rand -hex 32`)")
+        return value.strip().encode()
+    data_dir = config.get("APTK_DATA_DIR")
+    return load_or_create_request_key(data_dir) if data_dir else None
 
 
 def load_or_create_request_key(data_dir: str | os.PathLike[str]) -> bytes:

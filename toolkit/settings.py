@@ -101,6 +101,7 @@ KNOWN_SETTINGS: set[str] = {
     "APTK_MAX_BODY_BYTES",
     "APTK_REQUEST_READ_TIMEOUT",
     "APTK_ADMIN_CONTACT",
+    "APTK_REQUEST_KEY",
     # token verifiers (toolkit.auth.config)
     "APTK_AUTH",
     "APTK_AUTH_ISSUER",

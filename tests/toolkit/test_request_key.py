@@ -112,3 +112,26 @@ def test_a_damaged_or_unwritable_key_stops_start_up(tmp_path):
     (blocked / REQUEST_KEY_FILE).mkdir()  # a directory where the key should be
     with pytest.raises(ConfigurationError, match="cannot read or create the request key"):
         load_or_create_request_key(blocked)
+
+
+def test_hosts_sharing_a_database_share_the_key_in_their_settings(tmp_path):
+    provider = make_provider()
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    shared = {"APTK_DATABASE_URL": database, "APTK_REQUEST_KEY": "0123456789abcdef" * 4}
+    with provider_client(provider, tmp_path / "host1", identity=IDENTITY, config=shared) as one, \
+            provider_client(provider, tmp_path / "host2", identity=IDENTITY, config=shared) as two:
+        first = one.run({"password": "a"}, request_id="r1")
+        assert two.run({"password": "a"}, request_id="r1")["action_id"] == first["action_id"]
+        assert status_of(two.run, {"password": "b"}, request_id="r1") == 409
+    assert not (tmp_path / "host1" / REQUEST_KEY_FILE).exists()
+    # Each host with a key of its own takes the other's retry for another request.
+    alone = {"APTK_DATABASE_URL": database}
+    with provider_client(provider, tmp_path / "host3", identity=IDENTITY, config=alone) as three, \
+            provider_client(provider, tmp_path / "host4", identity=IDENTITY, config=alone) as four:
+        three.run({"password": "a"}, request_id="r2")
+        assert status_of(four.run, {"password": "a"}, request_id="r2") == 409
+
+
+def test_a_short_request_key_setting_stops_start_up(tmp_path):
+    with pytest.raises(ConfigurationError, match="APTK_REQUEST_KEY must be a secret of at least 32"):
+        provider_client(make_provider(), tmp_path, config={"APTK_REQUEST_KEY": "guessable"})

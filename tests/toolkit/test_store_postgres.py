@@ -16,12 +16,16 @@ def database(postgres_server):
     return postgres_server.create_database(f"aptk_{uuid.uuid4().hex[:12]}")
 
 
+HOSTS_KEY = "k" * 64
+
+
 @pytest.fixture
 def host(database, tmp_path):
     """host(**toolkit_options): one 'host' (its own app, engine and executor) on the shared database."""
     apps = []
 
     def make(**options):
+        options.setdefault("config", {"APTK_REQUEST_KEY": HOSTS_KEY})  # the hosts' shared request key
         app, authority = provider_app(hello, tmp_path / uuid.uuid4().hex, prefix="/hello",
                                       store=SQLStore(database), **options)
         apps.append(app)
