@@ -135,3 +135,16 @@ def test_hosts_sharing_a_database_share_the_key_in_their_settings(tmp_path):
 def test_a_short_request_key_setting_stops_start_up(tmp_path):
     with pytest.raises(ConfigurationError, match="APTK_REQUEST_KEY must be a secret of at least 32"):
         provider_client(make_provider(), tmp_path, config={"APTK_REQUEST_KEY": "guessable"})
+
+
+def test_a_database_url_without_a_shared_key_is_warned_about(tmp_path, caplog):
+    database = {"APTK_DATABASE_URL": f"sqlite:///{tmp_path / 'shared.db'}"}
+    with caplog.at_level("WARNING", logger="toolkit.extension"):
+        provider_client(make_provider(), tmp_path / "a", config=database).close()
+    assert "APTK_REQUEST_KEY is not set" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="toolkit.extension"):
+        provider_client(make_provider(), tmp_path / "b",
+                        config={**database, "APTK_REQUEST_KEY": "x" * 32}).close()
+        provider_client(make_provider(), tmp_path / "c").close()
+    assert "APTK_REQUEST_KEY" not in caplog.text
