@@ -133,8 +133,7 @@ class Toolkit:
 
 DATABASE_FILE = "aptk.db"
 OWN_FILES = (DATABASE_FILE, "aptk.db-wal", "aptk.db-shm", "aptk.db-journal", "aptk.db-writer.lock", "dev-signing-key.pem",
-             "request-key",
-             "gunicorn.ctl")
+             "request-key", "gunicorn.ctl")
 """What the toolkit itself keeps in a data directory (next to the bundled transfer provider's ``collections``)."""
 
 
