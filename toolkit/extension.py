@@ -121,9 +121,9 @@ class Toolkit:
         if self._store is None:
             _ = runtime.request_key  # made now: a data directory that cannot hold it stops start-up
             if setting(config, "APTK_DATABASE_URL") and not setting(config, "APTK_REQUEST_KEY"):
-                logger.warning("APTK_REQUEST_KEY is not set: the key of request digests is this host's (%s); "
-                               "hosts sharing the database need the same APTK_REQUEST_KEY for retries of a "
-                               "request_id to meet their action on another host", data_dir / "request-key")
+                logger.warning("APTK_REQUEST_KEY is not set: request digests in APTK_DATABASE_URL are plain "
+                               "SHA-256, which a copy of the database lets anyone test guesses of a request "
+                               "against; set the same APTK_REQUEST_KEY on every host sharing the database")
         if data_dir.is_dir():
             keep_private(data_dir)
         state = ToolkitState(runtime, verifier, data_dir, max_body)

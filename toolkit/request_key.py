@@ -2,9 +2,11 @@
 
 A request may carry a secret (a caller's mail password, say); a plain SHA-256 of it in the database would let
 anyone holding a copy of the database test guesses offline. The digest is therefore an HMAC-SHA256 keyed with
-``APTK_REQUEST_KEY`` when it is set (hosts that share one database set the same), else with 32 random bytes kept
-in the data directory (``request-key``, mode 0600), created on first use, read by every process that shares the
-data directory and kept across restarts.
+``APTK_REQUEST_KEY`` when it is set (hosts that share one database set the same), else, for the embedded
+database, with 32 random bytes kept in the data directory (``request-key``, mode 0600), created on first use, read
+by every process that shares the data directory and kept across restarts. A database given by
+``APTK_DATABASE_URL`` may be shared by several hosts, so without ``APTK_REQUEST_KEY`` its digests stay plain
+SHA-256 (and start-up warns).
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ def request_key(config: Mapping[str, Any]) -> bytes | None:
             raise ConfigurationError(f"APTK_REQUEST_KEY must be a secret of at least {KEY_BYTES} characters (e.g. "
                                      "the output of `openssl rand -hex 32`)")
         return value.strip().encode()
+    if setting(config, "APTK_DATABASE_URL"):
+        # A database of its own may be shared by hosts with data directories of their own: a key from one data
+        # directory would make a retry reaching another host a 409. Without a shared key, digests stay plain.
+        return None
     data_dir = config.get("APTK_DATA_DIR")
     return load_or_create_request_key(data_dir) if data_dir else None
 
