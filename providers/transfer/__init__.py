@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from toolkit import ActionFailed, ActionProvider, BadActionRequest, ConfigurationError, HookContext, RunContext
+from toolkit import Action, ActionFailed, ActionProvider, BadActionRequest, ConfigurationError, HookContext, RunContext
 from toolkit.settings import number, setting
 
 from providers.collections import (
@@ -45,6 +45,7 @@ from providers.collections.paths import PathOutsideCollection
 
 from .engine import Settings, Transfer
 from .permissions import Permissions, permission_errors
+from .progress import conclude
 from .request import INPUT_SCHEMA, normalize_request
 from .storage import LocalStorage, open_storage
 
@@ -153,8 +154,24 @@ def transfer(body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
                    authorize=permissions.denied if permissions.restricted else None,
                    open_storage=ctx.config.get(OPEN_STORAGE) or open_storage)
     denied = permissions.item_errors(request)
-    if denied:
-        first = denied[0]["error"]
-        description = first if len(denied) == 1 else f"{len(denied)} items need access you do not have; {first}"
-        raise ActionFailed("PermissionDenied", description, **{**job.details("FAILED"), "errors": denied})
-    return job.run()
+    try:
+        if denied:
+            first = denied[0]["error"]
+            description = first if len(denied) == 1 else f"{len(denied)} items need access you do not have; {first}"
+            raise ActionFailed("PermissionDenied", description, **{**job.details("FAILED"), "errors": denied})
+        return job.run()
+    except ActionFailed as exc:
+        if exc.extra.get("DATA_TYPE") == "task":  # the task document says how it ended, as the action does
+            conclude(exc.extra, "FAILED", exc.code, exc.description)
+        raise
+
+
+@provider.cancel
+def cancelled(action: Action, ctx: HookContext) -> None:
+    """A cancelled transfer's task document says so at once (status, fatal_error, completion_time), in the
+    answer to /cancel and in every status after it."""
+    if action.details.get("DATA_TYPE") != "task":
+        return
+    conclude(action.details, "FAILED", "ActionCancelled", action.details.get("description"),
+             now=action.completion_time)
+    ctx.store.update(action.action_id, where={"status": action.status}, details=action.details)

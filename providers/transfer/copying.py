@@ -166,6 +166,7 @@ class Copying:
             return
         with self._lock:
             self.errors.append(error)
+        self.counters.add(subtasks_failed=1)
         self.control.stop()
 
     def _worker(self) -> _Worker:

@@ -120,6 +120,7 @@ class Transfer:
         skipped = len(plan.skipped)
         self.counters.set(files=len(plan.tasks) + skipped, files_skipped=skipped, directories=plan.source_dirs)
         if plan.fatal:
+            self.counters.set(subtasks_failed=len(plan.fatal), subtasks_unplanned=len(plan.fatal))
             raise self._fail(plan.fatal)
         return plan
 

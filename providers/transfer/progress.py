@@ -16,7 +16,7 @@ from .errors import MAX_ERRORS_SHOWN, ItemError
 from .request import TransferRequest
 from .state import Done, DoneRecords
 
-__all__ = ["CHECKSUM_ALGORITHM", "Counters", "Progress", "Report"]
+__all__ = ["CHECKSUM_ALGORITHM", "Counters", "Progress", "Report", "conclude"]
 
 CHECKSUM_ALGORITHM = "sha256"
 PROGRESS_SECONDS = 1.0
@@ -43,7 +43,8 @@ class Counters:
         self.lock = threading.Lock()
         self.base = {
             "files": 0, "files_transferred": 0, "files_skipped": 0, "directories": 0, "bytes_transferred": 0,
-            "bytes_checksummed": 0, "faults": 0,
+            "bytes_checksummed": 0, "faults": 0, "subtasks_failed": 0,
+            "subtasks_unplanned": 0,  # failed items planning could not count among the files
         }
         if delete_destination_extra:
             self.base["files_deleted"] = 0
@@ -95,7 +96,8 @@ class Report:
         with self._lock:
             self.skipped.append(error)
 
-    def details(self, status: str) -> dict[str, Any]:
+    def details(self, status: str, code: str | None = None, description: str | None = None) -> dict[str, Any]:
+        """The task document now; for an action that ended, with the ``code`` and ``description`` it ends with."""
         counters = self.counters.totals()
         elapsed = max(time.time() - self.started, 1e-3)
         request = self.request
@@ -122,22 +124,62 @@ class Report:
             skip_source_errors=request.skip_source_errors,
             checksum_algorithm=CHECKSUM_ALGORITHM,
         )
+        failed = counters.pop("subtasks_failed")
+        unplanned = counters.pop("subtasks_unplanned")
         doc.update(counters)
         doc["effective_bytes_per_second"] = int(counters["bytes_transferred"] / elapsed)
         doc["request_time"] = _iso(self.started)
-        if status != "ACTIVE":
-            doc["completion_time"] = _iso(time.time())
+        if request.deadline is not None:
+            doc["deadline"] = _iso(request.deadline)
+        total = counters["files"] + unplanned
+        succeeded = counters["files_transferred"] + counters["files_skipped"]
+        doc.update(
+            subtasks_total=total, subtasks_succeeded=succeeded, subtasks_failed=failed, subtasks_canceled=0,
+            subtasks_expired=0, subtasks_pending=max(0, total - succeeded - failed),
+            nice_status="OK", is_ok=True,
+        )
         with self._lock:
             skipped = list(self.skipped)
         if skipped:
             doc["skipped_source_errors"] = [e.document() for e in skipped[:MAX_ERRORS_SHOWN]]
             doc["skipped_source_errors_count"] = len(skipped)
+        if status == "SUCCEEDED" or code is not None:
+            conclude(doc, status, code, description)  # a FAILED one without its code: the run callback does it
         return doc
 
     def display_status(self) -> str:
         c = self.counters.totals()
         done = c["files_transferred"] + c["files_skipped"]
         return f"{done}/{c['files']} files, {_human(c['bytes_transferred'])}"[:64]
+
+
+#: How a Globus task's ``fatal_error.code`` names an end that is not a failure of the copy itself.
+FATAL_CODES = {"ActionCancelled": "CANCELED", "DeadlineExceeded": "DEADLINE_EXCEEDED"}
+
+
+def conclude(doc: dict[str, Any], status: str, code: str | None = None, description: str | None = None,
+             now: float | None = None) -> dict[str, Any]:
+    """Make a task document (in place) say that the action ended ``status`` (``SUCCEEDED`` or ``FAILED``, with
+    ``code`` and ``description``), as a Globus task does: no ``nice_status`` and ``is_ok`` (Globus's null: no
+    document here carries null), ``fatal_error`` for a failure, ``completion_time``, and the files still pending
+    counted as canceled (or expired, at a deadline)."""
+    doc["status"] = status
+    doc.pop("nice_status", None)
+    doc.pop("is_ok", None)
+    if "completion_time" not in doc:
+        doc["completion_time"] = _iso(time.time() if now is None else now)
+    pending = doc.get("subtasks_pending") or 0
+    doc["subtasks_pending"] = 0
+    if status == "FAILED":
+        code = code or "TransferFailed"
+        fatal = FATAL_CODES.get(code, code)
+        doc["fatal_error"] = {"code": fatal, "description": description or code}
+        bucket = "subtasks_expired" if fatal == "DEADLINE_EXCEEDED" else "subtasks_canceled"
+        doc[bucket] = (doc.get(bucket) or 0) + pending
+    else:
+        doc.pop("fatal_error", None)
+        doc["subtasks_succeeded"] = (doc.get("subtasks_succeeded") or 0) + pending
+    return doc
 
 
 class Progress:

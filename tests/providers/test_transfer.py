@@ -16,6 +16,7 @@ import pytest
 
 from providers.collections import INBOX_ID, PROJECT_ID
 from providers.transfer.storage import LocalStorage
+from tests.conftest import no_nulls
 from toolkit import get_toolkit
 from toolkit.client import ClientError
 
@@ -331,6 +332,82 @@ def test_unknown_collections_and_bad_requests_are_400s(site):
             client.run(request)
         assert refused.value.status == 400, request
         assert expected in refused.value.description, (expected, refused.value.description)
+
+
+# --- the task document a flow reads -------------------------------------------------------------------------------
+
+SUBTASKS = ("subtasks_total", "subtasks_succeeded", "subtasks_failed", "subtasks_canceled", "subtasks_expired",
+            "subtasks_pending")
+
+
+def subtasks(details):
+    found = counts(details, *SUBTASKS)
+    assert found["subtasks_total"] == sum(v for k, v in found.items() if k != "subtasks_total"), found
+    return found
+
+
+def test_a_succeeded_task_document(site):
+    make_tree(site.roots["src"], {"d/a": 10, "d/b": 20, "d/c": 30})
+    deadline = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).replace(microsecond=0)
+    status = site.transfer().run(body("src", "dst", ("/d", "/d", True), deadline=deadline.isoformat()), wait=True)
+    details = status["details"]
+    assert (status["status"], details["status"]) == ("SUCCEEDED", "SUCCEEDED")
+    assert not {"nice_status", "is_ok", "fatal_error"} & set(details)  # Globus's nulls: left out here
+    assert no_nulls(status) == []
+    assert subtasks(details) == {"subtasks_total": 3, "subtasks_succeeded": 3, "subtasks_failed": 0,
+                                 "subtasks_canceled": 0, "subtasks_expired": 0, "subtasks_pending": 0}
+    assert details["deadline"] == deadline.isoformat().replace("+00:00", "Z")
+    assert details["completion_time"] >= details["request_time"]
+    assert abs(dt.datetime.fromisoformat(details["completion_time"].replace("Z", "+00:00")).timestamp()
+               - dt.datetime.fromisoformat(status["completion_time"].replace("Z", "+00:00")).timestamp()) < 2
+
+
+def test_an_active_then_cancelled_task_document_agrees_with_the_action(make_site):
+    site = make_site(APTK_TRANSFER_MAX_BYTES_PER_SECOND=100_000, APTK_TRANSFER_THREADS=1)
+    make_tree(site.roots["src"], {f"slow/{i}.bin": 50_000 for i in range(20)})
+    client = site.transfer()
+    action = client.run(body("src", "dst", ("/slow", "/slow", True)))["action_id"]
+    active = wait_for(lambda: (s := client.status(action))["details"].get("files_transferred", 0) > 0 and s)
+    details = active["details"]
+    assert (details["status"], details["nice_status"], details["is_ok"]) == ("ACTIVE", "OK", True)
+    assert not {"fatal_error", "completion_time", "deadline"} & set(details)
+    found = subtasks(details)
+    assert found["subtasks_total"] == 20 and found["subtasks_pending"] > 0
+    answer = client.cancel(action)
+    for status in (answer, client.status(action)):
+        details = status["details"]
+        assert (status["status"], details["status"]) == ("FAILED", "FAILED")
+        assert details["fatal_error"] == {"code": "CANCELED",
+                                          "description": "The action was cancelled at the caller's request."}
+        assert details["code"] == "ActionCancelled" and not {"nice_status", "is_ok"} & set(details)
+        assert details["completion_time"] and no_nulls(status) == []
+        found = subtasks(details)
+        assert found["subtasks_pending"] == 0 and found["subtasks_canceled"] > 0
+    time.sleep(0.5)  # the copy stopping changes nothing the cancel said
+    assert client.status(action)["details"] == answer["details"]
+
+
+def test_a_failed_task_document(site):
+    make_tree(site.roots["src"], {"here.txt": b"here"})
+    status = site.transfer().run(body("src", "dst", ("/here.txt", "/here.txt"), ("/missing.txt", "/missing.txt")),
+                                 wait=True)
+    details = status["details"]
+    assert (status["status"], details["status"]) == ("FAILED", "FAILED")
+    assert details["fatal_error"] == {"code": "SourceNotFound", "description": details["description"]}
+    assert not {"nice_status", "is_ok"} & set(details)
+    assert details["completion_time"] and no_nulls(status) == []
+    assert subtasks(details) == {"subtasks_total": 2, "subtasks_succeeded": 0, "subtasks_failed": 1,
+                                 "subtasks_canceled": 1, "subtasks_expired": 0, "subtasks_pending": 0}
+
+
+def test_a_deadline_counts_what_was_left_as_expired(make_site):
+    site = make_site(APTK_TRANSFER_MAX_BYTES_PER_SECOND=200_000, APTK_TRANSFER_THREADS=1)
+    make_tree(site.roots["src"], {f"slow/{i}.bin": 100_000 for i in range(10)})
+    deadline = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1.5)).isoformat()
+    details = site.transfer().run(body("src", "dst", ("/slow", "/slow", True), deadline=deadline), wait=True)["details"]
+    assert details["status"] == "FAILED" and details["fatal_error"]["code"] == "DEADLINE_EXCEEDED"
+    found = subtasks(details)
+    assert found["subtasks_expired"] > 0 and found["subtasks_succeeded"] == details["files_transferred"]
 
 
 # --- failing ----------------------------------------------------------------------------------------------------
