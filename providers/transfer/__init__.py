@@ -23,7 +23,8 @@ Settings (app config or environment):
 ``APTK_TRANSFER_MAX_BYTES_PER_SECOND``  bandwidth limit per transfer (0: none)                            ``0``
 ======================================  ================================================================  ==========
 
-Checksums are SHA-256.
+Checksums (``checksum_algorithm``, and an item's ``external_checksum``): MD5, ADLER32, SHA1, SHA256 (default),
+SHA512 (:mod:`providers.transfer.checksums`).
 """
 
 from __future__ import annotations
@@ -77,9 +78,10 @@ provider = _TransferProvider(
     title="Transfer",
     subtitle="Copy files and folders between collections",
     description=(
-        "Copies files and folders between collections (local disk, SFTP, S3): sync levels, SHA-256 "
-        "verification, preserved timestamps, deadlines, cancellation that stops the copy, resumption after a "
-        "crash, access rules on shared collections. Input as for the Globus transfer action provider."
+        "Copies files and folders between collections (local disk, SFTP, S3): sync levels, checksum "
+        "verification (MD5, ADLER32, SHA1, SHA256, SHA512), preserved timestamps, deadlines, cancellation that "
+        "stops the copy, resumption after a crash, access rules on shared collections. Input as for the Globus "
+        "transfer action provider."
     ),
     keywords=["transfer", "copy", "sync", "globus"],
     input_schema=INPUT_SCHEMA,

@@ -1,18 +1,18 @@
 """Copying the planned files: several at once, each streamed in bounded chunks, hashed, verified, recorded.
 
 See :func:`lanes` for how files are shared out among threads. Each thread streams its file in
-``APTK_TRANSFER_CHUNK_BYTES`` chunks (memory: threads x one chunk, whatever the file sizes), computing SHA-256 as
-it reads, and checks between chunks whether the action was cancelled, passed its deadline or another file
-failed, so that it stops within a chunk's time. With ``verify_checksum`` it then re-reads the destination (before
-the file gets its name, where the storage can) and compares; a mismatch recopies the file (``faults`` counts it),
-three times at most. Every finished file is recorded so that a rerun after a crash skips it.
+``APTK_TRANSFER_CHUNK_BYTES`` chunks (memory: threads x one chunk, whatever the file sizes), computing its checksum
+(``checksum_algorithm``) as it reads, and checks between chunks whether the action was cancelled, passed its
+deadline or another file failed, so that it stops within a chunk's time. With ``verify_checksum`` it then re-reads
+the destination (before the file gets its name, where the storage can) and compares; a mismatch recopies the file
+(``faults`` counts it), three times at most. Every finished file is recorded so that a rerun after a crash skips
+it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import logging
 import os
 import threading
@@ -22,6 +22,7 @@ from toolkit import RunContext
 
 from providers.collections import paths
 
+from . import checksums
 from .control import Control, Throttle
 from .errors import ItemError, Mismatch, Side, Stopped, on_destination, on_source
 from .planning import FileTask
@@ -241,7 +242,7 @@ class Copying:
                 == self._hash(worker, worker.dst, task.dst, on_destination, task))
 
     def _hash(self, worker: _Worker, storage: Storage, rel: str, side: Side, task: FileTask) -> str:
-        digest = hashlib.sha256()
+        digest = checksums.new(self.request.checksum_algorithm)
         reader = side(storage.open_read, task.src, task.dst, rel, self.settings.chunk_size)
         try:
             buffer = memoryview(worker.buffer)
@@ -266,7 +267,7 @@ class Copying:
         return digest.hexdigest()
 
     def _copy(self, task: FileTask, worker: _Worker, *, hashing: bool) -> tuple[str | None, FileStat | None, bool]:
-        """Copy one file: its SHA-256 (when ``hashing``), what was written (when the storage says), and whether
+        """Copy one file: its checksum (when ``hashing``), what was written (when the storage says), and whether
         it was verified already (read back before it got its name; :class:`Mismatch` if that failed)."""
         chunk = self.settings.chunk_size
         if self.settings.max_bytes_per_second:
@@ -278,7 +279,11 @@ class Copying:
         except BaseException:
             reader.close()
             raise
-        digest = hashlib.sha256() if hashing else None
+        digest = checksums.new(self.request.checksum_algorithm) if hashing else None
+        expected = task.item.external_checksum
+        external = None  # the external_checksum's own algorithm, when it is another
+        if expected is not None and task.item.checksum_algorithm != self.request.checksum_algorithm:
+            external = checksums.new(task.item.checksum_algorithm)
         try:
             if (digest is None and kernel_copy(writer) and has_descriptor(reader)
                     and task.size >= KERNEL_COPY_BYTES):
@@ -304,15 +309,16 @@ class Copying:
                         break
                     if digest is not None:
                         digest.update(data)
+                    if external is not None:
+                        external.update(data)
                     on_destination(writer.write, task.src, task.dst, data)
                     self.counters.add(bytes_transferred=n)
                     self.throttle.consume(n)
             self.control.checkpoint()
             hexdigest = digest.hexdigest() if digest is not None else None
-            expected = task.item.external_checksum
-            if expected is not None and hexdigest != expected:
-                raise ItemError("ChecksumMismatch", "The source's SHA-256 is not the external_checksum given",
-                                task.src, task.dst)
+            if expected is not None and (external or digest).hexdigest() != expected:  # type: ignore[union-attr]
+                raise ItemError("ChecksumMismatch", f"The source's {task.item.checksum_algorithm} is not the "
+                                "external_checksum given", task.src, task.dst)
             verified = False
             if self.request.verify_checksum and hexdigest is not None and reads_back(writer):
                 self._read_back(task, worker, writer, hexdigest)
@@ -329,7 +335,7 @@ class Copying:
         return hexdigest, writer.written if reports_written(writer) else None, verified
 
     def _read_back(self, task: FileTask, worker: _Worker, writer: ReadsBack, hexdigest: str) -> None:
-        check = hashlib.sha256()
+        check = checksums.new(self.request.checksum_algorithm)
         pieces = writer.read_back(memoryview(worker.buffer))
         while True:
             self.control.checkpoint()

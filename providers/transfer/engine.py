@@ -29,12 +29,12 @@ from .copying import Copying, Settings
 from .errors import ItemError, failure
 from .folders import delete_extra, make_folders
 from .planning import FileTask, Plan, Planner
-from .progress import CHECKSUM_ALGORITHM, Counters, Progress, Report
+from .progress import Counters, Progress, Report
 from .request import SYNC_NAMES, TransferRequest
 from .state import Done, DoneRecords
 from .storage import OpenStorage, Storage, open_storage
 
-__all__ = ["CHECKSUM_ALGORITHM", "FileTask", "ItemError", "Settings", "Transfer", "sync_level_name"]
+__all__ = ["FileTask", "ItemError", "Settings", "Transfer", "sync_level_name"]
 
 logger = logging.getLogger("providers.transfer")
 

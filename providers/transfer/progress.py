@@ -16,9 +16,8 @@ from .errors import MAX_ERRORS_SHOWN, ItemError
 from .request import TransferRequest
 from .state import Done, DoneRecords
 
-__all__ = ["CHECKSUM_ALGORITHM", "Counters", "Progress", "Report", "conclude"]
+__all__ = ["Counters", "Progress", "Report", "conclude"]
 
-CHECKSUM_ALGORITHM = "sha256"
 PROGRESS_SECONDS = 1.0
 FLUSH_SECONDS = 0.5
 
@@ -122,7 +121,7 @@ class Report:
             preserve_timestamp=request.preserve_timestamp,
             delete_destination_extra=request.delete_destination_extra,
             skip_source_errors=request.skip_source_errors,
-            checksum_algorithm=CHECKSUM_ALGORITHM,
+            checksum_algorithm=request.checksum_algorithm,
         )
         failed = counters.pop("subtasks_failed")
         unplanned = counters.pop("subtasks_unplanned")

@@ -16,6 +16,8 @@ from toolkit import BadActionRequest
 from providers.collections import paths
 from providers.collections.paths import PathOutsideCollection
 
+from . import checksums
+
 SYNC_LEVELS = {"exists": 0, "size": 1, "mtime": 2, "checksum": 3}
 SYNC_NAMES = {v: k for k, v in SYNC_LEVELS.items()}
 
@@ -33,9 +35,12 @@ _ITEM = {
                              "description": "Path in the destination collection; a trailing '/' on a file item "
                                             "means 'into this folder'."},
         "recursive": {"type": "boolean", "default": False, "description": "The source is a folder: copy it all."},
-        "external_checksum": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$",
-                              "description": "The source file's expected SHA-256 (hex); a mismatch fails the item."},
-        "checksum_algorithm": {"type": "string", "enum": ["SHA256", "sha256", "SHA-256", "sha-256"]},
+        "external_checksum": {"type": "string", "pattern": "^[0-9a-fA-F]{8,128}$",
+                              "description": "The source file's expected checksum (hex, in the item's "
+                                             "checksum_algorithm); a mismatch fails the item."},
+        "checksum_algorithm": {"type": "string", "minLength": 1, "maxLength": 16,
+                               "description": "The external_checksum's algorithm (default: the transfer's): MD5, "
+                                              "ADLER32, SHA1, SHA256 or SHA512."},
     },
 }
 _ITEMS = {"type": "array", "minItems": 1, "maxItems": 10000, "items": _ITEM}
@@ -79,8 +84,11 @@ INPUT_SCHEMA: dict[str, Any] = {
             ],
         },
         "verify_checksum": {"type": "boolean", "default": True,
-                            "description": "Re-read each file written and compare SHA-256 checksums; recopy on a "
+                            "description": "Re-read each file written and compare checksums; recopy on a "
                                            "mismatch."},
+        "checksum_algorithm": {"type": "string", "minLength": 1, "maxLength": 16,
+                               "description": "The checksum for verify_checksum and sync_level checksum: MD5, "
+                                              "ADLER32, SHA1, SHA256 (default) or SHA512."},
         "preserve_timestamp": {"type": "boolean", "default": False,
                                "description": "Give copies the source's modification time (not on S3)."},
         "skip_source_errors": {"type": "boolean", "default": False,
@@ -116,6 +124,7 @@ class Item:
     src: str  # normalized, relative to the source root
     dst: str
     external_checksum: str | None = None
+    checksum_algorithm: str = checksums.DEFAULT  # the external_checksum's
 
     @property
     def where(self) -> str:
@@ -142,6 +151,7 @@ class TransferRequest:
     delete_destination_extra: bool
     deadline: float | None
     filter_rules: tuple[FilterRule, ...]
+    checksum_algorithm: str = checksums.DEFAULT
 
 
 def _endpoint(body: dict[str, Any], side: str) -> str:
@@ -164,8 +174,19 @@ def parse_deadline(text: str) -> float:
     return value.timestamp()
 
 
+def _algorithm(value: Any, where: str, default: str) -> str:
+    if value is None:
+        return default
+    name = checksums.canonical(str(value))
+    if name is None:
+        raise BadActionRequest(f"{where}: {value!r} is not a checksum algorithm here; use one of "
+                               f"{', '.join(checksums.ALGORITHMS)}.")
+    return name
+
+
 def normalize_request(body: dict[str, Any]) -> TransferRequest:
     """The request in one form, or a 400 naming the offending field."""
+    algorithm = _algorithm(body.get("checksum_algorithm"), "checksum_algorithm", checksums.DEFAULT)
     source = _endpoint(body, "source")
     destination = _endpoint(body, "destination")
     if "transfer_items" in body and "DATA" in body:
@@ -186,9 +207,13 @@ def normalize_request(body: dict[str, Any]) -> TransferRequest:
         checksum = raw.get("external_checksum")
         if raw.get("checksum_algorithm") and not checksum:
             raise BadActionRequest(f"{where}.checksum_algorithm: given without external_checksum.")
+        item_algorithm = _algorithm(raw.get("checksum_algorithm"), f"{where}.checksum_algorithm", algorithm)
+        if checksum and len(checksum) != checksums.digest_length(item_algorithm):
+            raise BadActionRequest(f"{where}.external_checksum: a {item_algorithm} checksum has "
+                                   f"{checksums.digest_length(item_algorithm)} hex digits, not {len(checksum)}.")
         items.append(Item(index, field, raw["source_path"], raw["destination_path"], bool(raw.get("recursive")),
                           resolved["source_path"], resolved["destination_path"],
-                          checksum.lower() if checksum else None))
+                          checksum.lower() if checksum else None, item_algorithm))
     level = body.get("sync_level")
     if isinstance(level, str):
         level = SYNC_LEVELS[level]
@@ -205,4 +230,5 @@ def normalize_request(body: dict[str, Any]) -> TransferRequest:
         delete_destination_extra=bool(body.get("delete_destination_extra", False)),
         deadline=parse_deadline(deadline) if deadline else None,
         filter_rules=tuple(FilterRule(r["method"], r["name"], r.get("type")) for r in body.get("filter_rules", [])),
+        checksum_algorithm=algorithm,
     )

@@ -1,7 +1,7 @@
 """What a transfer has finished, kept in the toolkit's database so that a rerun after a crash skips it.
 
 Table ``aptk_transfer_done``: one row per destination file written *and verified* by an action (its size, the
-modification time it had once written, its SHA-256 when one was computed). A rerun of the action (a new attempt
+modification time it had once written, its checksum when one was computed). A rerun of the action (a new attempt
 after its process died) skips a file whose row still matches the destination. Rows go when the action ends;
 rows of actions that never ended (cancelled while a process was stopping, say) are purged after 31 days.
 """
@@ -26,7 +26,7 @@ done_table = sa.Table(
     sa.Column("path", sa.Text, primary_key=True),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("mtime", sa.Float),
-    sa.Column("checksum", sa.String(64)),
+    sa.Column("checksum", sa.String(128)),  # hex, up to SHA-512
     sa.Column("recorded_at", sa.Float, nullable=False, index=True),
 )
 

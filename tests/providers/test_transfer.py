@@ -52,7 +52,7 @@ def test_recursive_copy_with_verification_reports_a_globus_task(site):
         "bytes_checksummed": total, "faults": 0}
     assert details["DATA_TYPE"] == "task" and details["status"] == "SUCCEEDED" and details["label"] == "first"
     assert details["task_id"] == status["action_id"]
-    assert details["checksum_algorithm"] == "sha256"
+    assert details["checksum_algorithm"] == "SHA256"
     assert details["effective_bytes_per_second"] > 0
     assert not [p for p in (dst / "copies").rglob("*.part")]
 
@@ -197,6 +197,60 @@ def test_external_checksum_is_checked(site):
     bad = site.transfer().run({"source_endpoint_id": "src", "destination_endpoint_id": "dst",
                                "transfer_items": [item], "verify_checksum": False}, wait=True)
     assert (bad["status"], bad["details"]["code"]) == ("FAILED", "ChecksumMismatch")
+
+
+def digest_of(algorithm: str, data: bytes) -> str:
+    import hashlib
+    import zlib
+
+    if algorithm == "ADLER32":
+        return f"{zlib.adler32(data):08x}"
+    return hashlib.new(algorithm.lower(), data).hexdigest()
+
+
+@pytest.mark.parametrize("algorithm", ["MD5", "ADLER32", "SHA1", "SHA256", "SHA512"])
+def test_each_checksum_algorithm_verifies_checks_external_checksums_and_syncs(site, algorithm):
+    written = make_tree(site.roots["src"], {"c/a.bin": 300_000, "c/b.txt": b"bee"})
+    client = site.transfer()
+    request = body("src", "dst", ("/c/a.bin", "/c/a.bin"), ("/c/b.txt", "/c/b.txt"),
+                   checksum_algorithm=algorithm.lower() if algorithm == "MD5" else algorithm)
+    request["transfer_items"][0]["external_checksum"] = digest_of(algorithm, written["c/a.bin"])
+    status = client.run(request, wait=True)
+    assert status["status"] == "SUCCEEDED", status
+    assert status["details"]["checksum_algorithm"] == algorithm
+    assert tree(site.roots["dst"]) == written
+    assert status["details"]["bytes_checksummed"] == sum(len(v) for v in written.values())
+    (site.roots["dst"] / "c" / "b.txt").write_bytes(b"bed")  # same size, other content
+    again = client.run({**request, "sync_level": "checksum"}, wait=True)
+    assert counts(again["details"], "files_transferred", "files_skipped") == {"files_transferred": 1,
+                                                                           "files_skipped": 1}
+    assert (site.roots["dst"] / "c" / "b.txt").read_bytes() == b"bee"
+    right = digest_of(algorithm, written["c/a.bin"])
+    request["transfer_items"][0]["external_checksum"] = ("1" if right[0] == "0" else "0") + right[1:]
+    failed = client.run(request, wait=True)
+    assert (failed["status"], failed["details"]["code"]) == ("FAILED", "ChecksumMismatch"), failed
+    assert algorithm in failed["details"]["errors"][0]["error"]
+
+
+def test_an_item_may_give_its_external_checksum_in_another_algorithm(site):
+    written = make_tree(site.roots["src"], {"x.bin": 5000})
+    request = body("src", "dst", ("/x.bin", "/x.bin"), checksum_algorithm="SHA1")
+    request["transfer_items"][0].update(external_checksum=digest_of("ADLER32", written["x.bin"]),
+                                        checksum_algorithm="adler32")
+    assert site.transfer().run(request, wait=True)["status"] == "SUCCEEDED"
+    request["transfer_items"][0]["external_checksum"] = digest_of("SHA1", written["x.bin"])
+    with pytest.raises(ClientError) as refused:  # a SHA-1 is no ADLER32
+        site.transfer().run(request)
+    assert refused.value.status == 400
+    assert "transfer_items[0].external_checksum: a ADLER32 checksum has 8 hex digits, not 40" in str(refused.value)
+
+
+def test_an_unknown_checksum_algorithm_is_a_400_naming_the_accepted_ones(site):
+    with pytest.raises(ClientError) as refused:
+        site.transfer().run(body("src", "dst", ("/a", "/a"), checksum_algorithm="CRC32"))
+    assert refused.value.status == 400
+    assert "checksum_algorithm: 'CRC32' is not a checksum algorithm here; use one of MD5, ADLER32, SHA1, SHA256, " \
+           "SHA512." in str(refused.value)
 
 
 def test_preserve_timestamp_delete_extra_and_filter_rules(site):

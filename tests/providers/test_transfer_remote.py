@@ -98,6 +98,38 @@ def test_copy_verify_and_sync_rerun_against_a_real_server(make_site, tmp_path, r
     assert again["details"]["bytes_checksummed"] == 2 * total
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["MD5", "ADLER32", "SHA1", "SHA256", "SHA512"])
+@pytest.mark.parametrize("direction", ["upload", "download"])
+def test_each_checksum_algorithm_against_a_real_server(make_site, tmp_path, remote, direction, algorithm):
+    from .test_transfer import digest_of
+
+    local = local_collection("local", tmp_path / "local")
+    site = make_site([local, remote.collection], APTK_TRANSFER_CHUNK_BYTES=1 << 20)
+    files = {"run/big.bin": (2 << 20) + 7, "run/b.txt": b"bee"}
+    if direction == "upload":
+        written = make_tree(tmp_path / "local", files)
+        source, destination = "local", remote.kind
+    else:
+        written = remote.put(files)
+        source, destination = remote.kind, "local"
+    request = body(source, destination, ("/run/big.bin", "/out/big.bin"), ("/run/b.txt", "/out/b.txt"),
+                   checksum_algorithm=algorithm, verify_checksum=True)
+    request["transfer_items"][0]["external_checksum"] = digest_of(algorithm, written["run/big.bin"])
+    client = site.transfer()
+    status = client.run(request, wait=True, timeout=60)
+    assert status["status"] == "SUCCEEDED", status
+    assert status["details"]["checksum_algorithm"] == algorithm
+    copied = remote.tree("out") if direction == "upload" else tree(tmp_path / "local" / "out")
+    assert copied == {"big.bin": written["run/big.bin"], "b.txt": b"bee"}
+    again = client.run({**request, "sync_level": "checksum"}, wait=True, timeout=60)
+    assert (again["details"]["files_skipped"], again["details"]["bytes_transferred"]) == (2, 0), again
+    right = request["transfer_items"][0]["external_checksum"]
+    request["transfer_items"][0]["external_checksum"] = ("1" if right[0] == "0" else "0") + right[1:]
+    wrong = client.run(request, wait=True, timeout=60)
+    assert (wrong["status"], wrong["details"]["code"]) == ("FAILED", "ChecksumMismatch"), wrong
+
+
 def test_between_the_two_servers(make_site, sftp_location, s3_location, monkeypatch):
     sftp = Remote("sftp", sftp_location, monkeypatch)
     s3 = Remote("s3", s3_location, monkeypatch)
