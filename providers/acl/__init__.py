@@ -8,7 +8,8 @@ Input as for the Globus set/manage permission action provider::
     {"operation": "DELETE", "endpoint_id": "<collection>", "rule_id": "<access_id>"}
     {"operation": "LIST",   "endpoint_id": "<collection>"}
 
-``principal_type`` is ``identity``, ``group`` or ``all_authenticated_users`` (no ``principal`` then); a principal is
+``principal_type`` is ``identity``, ``group``, ``all_authenticated_users`` or ``anonymous`` (no ``principal`` for
+these two; ``anonymous`` is public read: ``r`` only, for every caller, with an identity or without); a principal is
 a UUID or its URN, or, for callers the server names without a UUID, ``urn:aptk:subject:<name>`` /
 ``urn:aptk:group:<name>``. ``permissions`` is ``r`` or ``rw``; a rule covers its path and everything beneath it. CREATE
 answers ``details.access_id`` (the rule id, a UUID); LIST answers ``details.DATA``, the rules. Creating a rule that
@@ -30,7 +31,7 @@ from toolkit import RunContext
 from providers.collections import Collection, find_collection, paths, served_collections
 from providers.collections import rules as store
 from providers.collections.paths import PathOutsideCollection
-from providers.collections.rules import PERMISSIONS, PRINCIPAL_TYPES
+from providers.collections.rules import ANONYMOUS, PERMISSIONS, PRINCIPAL_TYPES
 
 __all__ = ["provider"]
 
@@ -42,7 +43,8 @@ INPUT_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["operation", "endpoint_id"],
     "description": (
-        "CREATE needs path, principal_type, principal (not for all_authenticated_users) and permissions; UPDATE "
+        "CREATE needs path, principal_type, principal (not for all_authenticated_users and anonymous) and "
+        "permissions (r only for anonymous); UPDATE "
         "needs rule_id and permissions; DELETE needs rule_id; LIST needs only endpoint_id."
     ),
     "properties": {
@@ -53,7 +55,8 @@ INPUT_SCHEMA: dict[str, Any] = {
                  "description": "A folder of the collection, from its root ('/shared/run1/')."},
         "principal_type": {"type": "string", "enum": list(PRINCIPAL_TYPES)},
         "principal": {"type": "string", "maxLength": 128,
-                      "description": "An identity or group UUID, or a principal URN; empty for all_authenticated_users."},
+                      "description": "An identity or group UUID, or a principal URN; empty for "
+                                     "all_authenticated_users and anonymous."},
         "permissions": {"type": "string", "enum": list(PERMISSIONS)},
         "rule_id": {"type": "string", "minLength": 1, "maxLength": 64,
                     "description": "The access_id CREATE answered (for UPDATE and DELETE)."},
@@ -102,6 +105,12 @@ def _rule_path(path: str) -> str:
         raise BadActionRequest(f"path: {exc.path!r} {exc.reason}.") from None
 
 
+def _public_read_only(principal_type: str, permissions: str) -> None:
+    if principal_type == ANONYMOUS and permissions != "r":
+        raise BadActionRequest("permissions: an anonymous rule grants public read ('r') only; grant 'rw' to "
+                               "all_authenticated_users, a group or an identity.")
+
+
 @provider.check
 def check_request(body: dict[str, Any], ctx: HookContext) -> None:
     engine = ctx.store.engine
@@ -120,6 +129,7 @@ def check_request(body: dict[str, Any], ctx: HookContext) -> None:
             )
         path = _rule_path(body["path"])
         principal = _principal(body["principal_type"], body.get("principal"))
+        _public_read_only(body["principal_type"], body["permissions"])
         existing = store.find_rule(engine, collection.id, path, body["principal_type"], principal)
         if existing is not None and existing.permissions != body["permissions"]:
             raise BadActionRequest(
@@ -133,6 +143,8 @@ def check_request(body: dict[str, Any], ctx: HookContext) -> None:
             raise BadActionRequest(
                 f"rule_id: there is no rule {body['rule_id']!r} on the collection {collection.display_name!r}."
             )
+        if operation == "UPDATE":
+            _public_read_only(rule.principal_type, body["permissions"])
 
 
 @provider.run
@@ -153,6 +165,7 @@ def manage(body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         try:
             path = _rule_path(body["path"])
             principal = _principal(body["principal_type"], body.get("principal"))
+            _public_read_only(body["principal_type"], body["permissions"])
         except BadActionRequest as exc:
             raise ActionFailed("BadRequest", exc.description) from None
         rule, created = store.create_rule(engine, collection.id, path, body["principal_type"], principal,
@@ -175,6 +188,8 @@ def manage(body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     if current is None or current.collection_id != collection.id:
         raise ActionFailed("RuleNotFound", f"There is no rule {rule_id!r} on this collection (any more).")
     if operation == "UPDATE":
+        if current.principal_type == ANONYMOUS and body["permissions"] != "r":
+            raise ActionFailed("BadRequest", "An anonymous rule grants public read ('r') only.")
         updated = store.update_rule(engine, rule_id, body["permissions"])
         if updated is None:
             raise ActionFailed("RuleNotFound", f"The rule {rule_id!r} was deleted meanwhile.")

@@ -1,7 +1,8 @@
 """Access rules on collection paths, kept in the toolkit's database (table ``aptk_acl_rules``).
 
 A rule grants ``r`` (read) or ``rw`` (read and write) on a path of a collection, and everything beneath it, to an
-identity, a group or all authenticated users. Paths are stored as ``/a/b/`` (``/`` for the whole collection).
+identity, a group or all authenticated users; or ``r`` to anyone at all (``anonymous``: public read, whether or not
+the caller has an identity). Paths are stored as ``/a/b/`` (``/`` for the whole collection).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 
 from sqlalchemy.exc import IntegrityError
 
-from toolkit.documents import ALL_AUTHENTICATED_USERS, GROUP_PREFIX, IDENTITY_PREFIX, normalize_principal
+from toolkit.documents import ALL_AUTHENTICATED_USERS, GROUP_PREFIX, IDENTITY_PREFIX, PUBLIC, normalize_principal
 from toolkit.store import create_tables
 
 metadata = sa.MetaData()
@@ -38,17 +39,21 @@ rules_table = sa.Table(
     sa.Index("aptk_acl_rules_collection", "collection_id"),
 )
 
-PRINCIPAL_TYPES = ("identity", "group", "all_authenticated_users")
+ANONYMOUS = "anonymous"
+PRINCIPAL_TYPES = ("identity", "group", ALL_AUTHENTICATED_USERS, ANONYMOUS)
 PERMISSIONS = ("r", "rw")
+#: Principal types that name no one in particular: their rules have an empty ``principal``.
+EVERYONE = {ALL_AUTHENTICATED_USERS: ALL_AUTHENTICATED_USERS, ANONYMOUS: PUBLIC}
 
 
 def stored_principal(principal_type: str, principal: str | None) -> str:
     """The principal as a rule stores it: a lower-case UUID, a principal URN of another form
     (``urn:aptk:subject:<name>``, ``urn:aptk:group:<name>``, as the server's verifier names callers without a UUID),
-    or '' for all_authenticated_users. :class:`ValueError` says why a principal cannot be one of ``principal_type``."""
-    if principal_type == ALL_AUTHENTICATED_USERS:
-        if principal not in (None, "", ALL_AUTHENTICATED_USERS):
-            raise ValueError("must be empty for principal_type all_authenticated_users")
+    or '' for all_authenticated_users and anonymous. :class:`ValueError` says why a principal cannot be one of
+    ``principal_type``."""
+    if principal_type in EVERYONE:
+        if principal not in (None, "", principal_type):
+            raise ValueError(f"must be empty for principal_type {principal_type}")
         return ""
     if not principal:
         raise ValueError(f"is required for principal_type {principal_type}")
@@ -72,8 +77,8 @@ class Rule:
     @functools.cached_property
     def principal_urn(self) -> str:
         """Whom the rule is for, in the form callers are named in (a UUID is stored bare, other URNs whole)."""
-        if self.principal_type == ALL_AUTHENTICATED_USERS:
-            return ALL_AUTHENTICATED_USERS
+        if self.principal_type in EVERYONE:
+            return EVERYONE[self.principal_type]
         return normalize_principal(self.principal, self.principal_type)
 
     def grants(self, need: str) -> bool:
@@ -179,6 +184,8 @@ def delete_rule(engine: sa.Engine, rule_id: str) -> bool:
 
 
 def allowed(rules: Iterable[Rule], rule_key: str, principals: Iterable[str], need: str) -> bool:
-    """True if some rule gives one of ``principals`` ``need`` (``r`` or ``rw``) on the path ``rule_key``."""
+    """True if some rule gives one of ``principals`` (or anyone: ``anonymous``) ``need`` (``r`` or ``rw``) on the
+    path ``rule_key``."""
     mine = set(principals)
+    mine.add(PUBLIC)
     return any(r.principal_urn in mine and r.grants(need) and r.covers(rule_key) for r in rules)

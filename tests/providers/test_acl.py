@@ -163,6 +163,69 @@ def test_all_authenticated_users_rule(site):
     assert status["status"] == "SUCCEEDED", status
 
 
+ROBOT = "55555555-5555-4555-8555-555555555555"
+
+
+def test_an_anonymous_rule_is_public_read_for_callers_with_an_identity_or_without(site):
+    make_tree(site.roots["shared"], {"pub/readme.txt": b"hello", "private/x.txt": b"x"})
+    make_tree(site.roots["src"], {"in.txt": b"in"})
+    read = body("shared", "dst", ("/pub/readme.txt", "/readme.txt"))
+    for caller in (ROBOT, OTHER):
+        assert site.transfer(caller).run(read, wait=True)["details"]["code"] == "PermissionDenied"
+    rule = create(site, "/pub/", "anonymous", "", "r")
+    listed = site.acl().run({"operation": "LIST", "endpoint_id": "shared"})["details"]["DATA"]
+    assert [(r["principal_type"], r["principal"], r["permissions"]) for r in listed] == [("anonymous", "", "r")]
+    for caller in (ROBOT, OTHER):
+        status = site.transfer(caller).run(read, wait=True)
+        assert status["status"] == "SUCCEEDED", status
+        outside = site.transfer(caller).run(body("shared", "dst", ("/private/x.txt", "/x.txt")), wait=True)
+        assert outside["details"]["code"] == "PermissionDenied"
+        write = site.transfer(caller).run(body("src", "shared", ("/in.txt", "/pub/in.txt")), wait=True)
+        assert write["details"]["code"] == "PermissionDenied"  # public read is no public write
+    assert not (site.roots["shared"] / "pub" / "in.txt").exists()
+    error = refused(site.acl(), {"operation": "UPDATE", "endpoint_id": "shared", "rule_id": rule["access_id"],
+                                 "permissions": "rw"})
+    assert (error.status, error.code) == (400, "BadActionRequest")
+    assert "anonymous rule grants public read ('r') only" in error.description
+    error = refused(site.acl(), {"operation": "CREATE", "endpoint_id": "shared", "path": "/drop/",
+                                 "principal_type": "anonymous", "permissions": "rw"})
+    assert (error.status, "public read ('r') only" in error.description) == (400, True)
+    error = refused(site.acl(), {"operation": "CREATE", "endpoint_id": "shared", "path": "/pub/",
+                                 "principal_type": "anonymous", "principal": USER, "permissions": "r"})
+    assert (error.status, error.description) == (400, "principal: must be empty for principal_type anonymous.")
+    site.acl().run({"operation": "DELETE", "endpoint_id": "shared", "rule_id": rule["access_id"]})
+    assert site.transfer(ROBOT).run(read, wait=True)["details"]["code"] == "PermissionDenied"
+
+
+def test_an_anonymous_rule_needs_no_principal_at_all_the_others_do(site):
+    from providers.collections import load_collections
+    from providers.collections.rules import list_rules
+    from providers.transfer import Permissions
+    from toolkit import get_toolkit
+
+    engine = get_toolkit(site.app).runtime.store.engine
+    shared = next(c for c in load_collections(site.app.config) if c.name == "shared")
+    create(site, "/pub/", "anonymous", "", "r")
+    create(site, "/all/", "all_authenticated_users", "", "r")
+    assert len(list_rules(engine, shared.id)) == 2
+    nobody = Permissions(engine, shared, shared, frozenset())  # a caller the server knows no principal of
+    assert nobody.denied("source", "pub/readme.txt") is None
+    assert nobody.denied("source", "all/readme.txt") is not None
+    assert nobody.denied("destination", "pub/readme.txt") is not None
+
+
+def test_an_all_authenticated_users_rule_lets_any_caller_write(site):
+    make_tree(site.roots["src"], {"in.txt": b"in"})
+    for caller in (ROBOT, OTHER):
+        write = body("src", "shared", ("/in.txt", f"/drop/{caller[:5]}.txt"))
+        assert site.transfer(caller).run(write, wait=True)["details"]["code"] == "PermissionDenied"
+    create(site, "/drop/", "all_authenticated_users", "", "rw")
+    for caller in (ROBOT, OTHER):
+        write = body("src", "shared", ("/in.txt", f"/drop/{caller[:5]}.txt"))
+        assert site.transfer(caller).run(write, wait=True)["status"] == "SUCCEEDED"
+    assert sorted(p.name for p in (site.roots["shared"] / "drop").iterdir()) == ["44444.txt", "55555.txt"]
+
+
 def test_a_non_shared_collection_needs_no_rule(site):
     make_tree(site.roots["src"], {"a.txt": b"a"})
     assert site.transfer(OTHER).run(body("src", "dst", ("/a.txt", "/a.txt")), wait=True)["status"] == "SUCCEEDED"
