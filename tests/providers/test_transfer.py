@@ -858,3 +858,35 @@ def test_making_and_listing_folders_stop_at_the_check_between_levels(deep, tmp_p
     assert 40 <= len(seen) <= 50
     storage.close()
     assert len(os.listdir("/proc/self/fd")) == open_before
+
+
+# --- a Globus flow, unchanged but for its URLs ----------------------------------------------------------------------
+
+
+def _readme_json_blocks(heading: str) -> list:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split(heading, 1)[1].split("\n### ", 1)[0]
+    return [json.loads(block.split("```", 1)[0]) for block in section.split("```json\n")[1:]]
+
+
+def test_the_readme_flow_runs_with_globus_uuids_by_changing_only_urls(make_site, tmp_path):
+    flow, collections = _readme_json_blocks("### Running an existing Globus flow by changing only URLs")
+    for entry in collections:
+        entry["url"] = entry["url"].replace("file:///srv/", f"file://{tmp_path}/")
+        Path(entry["url"][len("file://"):]).mkdir()
+    site = make_site(collections)
+    owner = collections[1]["owners"][0]
+    written = make_tree(site.roots["instrument"], {"run1/a.dat": 5000, "run1/sub/b.dat": 300})
+    states = flow["States"]
+    assert states["Copy"]["ActionUrl"].endswith("/transfer") and states["Share"]["ActionUrl"].endswith(
+        "/manage_permission")
+    copy = site.transfer(owner).run(states["Copy"]["Parameters"], wait=True)
+    assert (copy["status"], copy["details"]["status"]) == ("SUCCEEDED", "SUCCEEDED"), copy
+    assert copy["details"]["checksum_algorithm"] == "MD5" and copy["details"]["files_transferred"] == 2
+    assert copy["details"]["destination_endpoint_id"] == states["Copy"]["Parameters"]["destination_endpoint_id"]
+    assert tree(site.roots["project"] / "shared") == written
+    share = site.acl(owner).run(states["Share"]["Parameters"], wait=True)
+    assert share["status"] == "SUCCEEDED" and share["details"]["access_id"], share
+    reader = site.transfer(USER).run(body(collections[1]["id"], "instrument", ("/shared/run1", "/back", True)),
+                                     wait=True)
+    assert reader["status"] == "SUCCEEDED", reader
