@@ -15,8 +15,11 @@ a UUID or its URN, or, for callers the server names without a UUID, ``urn:aptk:s
 answers ``details.access_id`` (the rule id, a UUID); LIST answers ``details.DATA``, the rules. Creating a rule that
 exists already (same path and principal, same permissions) answers the existing ``access_id``.
 
-Only the collection's owners may manage its rules: anyone else gets a 403 at ``/run``. An unknown collection or
-rule id, a collection that is not shared, a path leaving the collection are 400s. The provider is synchronous:
+Only the collection's owners may manage its rules: for anyone else the action ends FAILED with ``PermissionDenied``,
+as a transfer the caller may not do does (one way for a flow to catch both: ``ActionFailedException``; a 403 at
+``/run`` means only that the caller may not use the provider at all, ``runnable_by``). For an owner, an unknown
+collection or rule id, a collection that is not shared, a path leaving the collection are 400s; for anyone, an
+unknown collection and input that can never be valid are. The provider is synchronous:
 ``/run`` answers SUCCEEDED (or FAILED) at once. Rules live in the toolkit's database; the transfer provider
 enforces them.
 """
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from toolkit import ActionFailed, ActionProvider, ApiError, BadActionRequest, ForbiddenRequest, HookContext
+from toolkit import ActionFailed, ActionProvider, ApiError, BadActionRequest, HookContext
 from toolkit import RunContext
 
 from providers.collections import Collection, find_collection, paths, served_collections
@@ -116,9 +119,7 @@ def check_request(body: dict[str, Any], ctx: HookContext) -> None:
     engine = ctx.store.engine
     collection = _collection(ctx.config, body["endpoint_id"])
     if not collection.is_owner(ctx.identity.principals):
-        raise ForbiddenRequest(
-            f"Only the owners of the collection {collection.display_name!r} may manage its access rules."
-        )
+        return  # the action ends FAILED, PermissionDenied; nothing about its rules is told to a non-owner here
     operation = body["operation"]
     if operation == "CREATE":
         _require(body, "path", "principal_type", "permissions")
@@ -154,7 +155,8 @@ def manage(body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     except ApiError as exc:
         raise ActionFailed(exc.code, exc.description) from None
     if not collection.is_owner(ctx.principals):
-        raise ActionFailed("PermissionDenied", "Only the collection's owners may manage its access rules.")
+        raise ActionFailed("PermissionDenied", f"Only the owners of the collection {collection.display_name!r} may "
+                                               "manage its access rules.")
     engine = ctx.store.engine
     operation = body["operation"]
     resource = f"/endpoint/{collection.id}/access"

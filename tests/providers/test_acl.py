@@ -58,11 +58,26 @@ def test_only_owners_manage_rules(site):
                      "principal": USER, "permissions": "rw"},
                     {"operation": "UPDATE", "endpoint_id": "shared", "rule_id": rule_id, "permissions": "rw"},
                     {"operation": "DELETE", "endpoint_id": "shared", "rule_id": "no-such-rule"}):
-        error = refused(stranger, request)
-        assert (error.status, error.code) == (403, "ForbiddenRequest"), request
+        status = stranger.run(request)
+        assert (status["status"], status["details"]["code"]) == ("FAILED", "PermissionDenied"), request
+        assert status["details"]["description"] == "Only the owners of the collection 'shared' may manage its " \
+                                                   "access rules."
+    listed = site.acl().run({"operation": "LIST", "endpoint_id": "shared"})["details"]
+    assert [r["permissions"] for r in listed["DATA"]] == ["r"]  # nothing a stranger asked for happened
     # Membership of a group that does not own the collection changes nothing.
     member = site.client(OTHER, "/acl", groups=(GROUP,))
-    assert refused(member, {"operation": "LIST", "endpoint_id": "shared"}).status == 403
+    assert member.run({"operation": "LIST", "endpoint_id": "shared"})["details"]["code"] == "PermissionDenied"
+
+
+def test_what_a_caller_may_not_do_ends_failed_the_same_way_in_acl_and_transfer(site):
+    # One way for a flow to catch it: the action is created and ends FAILED with PermissionDenied (in a flow:
+    # ActionFailedException), never a 403 at /run.
+    make_tree(site.roots["shared"], {"private/x.txt": b"x"})
+    transfer = site.transfer(USER).run(body("shared", "dst", ("/private/x.txt", "/x.txt")), wait=True)
+    acl = site.acl(USER).run({"operation": "CREATE", "endpoint_id": "shared", "path": "/private/",
+                              "principal_type": "identity", "principal": USER, "permissions": "r"}, wait=True)
+    for status in (transfer, acl):
+        assert (status["status"], status["details"]["code"]) == ("FAILED", "PermissionDenied"), status
 
 
 def test_an_owner_group_member_may_manage(make_site, tmp_path):
@@ -262,7 +277,8 @@ def test_owners_written_in_any_case_own_the_collection(make_site, tmp_path):
     assert listed["status"] == "SUCCEEDED", listed
     member = site.acl(OTHER, groups=(GROUP,)).run({"operation": "LIST", "endpoint_id": "shared"})
     assert member["status"] == "SUCCEEDED", member
-    assert refused(site.acl(USER), {"operation": "LIST", "endpoint_id": "shared"}).status == 403
+    stranger = site.acl(USER).run({"operation": "LIST", "endpoint_id": "shared"})
+    assert (stranger["status"], stranger["details"]["code"]) == ("FAILED", "PermissionDenied")
     written = site.transfer(OWNER).run(body("src", "shared", ("/a.txt", "/a.txt")), wait=True)
     assert written["status"] == "SUCCEEDED", written
 

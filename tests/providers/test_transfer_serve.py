@@ -160,10 +160,9 @@ def test_the_readme_walkthrough_over_the_default_collections(tmp_path, servers):
             "transfer_items": [{"source_path": "/run1", "destination_path": "/from-project", "recursive": True}]}
     refused = server.wait(user, server.run(user, "transfer", read, "4")["action_id"])
     assert (refused["status"], refused["details"]["code"]) == ("FAILED", "PermissionDenied")
-    forbidden = server.call(user, "POST", "/acl/run", json={"request_id": "5", "body": {
-        "operation": "CREATE", "endpoint_id": "project", "path": "/run1/", "principal_type": "identity",
-        "principal": USER, "permissions": "r"}})
-    assert forbidden.status_code == 403
+    forbidden = server.run(user, "acl", {"operation": "CREATE", "endpoint_id": "project", "path": "/run1/",
+                                         "principal_type": "identity", "principal": USER, "permissions": "r"}, "5")
+    assert (forbidden["status"], forbidden["details"]["code"]) == ("FAILED", "PermissionDenied")
     granted = server.run(owner, "acl", {"operation": "CREATE", "endpoint_id": "project", "path": "/run1/",
                                         "principal_type": "identity", "principal": USER, "permissions": "r"}, "6")
     assert granted["status"] == "SUCCEEDED" and granted["details"]["access_id"]
