@@ -29,6 +29,8 @@ SHA512 (:mod:`providers.transfer.checksums`).
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any, Mapping
 
 from toolkit import Action, ActionFailed, ActionProvider, BadActionRequest, ConfigurationError, HookContext, RunContext
@@ -45,12 +47,15 @@ from providers.collections import (
 from providers.collections.paths import PathOutsideCollection
 
 from .engine import Settings, Transfer
+from .folders import remove_partials
 from .permissions import Permissions, permission_errors
 from .progress import conclude
 from .request import INPUT_SCHEMA, normalize_request
 from .storage import LocalStorage, open_storage
 
 __all__ = ["OPEN_STORAGE", "Permissions", "permission_errors", "provider", "settings_from"]
+
+logger = logging.getLogger("providers.transfer")
 
 #: App config key: a function ``collection -> Storage`` that replaces :func:`providers.transfer.storage.open_storage`
 #: for an app's transfers (storage of its own, or a test's).
@@ -177,3 +182,22 @@ def cancelled(action: Action, ctx: HookContext) -> None:
     conclude(action.details, "FAILED", "ActionCancelled", action.details.get("description"),
              now=action.completion_time)
     ctx.store.update(action.action_id, where={"status": action.status}, details=action.details)
+    # Partial files of an attempt whose process died (kill -9) have no run left to remove them: go now.
+    threading.Thread(target=_remove_partials, args=(action, dict(ctx.config)), daemon=True,
+                     name=f"aptk-transfer-partials-{action.action_id[:12]}").start()
+
+
+def _remove_partials(action: Action, config: Mapping[str, Any]) -> None:
+    try:
+        request = normalize_request(action.body)
+        destination = _find(_collections(config), request.destination_endpoint, "destination_endpoint_id")
+        storage = (config.get(OPEN_STORAGE) or open_storage)(destination)
+    except Exception:
+        logger.exception("action %s: cannot look for its partial files", action.action_id)
+        return
+    try:
+        removed = remove_partials(storage, request, action.action_id[:12])
+        if removed:
+            logger.info("action %s: removed %d partial file(s) after its cancel", action.action_id, removed)
+    finally:
+        storage.close()

@@ -27,7 +27,7 @@ from providers.collections import Collection, CollectionError
 from .control import Control
 from .copying import Copying, Settings
 from .errors import ItemError, failure
-from .folders import delete_extra, make_folders
+from .folders import delete_extra, make_folders, remove_partials
 from .planning import FileTask, Plan, Planner
 from .progress import Counters, Progress, Report
 from .request import SYNC_NAMES, TransferRequest
@@ -95,14 +95,26 @@ class Transfer:
             details = self.details("SUCCEEDED")
         except ActionCancelled:
             self.control.stop()
+            self._remove_partials(dst)
             raise  # records stay: the process may be stopping, and the action may run again elsewhere
         except ActionFailed:
             self.records.clear()
+            self._remove_partials(dst)
             raise
         finally:
             self._close()
         self.records.clear()
         return details
+
+    def _remove_partials(self, dst: Storage) -> None:
+        """What this action's attempts left half-written (an earlier, killed one's too) goes when it ends."""
+        try:
+            removed = remove_partials(dst, self.request, self.token)
+        except Exception:  # pragma: no cover - best effort
+            logger.exception("removing partial files failed")
+            return
+        if removed:
+            logger.info("action %s: removed %d partial file(s)", self.ctx.action_id, removed)
 
     def _connect(self) -> tuple[Storage, Storage]:
         try:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 from toolkit import ActionCancelled, ActionFailed, RunContext
+
+from providers.collections import paths
 
 from .errors import ItemError, destination_error
 from .planning import Plan, excluded_by
 from .progress import Counters
 from .request import TransferRequest
 from .storage import Storage
+from .storage.base import temp_name
 
-__all__ = ["delete_extra", "make_folders"]
+__all__ = ["delete_extra", "make_folders", "remove_partials"]
+
+logger = logging.getLogger("providers.transfer")
 
 Fail = Callable[[list[ItemError]], ActionFailed]
 
@@ -70,3 +76,40 @@ def delete_extra(ctx: RunContext, request: TransferRequest, dst: Storage, plan: 
                 counters.add(files_deleted=1)
         if extra:
             ctx.log(f"Deleted {len(extra)} item(s) under {item.destination_path} not in the source.")
+
+
+def remove_partials(dst: Storage, request: TransferRequest, token: str) -> int:
+    """Remove the partial files (``.<name>.aptk-<token>.part``) this transfer's attempts left in its destination,
+    a killed one's too; how many. Best effort: what cannot be listed or removed is logged and left."""
+    suffix = temp_name("", token)[1:]  # ".aptk-<token>.part"
+    found: list[str] = []
+    for item in request.items:
+        try:
+            if item.recursive:
+                stat = dst.stat(item.dst)
+                if stat is None or stat.kind != "dir":
+                    continue
+                for entry in dst.walk(item.dst, follow_links=False):
+                    name = paths.name(entry.rel)
+                    if entry.stat is not None and entry.stat.kind == "file" and name.startswith(".") \
+                            and name.endswith(suffix):
+                        found.append(entry.rel)
+            else:
+                candidates = [paths.join(paths.parent(item.dst), temp_name(paths.name(item.dst), token)),
+                              paths.join(item.dst, temp_name(paths.name(item.src), token))]
+                for rel in candidates:
+                    stat = dst.stat(rel)
+                    if stat is not None and stat.kind == "file":
+                        found.append(rel)
+        except Exception as exc:  # a folder in the way, a path that is not one: nothing of ours there
+            logger.debug("looking for partial files under %s: %s", item.dst, exc)
+    removed = 0
+    for rel in found:
+        try:
+            dst.remove(rel, "file")
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except Exception:
+            logger.exception("removing the partial file %s failed", rel)
+    return removed

@@ -199,3 +199,50 @@ def test_deep_paths_cost_round_trips_in_proportion_to_their_depth(make_site, tmp
     down = client.run(body(remote.kind, "local", ("/deep", "/back", True)), wait=True, timeout=120)
     assert down["status"] == "SUCCEEDED", down
     assert tree(tmp_path / "local" / "back") == {rel[len("tree/"):]: data for rel, data in written.items()}
+
+
+@pytest.mark.parametrize("ending", ["cancel", "deadline"])
+@pytest.mark.parametrize("where", ["local", "sftp"])
+def test_partial_files_go_when_an_action_ends_unfinished(make_site, tmp_path, request, monkeypatch, where, ending):
+    # A killed attempt leaves its hidden partial file behind (on SFTP, or on a local disk without O_TMPFILE); the
+    # action ending unfinished (a cancel, a deadline) removes it, and the partial of the file being copied.
+    import datetime as dt
+    import time
+
+    from .conftest import local_storage, wait_for
+
+    collections = [local_collection("local", tmp_path / "local")]
+    if where == "sftp":
+        remote = Remote("sftp", request.getfixturevalue("sftp_location"), monkeypatch)
+        collections.append(remote.collection)
+        out = remote.location.local / "out"
+        config = {}
+    else:
+        collections.append(local_collection("disk", tmp_path / "disk"))
+        out = tmp_path / "disk" / "out"
+        config = local_storage(anonymous_files=False)
+    destination = collections[1]["name"]
+    site = make_site(collections, APTK_TRANSFER_MAX_BYTES_PER_SECOND=100_000, APTK_TRANSFER_THREADS=1,
+                     APTK_TRANSFER_CHUNK_BYTES=16384, **config)
+    make_tree(tmp_path / "local", {f"slow/{i}.bin": 100_000 for i in range(20)})
+    options = {}
+    if ending == "deadline":
+        options["deadline"] = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=3)).isoformat()
+    client = site.transfer()
+    action = client.run(body("local", destination, ("/slow", "/out", True), **options))["action_id"]
+    suffix = f".aptk-{action[:12]}.part"
+
+    def partials():
+        return sorted(p.name for p in out.rglob("*") if p.name.endswith(suffix)) if out.exists() else []
+
+    wait_for(lambda: partials(), timeout=10)  # the file being copied
+    (out / f".19.bin{suffix}").write_bytes(b"left by a killed attempt")
+    (out / ".someone-else.aptk-000000000000.part").write_bytes(b"not this action's")
+    assert len(partials()) == 2
+    if ending == "cancel":
+        client.cancel(action)
+    final = client.wait(action, timeout=20, max_interval=0.2)
+    assert final["status"] == "FAILED"
+    wait_for(lambda: not partials(), timeout=5)
+    time.sleep(0.2)
+    assert partials() == [] and (out / ".someone-else.aptk-000000000000.part").exists()
