@@ -1,26 +1,24 @@
 #!/usr/bin/env python
-"""The transfer provider against `cp -r` and `rsync -c`, measured in the same run on the same disk.
+"""The transfer provider against the tools it replaces, measured in the same pass on the same disk.
 
-    .venv/bin/python bench/transfer.py                    # 1 GiB of large files, 10,000 files of 4 KiB
-    .venv/bin/python bench/transfer.py --large-mib 256 --small-files 2000 --dir /var/tmp
+    .venv/bin/python bench/transfer.py                    # the three ratios, 3 alternating runs each
+    .venv/bin/python bench/transfer.py --large-mib 256 --small-files 2000 --repeat 5 --dir /var/tmp
 
-Three cases, each timed for the provider and for the baseline, alternately:
+Three ratios (provider time / baseline time), each from alternating runs (baseline, provider, baseline, ...):
 
-1. **large files**: ``--large-files`` files (default 8) making ``--large-mib`` (default 1024 MiB) in all,
-   ``cp -r`` against a transfer (``verify_checksum`` true: SHA-256 while reading, then the copy re-read and
-   checked; and false: a plain kernel copy);
-2. **small files**: ``--small-files`` (default 10,000) files of ``--small-kib`` (default 4) KiB in 100 folders,
-   the same;
-3. **checksum rerun**: the destination already holds identical copies; ``rsync -r -c`` against a transfer with
-   ``sync_level: checksum`` (both read every byte on both sides and copy nothing), for both data sets.
+1. ``--small-files`` (default 10,000) files of ``--small-kib`` (default 4) KiB in 100 folders, a transfer with
+   ``verify_checksum`` against ``cp -r``;
+2. that tree again, the destination already identical: a transfer with ``sync_level: checksum`` (every file hashed
+   on both sides, nothing copied) against ``rsync -r -c`` (install rsync to run it);
+3. one file of ``--large-mib`` (default 1024) MiB, a transfer with ``verify_checksum`` against ``cp`` then
+   ``sha256sum`` of the copy.
 
-The provider runs in this process behind the real HTTP API (``toolkit.testing``: token checks, validation, the
-SQLite store, progress writes), local collection to local collection, with its default settings (8 threads,
-8 MiB chunks). A transfer's time runs from ``POST /run`` until ``/status`` says SUCCEEDED (polled every 20 ms).
-Page cache: the source is read once before timing; ``sync`` runs (untimed) before each measurement so that one
-run's dirty pages are not written back during the next; every copy goes to a new folder (no deletion just before
-a measurement). Times are the best of ``--repeat`` (default 2). Needs about 4 x ``--large-mib`` per repeat of
-free space.
+Printed: the best and the median time of each, and their ratios, with the load average before and after (other
+work on the machine skews both sides, not the same way). The provider runs in this process behind the real HTTP
+API (``toolkit.testing``: token checks, validation, the SQLite store, progress writes), local collection to local
+collection, with its default settings. A transfer's time runs from ``POST /run`` until ``/status`` says SUCCEEDED
+(polled every 20 ms). The source is read once before timing; ``sync`` runs (untimed) before each measurement;
+every copy goes to a new folder.
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,68 +118,94 @@ class Provider:
         self.app.extensions["aptk"].runtime.stop()
 
 
+def make_large(root: Path, mib: int) -> None:
+    block = os.urandom(8 << 20)
+    root.mkdir(parents=True)
+    with open(root / "one.bin", "wb") as f:
+        for n in range((mib << 20) // len(block)):
+            f.write(n.to_bytes(8, "little") + block[8:])
+
+
+def summary(times: list[float]) -> tuple[float, float]:
+    return min(times), statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", default=None, help="where to put the data (default: the system temp dir)")
-    parser.add_argument("--large-files", type=int, default=8)
     parser.add_argument("--large-mib", type=int, default=1024)
     parser.add_argument("--small-files", type=int, default=10_000)
     parser.add_argument("--small-kib", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     args = parser.parse_args()
 
     rsync = shutil.which("rsync")
     work = Path(tempfile.mkdtemp(prefix="aptk-bench-transfer-", dir=args.dir))
     src, dst, base = work / "src", work / "dst", work / "baseline"
-    print(f"data in {work}; cpu count {os.cpu_count()}; python {sys.version.split()[0]}", flush=True)
+    print(f"data in {work}; cpu count {os.cpu_count()}; python {sys.version.split()[0]}; "
+          f"load average before {os.getloadavg()[0]:.1f}", flush=True)
     provider = None
-    results: list[tuple[str, float, str, float]] = []
+    rows: list[tuple[str, list[float], str, list[float]]] = []
     try:
-        make_data(src, args.large_files, args.large_mib, args.small_files, args.small_kib)
+        make_data(src, 1, 1, args.small_files, args.small_kib)
+        make_large(src / "big", args.large_mib)
         read_all(src)
         dst.mkdir()
         base.mkdir()
         provider = Provider(work)
+        small = f"{args.small_files} x {args.small_kib} KiB"
 
-        # Every copy goes to a folder never used before: deleting a tree just before a copy makes the copy pay
-        # for the deletion (the filesystem's journal, discards), whichever tool runs after it.
-        for name, label in (("large", f"{args.large_files} files, {args.large_mib} MiB"),
-                            ("small", f"{args.small_files} files of {args.small_kib} KiB")):
-            best_cp = best_verify = best_plain = float("inf")
-            for run in range(args.repeat):
-                best_cp = min(best_cp, timed(["cp", "-r", str(src / name), str(base / f"{name}-{run}")]))
-                elapsed, details = provider.run(f"/{name}", f"/{name}-{run}", verify_checksum=True)
-                best_verify = min(best_verify, elapsed)
-                best_plain = min(best_plain, provider.run(f"/{name}", f"/{name}-{run}-plain",
-                                                          verify_checksum=False)[0])
-            assert details["files_transferred"] == (args.large_files if name == "large" else args.small_files)
-            results.append((f"{label}: cp -r", best_cp, "transfer, verify_checksum", best_verify))
-            results.append((f"{label}: cp -r", best_cp, "transfer, no verification", best_plain))
-            # Both sides hold identical copies: a checksum rerun finds nothing to do.
-            if rsync:
-                best_rsync = best_sync = float("inf")
-                for _ in range(args.repeat):
-                    best_rsync = min(best_rsync, timed([rsync, "-r", "-c", f"{src / name}/", f"{base / name}-0/"]))
-                    elapsed, details = provider.run(f"/{name}", f"/{name}-0", sync_level="checksum")
-                    assert details["files_transferred"] == 0 and details["bytes_transferred"] == 0, details
-                    best_sync = min(best_sync, elapsed)
-                results.append((f"{label}: rsync -r -c (nothing changed)", best_rsync,
-                                "transfer, sync_level checksum", best_sync))
-            print(".", end="", flush=True)
-        print()
+        cp, ours = [], []
+        for run in range(args.repeat):
+            cp.append(timed(["cp", "-r", str(src / "small"), str(base / f"small-{run}")]))
+            elapsed, details = provider.run("/small", f"/small-{run}", verify_checksum=True)
+            assert details["files_transferred"] == args.small_files, details
+            ours.append(elapsed)
+        rows.append((f"{small}: cp -r", cp, "transfer, verified", ours))
+
+        if rsync:
+            base_rsync, ours = [], []
+            for _ in range(args.repeat):
+                base_rsync.append(timed([rsync, "-r", "-c", f"{src / 'small'}/", f"{base / 'small-0'}/"]))
+                elapsed, details = provider.run("/small", "/small-0", sync_level="checksum")
+                assert details["files_transferred"] == 0 and details["files_skipped"] == args.small_files, details
+                assert details["bytes_checksummed"] == 2 * args.small_files * args.small_kib * 1024, details
+                ours.append(elapsed)
+            rows.append((f"{small}, nothing changed: rsync -r -c", base_rsync, "transfer, sync_level checksum",
+                         ours))
+
+        cp_sum, ours = [], []
+        for run in range(args.repeat):
+            copy = base / f"big-{run}"
+            copy.mkdir()
+            settle()
+            started = time.perf_counter()
+            subprocess.run(["cp", str(src / "big" / "one.bin"), str(copy / "one.bin")], check=True)
+            subprocess.run(["sha256sum", str(copy / "one.bin")], check=True, stdout=subprocess.DEVNULL)
+            cp_sum.append(time.perf_counter() - started)
+            elapsed, details = provider.run("/big", f"/big-{run}", verify_checksum=True)
+            assert details["bytes_checksummed"] == args.large_mib << 20, details  # the copy, re-read
+            ours.append(elapsed)
+        rows.append((f"{args.large_mib} MiB file: cp + sha256sum", cp_sum, "transfer, verified", ours))
     finally:
         if provider is not None:
             provider.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    width = max(len(r[0]) for r in results)
-    print(f"\n{'baseline':<{width}}  {'s':>7}   {'provider':<28} {'s':>7}   ratio (provider / baseline)")
-    for baseline, b_seconds, ours, o_seconds in results:
-        print(f"{baseline:<{width}}  {b_seconds:7.2f}   {ours:<28} {o_seconds:7.2f}   {o_seconds / b_seconds:5.2f}x")
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'baseline':<{width}}  {'best':>6} {'median':>6}   {'provider':<30} {'best':>6} {'median':>6}   "
+          "ratio best, median")
+    for baseline, b_times, ours_label, o_times in rows:
+        b_best, b_median = summary(b_times)
+        o_best, o_median = summary(o_times)
+        print(f"{baseline:<{width}}  {b_best:6.2f} {b_median:6.2f}   {ours_label:<30} {o_best:6.2f} {o_median:6.2f}   "
+              f"{o_best / b_best:5.2f}x {o_median / b_median:5.2f}x")
+    print(f"\n{args.repeat} alternating runs each; load average after {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cpus")
     if not rsync:
-        print("\nrsync is not installed: the checksum-rerun comparison was skipped "
+        print("rsync is not installed: the checksum-rerun comparison was skipped "
               "(Debian/Ubuntu: apt-get install rsync).")
 
 
