@@ -89,6 +89,10 @@ def _load_config_file(path: Path) -> dict[str, Any]:
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="gunicorn workers.")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256), help="Threads per worker.")
+@click.option("--provider", "providers", multiple=True, metavar="NAME",
+              help="Serve only this installed provider (repeatable); default: every installed one.")
+@click.option("--app", "app_spec", metavar="MODULE:APP",
+              help="Serve this Flask app of your own (or app factory) instead, with the same server settings.")
 @data_dir_option
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A JSON or TOML file of APTK_* settings.")
@@ -99,15 +103,20 @@ def _load_config_file(path: Path) -> dict[str, Any]:
 @click.option("--introspection-url", help="RFC 7662 endpoint, if not discovered (APTK_AUTH_INTROSPECTION_URL).")
 @click.option("--client-id", help="This provider's client id, for introspection (APTK_AUTH_CLIENT_ID).")
 @click.option("--groups-claim", help="Claim holding group ids (APTK_AUTH_GROUPS_CLAIM); default groups.")
-def serve(host: str, port: int, workers: int, threads: int, data_dir: Path, config_file: Path | None,
-          **auth: str | None) -> None:
-    """Serve every bundled provider (hello at /hello) with gunicorn.
+def serve(host: str, port: int, workers: int, threads: int, providers: tuple[str, ...], app_spec: str | None,
+          data_dir: Path, config_file: Path | None, **auth: str | None) -> None:
+    """Serve every installed provider (entry-point group aptk.providers), each at /NAME, with gunicorn.
 
     The client secret is read from APTK_AUTH_CLIENT_SECRET (or the --config file), never from the command line.
     """
-    from .extension import get_toolkit
-    from .server import create_app, private_umask, serve as run_server
+    import os
 
+    from .extension import find_toolkit
+    from .registry import load as load_providers
+    from .server import create_app, load_app, private_umask, serve as run_server
+
+    if app_spec and providers:
+        raise click.UsageError("--app serves your own app; --provider selects installed ones: give one of them.")
     private_umask()  # everything this server creates in the data directory is the user's alone
     config: dict[str, Any] = _load_config_file(config_file) if config_file else {}
     try:
@@ -116,6 +125,9 @@ def serve(host: str, port: int, workers: int, threads: int, data_dir: Path, conf
         raise click.ClickException(str(exc)) from None
     config.update({f"APTK_AUTH_{k.upper()}" if k != "auth" else "APTK_AUTH": v for k, v in auth.items() if v})
     config["APTK_DATA_DIR"] = str(data_dir)
+    if app_spec:
+        # An app of one's own reads its settings where the toolkit does, so they reach it through the environment.
+        os.environ.update({k: str(v) for k, v in config.items() if v is not None})
     # Build the app once before the workers start: a wrong setting stops here, with its name.
     try:
         make_data_dir(data_dir)
@@ -123,14 +135,17 @@ def serve(host: str, port: int, workers: int, threads: int, data_dir: Path, conf
             load_or_create_dev_key(data_dir)
         except OSError as exc:
             raise ConfigurationError(f"cannot write the dev signing key in {data_dir}: {exc.strerror or exc}") from None
-        app = create_app(config)
-        _open_database(get_toolkit(app).runtime.store)
+        app = load_app(app_spec) if app_spec else create_app(config, providers=load_providers(providers))
+        state = find_toolkit(app)
+        if state is not None:
+            _open_database(state.runtime.store)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"aptk: data in {data_dir}; providers at http://{host}:{port}/", err=True)
     if (config.get("APTK_AUTH") or "dev") == "dev":
         click.echo(f"aptk: get a token with: aptk token --data-dir {data_dir} --identity <uuid>", err=True)
-    run_server(host=host, port=port, workers=workers, threads=threads, config=config)
+    run_server(host=host, port=port, workers=workers, threads=threads, config=config, providers=providers,
+               app=app_spec)
 
 
 def _open_database(store: Any) -> None:
@@ -151,7 +166,7 @@ def _open_database(store: Any) -> None:
 @click.option("--identity", callback=_uuid, help="Dev token: the identity UUID it speaks for.")
 @click.option("--group", "groups", multiple=True, callback=_uuid, help="Dev token: a group UUID (repeatable).")
 @click.option(
-    "--scope", "scopes", multiple=True, help="A scope (repeatable); dev default: the scope of every bundled provider."
+    "--scope", "scopes", multiple=True, help="A scope (repeatable); dev default: the scope of every installed provider."
 )
 @click.option("--expires", default="1h", show_default=True, help="Dev token lifetime: 3600, 30m, 12h, 7d or PT1H.")
 @click.option("--username", default=None, help="Dev token: a username to carry.")
@@ -176,9 +191,12 @@ def token(identity: str | None, groups: tuple[str, ...], scopes: tuple[str, ...]
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     if not scopes:
-        from providers import bundled
+        from .registry import load as load_providers
 
-        scopes = tuple(p.globus_auth_scope for _, p in bundled())
+        try:
+            scopes = tuple(p.globus_auth_scope for _, p in load_providers())
+        except ConfigurationError as exc:
+            raise click.ClickException(f"{exc}; or name the scopes with --scope") from None
     click.echo(
         mint_dev_token(
             key, identity, groups=groups, scopes=scopes, expires_in=_duration_seconds(expires), username=username

@@ -1,4 +1,4 @@
-"""The app that serves the bundled providers, and the gunicorn application behind ``aptk serve``."""
+"""The app that serves the installed providers, and the gunicorn application behind ``aptk serve``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any, Iterable, Mapping
 from flask import Flask, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 
-from .extension import Toolkit, get_toolkit
+from .errors import ConfigurationError
+from .extension import Toolkit, find_toolkit, get_toolkit
 from .provider import ActionProvider
 from .settings import number
 
@@ -35,7 +36,8 @@ def create_app(
     providers: Iterable[tuple[str, ActionProvider]] | None = None,
     **toolkit_options: Any,
 ) -> Flask:
-    """A Flask app serving ``providers`` (default: every bundled provider) at their URL prefixes.
+    """A Flask app serving ``providers`` (default: every installed provider, see :mod:`toolkit.registry`) at
+    their URL prefixes.
 
     ``config`` sets ``APTK_*`` keys (see :mod:`toolkit.extension`); ``toolkit_options`` go to :class:`Toolkit`.
     """
@@ -47,9 +49,9 @@ def create_app(
     # Read by the workers of `aptk serve` (toolkit.worker); a wrong value stops start-up here, not a worker later.
     number(app.config, "APTK_REQUEST_READ_TIMEOUT", DEFAULT_READ_TIMEOUT, positive=True)
     if providers is None:
-        from providers import bundled
+        from .registry import load
 
-        providers = bundled()
+        providers = load()
     mounted = []
     for prefix, provider in providers:
         app.register_blueprint(provider.blueprint(url_prefix=prefix))
@@ -97,8 +99,11 @@ def serve(
     workers: int = 2,
     threads: int = 8,
     config: Mapping[str, Any] | None = None,
+    providers: Iterable[str] = (),
+    app: str | None = None,
 ) -> None:
-    """Run the bundled providers under gunicorn until interrupted (Ctrl-C stops it cleanly).
+    """Run the installed providers (or those named in ``providers``; or the Flask app ``app``, given as
+    ``module:attribute``) under gunicorn until interrupted (Ctrl-C stops it cleanly).
 
     Requests are read whole by each worker's event loop before a thread runs them
     (:class:`toolkit.worker.BufferingWorker`), so slow clients hold no thread.
@@ -106,6 +111,7 @@ def serve(
     from gunicorn.app.base import BaseApplication
 
     private_umask()
+    selected = list(providers)
 
     class Application(BaseApplication):
         def load_config(self) -> None:
@@ -127,21 +133,46 @@ def serve(
                 self.cfg.set(key, value)
 
         def load(self) -> Flask:
-            return create_app(config)
+            if app is not None:
+                return load_app(app)
+            from .registry import load
+
+            return create_app(config, providers=load(selected))
 
     Application().run()
+
+
+def load_app(spec: str) -> Flask:
+    """The Flask app named by ``module:attribute`` (an app, or a factory called without arguments)."""
+    import importlib
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"--app {spec!r}: give it as module:attribute, e.g. my_provider.app:app")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+        if not isinstance(target, Flask) and callable(target):
+            target = target()
+    except Exception as exc:
+        raise ConfigurationError(f"--app {spec!r} cannot be loaded: {type(exc).__name__}: {exc}") from None
+    if not isinstance(target, Flask):
+        raise ConfigurationError(f"--app {spec!r} is a {type(target).__name__}, not a Flask app")
+    return target
 
 
 def _worker_started(worker: Any) -> None:
     # Ctrl-C reaches the whole process group; the master then stops each worker gracefully. A worker that
     # also handled SIGINT itself could deadlock in its own shutdown (seen with gthread workers).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    start_runtime(worker.wsgi)
+    if find_toolkit(worker.wsgi) is not None:  # an author's own app (--app) may hold no toolkit at all
+        start_runtime(worker.wsgi)
 
 
 def _stop_quietly(worker: Any) -> None:
     app = getattr(worker, "wsgi", None)
-    if isinstance(app, Flask):
+    if isinstance(app, Flask) and find_toolkit(app) is not None:
         try:
             # Let short callbacks finish rather than hand them over; well within gunicorn's graceful_timeout.
             stop_runtime(app, grace=SHUTDOWN_GRACE_SECONDS)

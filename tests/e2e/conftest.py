@@ -15,16 +15,16 @@ from .support import HELLO_SCOPE, Api, Server
 
 @pytest.fixture
 def start_server(tmp_path_factory):
-    """start_server(workers=3, env={...}, tokens={name: token_command kwargs}) -> a running Server on a new
+    """start_server(workers=3, env={...}, tokens={name: token_command kwargs}, args=[more aptk serve options]) -> a running Server on a new
     data dir, its tokens in ``server.minted``; all are stopped at teardown.
 
     server.start() again (after it stopped) serves the same data dir on a new port.
     """
     servers: list[Server] = []
 
-    def start(*, workers: int = 3, env: dict[str, str] | None = None, tokens=None) -> Server:
+    def start(*, workers: int = 3, env: dict[str, str] | None = None, tokens=None, args=()) -> Server:
         base = tmp_path_factory.mktemp("aptk")
-        server = Server(base / "data", base, workers=workers, env=env)
+        server = Server(base / "data", base, workers=workers, env=env, args=args)
         servers.append(server)
         return server.start(tokens)
 

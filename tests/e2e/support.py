@@ -39,8 +39,10 @@ def free_port() -> int:
 class Server:
     """One `aptk serve` process group on a data directory."""
 
-    def __init__(self, data_dir: Path, log_dir: Path, *, workers: int = 3, env: dict[str, str] | None = None):
+    def __init__(self, data_dir: Path, log_dir: Path, *, workers: int = 3, env: dict[str, str] | None = None,
+                 args: Iterable[str] = ()):
         self.data_dir = data_dir
+        self.args = list(args)
         self.log_dir = log_dir
         self.workers = workers
         # The developer's own APTK_* settings must not leak into the server under test.
@@ -75,7 +77,7 @@ class Server:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.process = subprocess.Popen(
                 [APTK, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port),
-                 "--workers", str(self.workers)],
+                 "--workers", str(self.workers), *self.args],
                 stdout=out,
                 stderr=err,
                 stdin=subprocess.DEVNULL,
