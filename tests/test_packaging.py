@@ -49,6 +49,11 @@ def test_wheel_keeps_templates_inside_the_toolkit(tmp_path):
     shipped = {n.removeprefix("toolkit/templates/") for n in names if n.startswith("toolkit/templates/")}
     expected = {str(p.relative_to(ROOT / "templates")) for p in (ROOT / "templates").rglob("*") if p.is_file()}
     assert shipped == expected
+    # The project template of `aptk new` too, every file of it.
+    template = ROOT / "cookiecutter"
+    shipped = {n.removeprefix("toolkit/cookiecutter/") for n in names if n.startswith("toolkit/cookiecutter/")}
+    assert shipped == {str(p.relative_to(template)) for p in template.rglob("*") if p.is_file()
+                       and "__pycache__" not in p.parts}
 
 
 def test_lazy_names_and_all_agree():

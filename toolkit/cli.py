@@ -236,6 +236,56 @@ def _client_credentials_token(client_id: str, client_secret: str | None, issuer:
     return answer["access_token"]
 
 
+# --- scaffolding ---------------------------------------------------------------------------------------------
+
+TEMPLATE = Path(__file__).resolve().parent / "cookiecutter"
+"""The project template `aptk new` renders (the repository's cookiecutter/ directory, shipped in the package)."""
+
+
+@main.command()
+@click.argument("name")
+@click.option("--provider-name", help="The provider's name and URL prefix; default: NAME in lower case, with _.")
+@click.option("--title", help="The provider's title; default: NAME.")
+@click.option("--synchronous/--asynchronous", default=False, show_default=True,
+              help="Whether /run answers with the finished action.")
+@click.option("--field", "fields", multiple=True, metavar="NAME:TYPE",
+              help="An input field (repeatable; string, integer, number, boolean); default message:string.")
+@click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Where the project directory is created.")
+@click.option("--interactive", is_flag=True, help="Ask every question of the template, with these as defaults.")
+def new(name: str, provider_name: str | None, title: str | None, synchronous: bool, fields: tuple[str, ...],
+        output_dir: Path, interactive: bool) -> None:
+    """Create a provider project NAME from the toolkit's cookiecutter template: a package, tests that pass,
+    a pyproject, a README, gunicorn.conf.py and a CI script."""
+    try:
+        from cookiecutter.exceptions import CookiecutterException, FailedHookException
+        from cookiecutter.main import cookiecutter
+    except ImportError:
+        raise click.ClickException(
+            "aptk new needs the cookiecutter library: pip install 'action-provider-toolkit[scaffold]'"
+        ) from None
+    context: dict[str, Any] = {"project_name": name, "synchronous": "yes" if synchronous else "no"}
+    if provider_name:
+        context["provider_name"] = provider_name
+    if title:
+        context["title"] = title
+    if fields:
+        context["input_fields"] = ",".join(fields)
+    import logging
+
+    logging.getLogger("cookiecutter").setLevel(logging.CRITICAL)  # its tracebacks; the hook says what is wrong
+    try:
+        created = cookiecutter(str(TEMPLATE), no_input=not interactive, extra_context=context,
+                               output_dir=str(output_dir))
+    except FailedHookException:
+        raise click.ClickException("the template refused these answers (see above)") from None
+    except (CookiecutterException, OSError) as exc:
+        raise click.ClickException(str(exc).removeprefix("Error: ")) from None
+    click.echo(created)
+    click.echo(f"aptk: next: cd {created} && python3 -m venv .venv && .venv/bin/pip install -e '.[test]' "
+               "&& .venv/bin/pytest", err=True)
+
+
 # --- client commands ---------------------------------------------------------------------------------------
 
 url_argument = click.argument("url")
