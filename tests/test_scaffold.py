@@ -171,5 +171,12 @@ def test_a_generated_project_installs_passes_its_tests_and_serves(tmp_path):
                              env={**env, "APTK_TOKEN": token}, capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stderr
         assert '"received": {\n      "text": "hi"\n    }' in run.stdout
+        other = subprocess.run([str(bin_dir / "aptk"), "token", "--data-dir", str(data), "--identity",
+                                str(uuid.uuid4())], env=env, capture_output=True, text=True, check=True,
+                               timeout=60).stdout.strip()
+        check = subprocess.run([str(bin_dir / "aptk"), "check", url, "--other-token", other],
+                               env={**env, "APTK_TOKEN": token}, capture_output=True, text=True, timeout=120)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "19 passed, 0 failed, 0 warning, 0 skipped" in check.stdout
     finally:
         stop(served)

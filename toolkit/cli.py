@@ -516,5 +516,39 @@ def list_actions(url: str, token: str, statuses: tuple[str, ...], roles: tuple[s
     _calling(each)
 
 
+@main.command()
+@url_argument
+@token_option
+@click.option("--other-token", envvar="APTK_OTHER_TOKEN", default=None,
+              help="A second identity's token ($APTK_OTHER_TOKEN), for the checks across identities.")
+@click.option("--body", "body_text", default=None,
+              help="A valid action body, as JSON (or @file.json); default: generated from the input schema.")
+@click.option("--format", "output_format", type=click.Choice(["text", "json", "junit"]), default="text",
+              show_default=True, help="The report: readable text, JSON, or JUnit XML for CI.")
+@click.option("--wait", "wait_seconds", default="30s", show_default=True,
+              help="How long to wait for the checks' action to complete (for release).")
+def check(url: str, token: str, other_token: str | None, body_text: str | None, output_format: str,
+          wait_seconds: str) -> None:
+    """Check that the provider at URL follows the Action Provider API: its documents, codes and errors.
+
+    Exit code 0 when every required check passes (warnings are only recommended), 1 when one fails.
+    """
+    from .conformance import Checker, render_json, render_junit, render_text
+
+    body = _body(body_text) if body_text is not None else None
+    if body is not None and not isinstance(body, dict):
+        raise click.BadParameter("the body must be a JSON object", param_hint="--body")
+    checker = Checker(url, token, other_token=other_token, body=body, wait=_duration_seconds(wait_seconds))
+    results = checker.run()
+    if output_format == "json":
+        _print(render_json(url, results))
+    elif output_format == "junit":
+        click.echo(render_junit(url, results))
+    else:
+        click.echo(render_text(url, results))
+    if any(r.outcome == "failed" for r in results):
+        raise _Failed(f"{url} does not conform: " + ", ".join(r.name for r in results if r.outcome == "failed"))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
