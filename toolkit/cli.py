@@ -298,8 +298,39 @@ def _client(url: str, token: str) -> "ActionProviderClient":
     return ActionProviderClient(url, token)
 
 
+def output_options(fn: Any) -> Any:
+    """``--format`` and ``--jmespath`` for a command that prints a document (read by :func:`_print`)."""
+    import functools
+
+    from .formatting import FORMATS
+
+    @click.option("--format", "output_format", type=click.Choice(FORMATS), default=None,
+                  help="Output: json (default), text for people, unix for shell pipelines (see README).")
+    @click.option("--jmespath", "jmespath_expr", metavar="EXPR", default=None,
+                  help="Print only what this JMESPath expression selects from the document.")
+    @functools.wraps(fn)
+    def command(*args: Any, output_format: str | None, jmespath_expr: str | None, **kwargs: Any) -> Any:
+        meta = click.get_current_context().meta
+        meta["aptk.format"], meta["aptk.jmespath"] = output_format, jmespath_expr
+        return fn(*args, **kwargs)
+
+    return command
+
+
+def _output_chosen() -> bool:
+    meta = click.get_current_context().meta
+    return bool(meta.get("aptk.format") or meta.get("aptk.jmespath"))
+
+
 def _print(document: Any) -> None:
-    click.echo(json.dumps(document, indent=2))
+    from .formatting import QueryError, query, render
+
+    meta = click.get_current_context().meta
+    try:
+        selected = query(document, meta.get("aptk.jmespath"))
+    except QueryError as exc:
+        raise click.BadParameter(str(exc), param_hint="--jmespath") from None
+    click.echo(render(selected, meta.get("aptk.format") or "json"))
 
 
 # Exit codes of the client commands (click itself exits 2 on a usage error).
@@ -441,21 +472,35 @@ class _Progress:
             click.echo("\r\x1b[K", nl=False, err=True)
 
 
+principal_option_help = "A principal URN (urn:globus:auth:identity:<uuid> or urn:globus:groups:id:<uuid>; repeatable)"
+
+
 @main.command()
 @url_argument
 @token_option
 @click.option("--body", required=True, help="The action body, as JSON (or @file.json).")
-@click.option("--request-id", default=None)
-@click.option("--label", default=None)
+@click.option("--request-id", default=None, help="Your id of this request: the same id and body again is answered "
+              "with the same action, not a second one.")
+@click.option("--label", default=None, help="A label for the action (1-64 characters).")
+@click.option("--monitor-by", "monitor_by", multiple=True, metavar="URN",
+              help=f"Who else may see the action. {principal_option_help}.")
+@click.option("--manage-by", "manage_by", multiple=True, metavar="URN",
+              help=f"Who else may cancel and release it. {principal_option_help}.")
+@click.option("--deadline", default=None, help="When the action must have completed (ISO 8601 date-time).")
+@click.option("--release-after", default=None, help="How long the provider keeps it once complete (ISO 8601 "
+              "duration, e.g. P7D).")
 @click.option("--wait/--no-wait", default=False,
               help="Wait until the action completes or pauses; the exit code tells which (see README).")
 @timeout_option
-def run(url: str, token: str, body: str, request_id: str | None, label: str | None, wait: bool,
+@output_options
+def run(url: str, token: str, body: str, request_id: str | None, label: str | None, monitor_by: tuple[str, ...],
+        manage_by: tuple[str, ...], deadline: str | None, release_after: str | None, wait: bool,
         timeout: float | None) -> None:
     """Start an action on the provider at URL."""
     document = _body(body)
     client = _client(url, token)
-    status = _calling(client.run, document, request_id=request_id, label=label)
+    status = _calling(client.run, document, request_id=request_id, label=label, monitor_by=monitor_by or None,
+                      manage_by=manage_by or None, deadline=deadline, release_after=release_after)
     if wait:
         _wait_and_exit(client, url, status, timeout)
     else:
@@ -464,9 +509,20 @@ def run(url: str, token: str, body: str, request_id: str | None, label: str | No
 
 @main.command()
 @url_argument
+@click.option("--token", envvar="APTK_TOKEN", default=None,
+              help="Bearer token ($APTK_TOKEN); a provider visible to the public needs none.")
+@output_options
+def introspect(url: str, token: str | None) -> None:
+    """Show the provider's description: title, scope, who may run it, its input schema."""
+    _print(_calling(_client(url, token or "").introspect))
+
+
+@main.command()
+@url_argument
 @click.argument("action_id")
 @token_option
 @timeout_option
+@output_options
 def wait(url: str, action_id: str, token: str, timeout: float | None) -> None:
     """Wait until an action completes or pauses, show it; the exit code tells which (see README)."""
     client = _client(url, token)
@@ -478,6 +534,7 @@ def _action_command(name: str, method: str, help_text: str) -> None:
     @url_argument
     @click.argument("action_id")
     @token_option
+    @output_options
     def command(url: str, action_id: str, token: str) -> None:
         _print(_calling(getattr(_client(url, token), method), action_id))
 
@@ -486,7 +543,26 @@ _action_command("status", "status", "Show an action's status.")
 _action_command("cancel", "cancel", "Cancel an action.")
 _action_command("release", "release", "Release a completed action.")
 _action_command("resume", "resume", "Resume an INACTIVE action.")
-_action_command("log", "log", "Show the first page of an action's log.")
+
+
+@main.command()
+@url_argument
+@click.argument("action_id")
+@token_option
+@click.option("--limit", type=click.IntRange(1), default=10, show_default=True, help="Entries per page.")
+@click.option("--all", "every_page", is_flag=True, help="Fetch every page, not only the first.")
+@output_options
+def log(url: str, action_id: str, token: str, limit: int, every_page: bool) -> None:
+    """Show an action's log: its first page, or with --all every entry."""
+    client = _client(url, token)
+    page = _calling(client.log, action_id, limit=limit)
+    if every_page:
+        entries = list(page.get("entries") or [])
+        while page.get("has_next_page") and page.get("marker"):
+            page = _calling(client.log, action_id, limit=limit, marker=page["marker"])
+            entries += page.get("entries") or []
+        page = {"entries": entries, "limit": limit, "has_next_page": False}
+    _print(page)
 
 
 @main.command(name="list")
@@ -499,21 +575,26 @@ _action_command("log", "log", "Show the first page of an action's log.")
               help="Actions where you have this role (repeatable); default creator_id.")
 @click.option("--page-size", type=click.IntRange(1), default=None, help="Actions per request.")
 @click.option("--max", "most", type=click.IntRange(1), default=None, help="Stop after this many actions.")
+@output_options
 def list_actions(url: str, token: str, statuses: tuple[str, ...], roles: tuple[str, ...],
                  page_size: int | None, most: int | None) -> None:
-    """List your actions at the provider, oldest first, one JSON status per line (all pages)."""
+    """List your actions at the provider, oldest first (all pages): one JSON status per line, or with --format or
+    --jmespath, one document (a list) in that format."""
     client = _client(url, token)
-    shown = 0
+    collected: list[dict[str, Any]] = []
+    stream = not _output_chosen()
 
     def each() -> None:
-        nonlocal shown
         for status in client.actions(status=[s.upper() for s in statuses], roles=roles, page_size=page_size):
-            if most is not None and shown >= most:
+            if most is not None and len(collected) >= most:
                 return
-            click.echo(json.dumps(status))
-            shown += 1
+            if stream:
+                click.echo(json.dumps(status))
+            collected.append(status)
 
     _calling(each)
+    if not stream:
+        _print(collected)
 
 
 @main.command()
