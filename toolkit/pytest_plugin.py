@@ -1,5 +1,5 @@
-"""The toolkit's pytest plugin (installed with the toolkit, loaded by pytest on its own): the ``aptk_client``
-fixture.
+"""The toolkit's pytest plugin (installed with the toolkit, loaded by pytest on its own): the fixtures
+``aptk_client``, ``aptk_other_identity`` and ``aptk_clock``.
 
 ::
 
@@ -9,17 +9,23 @@ fixture.
 ``aptk_client(provider, identity=None, config=None, **toolkit_options)`` serves ``provider`` in-process with its
 state under the test's ``tmp_path`` and returns a :class:`toolkit.testing.TestClient`; every app it made is
 stopped (threads joined, database connections closed) when the test ends.
+
+``aptk_other_identity`` is a second caller's identity (a UUID): ``client.as_identity(aptk_other_identity)`` calls
+the same app as that person. ``aptk_clock`` is a :class:`toolkit.testing.ManualClock`: ``aptk_client(provider,
+clock=aptk_clock)`` and ``aptk_clock.advance(3600)`` move the provider's time an hour on, for deadlines and expiry.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+import uuid
+
 import pytest
 
 if TYPE_CHECKING:
     from .provider import ActionProvider
-    from .testing import TestClient
+    from .testing import ManualClock, TestClient
 
 
 @pytest.fixture
@@ -39,3 +45,17 @@ def aptk_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
     finally:
         for client in clients:
             client.close()
+
+
+@pytest.fixture
+def aptk_other_identity() -> str:
+    """A second identity (a UUID), for tests of what another caller may and may not do."""
+    return str(uuid.uuid4())
+
+
+@pytest.fixture
+def aptk_clock() -> "ManualClock":
+    """A clock standing at the current time until the test moves it (``aptk_clock.advance(seconds)``)."""
+    from .testing import ManualClock
+
+    return ManualClock()

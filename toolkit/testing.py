@@ -34,7 +34,28 @@ from .extension import find_toolkit, get_toolkit
 from .provider import ActionProvider
 from .server import create_app
 
-__all__ = ["TokenAuthority", "WSGIAdapter", "TestClient", "close_app", "provider_app", "provider_client"]
+__all__ = ["ManualClock", "TokenAuthority", "WSGIAdapter", "TestClient", "close_app", "provider_app", "provider_client"]
+
+
+class ManualClock:
+    """A clock that stands still until told to move: pass it as ``clock=`` to see deadlines and expiry happen
+    without waiting. Thread-safe; the time is seconds since the epoch, as ``time.time()``."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self._now = time.time() if start is None else start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock ``seconds`` forward (never back); the new time."""
+        if seconds < 0:
+            raise ValueError("a clock only moves forward")
+        with self._lock:
+            self._now += seconds
+            return self._now
 
 
 class TokenAuthority:
