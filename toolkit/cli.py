@@ -453,6 +453,29 @@ def _wait_and_exit(client: "ActionProviderClient", url: str, status: dict[str, A
                     f"{action_id})")
 
 
+def _size(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count} B"  # pragma: no cover
+
+
+def progress_line(action_id: str, status: dict[str, Any], elapsed: float) -> str:
+    """The line shown while waiting: status, display_status, a transfer's files and bytes, elapsed seconds."""
+    text = f"aptk: {action_id} {status.get('status')}"
+    if status.get("display_status"):
+        text += f" ({status['display_status']})"
+    reported = status.get("details")
+    details: dict[str, Any] = reported if isinstance(reported, dict) else {}
+    done, total, moved = details.get("files_transferred"), details.get("files"), details.get("bytes_transferred")
+    if isinstance(done, int) and not isinstance(done, bool):
+        text += f", {done}/{total} files" if isinstance(total, int) and total else f", {done} files"
+    if isinstance(moved, (int, float)) and not isinstance(moved, bool):
+        text += f", {_size(moved)}"
+    return f"{text}, {elapsed:.0f} s"
+
+
 class _Progress:
     """One line on the terminal, rewritten at every poll: status, display_status, elapsed time."""
 
@@ -461,10 +484,7 @@ class _Progress:
         self.shown = False
 
     def __call__(self, status: dict[str, Any], elapsed: float) -> None:
-        text = f"aptk: {self.action_id} {status.get('status')}"
-        if status.get("display_status"):
-            text += f" ({status['display_status']})"
-        click.echo(f"\r\x1b[K{text}, {elapsed:.0f} s", nl=False, err=True)
+        click.echo(f"\r\x1b[K{progress_line(self.action_id, status, elapsed)}", nl=False, err=True)
         self.shown = True
 
     def done(self) -> None:

@@ -121,3 +121,16 @@ def test_list_filters_pages_and_formats(cli):
 ])
 def test_unix_rendering(document, expected):
     assert render(document, "unix") == expected
+
+
+@pytest.mark.parametrize("status, expected", [
+    ({"status": "ACTIVE", "display_status": "sleeping", "details": {}}, "aptk: a1 ACTIVE (sleeping), 3 s"),
+    ({"status": "ACTIVE", "details": {"files": 10, "files_transferred": 4, "bytes_transferred": 12_345_678}},
+     "aptk: a1 ACTIVE, 4/10 files, 12.3 MB, 3 s"),
+    ({"status": "ACTIVE", "details": {"files_transferred": 2, "bytes_transferred": 512}},
+     "aptk: a1 ACTIVE, 2 files, 512 B, 3 s"),
+])
+def test_the_progress_line_shows_a_transfers_files_and_bytes(status, expected):
+    from toolkit.cli import progress_line
+
+    assert progress_line("a1", status, 3.2) == expected
