@@ -135,7 +135,9 @@ def serve(host: str, port: int, workers: int, threads: int, providers: tuple[str
             load_or_create_dev_key(data_dir)
         except OSError as exc:
             raise ConfigurationError(f"cannot write the dev signing key in {data_dir}: {exc.strerror or exc}") from None
-        app = load_app(app_spec) if app_spec else create_app(config, providers=load_providers(providers))
+        # Loaded once here: the workers, forked from this process, use them as they are.
+        loaded = [] if app_spec else load_providers(providers)
+        app = load_app(app_spec) if app_spec else create_app(config, providers=loaded)
         state = find_toolkit(app)
         if state is not None:
             _open_database(state.runtime.store)
@@ -144,7 +146,7 @@ def serve(host: str, port: int, workers: int, threads: int, providers: tuple[str
     click.echo(f"aptk: data in {data_dir}; providers at http://{host}:{port}/", err=True)
     if (config.get("APTK_AUTH") or "dev") == "dev":
         click.echo(f"aptk: get a token with: aptk token --data-dir {data_dir} --identity <uuid>", err=True)
-    run_server(host=host, port=port, workers=workers, threads=threads, config=config, providers=providers,
+    run_server(host=host, port=port, workers=workers, threads=threads, config=config, providers=loaded,
                app=app_spec)
 
 

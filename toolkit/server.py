@@ -99,11 +99,12 @@ def serve(
     workers: int = 2,
     threads: int = 8,
     config: Mapping[str, Any] | None = None,
-    providers: Iterable[str] = (),
+    providers: Iterable[str] | Iterable[tuple[str, ActionProvider]] = (),
     app: str | None = None,
 ) -> None:
     """Run the installed providers (or those named in ``providers``; or the Flask app ``app``, given as
-    ``module:attribute``) under gunicorn until interrupted (Ctrl-C stops it cleanly).
+    ``module:attribute``) under gunicorn until interrupted (Ctrl-C stops it cleanly). ``providers`` may also be
+    ``(prefix, provider)`` pairs already loaded, which the workers then use as they are (no entry-point scan each).
 
     Requests are read whole by each worker's event loop before a thread runs them
     (:class:`toolkit.worker.BufferingWorker`), so slow clients hold no thread.
@@ -112,6 +113,8 @@ def serve(
 
     private_umask()
     selected = list(providers)
+    names = [item for item in selected if isinstance(item, str)]
+    loaded: list[tuple[str, ActionProvider]] | None = [item for item in selected if isinstance(item, tuple)] or None
 
     class Application(BaseApplication):
         def load_config(self) -> None:
@@ -135,9 +138,11 @@ def serve(
         def load(self) -> Flask:
             if app is not None:
                 return load_app(app)
+            if loaded is not None:
+                return create_app(config, providers=loaded)
             from .registry import load
 
-            return create_app(config, providers=load(selected))
+            return create_app(config, providers=load(names))
 
     Application().run()
 
