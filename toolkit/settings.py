@@ -119,6 +119,7 @@ KNOWN_SETTINGS: set[str] = {
     # the aptk command as a client (toolkit.cli)
     "APTK_TOKEN",
     "APTK_CLIENT_SECRET",
+    "APTK_OTHER_TOKEN",
     # bundled providers (providers.transfer, providers.acl)
     "APTK_COLLECTIONS_FILE",
     "APTK_COLLECTION_OWNERS",
