@@ -8,7 +8,9 @@ Each process runs one maintenance thread that
 
 * heartbeats the actions its executor is running, and tells their callbacks when they were ended elsewhere;
 * fails actions past their ``deadline``;
-* takes up actions whose process died (stale heartbeat): runs them again or fails them, as the provider says;
+* takes up actions whose process died: runs them again or fails them, as the provider says. A process is taken
+  for dead when its heartbeat is older than the lease, or at once when it ran on this host and is gone
+  (:mod:`.runners`);
 * deletes completed actions once ``release_after`` has passed.
 """
 
@@ -21,7 +23,6 @@ import json
 import logging
 import os
 import re
-import socket
 import threading
 import time
 import uuid
@@ -46,12 +47,14 @@ from .errors import (
     BadActionRequest,
     ConfigurationError,
 )
+from . import runners
+from .auth import Identity
 from .executor import Executor
 from .request_key import request_digest, request_key, same_request
 from .store import LogEntry, Store
 
 if TYPE_CHECKING:
-    from .auth import Identity, TokenVerifier
+    from .auth import TokenVerifier
     from .provider import ActionProvider
     from .typing import Clock
 
@@ -68,15 +71,17 @@ QUEUED = "Queued"
 
 @dataclasses.dataclass(frozen=True)
 class HookContext:
-    """What a ``check``, ``cancel`` or ``resume`` hook gets besides the body (or action): who is asking, the
-    deployment's settings, the store, and the clock the toolkit runs on.
+    """What a ``check``, ``cancel``, ``resume`` or ``finish`` hook gets besides the body (or action): who is
+    asking, the deployment's settings, the store, and the clock the toolkit runs on.
 
     ``store.engine`` is the SQLAlchemy engine of the toolkit's database, where a provider may keep tables of its
     own (:func:`toolkit.store.create_tables`); read settings with ``toolkit.settings.setting(ctx.config, name)``.
     """
 
     identity: Identity
-    """The caller (of ``/run``, ``/cancel``, ``/resume``), with every principal it speaks for."""
+    """The caller (of ``/run``, ``/cancel``, ``/resume``), with every principal it speaks for. A ``finish`` hook
+    of an action that ends without a caller (its callback returned, a deadline, a lost process) gets the action's
+    creator with the principals stored with the action, and no token."""
     config: Mapping[str, Any]
     """The app's configuration (``APTK_DATA_DIR`` is always set)."""
     store: Store
@@ -269,7 +274,7 @@ class Runtime:
             if self._pid is None:
                 self.store.create_schema()
             self._pid = os.getpid()
-            self.runner_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            self.runner_id = runners.new_runner_id()
             self._running = {}
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._maintain, name="aptk-maintenance", daemon=True)
@@ -356,13 +361,27 @@ class Runtime:
         for action in self.store.find(statuses={Status.ACTIVE}, heartbeat_before=now - self.lease_seconds,
                                       providers=mine):
             self._recover(action, now)
+        self._recover_local(now)
         self.store.purge_expired(now)
+
+    def _recover_local(self, now: float) -> None:
+        """Take up, without waiting for the lease, the actions of processes of this host that are gone."""
+        prefix = runners.local_prefix()
+        if prefix is None:
+            return
+        verdicts: dict[str, bool] = {self.runner_id: False}
+        for action in self.store.find(statuses={Status.ACTIVE}, runner_prefix=prefix, providers=list(self.providers)):
+            runner = action.runner or ""
+            if runner not in verdicts:
+                verdicts[runner] = runners.gone(runner)
+            if verdicts[runner]:
+                self._recover(action, now)
 
     def _expire_deadline(self, action: Action, now: float) -> Action | None:
         # Keep what the action reported (progress counters, say) beside the reason it ended.
         details = {**action.details, "code": "DeadlineExceeded",
                    "description": "The action did not complete before its deadline."}
-        return self._finish(action.action_id, {"status": ACTIVE_STATES}, Status.FAILED, details, now)
+        return self._finish(action, {"status": ACTIVE_STATES}, Status.FAILED, details, now)
 
     def _recover(self, action: Action, now: float) -> None:
         provider = self.providers[action.provider]
@@ -376,10 +395,11 @@ class Runtime:
                 self._dispatch(provider, claimed, resumed=False, inline=False)
             return
         details = {
+            **action.details,  # what it reported before its process died, as at a deadline
             "code": "WorkerLost",
             "description": f"The process running this action stopped unexpectedly (attempt {action.attempts}).",
         }
-        self._finish(action.action_id, where, Status.FAILED, details, now)
+        self._finish(action, where, Status.FAILED, details, now)
 
     # --- running callbacks --------------------------------------------------------------------------------
 
@@ -431,7 +451,7 @@ class Runtime:
         try:
             status, details = self._outcome(provider, action, ctx)
             if status is not None:
-                self._finish(action.action_id, ownership, status, details, self.clock())
+                self._finish(action, ownership, status, details, self.clock())
         except Exception:
             # The final write failed (database down?): never leave the action looking alive. Stop
             # heartbeating it, so that recovery takes it up after the lease.
@@ -470,11 +490,19 @@ class Runtime:
             }
 
     def _finish(
-        self, action_id: str, where: dict[str, Any], status: Status, details: dict[str, Any], now: float
+        self, action: Action, where: dict[str, Any], status: Status, details: dict[str, Any], now: float,
+        identity: "Identity | None" = None,
     ) -> Action | None:
-        changes: dict[str, Any] = {"status": status, "details": details, "runner": None, "display_status": None}
+        """End (or pause) ``action`` with a compare-and-set on ``where``; None if it no longer matched.
+
+        An action that completes goes through its provider's finish hook first, which may give its final details.
+        """
+        action_id = action.action_id
+        changes: dict[str, Any] = {"status": status, "runner": None, "display_status": None}
         if status in COMPLETED_STATES:
             changes["completion_time"] = now
+            details = self._finished_details(action, status, details, now, identity)
+        changes["details"] = details
         description = f"Action {status.value}"
         if "code" in details:
             description += f": {details['code']}"
@@ -484,6 +512,24 @@ class Runtime:
         if updated is not None and ctx is not None and status is not Status.SUCCEEDED:
             self._ended(action_id, ctx)
         return updated
+
+    def _finished_details(
+        self, action: Action, status: Status, details: dict[str, Any], now: float, identity: "Identity | None"
+    ) -> dict[str, Any]:
+        """The details a completing action is stored with: its provider's finish hook's, if it gives any."""
+        provider = self.providers.get(action.provider)
+        if provider is None or provider.finish_callback is None:
+            return details
+        ending = dataclasses.replace(action, status=status, details=dict(details), completion_time=now, runner=None,
+                                     display_status=None)
+        if identity is None:  # no caller: the action's creator, as stored, without a token
+            identity = Identity(id=action.creator_id, principals=frozenset(action.principals), scopes=frozenset())
+        try:
+            final = provider.finish_callback(ending, self.hook_context(identity))
+            return details if final is None else _json_object(final)
+        except Exception:
+            logger.exception("finish hook of %s failed for action %s", provider.name, action.action_id)
+            return details
 
     def hook_context(self, identity: "Identity") -> HookContext:
         """The context a check, cancel or resume hook gets for a request by ``identity``."""
@@ -622,7 +668,7 @@ class Runtime:
             raise ActionConflict(f"Action {action_id} already {action.status.value}; it cannot be cancelled.")
         details = {**action.details, "code": "ActionCancelled",
                    "description": "The action was cancelled at the caller's request."}
-        updated = self._finish(action_id, {"status": ACTIVE_STATES}, Status.FAILED, details, self.clock())
+        updated = self._finish(action, {"status": ACTIVE_STATES}, Status.FAILED, details, self.clock(), identity)
         if updated is None:
             current = self._load(provider, action_id)
             raise ActionConflict(f"Action {action_id} already {current.status.value}; it cannot be cancelled.")

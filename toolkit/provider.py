@@ -31,6 +31,8 @@ if TYPE_CHECKING:
         CancelCallbackT,
         CheckCallback,
         CheckCallbackT,
+        FinishCallback,
+        FinishCallbackT,
         ResumeCallback,
         ResumeCallbackT,
         RunCallback,
@@ -133,6 +135,7 @@ class ActionProvider:
         self.check_callback: CheckCallback | None = None
         self.cancel_callback: CancelCallback | None = None
         self.resume_callback: ResumeCallback | None = None
+        self.finish_callback: FinishCallback | None = None
         self.extra_blueprints: list[Blueprint] = []
 
     def __repr__(self) -> str:
@@ -210,6 +213,23 @@ class ActionProvider:
         Raise an :class:`~toolkit.errors.ApiError` (e.g. ``ActionConflict``) to refuse the resume.
         """
         self.resume_callback = _hook(self, "resume", fn)
+        return fn
+
+    def finish(self, fn: FinishCallbackT) -> FinishCallbackT:
+        """Register a hook ``fn(action, ctx)`` that may give an action's final details as it ends.
+
+        It is called however an action ends SUCCEEDED or FAILED: its run callback returned or raised, it was
+        cancelled, it passed its deadline, or its process was lost (``WorkerLost``). ``action`` is the action as
+        it is about to be stored: its final ``status``, ``completion_time`` and the ``details`` the toolkit would
+        store (with ``code`` and ``description`` for a failure). Return a dict to store instead (the details
+        ``/status`` shows from then on), or None to keep them.
+
+        The hook runs just before the compare-and-set that ends the action, so what it returns is written in the
+        same write as the new status. If another process ends the action first, what it returned is dropped: the
+        hook must only compute details; release outside resources in a ``cancel`` hook or the run callback. An
+        exception in it is logged and the details are stored as they were.
+        """
+        self.finish_callback = fn
         return fn
 
     # --- serving --------------------------------------------------------------------------------------------

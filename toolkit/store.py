@@ -119,7 +119,8 @@ class Store(Protocol):
                   statuses: Iterable[Status], now: float, *, after: tuple[float, str] | None = None,
                   limit: int | None = None) -> list[Action]: ...
     def find(self, *, statuses: Iterable[Status], providers: Iterable[str], heartbeat_before: float | None = None,
-             deadline_before: float | None = None, limit: int = 100) -> list[Action]: ...
+             deadline_before: float | None = None, runner_prefix: str | None = None,
+             limit: int = 100) -> list[Action]: ...
     def heartbeat(self, runner: str, now: float, action_ids: Iterable[str]) -> None: ...
     def still_running(self, runner: str, attempts_by_id: dict[str, int]) -> set[str]: ...
     def purge_expired(self, now: float) -> int: ...
@@ -558,8 +559,11 @@ class SQLStore:
         providers: Iterable[str],
         heartbeat_before: float | None = None,
         deadline_before: float | None = None,
+        runner_prefix: str | None = None,
         limit: int = 100,
     ) -> list[Action]:
+        """Actions in ``statuses`` of ``providers``; with a stale heartbeat (before ``heartbeat_before``), a
+        deadline before ``deadline_before``, or a runner id beginning with ``runner_prefix``, if given."""
         query = sa.select(actions).where(
             actions.c.status.in_([s.value for s in statuses]), actions.c.provider.in_(list(providers))
         )
@@ -567,6 +571,9 @@ class SQLStore:
             query = query.where(actions.c.runner.is_not(None), actions.c.heartbeat < heartbeat_before)
         if deadline_before is not None:
             query = query.where(actions.c.deadline.is_not(None), actions.c.deadline < deadline_before)
+        if runner_prefix is not None:
+            escaped = runner_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(actions.c.runner.like(escaped + "%", escape="\\"))
         with self._read() as conn:
             return [self._action(r) for r in conn.execute(query.limit(limit))]
 

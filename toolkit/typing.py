@@ -1,7 +1,7 @@
 """Types of the callbacks a provider author registers.
 
 Each kind has a ``TypeVar`` bound to its signature, so that the decorators (``@provider.run``, ``.check``,
-``.cancel``, ``.resume``) return the decorated function with its own type.
+``.cancel``, ``.resume``, ``.finish``) return the decorated function with its own type.
 """
 
 from __future__ import annotations
@@ -24,10 +24,14 @@ CancelCallback = Callable[["Action", "HookContext"], object]
 ResumeCallback = Callable[["Action", "HookContext"], object]
 """``fn(action, ctx)``: called before an INACTIVE action runs again; raise an ApiError to refuse."""
 
+FinishCallback = Callable[["Action", "HookContext"], Optional[dict]]
+"""``fn(action, ctx)``: called as an action ends, however it ends; may return its final details."""
+
 RunCallbackT = TypeVar("RunCallbackT", bound=RunCallback)
 CheckCallbackT = TypeVar("CheckCallbackT", bound=CheckCallback)
 CancelCallbackT = TypeVar("CancelCallbackT", bound=CancelCallback)
 ResumeCallbackT = TypeVar("ResumeCallbackT", bound=ResumeCallback)
+FinishCallbackT = TypeVar("FinishCallbackT", bound=FinishCallback)
 
 Clock = Callable[[], float]
 """Returns the current time as UTC epoch seconds (``time.time``)."""

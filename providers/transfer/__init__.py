@@ -173,16 +173,22 @@ def transfer(body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         raise
 
 
+@provider.finish
+def finished(action: Action, ctx: HookContext) -> dict[str, Any] | None:
+    """A transfer's task document says how its action ended (status, fatal_error, completion_time), however it
+    ended: its run, a cancel, its deadline or a lost process; in the same write that ends the action."""
+    if action.details.get("DATA_TYPE") != "task":
+        return None
+    details = dict(action.details)
+    return conclude(details, action.status.value, details.get("code"), details.get("description"),
+                    now=action.completion_time)
+
+
 @provider.cancel
 def cancelled(action: Action, ctx: HookContext) -> None:
-    """A cancelled transfer's task document says so at once (status, fatal_error, completion_time), in the
-    answer to /cancel and in every status after it."""
+    """Partial files of an attempt whose process died (kill -9) have no run left to remove them: go now."""
     if action.details.get("DATA_TYPE") != "task":
         return
-    conclude(action.details, "FAILED", "ActionCancelled", action.details.get("description"),
-             now=action.completion_time)
-    ctx.store.update(action.action_id, where={"status": action.status}, details=action.details)
-    # Partial files of an attempt whose process died (kill -9) have no run left to remove them: go now.
     threading.Thread(target=_remove_partials, args=(action, dict(ctx.config)), daemon=True,
                      name=f"aptk-transfer-partials-{action.action_id[:12]}").start()
 

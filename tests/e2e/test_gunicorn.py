@@ -134,6 +134,56 @@ def test_actions_of_a_killed_server_run_again_after_a_restart(start_server):
     assert api.get("/actions", params={"status": "ACTIVE,INACTIVE"}).json()["actions"] == []
 
 
+def _log_codes(api: Api, action_id: str) -> list[str]:
+    return [e["code"] for e in api.get(f"/{action_id}/log", params={"limit": 100}).json()["entries"]]
+
+
+def test_actions_of_a_killed_server_are_taken_up_at_once_on_the_same_host_not_after_the_lease(start_server):
+    server = start_server(workers=2, tokens=A_USER)  # the default lease: 30 s
+    api = Api(server.hello, server.minted["user"])
+    ids = [api.run({"echo_string": f"again-{i}", "sleep_time": 60}).json()["action_id"] for i in range(3)]
+    for action_id in ids:
+        api.wait_until_sleeping(action_id)
+
+    server.kill()
+    server.start()
+    restarted = time.monotonic()
+    api.base = server.hello
+
+    taken: dict[str, float] = {}
+    while len(taken) < len(ids) and time.monotonic() - restarted < 20:
+        for action_id in set(ids) - set(taken):
+            if "ActionRecovered" in _log_codes(api, action_id):
+                taken[action_id] = time.monotonic() - restarted
+        time.sleep(0.1)
+    assert sorted(taken) == sorted(ids)
+    assert max(taken.values()) < 5, taken  # not the 30 s lease
+    for action_id in ids:
+        status = api.get(f"/{action_id}/status").json()
+        assert (status["status"], status["display_status"]) == ("ACTIVE", "sleeping")
+        assert _log_codes(api, action_id) == ["ActionStarted", "ActionRecovered"]
+        assert api.post(f"/{action_id}/cancel").status_code == 200
+
+
+def test_a_second_server_on_the_same_host_never_takes_over_actions_its_live_neighbour_runs(start_server, tmp_path):
+    from .support import Server
+
+    first = start_server(workers=2, tokens=A_USER)
+    api = Api(first.hello, first.minted["user"])
+    ids = [api.run({"echo_string": f"mine-{i}", "sleep_time": 4}).json()["action_id"] for i in range(3)]
+    for action_id in ids:
+        api.wait_until_sleeping(action_id)
+    second = Server(first.data_dir, tmp_path, workers=2)  # same database, other processes, same host
+    try:
+        second.start()
+        neighbour = Api(second.hello, first.minted["user"])
+        finished = [neighbour.wait_for(action_id, {"SUCCEEDED", "FAILED"}, timeout=15) for action_id in ids]
+    finally:
+        second.stop()
+    assert [(s["status"], s["details"]) for s in finished] == [("SUCCEEDED", {"hello": f"mine-{i}"}) for i in range(3)]
+    assert [_log_codes(api, action_id) for action_id in ids] == [["ActionStarted", "ActionSucceeded"]] * 3
+
+
 def test_sigint_stops_the_server_with_exit_code_0_and_no_traceback(start_server):
     server = start_server(workers=3)
     assert Api(server.hello, None).get("/").status_code == 200  # a worker has served a request

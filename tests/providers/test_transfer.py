@@ -441,6 +441,42 @@ def test_an_active_then_cancelled_task_document_agrees_with_the_action(make_site
     assert client.status(action)["details"] == answer["details"]
 
 
+def _ended_by_the_toolkit(make_site, end):
+    """A slow transfer, ACTIVE with files copied, ended by ``end(store, action_id)`` and a maintenance sweep."""
+    site = make_site(APTK_TRANSFER_MAX_BYTES_PER_SECOND=100_000, APTK_TRANSFER_THREADS=1)
+    make_tree(site.roots["src"], {f"slow/{i}.bin": 50_000 for i in range(20)})
+    client = site.transfer()
+    action = client.run(body("src", "dst", ("/slow", "/slow", True)))["action_id"]
+    wait_for(lambda: client.status(action)["details"].get("files_transferred", 0) > 0)
+    runtime = get_toolkit(site.app).runtime
+    end(runtime.store, action)
+    runtime.sweep()
+    return client.status(action)
+
+
+@pytest.mark.parametrize(("code", "fatal", "bucket"), [
+    ("DeadlineExceeded", "DEADLINE_EXCEEDED", "subtasks_expired"),
+    ("WorkerLost", "WorkerLost", "subtasks_canceled"),
+])
+def test_a_task_document_ended_by_the_toolkit_agrees_with_the_action(make_site, code, fatal, bucket):
+    def end(store, action_id):
+        if code == "DeadlineExceeded":  # the toolkit's sweep sees the deadline before the copy does
+            store.update(action_id, where={}, deadline=time.time() - 1)
+        else:  # its process died on its last attempt: it ends FAILED with WorkerLost
+            store.update(action_id, where={}, runner="elsewhere:1:gone", heartbeat=time.time() - 3600,
+                         attempts=5)
+
+    status = _ended_by_the_toolkit(make_site, end)
+    details = status["details"]
+    assert (status["status"], details["status"], details["code"]) == ("FAILED", "FAILED", code)
+    assert details["fatal_error"] == {"code": fatal, "description": details["description"]}
+    assert not {"nice_status", "is_ok"} & set(details) and no_nulls(status) == []
+    assert details["completion_time"] >= details["request_time"]
+    found = subtasks(details)
+    assert found["subtasks_pending"] == 0 and found[bucket] > 0
+    assert found["subtasks_succeeded"] + found[bucket] + found["subtasks_failed"] == found["subtasks_total"] == 20
+
+
 def test_a_failed_task_document(site):
     make_tree(site.roots["src"], {"here.txt": b"here"})
     status = site.transfer().run(body("src", "dst", ("/here.txt", "/here.txt"), ("/missing.txt", "/missing.txt")),

@@ -161,13 +161,22 @@ def test_the_decorators_keep_the_type_of_the_function_they_register(tmp_path):
         def resume(action: Action, ctx: HookContext) -> bool:
             return True
 
+        @p.finish
+        def finish(action: Action, ctx: HookContext) -> dict[str, Any] | None:
+            return None
+
         reveal_type(run)
         reveal_type(check)
         reveal_type(cancel)
         reveal_type(resume)
+        reveal_type(finish)
 
         @p.cancel
         def wrong(action: Action, ctx: RunContext) -> None: ...
+
+        @p.finish
+        def not_details(action: Action, ctx: HookContext) -> str:
+            return ""
     """))
     out, err, status = api.run(["--config-file", str(ROOT / "pyproject.toml"), "--cache-dir",
                                 str(ROOT / ".mypy_cache"), "--no-error-summary", str(snippet)])
@@ -177,8 +186,12 @@ def test_the_decorators_keep_the_type_of_the_function_they_register(tmp_path):
         'note: Revealed type is "def (body: dict[str, Any], ctx: toolkit.lifecycle.HookContext)"',
         'note: Revealed type is "def (action: toolkit.documents.Action, ctx: toolkit.lifecycle.HookContext)"',
         'note: Revealed type is "def (action: toolkit.documents.Action, ctx: toolkit.lifecycle.HookContext) -> bool"',
+        'note: Revealed type is "def (action: toolkit.documents.Action, ctx: toolkit.lifecycle.HookContext) -> '
+        'dict[str, Any] | None"',
         'error: Value of type variable "CancelCallbackT" of "cancel" of "ActionProvider" cannot be "Callable[[Action, '
         'RunContext], None]"  [type-var]',
+        'error: Value of type variable "FinishCallbackT" of "finish" of "ActionProvider" cannot be "Callable[[Action, '
+        'HookContext], str]"  [type-var]',
     ], err
     assert status == 1
 

@@ -1,13 +1,16 @@
 """How actions move between states: progress, cancel, pause and resume, deadlines, expiry, recovery."""
 
 import datetime as dt
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 
 import pytest
 
-from toolkit import Action, ActionConflict, ActionInactive, ActionProvider, Status, get_toolkit
+from toolkit import Action, ActionConflict, ActionInactive, ActionProvider, Status, get_toolkit, runners
 from toolkit.client import ClientError
 from toolkit.testing import provider_client
 
@@ -187,12 +190,12 @@ def test_completed_actions_disappear_after_release_after(tmp_path, clock):
     assert runtime.store.get(default) is None
 
 
-def orphan(client, clock, provider, attempts=1) -> str:
+def orphan(client, clock, provider, attempts=1, request_id=None) -> str:
     """An ACTIVE action whose process died long ago (its heartbeat stopped)."""
     runtime = get_toolkit(client.app).runtime
     runtime.start()
     action = Action(
-        action_id=uuid.uuid4().hex, provider=provider.name, request_id=f"r{attempts}", request_hash="h",
+        action_id=uuid.uuid4().hex, provider=provider.name, request_id=request_id or f"r{attempts}", request_hash="h",
         creator_id=client.status(client.run({"ready": True})["action_id"])["creator_id"],
         status=Status.ACTIVE, body={}, start_time=clock.now - 100, attempts=attempts, runner="gone:1:dead",
         heartbeat=clock.now - 100,
@@ -233,6 +236,65 @@ def test_rerun_stops_after_max_attempts(tmp_path, clock):
     action = orphan(client, clock, quick.provider, attempts=2)
     get_toolkit(client.app).runtime.sweep()
     assert client.status(action)["details"]["code"] == "WorkerLost"
+
+
+def local_orphan(client, clock, provider, runner: str) -> str:
+    """An ACTIVE action held by ``runner``, with a heartbeat of just now (its lease far from over)."""
+    action_id = orphan(client, clock, provider, request_id=runner)
+    get_toolkit(client.app).runtime.store.update(action_id, where={}, runner=runner, heartbeat=clock.now)
+    return action_id
+
+
+def local_runner(pid: int, start: int | None = None) -> str:
+    start = runners.process_start(pid) if start is None else start
+    return f"{runners.host_key()}:{pid}:{start}:abcdef12:{socket.gethostname()}"
+
+
+@pytest.mark.skipif(not runners.host_key(), reason="needs /proc to tell processes apart")
+def test_an_action_of_a_process_of_this_host_that_is_gone_is_taken_up_at_once(tmp_path, clock):
+    quick = Quick(recovery="rerun", max_attempts=3)
+    client = provider_client(quick.provider, tmp_path, clock=clock)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    runner = local_runner(child.pid)
+    child.wait()
+    action = local_orphan(client, clock, quick.provider, runner)
+    get_toolkit(client.app).runtime.sweep()  # the clock has not moved: no lease ran out
+    final = client.wait(action, timeout=5)
+    assert (final["status"], final["details"]) == ("SUCCEEDED", {"attempt": 2})
+
+
+@pytest.mark.skipif(not runners.host_key(), reason="needs /proc to tell processes apart")
+def test_an_action_of_a_live_process_of_this_host_is_never_taken_up_but_a_reused_pid_is(tmp_path, clock):
+    quick = Quick()
+    client = provider_client(quick.provider, tmp_path, clock=clock)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        wait_for(lambda: runners.process_start(child.pid))
+        live = local_orphan(client, clock, quick.provider, local_runner(child.pid))
+        reused = local_orphan(client, clock, quick.provider, local_runner(child.pid, runners.process_start(child.pid) - 1))
+        elsewhere = local_orphan(client, clock, quick.provider, "0123456789abcdef:1:1:abcdef12:other-host")
+        get_toolkit(client.app).runtime.sweep()
+        assert client.status(live)["status"] == "ACTIVE"
+        assert client.status(elsewhere)["status"] == "ACTIVE"  # another host's process: only its lease tells
+        assert client.status(reused)["details"]["code"] == "WorkerLost"
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.skipif(not runners.host_key(), reason="needs /proc to tell processes apart")
+def test_a_zombie_holds_nothing(tmp_path, clock):
+    quick = Quick()
+    client = provider_client(quick.provider, tmp_path, clock=clock)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    runner = local_runner(wait_for(lambda: runners.process_start(child.pid) and child.pid))
+    wait_for(lambda: open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z")  # exited, unreaped
+    try:
+        action = local_orphan(client, clock, quick.provider, runner)
+        get_toolkit(client.app).runtime.sweep()
+        assert client.status(action)["details"]["code"] == "WorkerLost"
+    finally:
+        child.wait()
 
 
 def test_live_actions_are_not_taken_over(gate, tmp_path, clock):
