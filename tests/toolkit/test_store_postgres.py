@@ -137,3 +137,29 @@ def test_pages_retries_and_ended_logs_on_postgresql(host):
     assert not store.append_log(first, time.time(), "Log", "too late", where={"status": Status.ACTIVE})
     assert store.append_log(first, time.time(), "Log", "noted")
     assert [e.description for e in store.log_page(first, 0, 10)][-1] == "noted"
+
+
+def test_runs_of_a_process_of_this_host_that_is_gone_are_found_by_their_runner_and_taken_up(host):
+    import subprocess
+    import sys
+
+    from toolkit import runners
+
+    if not runners.host_key():
+        pytest.skip("needs /proc to tell processes apart")
+    app, authority = host()
+    client = client_for(app, authority)
+    action = client.run({"echo_string": "again", "sleep_time": 30})["action_id"]
+    client.wait(action, until=["ACTIVE"])
+    runtime = get_toolkit(app).runtime
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = f"{runners.host_key()}:{child.pid}:{runners.process_start(child.pid) or 1}:0000dead:h_st%"
+    child.wait()
+    runtime.store.update(action, where={}, runner=dead)  # as if a process now gone held it
+    found = runtime.store.find(statuses=[Status.ACTIVE], providers=["hello"], runner_prefix=runners.local_prefix())
+    assert [a.action_id for a in found] == [action]
+    assert runtime.store.find(statuses=[Status.ACTIVE], providers=["hello"], runner_prefix="0123456789abcdef:") == []
+    assert runtime.store.find(statuses=[Status.ACTIVE], providers=["hello"], runner_prefix="%") == []  # not a pattern
+    runtime.sweep()  # its heartbeat is fresh: only the dead process tells
+    assert [e["code"] for e in client.log(action, limit=10)["entries"]] == ["ActionStarted", "ActionRecovered"]
+    client.cancel(action)
