@@ -18,7 +18,7 @@ import os
 import threading
 from typing import Any, Callable
 
-from toolkit import RunContext
+from toolkit import ActionCancelled, RunContext
 
 from providers.collections import paths
 
@@ -244,21 +244,28 @@ class Copying:
     def _hash(self, worker: _Worker, storage: Storage, rel: str, side: Side, task: FileTask) -> str:
         digest = checksums.new(self.request.checksum_algorithm)
         reader = side(storage.open_read, task.src, task.dst, rel, self.settings.chunk_size)
+        checkpoint = self.control.checkpoint
         try:
             buffer = memoryview(worker.buffer)
             readinto = reader.readinto if reads_into(reader) else None
-            while True:
-                self.control.checkpoint()
-                if readinto is not None:
-                    n = side(readinto, task.src, task.dst, buffer)
-                    data: Any = buffer[:n]
-                else:
-                    data = side(reader.read, task.src, task.dst, self.settings.chunk_size)
-                    n = len(data)
-                if not n:
-                    break
-                digest.update(data)
-                self.counters.add(bytes_checksummed=n)
+            chunk = self.settings.chunk_size
+            try:  # one error handler for the whole file (not one per read): the same errors, less per-file work
+                while True:
+                    checkpoint()
+                    if readinto is not None:
+                        n = readinto(buffer)
+                        data: Any = buffer[:n]
+                    else:
+                        data = reader.read(chunk)
+                        n = len(data)
+                    if not n:
+                        break
+                    digest.update(data)
+                    self.counters.add(bytes_checksummed=n)
+            except (Stopped, ActionCancelled):
+                raise
+            except Exception as exc:
+                raise side.make(exc, task.src, task.dst) from exc
         finally:
             try:
                 reader.close()

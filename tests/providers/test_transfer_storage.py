@@ -317,3 +317,14 @@ def test_the_backend_in_the_readme_is_all_a_backend_needs(make_site, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("rel", [*BAD_PATHS, "a/", "a/b/", ".", "a/./b", "a/../b", "a/b/..", "/a", "a\x00", 7])
+def test_checked_refuses_every_path_that_is_not_normalized(rel):
+    with pytest.raises(PathOutsideCollection):
+        Storage.checked(rel)
+
+
+@pytest.mark.parametrize("rel", ["", "a", "a/b.txt", ".hidden", "a/.hidden", "a/..b", "a/b..", "...x/y", "a.b/c.d"])
+def test_checked_accepts_normalized_paths_with_dots_in_names(rel):
+    assert Storage.checked(rel) == rel

@@ -192,6 +192,9 @@ class Storage(abc.ABC):
 
         Backends pass every path through this before using it: it is what keeps ``..``, an absolute path or a
         NUL byte from reaching the filesystem, whoever the caller."""
+        if (type(rel) is str and "/." not in rel and "//" not in rel and "\x00" not in rel
+                and not rel.startswith(("/", ".")) and not rel.endswith("/")):
+            return rel  # the common case, decided without splitting: no part is "", "." or ".."
         if not isinstance(rel, str):
             raise PathOutsideCollection(str(rel), "is not a string")
         if "\x00" in rel:
