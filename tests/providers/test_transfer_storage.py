@@ -328,3 +328,22 @@ def test_checked_refuses_every_path_that_is_not_normalized(rel):
 @pytest.mark.parametrize("rel", ["", "a", "a/b.txt", ".hidden", "a/.hidden", "a/..b", "a/b..", "...x/y", "a.b/c.d"])
 def test_checked_accepts_normalized_paths_with_dots_in_names(rel):
     assert Storage.checked(rel) == rel
+
+
+def test_small_files_disk_to_disk_are_copied_on_every_core_and_hashed_on_one_thread(tmp_path, monkeypatch):
+    from providers.transfer.copying import SMALL_FILE_BATCH, SMALL_FILE_BYTES, lanes
+    from providers.transfer.planning import FileTask
+
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    local = _local(tmp_path)
+    try:
+        small = [FileTask(None, f"s{i}", f"s{i}", 4096, None) for i in range(SMALL_FILE_BATCH * 8)]  # type: ignore[arg-type]
+        large = [FileTask(None, f"l{i}", f"l{i}", SMALL_FILE_BYTES, None) for i in range(3)]  # type: ignore[arg-type]
+        copying = lanes(small + large, local.storage, local.storage, threads=8)
+        assert [(threads, len(batches)) for threads, batches in copying] == [(3, 3), (4, 8)]
+        assert all(len(batch) == SMALL_FILE_BATCH for batch in copying[1][1])
+        hashing = lanes(small, local.storage, local.storage, threads=8, hashing_only=True)
+        assert [(threads, len(batches)) for threads, batches in hashing] == [(1, 8)]
+        assert lanes(small, local.storage, local.storage, threads=2)[0][0] == 2  # never more than the setting
+    finally:
+        local.close()
