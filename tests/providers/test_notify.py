@@ -614,6 +614,22 @@ def test_webhook_timeout_setting(receivers, make_client):
     assert time.monotonic() - started < 3.5 and len(receiver.requests) >= 2
 
 
+def test_smtp_timeout_setting(servers, make_client):
+    import datetime
+
+    server = servers(replies=["451 4.3.0 Try again later"] * 20, delay=3)  # every answer to DATA comes late
+    client = make_client(APTK_SMTP_URL=server.url(), APTK_SMTP_TIMEOUT="0.5")
+    deadline = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=3)).isoformat()
+    started = time.monotonic()
+    status = client.run({"destination": "ada@example.org", "subject": "s", "body_template": "x"},
+                        deadline=deadline, wait=True)
+    # Under the default 30 s the first answer (a 451 after 3 s) would come; with 0.5 s every attempt times out
+    # waiting for it, which smtplib reports as the connection closing.
+    assert status["status"] == "FAILED" and status["details"]["code"] == "Disconnected", status
+    assert "timed out" in status["details"]["description"]
+    assert status["details"]["attempts"] >= 2 and time.monotonic() - started < 3.5 and not server.messages
+
+
 def test_rate_limit_window_and_refused_actions_do_not_count(servers, make_client):
     server = servers()
     client = make_client(APTK_SMTP_URL=server.url(), APTK_NOTIFY_RATE_LIMIT="1", APTK_NOTIFY_RATE_WINDOW="3")
