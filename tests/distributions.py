@@ -26,9 +26,11 @@ def provider_source(name: str, title: str = "Shout") -> str:
     return PROVIDER_SOURCE.format(name=name, title=title)
 
 
-def make_distribution(root: Path, dist: str, modules: Mapping[str, str], providers: Mapping[str, str]) -> Path:
-    """Install distribution ``dist`` into ``root``: ``modules`` (name -> source) and the ``aptk.providers``
-    entry points ``providers`` (name -> 'module:attribute'). Returns ``root``."""
+def make_distribution(root: Path, dist: str, modules: Mapping[str, str], providers: Mapping[str, str],
+                      commands: Mapping[str, str] | None = None) -> Path:
+    """Install distribution ``dist`` into ``root``: ``modules`` (name -> source), the ``aptk.providers`` entry
+    points ``providers`` and the ``aptk.commands`` entry points ``commands`` (name -> 'module:attribute').
+    Returns ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     for module, source in modules.items():
         (root / f"{module}.py").write_text(textwrap.dedent(source))
@@ -36,5 +38,8 @@ def make_distribution(root: Path, dist: str, modules: Mapping[str, str], provide
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
     lines = "".join(f"{name} = {value}\n" for name, value in providers.items())
-    (info / "entry_points.txt").write_text(f"[aptk.providers]\n{lines}")
+    text = f"[aptk.providers]\n{lines}"
+    if commands:
+        text += "\n[aptk.commands]\n" + "".join(f"{name} = {value}\n" for name, value in commands.items())
+    (info / "entry_points.txt").write_text(text)
     return root

@@ -54,7 +54,49 @@ data_dir_option = click.option(
 )
 
 
-@click.group()
+COMMANDS_GROUP = "aptk.commands"
+"""The entry-point group through which installed distributions add commands to ``aptk`` (a click command each;
+the entry point's name is the command's name), e.g. in ``pyproject.toml``::
+
+    [project.entry-points."aptk.commands"]
+    flow = "my_package.cli:flow"
+"""
+
+
+class _Main(click.Group):
+    """``aptk``: its own commands, then those installed distributions register in :data:`COMMANDS_GROUP`."""
+
+    def _installed(self) -> dict[str, Any]:
+        from importlib.metadata import entry_points
+
+        return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP) if ep.name not in self.commands}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._installed()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        entry = self._installed().get(cmd_name)
+        if entry is None:
+            return None
+        distribution = getattr(entry.dist, "name", None) or "an unknown distribution"
+        try:
+            loaded = entry.load()
+        except Exception as exc:  # noqa: BLE001 - any import failure of a plugin is reported the same way
+            raise click.ClickException(
+                f"the command {cmd_name!r} ({entry.value}) of {distribution} cannot be loaded: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        if not isinstance(loaded, click.Command):
+            raise click.ClickException(
+                f"the command {cmd_name!r} ({entry.value}) of {distribution} is not a click command"
+            )
+        return loaded
+
+
+@click.group(cls=_Main)
 @click.version_option(package_name="action-provider-toolkit")
 def main() -> None:
     """Action Provider Toolkit: serve providers, mint dev tokens, call providers."""
@@ -655,3 +697,15 @@ def check(url: str, token: str, other_token: str | None, body_text: str | None, 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+# What commands of other distributions (the ``aptk.commands`` group) use to behave like aptk's own.
+print_document = _print
+"""Print a document with the ``--format``/``--jmespath`` choices of :func:`output_options`."""
+call_provider = _calling
+"""Call a client method; a provider's refusal or no answer ends the command with aptk's exit codes."""
+parse_body = _body
+"""A JSON document from text, or from a file with ``@path``; a usage error otherwise."""
+make_client = _client
+"""An :class:`~toolkit.client.ActionProviderClient` for a provider URL and a token."""
+
