@@ -317,13 +317,35 @@ def new(name: str, provider_name: str | None, title: str | None, synchronous: bo
 # --- client commands ---------------------------------------------------------------------------------------
 
 url_argument = click.argument("url")
-token_option = click.option("--token", envvar="APTK_TOKEN", required=True, help="Bearer token ($APTK_TOKEN).")
+token_option = click.option("--token", envvar="APTK_TOKEN", default=None,
+                            help="Bearer token ($APTK_TOKEN); default: your `aptk login` session's token for the "
+                                 "provider's scope.")
 
 
-def _client(url: str, token: str) -> "ActionProviderClient":
+def _client(url: str, token: str | None) -> "ActionProviderClient":
+    """A client with ``token``, or else acting as the logged-in person (see :mod:`toolkit.session`)."""
     from .client import ActionProviderClient
+    from .session import SessionError
 
-    return ActionProviderClient(url, token)
+    if token:
+        return ActionProviderClient(url, token)
+    try:
+        return ActionProviderClient.from_session(url)
+    except SessionError as exc:
+        raise _NoSession(str(exc)) from None
+
+
+def _session_token(url: str, token: str | None) -> str:
+    """``token``, or the logged-in person's current access token for the provider at ``url``."""
+    from .session import SessionError, provider_auth
+
+    if token:
+        return token
+    try:
+        auth = provider_auth(url)
+        return auth.session.access_token(auth.scope)
+    except SessionError as exc:
+        raise _NoSession(str(exc)) from None
 
 
 def output_options(fn: Any) -> Any:
@@ -373,6 +395,9 @@ EXIT_REFUSED = 5
 """The provider answered with an error (4xx, 5xx), or with something that is not an action provider's answer."""
 EXIT_UNREACHABLE = 6
 """No answer: connection refused, unknown host, network timeout."""
+EXIT_SESSION = 7
+"""No token given and no usable ``aptk login`` session for the provider (the message says which login to run),
+or a sign-in, refresh or logout that went wrong."""
 EXIT_INTERRUPTED = 130
 """Ctrl-C while waiting (the action goes on)."""
 
@@ -405,8 +430,13 @@ class _Interrupted(_Exit):
     exit_code = EXIT_INTERRUPTED
 
 
+class _NoSession(_Exit):
+    exit_code = EXIT_SESSION
+
+
 def _calling(fn, *args, **kwargs) -> Any:
     from .client import ClientError, ProviderUnreachable
+    from .session import SessionError
 
     try:
         return fn(*args, **kwargs)
@@ -414,6 +444,8 @@ def _calling(fn, *args, **kwargs) -> Any:
         raise _Refused(str(exc)) from None
     except ProviderUnreachable as exc:
         raise _Unreachable(str(exc)) from None
+    except SessionError as exc:  # the session's token could not be refreshed
+        raise _NoSession(str(exc)) from None
 
 
 def _body(value: str) -> Any:
@@ -541,7 +573,7 @@ principal_option_help = "A principal URN (urn:globus:auth:identity:<uuid> or urn
               help="Wait until the action completes or pauses; the exit code tells which (see README).")
 @timeout_option
 @output_options
-def run(url: str, token: str, body: str, request_id: str | None, label: str | None, monitor_by: tuple[str, ...],
+def run(url: str, token: str | None, body: str, request_id: str | None, label: str | None, monitor_by: tuple[str, ...],
         manage_by: tuple[str, ...], deadline: str | None, release_after: str | None, wait: bool,
         timeout: float | None) -> None:
     """Start an action on the provider at URL."""
@@ -571,7 +603,7 @@ def introspect(url: str, token: str | None) -> None:
 @token_option
 @timeout_option
 @output_options
-def wait(url: str, action_id: str, token: str, timeout: float | None) -> None:
+def wait(url: str, action_id: str, token: str | None, timeout: float | None) -> None:
     """Wait until an action completes or pauses, show it; the exit code tells which (see README)."""
     client = _client(url, token)
     _wait_and_exit(client, url, _calling(client.status, action_id), timeout)
@@ -583,7 +615,7 @@ def _action_command(name: str, method: str, help_text: str) -> None:
     @click.argument("action_id")
     @token_option
     @output_options
-    def command(url: str, action_id: str, token: str) -> None:
+    def command(url: str, action_id: str, token: str | None) -> None:
         _print(_calling(getattr(_client(url, token), method), action_id))
 
 
@@ -600,7 +632,7 @@ _action_command("resume", "resume", "Resume an INACTIVE action.")
 @click.option("--limit", type=click.IntRange(1), default=10, show_default=True, help="Entries per page.")
 @click.option("--all", "every_page", is_flag=True, help="Fetch every page, not only the first.")
 @output_options
-def log(url: str, action_id: str, token: str, limit: int, every_page: bool) -> None:
+def log(url: str, action_id: str, token: str | None, limit: int, every_page: bool) -> None:
     """Show an action's log: its first page, or with --all every entry."""
     client = _client(url, token)
     page = _calling(client.log, action_id, limit=limit)
@@ -624,7 +656,7 @@ def log(url: str, action_id: str, token: str, limit: int, every_page: bool) -> N
 @click.option("--page-size", type=click.IntRange(1), default=None, help="Actions per request.")
 @click.option("--max", "most", type=click.IntRange(1), default=None, help="Stop after this many actions.")
 @output_options
-def list_actions(url: str, token: str, statuses: tuple[str, ...], roles: tuple[str, ...],
+def list_actions(url: str, token: str | None, statuses: tuple[str, ...], roles: tuple[str, ...],
                  page_size: int | None, most: int | None) -> None:
     """List your actions at the provider, oldest first (all pages): one JSON status per line, or with --format or
     --jmespath, one document (a list) in that format."""
@@ -656,7 +688,7 @@ def list_actions(url: str, token: str, statuses: tuple[str, ...], roles: tuple[s
               show_default=True, help="The report: readable text, JSON, or JUnit XML for CI.")
 @click.option("--wait", "wait_seconds", default="30s", show_default=True,
               help="How long to wait for the checks' action to complete (for release).")
-def check(url: str, token: str, other_token: str | None, body_text: str | None, output_format: str,
+def check(url: str, token: str | None, other_token: str | None, body_text: str | None, output_format: str,
           wait_seconds: str) -> None:
     """Check that the provider at URL follows the Action Provider API: its documents, codes and errors.
 
@@ -667,7 +699,7 @@ def check(url: str, token: str, other_token: str | None, body_text: str | None, 
     body = _body(body_text) if body_text is not None else None
     if body is not None and not isinstance(body, dict):
         raise click.BadParameter("the body must be a JSON object", param_hint="--body")
-    checker = Checker(url, token, other_token=other_token, body=body, wait=_duration_seconds(wait_seconds))
+    checker = Checker(url, _session_token(url, token), other_token=other_token, body=body, wait=_duration_seconds(wait_seconds))
     results = checker.run()
     if output_format == "json":
         _print(render_json(url, results))
@@ -677,6 +709,96 @@ def check(url: str, token: str, other_token: str | None, body_text: str | None, 
         click.echo(render_text(url, results))
     if any(r.outcome == "failed" for r in results):
         raise _Failed(f"{url} does not conform: " + ", ".join(r.name for r in results if r.outcome == "failed"))
+
+
+# --- acting as a person: aptk login, whoami, logout (toolkit.session) ----------------------------------------
+
+
+def _session_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from .session import SessionError
+
+    try:
+        return fn(*args, **kwargs)
+    except SessionError as exc:
+        raise _NoSession(str(exc)) from None
+
+
+@main.command()
+@click.option("--issuer", help="The authorization server (its issuer URL); default: that of your only session.")
+@click.option("--client-id", help="aptk's client id there: a public client allowed http://127.0.0.1/ redirects; "
+              "default: that of your session at the issuer.")
+@click.option("--scope", "scopes", multiple=True, help="A scope to consent to (repeatable).")
+@click.option("--provider", "providers", multiple=True, metavar="URL",
+              help="A provider you will call: its scope (globus_auth_scope) is asked for (repeatable).")
+@click.option("--no-browser", is_flag=True,
+              help="Print the URL to open instead of opening a browser, then read back the address it ends on.")
+@click.option("--timeout", default="5m", show_default=True, callback=_timeout,
+              help="How long to wait for the browser to come back.")
+def login(issuer: str | None, client_id: str | None, scopes: tuple[str, ...], providers: tuple[str, ...],
+          no_browser: bool, timeout: float | None) -> None:
+    """Sign in as yourself (OAuth2 authorization code with PKCE, RFC 8252) and store the session, so that aptk
+    calls providers as you. Scopes consented to before at the same issuer are asked again."""
+    from .session import Login, SessionStore, can_open_browser, provider_scope
+
+    store = SessionStore()
+    previous = _session_call(store.load, issuer) if issuer else None
+    if issuer is None:
+        stored = _session_call(store.sessions)
+        if len(stored) != 1:
+            raise click.UsageError("give --issuer (the authorization server's URL)" + (
+                ": you are logged in at " + ", ".join(s.issuer for s in stored) if stored else ""))
+        previous = stored[0]
+        issuer = previous.issuer
+    client_id = client_id or (previous.client_id if previous else None)
+    if not client_id:
+        raise click.UsageError(f"give --client-id: the id of aptk's public client at {issuer}")
+    wanted = [*(_session_call(provider_scope, url) for url in providers), *scopes]
+    if previous is not None and previous.client_id == client_id:
+        wanted = [*previous.scopes, *wanted]
+    attempt = _session_call(Login, issuer, client_id, wanted, store=store)
+    browser = not no_browser and can_open_browser()
+
+    def paste() -> str:
+        click.echo("Address: ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line.strip():
+            raise _NoSession("nothing was pasted; nothing was stored")
+        return line
+
+    def show(text: str) -> None:
+        click.echo(text, err=True)
+
+    session = _session_call(attempt.run, paste=None if browser else paste, show=show,
+                            timeout=timeout or 3600.0)
+    if previous is not None and previous.data.get("refresh_token") != session.data.get("refresh_token"):
+        previous.logout_unsaved()  # the tokens of the session this one replaces are no longer needed
+    who = session.describe()
+    click.echo(f"aptk: logged in at {session.issuer} as {who.get('name') or who.get('sub') or 'unknown'}; "
+               f"scopes: {' '.join(session.scopes)}", err=True)
+
+
+@main.command()
+@click.option("--issuer", help="The session to show; default: your only one.")
+@output_options
+def whoami(issuer: str | None) -> None:
+    """Show who you are logged in as: identity, issuer, scopes, and when the tokens expire (never the tokens)."""
+    from .session import SessionStore
+
+    session = _session_call(SessionStore().find, issuer)
+    _print(_session_call(session.describe))
+
+
+@main.command()
+@click.option("--issuer", help="The session to end; default: your only one.")
+def logout(issuer: str | None) -> None:
+    """Revoke your session's tokens at the authorization server (RFC 7009) and delete them."""
+    from .session import SessionStore
+
+    session = _session_call(SessionStore().find, issuer)
+    problems = session.logout()
+    if problems:
+        raise _NoSession(f"logged out of {session.issuer} here, but " + "; ".join(problems))
+    click.echo(f"aptk: logged out of {session.issuer}; its tokens were revoked and deleted", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -52,13 +52,33 @@ class ActionProviderClient:
     """Calls one provider at ``url`` (its prefix, e.g. ``http://127.0.0.1:5000/hello``) with a bearer token."""
 
     def __init__(
-        self, url: str, token: str | None = None, *, session: requests.Session | None = None, timeout: float = 30
+        self, url: str, token: str | None = None, *, session: requests.Session | None = None, timeout: float = 30,
+        auth: requests.auth.AuthBase | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.session = session or requests.Session()
         self.timeout = timeout
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
+        elif auth is not None:
+            self.session.auth = auth
+
+    @classmethod
+    def from_session(
+        cls, url: str, *, issuer: str | None = None, scope: str | None = None, timeout: float = 30,
+        store: Any = None,
+    ) -> "ActionProviderClient":
+        """A client that acts as the person logged in with ``aptk login``: every request carries that session's
+        access token for the provider's scope (read from its description unless ``scope`` is given), refreshed
+        before it expires. ``issuer`` picks the session when several could serve; ``store`` is a
+        :class:`toolkit.session.SessionStore` (default: the user's config directory).
+
+        Raises :class:`toolkit.session.LoginRequired` (its message names the ``aptk login`` to run) when no stored
+        session has consent for the scope.
+        """
+        from .session import provider_auth
+
+        return cls(url, timeout=timeout, auth=provider_auth(url, issuer=issuer, scope=scope, store=store))
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         url = self.url + path

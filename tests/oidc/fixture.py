@@ -344,7 +344,7 @@ def start_oidc_server(config: Mapping[str, Any] | None = None, *, startup_timeou
         c["name"]: OIDCClient(
             name=c["name"],
             client_id=c["client_id"],
-            client_secret=c["client_secret"],
+            client_secret=c.get("client_secret", ""),  # a public client has none
             groups=tuple(c.get("groups") or ()),
             access_token_ttl=c.get("access_token_ttl"),
             introspect=bool(c.get("introspect")),

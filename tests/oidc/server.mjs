@@ -34,6 +34,7 @@ const keyPair = promisify(generateKeyPair)('rsa', { modulusLength: 2048 });
 const { default: Provider, errors } = await import('oidc-provider');
 
 const HELLO = 'urn:aptk:scope:hello';
+const OIDC_SCOPES = new Set(['openid', 'profile', 'offline_access']);
 const OTHER = 'urn:aptk:scope:other';
 
 // Resource indicator -> how tokens for it look. `format` is "jwt" (RFC 9068, signed RS256 with the provider's
@@ -44,6 +45,11 @@ const DEFAULT_RESOURCES = {
 };
 
 // `name` is for humans (and the Python fixture); `client_id` is what the provider and the tokens know.
+// `public: true` makes a public native client (RFC 8252): no secret, PKCE, any port on a loopback redirect URI
+// (register `http://127.0.0.1/`), and, with the `refresh_token` grant, refresh tokens for the `offline_access`
+// scope. A public client's token requests that name scopes but no resource get the resource (among its
+// `resources`) whose scopes hold them, as an authorization server that maps scopes to APIs does.
+// `refresh_token_ttl` (seconds) sets how long its refresh tokens live (default 14 days).
 // `resources` limits which resource indicators the client may ask for (default: all of them).
 // `access_token_ttl` (seconds) overrides the resource's lifetime for this client's tokens.
 // `introspect: true` marks the clients allowed to see introspection results (everyone else gets active=false).
@@ -120,6 +126,7 @@ const clientsById = new Map(clients.map((c) => [c.client_id, c]));
 // `grant_types: ["authorization_code"]` and its `redirect_uris`. `accounts` (login -> groups) adds a `groups`
 // claim to a person's ID token.
 const browserSignIn = clients.some((c) => c.grant_types.includes('authorization_code'));
+const refreshTokens = clients.some((c) => c.grant_types.includes('refresh_token'));
 const accountGroups = overrides.accounts ?? {};
 
 const { privateKey } = await keyPair;
@@ -141,16 +148,16 @@ server.listen(requestedPort, host, () => {
   const provider = new Provider(issuer, {
     clients: clients.map((c) => ({
       client_id: c.client_id,
-      client_secret: c.client_secret,
+      ...(c.public ? { application_type: 'native' } : { client_secret: c.client_secret }),
       grant_types: c.grant_types,
       response_types: c.grant_types.includes('authorization_code') ? ['code'] : [],
       redirect_uris: c.redirect_uris ?? [],
-      token_endpoint_auth_method: 'client_secret_basic',
+      token_endpoint_auth_method: c.public ? 'none' : 'client_secret_basic',
     })),
     jwks: { keys: [signingKey] },
     cookies: { keys: [randomUUID()] }, // signs the sign-in pages' cookies (browser clients only)
     clockTolerance: 0, // so a token is inactive the second it expires
-    scopes: browserSignIn ? ['openid', 'profile', HELLO, OTHER] : [HELLO, OTHER],
+    scopes: [...(browserSignIn ? ['openid', 'profile'] : []), ...(refreshTokens ? ['offline_access'] : []), HELLO, OTHER],
     // A person signs in with any login (it becomes `sub`, and `name` is derived from it) and any password.
     findAccount: async (_ctx, sub) => ({
       accountId: sub,
@@ -171,6 +178,18 @@ server.listen(requestedPort, host, () => {
       revocation: { enabled: true },
       resourceIndicators: {
         enabled: true,
+        defaultResource: async (ctx, client, oneOf) => {
+          const known = clientFor(ctx, client);
+          if (!known?.public) return oneOf; // oidc-provider's own default
+          const wanted = (ctx.oidc.params.scope ?? '').split(' ').filter((s) => s && !OIDC_SCOPES.has(s));
+          if (!wanted.length) return oneOf;
+          const fits = (oneOf ?? known.resources).filter((indicator) => {
+            const offered = new Set((resources[indicator]?.scope ?? '').split(' '));
+            return wanted.every((s) => offered.has(s));
+          });
+          if (ctx.oidc.route === 'authorization' && !oneOf) return fits.length ? fits : undefined;
+          return fits[0];
+        },
         getResourceServerInfo: async (ctx, indicator, client) => {
           const resource = resources[indicator];
           if (!resource || !clientFor(ctx, client)?.resources.includes(indicator)) {
@@ -195,7 +214,9 @@ server.listen(requestedPort, host, () => {
     ttl: {
       ClientCredentials: (ctx, token, client) => clientFor(ctx, client)?.access_token_ttl
         ?? token.resourceServer?.accessTokenTTL ?? 600,
-      AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL ?? 600,
+      AccessToken: (ctx, token, client) => (clientFor(ctx, client)?.public
+        ? clientFor(ctx, client).access_token_ttl : undefined) ?? token.resourceServer?.accessTokenTTL ?? 600,
+      RefreshToken: (ctx, token, client) => clientFor(ctx, client)?.refresh_token_ttl ?? 14 * 24 * 3600,
     },
     // These are tests: render errors as plain JSON, never as HTML pages.
     renderError: async (ctx, out) => { ctx.type = 'json'; ctx.body = out; },
