@@ -332,7 +332,7 @@ def _client(url: str, token: str | None) -> "ActionProviderClient":
     try:
         return ActionProviderClient.from_session(url)
     except SessionError as exc:
-        raise _NoSession(str(exc)) from None
+        raise _NoSession(f"{exc} (or give --token or $APTK_TOKEN)") from None
 
 
 def _session_token(url: str, token: str | None) -> str:
@@ -345,7 +345,7 @@ def _session_token(url: str, token: str | None) -> str:
         auth = provider_auth(url)
         return auth.session.access_token(auth.scope)
     except SessionError as exc:
-        raise _NoSession(str(exc)) from None
+        raise _NoSession(f"{exc} (or give --token or $APTK_TOKEN)") from None
 
 
 def output_options(fn: Any) -> Any:
@@ -594,7 +594,9 @@ def run(url: str, token: str | None, body: str, request_id: str | None, label: s
 @output_options
 def introspect(url: str, token: str | None) -> None:
     """Show the provider's description: title, scope, who may run it, its input schema."""
-    _print(_calling(_client(url, token or "").introspect))
+    from .client import ActionProviderClient
+
+    _print(_calling(ActionProviderClient(url, token).introspect))  # anonymous without a token: no session needed
 
 
 @main.command()
@@ -770,8 +772,6 @@ def login(issuer: str | None, client_id: str | None, scopes: tuple[str, ...], pr
 
     session = _session_call(attempt.run, paste=None if browser else paste, show=show,
                             timeout=timeout or 3600.0)
-    if previous is not None and previous.data.get("refresh_token") != session.data.get("refresh_token"):
-        previous.logout_unsaved()  # the tokens of the session this one replaces are no longer needed
     who = session.describe()
     click.echo(f"aptk: logged in at {session.issuer} as {who.get('name') or who.get('sub') or 'unknown'}; "
                f"scopes: {' '.join(session.scopes)}", err=True)

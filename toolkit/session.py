@@ -73,10 +73,6 @@ def default_directory() -> Path:
     return Path(platformdirs.user_config_dir("aptk", appauthor=False)) / "sessions"
 
 
-def _now() -> float:
-    return time.time()
-
-
 def _scopes(text: str | None) -> list[str]:
     return [s for s in (text or "").split() if s]
 
@@ -98,10 +94,12 @@ def login_command(issuer: str | None, client_id: str | None, *, scopes: tuple[st
 
 
 class SessionStore:
-    """One JSON file per issuer in ``directory`` (default: :func:`default_directory`), readable by the user alone."""
+    """One JSON file per issuer in ``directory`` (default: :func:`default_directory`), readable by the user alone.
+    ``clock`` (seconds since the epoch) decides when a token is due for refresh."""
 
-    def __init__(self, directory: Path | str | None = None) -> None:
+    def __init__(self, directory: Path | str | None = None, *, clock: Callable[[], float] = time.time) -> None:
         self.directory = Path(directory) if directory is not None else default_directory()
+        self.clock = clock
 
     def path(self, issuer: str) -> Path:
         digest = hashlib.sha256(issuer.rstrip("/").encode()).hexdigest()[:20]
@@ -220,7 +218,7 @@ class Session:
         if scope not in self.scopes:
             raise LoginRequired(f"the session at {self.issuer} has no consent for scope {scope}",
                                 self.relogin(scope))
-        fresh = self._usable(self.data, scope)
+        fresh = self._usable(self.data, scope, now=self.store.clock())
         if fresh is not None:
             return fresh
         with self.store.lock(self.issuer):
@@ -228,17 +226,16 @@ class Session:
             if current is None:
                 raise LoginRequired(f"the session at {self.issuer} was ended", self.relogin(scope))
             self.data = current.data
-            fresh = self._usable(self.data, scope)
+            fresh = self._usable(self.data, scope, now=self.store.clock())
             if fresh is not None:
                 return fresh
             self._refresh(scope)
-        token = self._usable(self.data, scope, margin=False)
+        token = self._usable(self.data, scope, now=self.store.clock(), margin=False)
         assert token is not None
         return token
 
     @staticmethod
-    def _usable(data: dict[str, Any], scope: str, *, margin: bool = True) -> str | None:
-        now = _now()
+    def _usable(data: dict[str, Any], scope: str, *, now: float, margin: bool = True) -> str | None:
         for entry in data.get("tokens") or []:
             if scope not in _scopes(entry.get("scope")):
                 continue
@@ -281,7 +278,7 @@ class Session:
             raise _Refused(exc) from None
         except requests.RequestException as exc:
             raise SessionError(f"could not reach {self.issuer} for a token: {type(exc).__name__}") from None
-        self.data = _merge(self.data, dict(answer), wanted=scope)
+        self.data = _merge(self.data, dict(answer), now=self.store.clock(), wanted=scope)
         if answer.get("scope") is not None and scope not in _scopes(answer.get("scope")):
             raise LoginRequired(f"{self.issuer} did not grant scope {scope}", self.relogin(scope))
 
@@ -334,7 +331,7 @@ class Session:
             shown: dict[str, Any] = {"scope": entry.get("scope", "")}
             if entry.get("expires_at") is not None:
                 shown["expires_at"] = _iso(entry["expires_at"])
-                shown["expired"] = entry["expires_at"] <= _now()
+                shown["expired"] = entry["expires_at"] <= self.store.clock()
             tokens.append(shown)
         document = {
             "issuer": self.issuer,
@@ -374,11 +371,10 @@ def _iso(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(int(seconds), datetime.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _merge(data: dict[str, Any], answer: dict[str, Any], *, wanted: str | None = None,
+def _merge(data: dict[str, Any], answer: dict[str, Any], *, now: float, wanted: str | None = None,
            sign_in: bool = False) -> dict[str, Any]:
     """The session with a token response folded in (the new token replaces those of the same scope)."""
     data = dict(data)
-    now = _now()
     scope = answer.get("scope")
     if scope is None:
         scope = wanted if wanted is not None else " ".join(data.get("scopes") or [])
@@ -581,11 +577,11 @@ class Login:
             raise SessionError(f"could not reach {endpoint}: {type(exc).__name__}; nothing was stored") from None
         data: dict[str, Any] = {
             "issuer": self.issuer, "client_id": self.client_id, "scopes": self.scopes,
-            "logged_in_at": int(_now()), "tokens": [],
+            "logged_in_at": int(self.store.clock()), "tokens": [],
             **{k: self.metadata.get(k) for k in ("token_endpoint", "revocation_endpoint", "userinfo_endpoint",
                                                  "jwks_uri")},
         }
-        data = _merge(data, dict(answer), sign_in=True)
+        data = _merge(data, dict(answer), now=self.store.clock(), sign_in=True)
         session = Session(self.store, data)
         try:
             if answer.get("id_token"):
@@ -594,7 +590,7 @@ class Login:
             # A server that issues one token per API answers the code with one of them: get the others now, so
             # that a scope refused shows at sign-in, not at the first call.
             for scope in self.scopes:
-                if scope not in IDENTITY_SCOPES and session._usable(session.data, scope) is None:
+                if scope not in IDENTITY_SCOPES and session._usable(session.data, scope, now=self.store.clock()) is None:
                     if not session.data.get("refresh_token"):
                         raise SessionError(f"{self.issuer} did not grant {scope} and gave no refresh token")
                     session._refresh_unsaved(scope)
@@ -671,15 +667,16 @@ def provider_scope(url: str, *, token: str | None = None) -> str:
 
 
 def session_for(scope: str, *, issuer: str | None = None, store: SessionStore | None = None,
-                provider: str | None = None) -> Session:
-    """The stored session with consent for ``scope`` (at ``issuer``, if given)."""
+                provider: str | None = None, described: bool = False) -> Session:
+    """The stored session with consent for ``scope`` (at ``issuer``, if given). ``provider`` is the URL that
+    needs it, ``described`` whether the scope came from its description (then the login to run names it)."""
     store = store or SessionStore()
     candidates = [store.find(issuer)] if issuer else store.sessions()
     for session in candidates:
         if scope in session.scopes:
             return session
-    providers = (provider,) if provider else ()
-    scopes = () if provider else (scope,)
+    providers = (provider,) if provider and described else ()
+    scopes = () if providers else (scope,)
     if len(candidates) == 1:
         only = candidates[0]
         command = login_command(only.issuer, only.client_id, providers=providers, scopes=scopes)
@@ -706,6 +703,7 @@ class SessionAuth(requests.auth.AuthBase):
 def provider_auth(url: str, *, issuer: str | None = None, scope: str | None = None,
                   store: SessionStore | None = None) -> SessionAuth:
     """Authentication for calls to the provider at ``url`` as the logged-in person."""
+    described = scope is None
     scope = scope or provider_scope(url)
-    return SessionAuth(session_for(scope, issuer=issuer, store=store, provider=url), scope)
+    return SessionAuth(session_for(scope, issuer=issuer, store=store, provider=url, described=described), scope)
 
