@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
 import http.server
 import json
 import os
@@ -231,7 +232,8 @@ class Session:
                 return fresh
             self._refresh(scope)
         token = self._usable(self.data, scope, now=self.store.clock(), margin=False)
-        assert token is not None
+        if token is None:
+            raise SessionError(f"{self.issuer} answered the refresh for {scope} with a token that has expired")
         return token
 
     @staticmethod
@@ -365,6 +367,11 @@ class _Refused(SessionError):
         super().__init__(self.reason)
 
 
+def _printable(text: str) -> str:
+    """Text from the network, shown on a terminal: no control characters."""
+    return "".join(c for c in text if c.isprintable())[:300]
+
+
 def _iso(seconds: float) -> str:
     import datetime
 
@@ -477,7 +484,7 @@ class _Callback(http.server.BaseHTTPRequestHandler):
             return
         port = self.server.server_address[1]
         outcome = self.server.expect(f"http://127.0.0.1:{port}{self.path}")
-        body = (f"<!doctype html><title>aptk login</title><p>{outcome}</p>"
+        body = (f"<!doctype html><title>aptk login</title><p>{html.escape(outcome)}</p>"
                 "<p>You may close this window and return to the terminal.</p>").encode()
         self.send_response(200 if outcome.startswith("Signed in") else 400)
         self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -546,7 +553,7 @@ class Login:
         if (answer.scheme, answer.hostname, answer.port) != (expected.scheme, expected.hostname, expected.port):
             raise SessionError(f"the pasted address is not this sign-in's redirect ({self.redirect_uri}): it came "
                                "back to another address or port; nothing was stored")
-        params = {k: v[0] for k, v in parse_qs(answer.query).items()}
+        params = {k: _printable(v[0]) for k, v in parse_qs(answer.query).items()}
         if params.get("state") != self.state:
             raise SessionError("the answer does not belong to this sign-in (its state differs); nothing was "
                                "stored; run aptk login again")

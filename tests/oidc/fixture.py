@@ -18,6 +18,11 @@ is a random string; the ``resource-server`` client introspects it (RFC 7662) and
 ``groups``, ``client_id``, ``aud``, ``scope``, ``iss``, ``iat``, ``exp`` and ``token_type`` (``sub`` is left out for a
 client configured with ``omit_sub``). Every other client gets ``{"active": false}``. JWT access tokens are not stored, so they introspect as inactive.
 
+A configuration may add browser sign-in clients (``grant_types: ["authorization_code"]``, with the server's own login
+and consent pages: any login, any password) and public native clients (``"public": true``, no secret, PKCE, any
+port on ``http://127.0.0.1/``, refresh tokens with ``"refresh_token"`` among the grant types and the
+``offline_access`` scope); see ``server.mjs``. ``tests/e2e/test_login.py`` signs a person in through them.
+
 Node.js (20 or newer) and npm must be installed: the first start runs ``npm ci`` in this directory (a few seconds;
 later starts skip it while ``package.json`` and ``package-lock.json`` are unchanged). Without them the fixtures fail
 with the reason; they never skip.

@@ -1,7 +1,9 @@
 // A real OAuth 2.0 / OpenID Connect authorization server on loopback, for the test suite.
 //
 // Built on oidc-provider (https://github.com/panva/node-oidc-provider). It serves the client credentials grant,
-// RFC 8707 resource indicators, RFC 9068 JWT access tokens, opaque access tokens and RFC 7662 token introspection.
+// RFC 8707 resource indicators, RFC 9068 JWT access tokens, opaque access tokens and RFC 7662 token introspection;
+// for the clients configured for them, browser sign-in (authorization code with PKCE) and, for public native
+// clients, refresh tokens and RFC 7009 revocation.
 // Everything lives in memory and a fresh RS256 signing key is generated at every start, so two instances never
 // trust each other's tokens.
 //

@@ -145,3 +145,37 @@ def test_logout_deletes_the_session_even_when_the_server_cannot_be_told(config_h
     assert result.exit_code == EXIT_SESSION
     assert f"logged out of {ISSUER} here, but could not reach http://127.0.0.1:{port}/revoke" in result.output
     assert store.sessions() == [] and "the-refresh-token" not in result.output
+
+
+def test_the_page_the_browser_returns_to_escapes_what_the_answer_says(tmp_path):
+    import threading
+    import time
+
+    import requests
+
+    metadata = {"authorization_endpoint": f"{ISSUER}/authorize", "token_endpoint": f"{ISSUER}/token"}
+    attempt = Login(ISSUER, "aptk-cli", [SCOPE], store=SessionStore(tmp_path), metadata=metadata)
+    shown: list[str] = []
+    outcome: dict[str, str] = {}
+
+    def sign_in() -> None:
+        try:
+            attempt.run(open_browser=False, show=shown.append, timeout=10)
+        except SessionError as exc:
+            outcome["error"] = str(exc)
+
+    thread = threading.Thread(target=sign_in)
+    thread.start()
+    while not shown:
+        time.sleep(0.01)
+    browser = requests.Session()
+    browser.trust_env = False  # loopback, never through a proxy from the environment
+    assert "Open this URL in a browser on this machine" in shown[0]
+    assert browser.get(attempt.redirect_uri + "favicon.ico", timeout=5).status_code == 404  # keeps waiting
+    page = browser.get(attempt.redirect_uri, timeout=5, params={
+        "state": attempt.state, "error": "access_denied", "error_description": "<script>x()</script>\x1b[2J"})
+    thread.join(10)
+    assert page.status_code == 400
+    assert "&lt;script&gt;x()&lt;/script&gt;" in page.text and "<script>" not in page.text
+    assert outcome["error"].startswith(f"{ISSUER} refused the sign-in (access_denied: <script>x()</script>[2J)")
+    assert list(tmp_path.iterdir()) == []
