@@ -49,6 +49,9 @@ from .errors import ToolkitError
 DEFAULT_SCOPES = ("openid", "profile", "offline_access")
 """Asked at every sign-in besides the providers' scopes: who the person is, and a refresh token."""
 IDENTITY_SCOPES = frozenset({"openid", "profile", "email", "offline_access"})
+PROTOCOL_CLAIMS = frozenset({"iss", "aud", "azp", "exp", "iat", "nbf", "auth_time", "nonce", "at_hash", "c_hash",
+                             "s_hash", "sid", "jti"})
+"""ID token claims about the token itself, not the person: left out of what ``aptk whoami`` shows."""
 REFRESH_MARGIN = 60.0
 """Seconds before expiry at which a token is refreshed (at most a quarter of its lifetime)."""
 LOGIN_TIMEOUT = 300.0
@@ -327,10 +330,12 @@ class Session:
 
     def describe(self) -> dict[str, Any]:
         """What ``aptk whoami`` shows: identity, issuer, client, scopes and each token's expiry; never a token."""
-        identity = self.identity()
+        identity = {k: v for k, v in self.identity().items() if k not in PROTOCOL_CLAIMS}
         tokens = []
         for entry in self.data.get("tokens") or []:
             shown: dict[str, Any] = {"scope": entry.get("scope", "")}
+            if entry.get("sign_in"):
+                shown["sign_in"] = True  # the token the sign-in itself returned
             if entry.get("expires_at") is not None:
                 shown["expires_at"] = _iso(entry["expires_at"])
                 shown["expired"] = entry["expires_at"] <= self.store.clock()

@@ -226,6 +226,7 @@ def test_login_then_run_as_the_person_in_jwt_mode_refresh_and_logout(person, pro
     assert shown["sub"] == PERSON and shown["name"] == f"Test user {PERSON}" and shown["issuer"] == oidc.issuer
     assert shown["client_id"] == CLI_JWT and HELLO in shown["scopes"] and shown["refreshable"] is True
     assert any(t["scope"] == HELLO and t["expires_at"].endswith("Z") for t in shown["tokens"])
+    assert shown["identity"] == {"sub": PERSON, "name": f"Test user {PERSON}"}  # no nonce, sid, at_hash...
     assert person.aptk("whoami", "--jmespath", "sub", "--format", "unix").stdout.strip() == PERSON
 
     time.sleep(TTL + 1)  # every access token has expired; a JWT-mode provider would refuse them
