@@ -7,7 +7,7 @@ import re
 import sys
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
@@ -335,17 +335,19 @@ def _client(url: str, token: str | None) -> "ActionProviderClient":
         raise _NoSession(f"{exc} (or give --token or $APTK_TOKEN)") from None
 
 
-def _session_token(url: str, token: str | None) -> str:
-    """``token``, or the logged-in person's current access token for the provider at ``url``."""
+def _session_token(url: str, token: str | None) -> str | Callable[[], str]:
+    """``token``, or a function returning the logged-in person's current access token for the provider at
+    ``url`` (refreshed as it nears expiry)."""
     from .session import SessionError, provider_auth
 
     if token:
         return token
     try:
         auth = provider_auth(url)
-        return auth.session.access_token(auth.scope)
+        auth.session.access_token(auth.scope)  # usable now, or the command stops here saying why
     except SessionError as exc:
         raise _NoSession(f"{exc} (or give --token or $APTK_TOKEN)") from None
+    return lambda: auth.session.access_token(auth.scope)
 
 
 def output_options(fn: Any) -> Any:
@@ -702,7 +704,7 @@ def check(url: str, token: str | None, other_token: str | None, body_text: str |
     if body is not None and not isinstance(body, dict):
         raise click.BadParameter("the body must be a JSON object", param_hint="--body")
     checker = Checker(url, _session_token(url, token), other_token=other_token, body=body, wait=_duration_seconds(wait_seconds))
-    results = checker.run()
+    results = _calling(checker.run)
     if output_format == "json":
         _print(render_json(url, results))
     elif output_format == "junit":

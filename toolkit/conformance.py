@@ -157,9 +157,13 @@ def violating_body(schema: dict[str, Any], valid: dict[str, Any]) -> dict[str, A
 
 
 class Checker:
-    """Runs the checks against the provider at ``url`` (its base: the description is ``GET url/``)."""
+    """Runs the checks against the provider at ``url`` (its base: the description is ``GET url/``).
 
-    def __init__(self, url: str, token: str, *, other_token: str | None = None, body: dict[str, Any] | None = None,
+    ``token`` is a bearer token, or a function returning one at each request (a session's, refreshed as it
+    nears expiry)."""
+
+    def __init__(self, url: str, token: str | Callable[[], str], *, other_token: str | None = None,
+                 body: dict[str, Any] | None = None,
                  timeout: float = 10.0, wait: float = 30.0, session: requests.Session | None = None) -> None:
         self.url = url.rstrip("/")
         self.token = token
@@ -180,6 +184,8 @@ class Checker:
              **kwargs: Any) -> requests.Response:
         headers = kwargs.pop("headers", {})
         chosen = self.token if token is None else token
+        if callable(chosen):
+            chosen = chosen()
         if chosen:
             headers["Authorization"] = f"Bearer {chosen}"
         response = self.session.request(method, f"{self.url}{path}", headers=headers, timeout=self.timeout,

@@ -284,6 +284,20 @@ def test_without_a_display_the_url_is_shown_and_the_answer_pasted(person, provid
     assert person.aptk("run", providers["jwt"], "--body", '{"echo_string": "hi"}').returncode == 0
 
 
+def test_check_runs_as_the_person_refreshing_on_the_way(person, providers):
+    assert person.login(CLI_JWT, "--provider", providers["jwt"]).returncode == 0
+    started = time.monotonic()
+    # The checks' action takes longer than a token lives: later checks need a refreshed token.
+    done = person.aptk("check", providers["jwt"], "--format", "json", "--wait", "30s",
+                       "--body", json.dumps({"echo_string": "checked", "sleep_time": TTL + 2}))
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["conformant"] is True, [c for c in report["checks"]
+                                                                  if c["outcome"] == "failed"]
+    outcomes = {c["name"]: c["outcome"] for c in report["checks"]}
+    assert outcomes["release"] == "passed"  # after the wait for the action, with a token refreshed meanwhile
+    assert time.monotonic() - started > TTL + 2
+
+
 def test_a_browser_that_never_comes_back_times_out(person, oidc):
     done = person.aptk("login", "--issuer", oidc.issuer, "--client-id", CLI_JWT, "--scope", HELLO,
                        "--timeout", "1")
