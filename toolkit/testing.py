@@ -101,8 +101,10 @@ class WSGIAdapter(BaseAdapter):
             raise ValueError("the request has no URL (it was not prepared)")
         url = requests.utils.urlparse(target)
         body = request.body.encode() if isinstance(request.body, str) else request.body
+        # The request's own scheme and host, so that URLs the app builds (url_for) name what the client called.
         answer = self._client.open(
-            url.path, method=request.method, query_string=url.query, headers=dict(request.headers), data=body
+            url.path, base_url=f"{url.scheme}://{url.netloc}", method=request.method, query_string=url.query,
+            headers=dict(request.headers), data=body,
         )
         response = requests.Response()
         response.status_code = answer.status_code
