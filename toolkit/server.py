@@ -167,6 +167,17 @@ def load_app(spec: str) -> Flask:
     return target
 
 
+def post_worker_init(worker: Any) -> None:
+    """gunicorn's ``post_worker_init`` hook: a worker starts its share of the background work (see
+    ``deploy/gunicorn.conf.py``)."""
+    _worker_started(worker)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """gunicorn's ``worker_exit`` hook: running callbacks get a short grace, the rest go to other workers."""
+    _stop_quietly(worker)
+
+
 def _worker_started(worker: Any) -> None:
     # Ctrl-C reaches the whole process group; the master then stops each worker gracefully. A worker that
     # also handled SIGINT itself could deadlock in its own shutdown (seen with gthread workers).
