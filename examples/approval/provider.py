@@ -90,8 +90,8 @@ def check_request(body: dict[str, Any], ctx: HookContext) -> None:
 
 @provider.run
 def open_request(body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    create_tables(ctx.store.engine, metadata)
     with ctx.store.engine.connect() as conn:
-        create_tables(ctx.store.engine, metadata)
         row = conn.execute(sa.select(decisions).where(decisions.c.action_id == ctx.action_id)).first()
     if row is None:  # first run, or a resume by the requester before anyone decided: keep waiting
         url = decision_url(ctx)
