@@ -21,7 +21,7 @@ _LOCATIONS = {
     "UnauthorizedRequest": "errors",
     "Executor": "executor", "ThreadExecutor": "executor",
     "Toolkit": "extension", "ToolkitState": "extension", "get_toolkit": "extension",
-    "HookContext": "lifecycle", "RunContext": "lifecycle",
+    "BackgroundContext": "lifecycle", "HookContext": "lifecycle", "RunContext": "lifecycle",
     "ActionProvider": "provider",
     "SQLStore": "store", "Store": "store",
     "register_settings": "settings",
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     )
     from .executor import Executor, ThreadExecutor
     from .extension import Toolkit, ToolkitState, get_toolkit
-    from .lifecycle import HookContext, RunContext
+    from .lifecycle import BackgroundContext, HookContext, RunContext
     from .provider import ActionProvider
     from .settings import register_settings
     from .store import SQLStore, Store
@@ -77,6 +77,7 @@ __all__ = [
     "ActionNotFound",
     "ActionProvider",
     "ApiError",
+    "BackgroundContext",
     "BadActionRequest",
     "ConfigurationError",
     "DevTokenVerifier",

@@ -12,6 +12,11 @@ Each process runs one maintenance thread that
   for dead when its heartbeat is older than the lease, or at once when it ran on this host and is gone
   (:mod:`.runners`);
 * deletes completed actions once ``release_after`` has passed.
+
+A run callback may instead *hand its action over* (:meth:`RunContext.hand_over`): the action stays ACTIVE when the
+callback returns, owned by no process (no runner, no heartbeat), so the lease never takes it up; the provider
+keeps it up to date itself and ends it with :meth:`Runtime.end`. A provider's background tasks
+(:meth:`ActionProvider.background`) run beside the maintenance thread in every process.
 """
 
 from __future__ import annotations
@@ -92,6 +97,32 @@ class HookContext:
     """The runtime serving this request (for :meth:`toolkit.calls.Calls.from_context`)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class BackgroundContext:
+    """What a provider's background task gets: the runtime of its process and an event set when it stops."""
+
+    runtime: "Runtime"
+    stopping: threading.Event
+    """Set when the process stops: return soon after (wait on it rather than sleeping)."""
+
+    @property
+    def app(self) -> Any:
+        """The Flask app served (None for a runtime used without one)."""
+        return self.runtime.app
+
+    @property
+    def store(self) -> Store:
+        return self.runtime.store
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        return self.runtime.config
+
+    @property
+    def clock(self) -> "Clock":
+        return self.runtime.clock
+
+
 class RunContext:
     """What a run callback gets besides its body: who asked, progress reporting, cancellation, a log."""
 
@@ -126,6 +157,7 @@ class RunContext:
         self._started = False
         self._marked = False
         self._done = threading.Event()  # set once the callback's outcome is recorded (or it will not run)
+        self._handed_over = False
 
     def dependent_tokens(self) -> dict[str, dict[str, Any]]:
         """Tokens to call downstream services as the caller, by resource server (Globus Auth verifier).
@@ -202,6 +234,24 @@ class RunContext:
             self._event.set()
             raise ActionCancelled(self.action_id)
 
+    def hand_over(self, details: dict[str, Any] | None = None, display_status: str | None = None) -> None:
+        """Keep the action ACTIVE once the callback returns, in the provider's own hands.
+
+        From then on no process owns it: nothing heartbeats it and the lease never runs it again or fails it.
+        The provider updates it in the store (``where={"status": ACTIVE, "runner": None}``) and ends it with
+        :meth:`Runtime.end`; ``/cancel``, ``deadline`` and ``release_after`` apply as to any action. What the
+        callback returns afterwards is ignored. Raises :class:`ActionCancelled` if the action already ended.
+        """
+        changes: dict[str, Any] = {"runner": None, "heartbeat": None}
+        if details is not None:
+            changes["details"] = _json_object(details)
+        if display_status is not None:
+            changes["display_status"] = display_status[:64] or None
+        if self._runtime.store.update(self.action_id, where=self._ownership(), **changes) is None:
+            self._event.set()
+            raise ActionCancelled(self.action_id)
+        self._handed_over = True
+
     def _ownership(self) -> dict[str, Any]:
         return {"status": Status.ACTIVE, "runner": self._runtime.runner_id, "attempts": self.attempt}
 
@@ -260,6 +310,7 @@ class Runtime:
         # Who waits for which action in this process (:meth:`watch`); empty on the hot path.
         self._watchers: dict[str, list[threading.Event]] = {}
         self._watch_lock = threading.Lock()
+        self._background: list[threading.Thread] = []
 
     @functools.cached_property
     def request_key(self) -> bytes | None:
@@ -318,6 +369,21 @@ class Runtime:
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._maintain, name="aptk-maintenance", daemon=True)
             self._thread.start()
+            context = BackgroundContext(self, self._stop)
+            self._background = [
+                threading.Thread(target=self._background_task, args=(fn, context), daemon=True,
+                                 name=f"aptk-{provider.name}")
+                for provider in list(self.providers.values()) for fn in provider.background_callbacks
+            ]
+            for thread in self._background:
+                thread.start()
+
+    @staticmethod
+    def _background_task(fn: Any, context: BackgroundContext) -> None:
+        try:
+            fn(context)
+        except Exception:
+            logger.exception("background task %r stopped", fn)
 
     @property
     def stopping(self) -> bool:
@@ -338,6 +404,9 @@ class Runtime:
             ctx._event.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+        for thread in self._background:
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
         if self.runner_id and left:
             try:
                 self.store.heartbeat(self.runner_id, 0.0, [ctx.action_id for ctx in left])
@@ -509,6 +578,8 @@ class Runtime:
             if callback is None:
                 raise ConfigurationError(f"{provider!r} has no run callback")
             result = callback(provider.load_body(action.body), ctx)
+            if ctx._handed_over:
+                return None, {}
             return Status.SUCCEEDED, _json_object({} if result is None else result)
         except ActionCancelled:
             if ctx.cancelled:
@@ -571,6 +642,20 @@ class Runtime:
         except Exception:
             logger.exception("finish hook of %s failed for action %s", provider.name, action.action_id)
             return details
+
+    def end(self, action_id: str, status: Status, details: dict[str, Any]) -> Action | None:
+        """End (SUCCEEDED or FAILED) an action its callback handed over (:meth:`RunContext.hand_over`).
+
+        As a callback's outcome would: completion time, the finish hook, the log. None if the action is no longer
+        ACTIVE in the provider's hands (cancelled, past its deadline, released).
+        """
+        if status not in COMPLETED_STATES:
+            raise ValueError(f"end() completes an action: SUCCEEDED or FAILED, not {status}")
+        action = self.store.get(action_id)
+        if action is None:
+            return None
+        where = {"status": Status.ACTIVE, "runner": None, "attempts": action.attempts}
+        return self._finish(action, where, status, _json_object(details), self.clock())
 
     def hook_context(self, identity: "Identity") -> HookContext:
         """The context a check, cancel or resume hook gets for a request by ``identity``."""

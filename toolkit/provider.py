@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
     from .lifecycle import HookContext
     from .typing import (
+        BackgroundCallback,
+        BackgroundCallbackT,
         CancelCallback,
         CancelCallbackT,
         CheckCallback,
@@ -136,6 +138,7 @@ class ActionProvider:
         self.cancel_callback: CancelCallback | None = None
         self.resume_callback: ResumeCallback | None = None
         self.finish_callback: FinishCallback | None = None
+        self.background_callbacks: list[BackgroundCallback] = []
         self.extra_blueprints: list[Blueprint] = []
 
     def __repr__(self) -> str:
@@ -230,6 +233,17 @@ class ActionProvider:
         exception in it is logged and the details are stored as they were.
         """
         self.finish_callback = fn
+        return fn
+
+    def background(self, fn: BackgroundCallbackT) -> BackgroundCallbackT:
+        """Register ``fn(ctx)`` to run in a thread of its own in every serving process, for the process's life.
+
+        The toolkit starts it when the process's runtime starts (after a fork too) and sets ``ctx.stopping`` when
+        the process stops; ``fn`` should then return within a few seconds. Work that several processes share
+        (a schedule, say) must be claimed with a compare-and-set, as every process runs ``fn``. ``ctx`` is a
+        :class:`~toolkit.lifecycle.BackgroundContext`.
+        """
+        self.background_callbacks.append(fn)
         return fn
 
     # --- serving --------------------------------------------------------------------------------------------

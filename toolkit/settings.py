@@ -157,6 +157,12 @@ KNOWN_SETTINGS: set[str] = {
     "APTK_FORMS_OIDC_CLIENT_ID",
     "APTK_FORMS_OIDC_CLIENT_SECRET",
     "APTK_FORMS_OIDC_SCOPE",
+    # providers.timers
+    "APTK_TIMERS_MIN_INTERVAL",
+    "APTK_TIMERS_MAX_FAILURES",
+    "APTK_TIMERS_THREADS",
+    "APTK_TIMERS_SCHEDULER",
+    "APTK_TIMERS_URL",
 }
 """Every ``APTK_*`` name the toolkit and the bundled providers read. A provider of its own adds its names with
 :func:`register_settings` (or ``ActionProvider(settings=[...])``); any other ``APTK_*`` name in the environment or

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 if TYPE_CHECKING:
     from .documents import Action
-    from .lifecycle import HookContext, RunContext
+    from .lifecycle import BackgroundContext, HookContext, RunContext
 
 RunCallback = Callable[[Any, "RunContext"], Optional[dict]]
 """``fn(body, ctx)``: returns the details of a SUCCEEDED action, or raises ActionFailed / ActionInactive."""
@@ -27,11 +27,15 @@ ResumeCallback = Callable[["Action", "HookContext"], object]
 FinishCallback = Callable[["Action", "HookContext"], Optional[dict]]
 """``fn(action, ctx)``: called as an action ends, however it ends; may return its final details."""
 
+BackgroundCallback = Callable[["BackgroundContext"], object]
+"""``fn(ctx)``: runs in a thread of every serving process until ``ctx.stopping`` is set."""
+
 RunCallbackT = TypeVar("RunCallbackT", bound=RunCallback)
 CheckCallbackT = TypeVar("CheckCallbackT", bound=CheckCallback)
 CancelCallbackT = TypeVar("CancelCallbackT", bound=CancelCallback)
 ResumeCallbackT = TypeVar("ResumeCallbackT", bound=ResumeCallback)
 FinishCallbackT = TypeVar("FinishCallbackT", bound=FinishCallback)
+BackgroundCallbackT = TypeVar("BackgroundCallbackT", bound=BackgroundCallback)
 
 Clock = Callable[[], float]
 """Returns the current time as UTC epoch seconds (``time.time``)."""

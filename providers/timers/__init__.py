@@ -1,0 +1,159 @@
+"""The bundled timers provider: run any action provider (or flow) on a schedule, as an action of its own.
+
+``/run`` takes the target's ``/run`` URL and body, a ``start``, an ``interval`` and when to stop::
+
+    {"name": "archive", "callback_url": "https://h/transfer/run", "callback_body": {...},
+     "start": "2027-01-01T00:00:00Z", "interval": "PT1H", "stop_after": {"n_runs": 720}}
+
+How it is built, and why:
+
+* The timer is an action that stays ACTIVE while it is scheduled, but no thread waits for it. Its run callback
+  (synchronous: it runs inside ``/run``) writes the timer to a table of the provider's own (:mod:`.table`) and
+  *hands the action over* (:meth:`toolkit.RunContext.hand_over`): the action keeps no runner and no heartbeat.
+  The toolkit's lease mechanism only takes up ACTIVE actions that have a runner whose heartbeat is stale, so it
+  never reruns or fails a timer: a timer's life (months) is no callback's life, and a callback per timer would
+  hold a thread per timer. A crash before the hand-over leaves an ordinary action with a runner: the lease runs
+  the callback again (``recovery="rerun"``), which finds the timer already written and hands the action over.
+* Every serving process runs one scheduler (:meth:`toolkit.ActionProvider.background`,
+  :class:`.scheduler.Scheduler`). Each due tick is claimed with a compare-and-set on the timer's row, so exactly
+  one process (worker, host) fires it, and fires it with ``request_id`` ``timer-<timer>-<tick>``: a process killed
+  between starting the target's action and recording it leaves the tick claimed; once the claim lapses another
+  process fires it again with the same ``request_id``, and the target answers with the action already started.
+* The scheduler keeps ``details`` and ``/log`` up to date and ends the action with :meth:`toolkit.lifecycle.Runtime.end`:
+  SUCCEEDED at ``stop_after``, FAILED after ``APTK_TIMERS_MAX_FAILURES`` failed ticks in a row. ``/cancel`` ends it
+  like any action, and the schedule stops with it (a running target action is left alone).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import has_request_context, request
+
+from toolkit import (
+    ActionProvider,
+    BackgroundContext,
+    BadActionRequest,
+    HookContext,
+    RunContext,
+)
+from toolkit.documents import Action
+from toolkit.settings import flag, number, register_settings
+
+from . import table
+from .schedule import (
+    ScheduleError,
+    first_index_at_or_after,
+    parse_interval,
+    tick_time,
+    to_epoch,
+)
+from .scheduler import Scheduler, details
+
+__all__ = ["provider"]
+
+SETTINGS = ("APTK_TIMERS_MIN_INTERVAL", "APTK_TIMERS_MAX_FAILURES", "APTK_TIMERS_THREADS", "APTK_TIMERS_SCHEDULER",
+            "APTK_TIMERS_URL")
+"""Every setting of this provider (``APTK_TIMERS_URL`` is read by ``aptk timer``, the client)."""
+register_settings(*SETTINGS)
+
+DEFAULT_MIN_INTERVAL = 60.0
+
+INPUT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["callback_url", "callback_body", "interval"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 128, "description": "A name for people."},
+        "callback_url": {"type": "string", "minLength": 1, "maxLength": 2048,
+                         "description": "The /run URL of the action provider (or flow) to run."},
+        "callback_body": {"type": "object", "description": "The body of each run."},
+        "start": {"type": "string", "maxLength": 64,
+                  "description": "ISO 8601 date-time of the first run (UTC unless it says otherwise); default now."},
+        "interval": {"type": ["string", "number"],
+                     "description": "ISO 8601 duration (PT1H, P1D, P1M) or seconds between runs."},
+        "stop_after": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "date": {"type": "string", "maxLength": 64, "description": "No run after this date-time."},
+                "n_runs": {"type": "integer", "minimum": 1, "description": "End after this many runs."},
+            },
+        },
+    },
+}
+
+provider = ActionProvider(
+    name="timers",
+    title="Timers",
+    subtitle="Run any action provider or flow on a schedule",
+    description=(
+        "A timer is an ACTIVE action that starts a fresh action at callback_url at start + k * interval, "
+        "skipping a tick whose previous run is still going, until stop_after. Cancel it to stop the schedule."
+    ),
+    keywords=["timer", "schedule", "cron", "globus"],
+    input_schema=INPUT_SCHEMA,
+    synchronous=True,  # the callback only writes the timer down and hands the action over
+    recovery="rerun",
+    maximum_deadline="P3650D",
+)
+
+
+class _Plan:
+    """A /run body, checked: the numbers the timer's row is made of."""
+
+    def __init__(self, body: dict[str, Any], config: Any, now: float) -> None:
+        minimum = number(config, "APTK_TIMERS_MIN_INTERVAL", DEFAULT_MIN_INTERVAL, positive=True)
+        url = body["callback_url"]
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise BadActionRequest("body.callback_url: must be an http(s) URL of an action provider's /run, e.g. "
+                                   "https://example.org/hello/run.")
+        try:
+            self.interval = parse_interval(body["interval"], minimum)
+            self.start = to_epoch(body["start"], "start") if "start" in body else now
+            stop = body.get("stop_after", {})
+            self.stop_date = to_epoch(stop["date"], "stop_after.date") if "date" in stop else None
+        except ScheduleError as exc:
+            raise BadActionRequest(f"body.{exc}") from None
+        self.n_runs: int | None = stop.get("n_runs")
+        self.first = first_index_at_or_after(self.start, self.interval, now)
+        if self.stop_date is not None and tick_time(self.start, self.interval, self.first) > self.stop_date:
+            raise BadActionRequest("body.stop_after.date: is before the timer's first run; nothing would run.")
+
+
+@provider.check
+def check_request(body: dict[str, Any], ctx: HookContext) -> None:
+    _Plan(body, ctx.config, ctx.clock())
+
+
+@provider.run
+def schedule(body: dict[str, Any], ctx: RunContext) -> None:
+    """Write the timer down and hand the action over to the schedulers."""
+    plan = _Plan(body, ctx.config, ctx.clock())
+    origin = None
+    if has_request_context():
+        origin = request.host_url.rstrip("/")
+    timer = table.Timer(
+        timer_id=ctx.action_id, creator_id=ctx.creator_id, principals=sorted(ctx.principals), origin=origin,
+        name=body.get("name") or ctx.label or "timer", callback_url=body["callback_url"],
+        callback_body=body["callback_body"], start=plan.start, interval=plan.interval.iso(),
+        stop_n_runs=plan.n_runs, stop_date=plan.stop_date, state=table.SCHEDULED, next_index=plan.first,
+        next_at=tick_time(plan.start, plan.interval, plan.first),
+    )
+    table.insert(ctx.store.engine, timer)
+    stored = table.get(ctx.store.engine, ctx.action_id) or timer
+    ctx.hand_over(details=details(stored), display_status="Scheduled")
+
+
+@provider.cancel
+def stop_schedule(action: Action, ctx: HookContext) -> None:
+    table.end(ctx.store.engine, action.action_id)
+
+
+@provider.background
+def run_scheduler(ctx: BackgroundContext) -> None:
+    """Fire due ticks from this process, unless ``APTK_TIMERS_SCHEDULER`` is off (an API-only host)."""
+    if flag(ctx.config, "APTK_TIMERS_SCHEDULER", True):
+        Scheduler(ctx.runtime, stopping=ctx.stopping).loop()

@@ -1,0 +1,448 @@
+"""The timers provider on an injected clock: schedule arithmetic, the policies, single firing, refusals.
+
+The scheduler is driven by hand (``APTK_TIMERS_SCHEDULER`` off, :meth:`Scheduler.run_due`), against the real
+hello provider served in the same app and a real SQLite store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from providers.hello import provider as hello
+from providers.timers import provider as timers
+from providers.timers import table
+from toolkit.calls import Calls, Transient
+from providers.timers.schedule import (
+    MISFIRE_SECONDS,
+    ScheduleError,
+    first_index_at_or_after,
+    iso,
+    parse_interval,
+    tick_time,
+)
+from providers.timers.scheduler import Scheduler
+from toolkit import Status, get_toolkit
+from toolkit.server import create_app
+from toolkit.testing import ManualClock, TokenAuthority
+
+CREATOR = "11111111-1111-4111-8111-111111111111"
+OTHER = "22222222-2222-4222-8222-222222222222"
+T0 = dt.datetime(2026, 1, 31, 9, 0, tzinfo=dt.timezone.utc).timestamp()
+HELLO = "http://localhost/hello/run"
+
+
+def epoch(*args: int) -> float:
+    return dt.datetime(*args, tzinfo=dt.timezone.utc).timestamp()
+
+
+# --- schedule arithmetic ----------------------------------------------------------------------------------------
+
+def test_a_monthly_timer_keeps_to_the_day_of_its_start_without_drifting():
+    monthly = parse_interval("P1M", 60)
+    ticks = [iso(tick_time(T0, monthly, k)) for k in range(4)]
+    assert ticks == ["2026-01-31T09:00:00Z", "2026-02-28T09:00:00Z", "2026-03-31T09:00:00Z", "2026-04-30T09:00:00Z"]
+
+
+def test_an_interval_of_months_and_days_adds_both():
+    interval = parse_interval("P1M1D", 60)
+    assert iso(tick_time(epoch(2027, 1, 15), interval, 2)) == "2027-03-17T00:00:00Z"
+
+
+def test_a_start_in_the_past_runs_first_at_the_next_tick_from_now():
+    hourly = parse_interval("PT1H", 60)
+    now = T0 + 5 * 3600 + 10
+    index = first_index_at_or_after(T0, hourly, now)
+    assert index == 6 and tick_time(T0, hourly, index) == T0 + 6 * 3600
+    assert first_index_at_or_after(T0, hourly, T0 + 5 * 3600) == 5
+    assert first_index_at_or_after(T0, hourly, T0 - 100) == 0
+
+
+def test_month_ticks_are_found_from_any_time():
+    monthly = parse_interval("P1M", 60)
+    assert first_index_at_or_after(T0, monthly, epoch(2028, 3, 1)) == 26  # 2028-03-31
+    assert iso(tick_time(T0, monthly, 25)) == "2028-02-29T09:00:00Z"  # a leap year
+    assert iso(tick_time(T0, monthly, 26)) == "2028-03-31T09:00:00Z"
+
+
+def test_an_interval_is_seconds_or_iso_and_at_least_the_minimum():
+    assert parse_interval(90, 60).seconds == 90
+    assert parse_interval("PT2H", 60).seconds == 7200
+    with pytest.raises(ScheduleError, match=r"interval: must be at least 60 seconds"):
+        parse_interval("PT30S", 60)
+    with pytest.raises(ScheduleError, match=r"interval: 'hourly' is not an ISO 8601 duration"):
+        parse_interval("hourly", 60)
+    with pytest.raises(ScheduleError, match=r"interval: give an ISO 8601 duration"):
+        parse_interval(True, 60)
+
+
+# --- a site: timers and hello in one app, on a manual clock ---------------------------------------------------
+
+class Site:
+    def __init__(self, tmp_path, **config: Any) -> None:
+        self.clock = ManualClock(T0)
+        self.authority = TokenAuthority()
+        self.app = create_app(
+            {"APTK_DATA_DIR": str(tmp_path / "data"), "APTK_TIMERS_SCHEDULER": "false", **config},
+            providers=[("/timers", timers), ("/hello", hello)], verifier=self.authority.verifier, clock=self.clock)
+        self.runtime = get_toolkit(self.app).runtime
+        self.api = self.app.test_client()
+        self.headers = self.headers_for(CREATOR)
+
+    def headers_for(self, identity: str) -> dict[str, str]:
+        token = self.authority.token(identity, scopes=[timers.globus_auth_scope, hello.globus_auth_scope])
+        return {"Authorization": f"Bearer {token}"}
+
+    def scheduler(self, **options: Any) -> Scheduler:
+        options.setdefault("sleep", lambda seconds: self.clock.advance(seconds) and False)
+        return Scheduler(self.runtime, **options)
+
+    def create(self, expect: int = 202, **body: Any) -> dict[str, Any]:
+        body = {"callback_url": HELLO, "callback_body": {"echo_string": "hi"}, "interval": 60, **body}
+        response = self.api.post("/timers/run", json={"request_id": uuid.uuid4().hex, "body": body},
+                                 headers=self.headers)
+        assert response.status_code == expect, response.json
+        return response.json
+
+    def status(self, action_id: str, prefix: str = "/timers") -> dict[str, Any]:
+        response = self.api.get(f"{prefix}/{action_id}/status", headers=self.headers)
+        assert response.status_code == 200, response.json
+        return response.json
+
+    def log(self, action_id: str) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        marker = ""
+        while True:
+            page = self.api.get(f"/timers/{action_id}/log?limit=100{marker}", headers=self.headers).json
+            entries.extend(page["entries"])
+            if not page["has_next_page"]:
+                return entries
+            marker = f"&marker={page['marker']}"
+
+    def ticks(self, action_id: str) -> list[tuple[str, int]]:
+        """The timer's log, one (code, tick) per tick."""
+        return [(e["code"], e["details"]["tick"]) for e in self.log(action_id)
+                if e["code"].startswith("Tick") and "tick" in (e.get("details") or {})]
+
+    def settle(self) -> None:
+        """Wait (real time) until the hello actions started so far have finished, as they do in milliseconds."""
+        give_up = time.monotonic() + 10
+        while any(a["status"] == "ACTIVE" for a in self.hello_actions()) and time.monotonic() < give_up:
+            time.sleep(0.01)
+
+    def hello_actions(self) -> list[dict[str, Any]]:
+        response = self.api.get("/hello/actions", headers=self.headers)
+        assert response.status_code == 200
+        page = response.json
+        return page["actions"] if isinstance(page, dict) else page
+
+
+@pytest.fixture
+def site(tmp_path):
+    made = Site(tmp_path)
+    yield made
+    made.runtime.stop()
+
+
+def test_a_timer_is_an_active_action_with_its_schedule_in_details(site):
+    timer = site.create(name="greet", interval="PT1M", stop_after={"n_runs": 3})
+    assert timer["status"] == "ACTIVE"
+    assert timer["details"] == {
+        "name": "greet", "callback_url": HELLO, "interval": "PT1M", "start": iso(T0), "next_run": iso(T0),
+        "runs": 0, "skipped": 0, "failed": 0, "last_runs": [], "stop_after": {"n_runs": 3},
+    }
+
+
+def test_each_tick_starts_one_action_with_a_request_id_of_the_tick_and_n_runs_ends_it(site):
+    timer = site.create(stop_after={"n_runs": 3})
+    scheduler = site.scheduler()
+    for tick in range(3):
+        site.settle()
+        assert scheduler.run_due() == 1
+        site.settle()
+        assert scheduler.run_due() == 0  # nothing more is due until the next tick
+        if tick < 2:
+            assert site.status(timer["action_id"])["details"]["next_run"] == iso(T0 + 60 * (tick + 1))
+        site.clock.advance(60)
+    done = site.status(timer["action_id"])
+    assert done["status"] == "SUCCEEDED"
+    assert done["details"]["runs"] == 3 and done["details"]["reason"].startswith("The timer ran 3 times")
+    runs = site.hello_actions()
+    assert len(runs) == 3
+    assert [r["action_id"] for r in done["details"]["last_runs"]] == [r["action_id"] for r in reversed(runs)]
+    assert site.ticks(timer["action_id"]) == [("TickRun", 0), ("TickRun", 1), ("TickRun", 2)]
+    site.settle()
+    assert site.scheduler().run_due() == 0
+    assert len(site.hello_actions()) == 3
+
+
+def test_the_run_of_a_tick_is_started_as_the_timer_creator(site):
+    timer = site.create()
+    site.scheduler().run_due()
+    run = site.status(timer["action_id"])["details"]["last_runs"][0]
+    started = site.status(run["action_id"], "/hello")
+    assert started["creator_id"] == f"urn:globus:auth:identity:{CREATOR}"
+    assert started["label"] == "timer #0"
+
+
+def test_a_tick_whose_previous_run_is_still_active_is_skipped_and_recorded(site):
+    timer = site.create(callback_body={"echo_string": "hi", "sleep_time": 3600})
+    scheduler = site.scheduler()
+    scheduler.run_due()
+    first = site.status(timer["action_id"])["details"]["last_runs"][0]["action_id"]
+    site.clock.advance(60)
+    scheduler.run_due()
+    details = site.status(timer["action_id"])["details"]
+    assert (details["runs"], details["skipped"]) == (1, 1)
+    assert len(site.hello_actions()) == 1
+    site.api.post(f"/hello/{first}/cancel", headers=site.headers)
+    site.clock.advance(60)
+    scheduler.run_due()
+    details = site.status(timer["action_id"])["details"]
+    assert (details["runs"], details["skipped"]) == (2, 1)
+    assert details["last_runs"][1] == {**details["last_runs"][1], "action_id": first, "status": "FAILED"}
+    assert site.ticks(timer["action_id"]) == [("TickRun", 0), ("TickSkipped", 1), ("TickRun", 2)]
+
+
+def test_after_downtime_one_late_tick_runs_and_the_missed_ones_are_recorded_skipped(site):
+    timer = site.create()
+    scheduler = site.scheduler()
+    site.settle()
+    scheduler.run_due()
+    site.clock.advance(10 * 60 + 5)  # ticks 1..10 passed; tick 10 is 5 s late
+    site.settle()
+    assert scheduler.run_due() == 1
+    site.settle()
+    assert scheduler.run_due() == 0
+    details = site.status(timer["action_id"])["details"]
+    assert (details["runs"], details["skipped"]) == (2, 9)
+    assert len(site.hello_actions()) == 2
+    assert site.ticks(timer["action_id"]) == [("TickRun", 0), *[("TickSkipped", k) for k in range(1, 10)],
+                                              ("TickRun", 10)]
+
+
+def test_a_tick_later_than_the_misfire_limit_is_skipped_and_the_next_waits_for_its_time(site):
+    timer = site.create(interval=3600)
+    scheduler = site.scheduler()
+    site.settle()
+    scheduler.run_due()
+    site.clock.advance(3600 + MISFIRE_SECONDS + 1)
+    site.settle()
+    assert scheduler.run_due() == 0
+    details = site.status(timer["action_id"])["details"]
+    assert (details["runs"], details["skipped"], details["next_run"]) == (1, 1, iso(T0 + 7200))
+    site.clock.advance(3600 - MISFIRE_SECONDS - 1)
+    site.settle()
+    assert scheduler.run_due() == 1
+    assert len(site.hello_actions()) == 2
+
+
+def test_a_stop_date_ends_the_timer_succeeded_after_its_last_tick(site):
+    timer = site.create(stop_after={"date": iso(T0 + 150)})
+    scheduler = site.scheduler()
+    for _ in range(3):
+        site.settle()
+        scheduler.run_due()
+        site.clock.advance(60)
+    done = site.status(timer["action_id"])
+    assert done["status"] == "SUCCEEDED" and done["details"]["runs"] == 3
+    assert "next_run" not in done["details"]
+    assert len(site.hello_actions()) == 3
+
+
+def test_a_start_in_the_past_fires_from_the_next_tick_without_recording_skips(site):
+    timer = site.create(start=iso(T0 - 3600 - 30))  # ticks at T0 - 3630 + 60k: the next is T0 + 30
+    assert timer["details"]["next_run"] == iso(T0 + 30)
+    scheduler = site.scheduler()
+    assert scheduler.run_due() == 0
+    site.clock.advance(30)
+    assert scheduler.run_due() == 1
+    assert site.status(timer["action_id"])["details"]["skipped"] == 0
+
+
+class FlakyCalls:
+    """Calls whose runs answer Transient ``failures`` times before reaching the real target."""
+
+    def __init__(self, real: Any, failures: int, retry_after: float | None = None) -> None:
+        self.real, self.failures, self.retry_after, self.attempts = real, failures, retry_after, 0
+
+    def target(self, url: str, origin: str | None = None) -> Any:
+        real = self.real.target(url, origin=origin)
+        outer = self
+
+        class Flaky:
+            def run(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+                outer.attempts += 1
+                if outer.attempts <= outer.failures:
+                    error = Transient("503 ServiceUnavailable: the target is restarting")
+                    error.retry_after = outer.retry_after
+                    raise error
+                return real.run(*args, **kwargs)
+
+            def status(self, *args: Any) -> dict[str, Any]:
+                return real.status(*args)
+
+        return Flaky()
+
+
+def test_transient_errors_are_retried_with_backoff_within_the_tick(site):
+    timer = site.create(interval=600)
+    calls = FlakyCalls(Calls.for_app(site.app), failures=3)
+    site.settle()
+    site.scheduler(calls=calls).run_due()
+    assert calls.attempts == 4
+    assert site.clock() == T0 + 1 + 2 + 4  # backoff 1 s, 2 s, 4 s
+    details = site.status(timer["action_id"])["details"]
+    assert (details["runs"], details["failed"]) == (1, 0)
+    assert len(site.hello_actions()) == 1
+
+
+def test_retry_after_is_honoured(site):
+    site.create(interval=600)
+    site.scheduler(calls=FlakyCalls(Calls.for_app(site.app), failures=1, retry_after=45)).run_due()
+    assert site.clock() == T0 + 45
+
+
+def test_a_target_unavailable_until_the_next_tick_fails_that_tick(site):
+    timer = site.create(interval=60)
+    calls = FlakyCalls(Calls.for_app(site.app), failures=10 ** 6)
+    site.scheduler(calls=calls).run_due()
+    assert site.clock() < T0 + 60
+    details = site.status(timer["action_id"])["details"]
+    assert (details["runs"], details["failed"]) == (0, 1)
+    assert details["last_error"]["code"] == "TargetUnavailable"
+    assert "the target is restarting" in details["last_error"]["description"]
+    assert site.ticks(timer["action_id"]) == [("TickFailed", 0)]
+
+
+def test_consecutive_refused_runs_end_the_timer_failed_with_the_last_error(tmp_path):
+    site = Site(tmp_path, APTK_TIMERS_MAX_FAILURES="3")
+    try:
+        timer = site.create(callback_body={"greeting": "no echo_string"})
+        scheduler = site.scheduler()
+        for _ in range(3):
+            site.settle()
+            scheduler.run_due()
+            site.clock.advance(60)
+        done = site.status(timer["action_id"])
+        assert done["status"] == "FAILED"
+        assert done["details"]["code"] == "TooManyFailures"
+        assert done["details"]["description"].startswith("3 ticks in a row failed; the last: RunRefused")
+        assert "echo_string" in done["details"]["description"]
+        assert done["details"]["failed"] == 3
+        assert site.hello_actions() == []
+    finally:
+        site.runtime.stop()
+
+
+def test_a_run_between_failures_resets_the_count(tmp_path):
+    site = Site(tmp_path, APTK_TIMERS_MAX_FAILURES="2")
+    try:
+        timer = site.create()
+        flaky = FlakyCalls(Calls.for_app(site.app), failures=10 ** 6)
+        site.settle()
+        site.scheduler(calls=flaky).run_due()  # tick 0 fails
+        site.clock.advance(T0 + 60 - site.clock())
+        site.settle()
+        site.scheduler().run_due()  # tick 1 runs
+        site.clock.advance(T0 + 120 - site.clock())
+        site.settle()
+        site.scheduler(calls=flaky).run_due()  # tick 2 fails: one in a row
+        details = site.status(timer["action_id"])
+        assert details["status"] == "ACTIVE"
+        assert (details["details"]["runs"], details["details"]["failed"]) == (1, 2), site.log(timer["action_id"])
+        site.clock.advance(T0 + 180 - site.clock())
+        site.settle()
+        site.scheduler(calls=flaky).run_due()  # tick 3 fails: two in a row
+        assert site.status(timer["action_id"])["status"] == "FAILED"
+    finally:
+        site.runtime.stop()
+
+
+def test_exactly_one_of_several_processes_claims_a_tick(site):
+    site.create()
+    schedulers = [site.scheduler() for _ in range(4)]
+    claimed = [s.claim_due() for s in schedulers]
+    assert sorted(len(c) for c in claimed) == [0, 0, 0, 1]
+
+
+def test_a_tick_held_by_a_dead_process_is_fired_again_with_the_same_request_id_and_runs_once(site):
+    timer = site.create(interval=600)
+    dead, alive = site.scheduler(), site.scheduler()
+    [(row, index)] = dead.claim_due()
+    dead.fire(row, index)  # it started the run, then died before... here: it recorded; replay as a crash:
+    assert len(site.hello_actions()) == 1
+    # A second timer whose claiming process dies before firing.
+    other = site.create(interval=600)
+    [(row, index)] = dead.claim_due()
+    assert alive.claim_due() == []  # held
+    site.clock.advance(600 + 61)
+    again = [pair for pair in alive.claim_due() if pair[0].timer_id == other["action_id"]]
+    assert [i for _, i in again] == [0]
+    alive.fire(*again[0])
+    dead.fire(row, index)  # the dead process wakes up and fires too: same request_id, same action
+    ids = {r["action_id"] for r in site.hello_actions()}
+    assert len(ids) == 2
+    assert site.ticks(other["action_id"]) == [("TickRun", 0)]
+    assert table.get(site.runtime.store.engine, timer["action_id"]).runs == 1
+
+
+def test_cancel_stops_the_schedule_and_leaves_a_running_target_alone(site):
+    timer = site.create(callback_body={"echo_string": "hi", "sleep_time": 3600})
+    scheduler = site.scheduler()
+    scheduler.run_due()
+    response = site.api.post(f"/timers/{timer['action_id']}/cancel", headers=site.headers)
+    assert response.status_code == 200 and response.json["status"] == "FAILED"
+    assert response.json["details"]["code"] == "ActionCancelled"
+    site.clock.advance(120)
+    assert scheduler.run_due() == 0
+    [running] = site.hello_actions()
+    assert running["status"] == "ACTIVE"
+    assert table.get(site.runtime.store.engine, timer["action_id"]).state == table.ENDED
+
+
+def test_the_lease_never_takes_up_a_timer(site):
+    timer = site.create()
+    site.clock.advance(10 * site.runtime.lease_seconds + 30)  # 330 s: ticks 0..5 have passed
+    site.runtime.sweep()
+    assert site.status(timer["action_id"])["status"] == "ACTIVE"
+    assert site.scheduler().run_due() == 1  # tick 5, 30 s late; 0..4 were missed
+    assert site.status(timer["action_id"])["details"]["skipped"] == 5
+
+
+def test_another_user_cannot_see_or_cancel_a_timer(site):
+    timer = site.create()
+    other = site.headers_for(OTHER)
+    assert site.api.get(f"/timers/{timer['action_id']}/status", headers=other).status_code == 403
+    assert site.api.post(f"/timers/{timer['action_id']}/cancel", headers=other).status_code == 403
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"interval": 30}, "body.interval: must be at least 60 seconds on this deployment."),
+    ({"interval": "every hour"}, "body.interval: 'every hour' is not an ISO 8601 duration"),
+    ({"interval": [60]}, "interval"),
+    ({"start": "tomorrow"}, "body.start: 'tomorrow' is not an ISO 8601 date-time"),
+    ({"stop_after": {"date": iso(T0 - 10)}}, "body.stop_after.date: is before the timer's first run"),
+    ({"stop_after": {"n_runs": 0}}, "n_runs"),
+    ({"callback_url": "ftp://example.org/run"}, "body.callback_url: must be an http(s) URL"),
+    ({"callback_body": "hi"}, "callback_body"),
+    ({"every": 60}, "every"),
+])
+def test_bad_bodies_are_refused_with_a_precise_400(site, body, message):
+    refused = site.create(expect=400, **body)
+    assert refused["code"] == "BadActionRequest"
+    assert message in refused["description"]
+    assert site.runtime.store.find(statuses={Status.ACTIVE}, providers=["timers"]) == []
+
+
+def test_the_minimum_interval_is_a_setting(tmp_path):
+    site = Site(tmp_path, APTK_TIMERS_MIN_INTERVAL="1")
+    try:
+        assert site.create(interval=2)["status"] == "ACTIVE"
+        assert "at least 1 seconds" in site.create(expect=400, interval=0.5)["description"]
+    finally:
+        site.runtime.stop()
