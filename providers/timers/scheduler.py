@@ -34,8 +34,6 @@ LAST_RUNS = 5
 """How many of the latest runs a timer's details list."""
 RETRY_WINDOW_SECONDS = 300.0
 """The longest a tick keeps retrying a target that is unavailable (never past the next tick)."""
-CLAIM_SECONDS = 60.0
-"""How long a process holds a tick beyond its retries before another process may fire it again."""
 MAX_LOGGED_SKIPS = 100
 """After downtime, at most this many skipped ticks get a log line each; one more line counts the rest."""
 HANDED_OVER = {"status": Status.ACTIVE, "runner": None}
@@ -182,7 +180,9 @@ class Scheduler:
         return None
 
     def _hold_seconds(self, timer: table.Timer, interval: Interval, index: int) -> float:
-        return self._retry_window(timer, interval, index, tick_time(timer.start, interval, index)) + CLAIM_SECONDS
+        # Beyond its retries, a tick is held as long as the toolkit's lease holds an action of a silent process.
+        return (self._retry_window(timer, interval, index, tick_time(timer.start, interval, index))
+                + self.runtime.lease_seconds)
 
     @staticmethod
     def _retry_window(timer: table.Timer, interval: Interval, index: int, started: float) -> float:

@@ -63,15 +63,15 @@ class Server:
     def hello(self) -> str:
         return f"{self.url}/hello"
 
-    def start(self, tokens: Mapping[str, Mapping[str, Any]] | None = None) -> "Server":
-        """Start `aptk serve` and wait until ``GET /`` answers.
+    def start(self, tokens: Mapping[str, Mapping[str, Any]] | None = None, *, port: int | None = None) -> "Server":
+        """Start `aptk serve` (on ``port``, default a free one) and wait until ``GET /`` answers.
 
         ``tokens`` (name -> keyword arguments of :meth:`token_command`) are minted with `aptk token` while the
         workers boot, as soon as the server has created its signing key; they end up in ``self.minted``.
         """
         assert self.process is None or self.process.poll() is not None, "already running"
         self.starts += 1
-        self.port = free_port()
+        self.port = port or free_port()
         self.stdout_path = self.log_dir / f"server-{self.starts}.out"
         self.stderr_path = self.log_dir / f"server-{self.starts}.err"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
