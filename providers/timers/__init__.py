@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import has_request_context, request
+from flask import current_app, has_request_context, request
 
 from toolkit import (
     ActionProvider,
@@ -38,8 +38,9 @@ from toolkit import (
     HookContext,
     RunContext,
 )
+from toolkit.calls import Calls, RunRefused
 from toolkit.documents import Action
-from toolkit.settings import flag, number, register_settings
+from toolkit.settings import flag, number, register_settings, setting
 
 from . import table
 from .schedule import (
@@ -126,15 +127,39 @@ class _Plan:
 @provider.check
 def check_request(body: dict[str, Any], ctx: HookContext) -> None:
     _Plan(body, ctx.config, ctx.clock())
+    _check_reachable(body["callback_url"], ctx.config)
+
+
+def _origin() -> str | None:
+    """The origin (and script root) of the request creating the timer: its targets there are in-process."""
+    return request.host_url.rstrip("/") if has_request_context() else None
+
+
+def _check_reachable(url: str, config: Any) -> None:
+    """Refuse a target the schedulers could never call as the timer's creator (see the README, "Timers")."""
+    calls = Calls.for_app(current_app)
+    try:
+        target = calls.target(url, origin=_origin())
+    except RunRefused as exc:
+        raise BadActionRequest(f"body.callback_url: {exc.description}") from None
+    if target.local:
+        return
+    if str(setting(config, "APTK_AUTH", "dev")).lower() == "globus":
+        raise BadActionRequest(
+            "body.callback_url: is not served by this deployment, and under APTK_AUTH=globus a timer can call "
+            "other deployments only with its creator's dependent tokens, which expire (no refresh tokens are "
+            "kept); schedule it on the deployment that serves it.")
+    if not any(client.serves(target.url) for client in calls.clients):
+        raise BadActionRequest(
+            f"body.callback_url: is not served by this deployment and no client is configured for {target.url} in "
+            "APTK_CALL_CLIENTS; add one (or set APTK_PUBLIC_URL if this deployment serves it).")
 
 
 @provider.run
 def schedule(body: dict[str, Any], ctx: RunContext) -> None:
     """Write the timer down and hand the action over to the schedulers."""
     plan = _Plan(body, ctx.config, ctx.clock())
-    origin = None
-    if has_request_context():
-        origin = request.host_url.rstrip("/")
+    origin = _origin()
     timer = table.Timer(
         timer_id=ctx.action_id, creator_id=ctx.creator_id, principals=sorted(ctx.principals), origin=origin,
         name=body.get("name") or ctx.label or "timer", callback_url=body["callback_url"],

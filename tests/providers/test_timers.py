@@ -429,6 +429,10 @@ def test_another_user_cannot_see_or_cancel_a_timer(site):
     ({"stop_after": {"date": iso(T0 - 10)}}, "body.stop_after.date: is before the timer's first run"),
     ({"stop_after": {"n_runs": 0}}, "n_runs"),
     ({"callback_url": "ftp://example.org/run"}, "body.callback_url: must be an http(s) URL"),
+    ({"callback_url": "https://elsewhere.example.org/hello/run"},
+     "body.callback_url: is not served by this deployment and no client is configured for "
+     "https://elsewhere.example.org/hello in APTK_CALL_CLIENTS"),
+    ({"callback_url": "http://localhost/nothing/run"}, "body.callback_url: is not served by this deployment"),
     ({"callback_body": "hi"}, "callback_body"),
     ({"every": 60}, "every"),
 ])
