@@ -44,13 +44,14 @@ from toolkit.settings import flag, number, register_settings, setting
 
 from . import table
 from .schedule import (
+    MISFIRE_SECONDS,
     ScheduleError,
     first_index_at_or_after,
     parse_interval,
     tick_time,
     to_epoch,
 )
-from .scheduler import Scheduler, details
+from .scheduler import RETRY_WINDOW_SECONDS, Scheduler, details
 
 __all__ = ["provider"]
 
@@ -164,6 +165,8 @@ def schedule(body: dict[str, Any], ctx: RunContext) -> None:
         timer_id=ctx.action_id, creator_id=ctx.creator_id, principals=sorted(ctx.principals), origin=origin,
         name=body.get("name") or ctx.label or "timer", callback_url=body["callback_url"],
         callback_body=body["callback_body"], start=plan.start, interval=plan.interval.iso(),
+        on_time_seconds=min(MISFIRE_SECONDS, plan.interval.approximate_seconds),
+        retry_seconds=min(RETRY_WINDOW_SECONDS, plan.interval.approximate_seconds),
         stop_n_runs=plan.n_runs, stop_date=plan.stop_date, state=table.SCHEDULED, next_index=plan.first,
         next_at=tick_time(plan.start, plan.interval, plan.first),
     )

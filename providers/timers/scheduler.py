@@ -15,6 +15,7 @@ The timer action then ends SUCCEEDED when ``stop_after`` is reached, or FAILED a
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
@@ -118,15 +119,21 @@ class Scheduler:
     def claim_due(self, now: float | None = None, limit: int = 500) -> list[tuple[table.Timer, int]]:
         """Claim the ticks due now (skipping the missed ones, ending timers past their date); what to fire."""
         now = self.clock() if now is None else now
-        claimed = []
+        claimed: list[tuple[table.Timer, int]] = []
+        on_time = table.claim_on_time(self.engine, now, self.runtime.lease_seconds, limit)
+        if on_time is not None:  # the common case, in one statement; the late and the stale one by one below
+            claimed.extend((timer, timer.next_index) for timer in on_time)
+            limit -= len(on_time)
+        if limit <= 0:
+            return claimed
         for timer in table.due(self.engine, now, limit):
             try:
-                index = self._claim(timer, now)
+                held = self._claim(timer, now)
             except Exception:
                 logger.exception("could not claim a tick of timer %s", timer.timer_id)
                 continue
-            if index is not None:
-                claimed.append((timer, index))
+            if held is not None:
+                claimed.append(held)
         return claimed
 
     def run_due(self, now: float | None = None) -> int:
@@ -136,16 +143,15 @@ class Scheduler:
             self.fire(timer, index)
         return len(claimed)
 
-    def _claim(self, timer: table.Timer, now: float) -> int | None:
+    def _claim(self, timer: table.Timer, now: float) -> tuple[table.Timer, int] | None:
+        """The timer as claimed and the tick to fire, or None (not ours, or nothing to fire now)."""
         interval = parse_interval(timer.interval, 0)
         if timer.pending_index is not None:  # its process stopped mid-tick: fire that tick again, same request_id
-            until = now + self._hold_seconds(timer, interval, timer.pending_index)
-            return timer.pending_index if table.claim(self.engine, timer, timer.pending_index, until) else None
-        action = self.store.get(timer.timer_id)
-        if action is None or action.status is not Status.ACTIVE or action.runner is not None:
-            if action is None or action.status is not Status.ACTIVE:
-                table.end(self.engine, timer.timer_id)  # cancelled, past its deadline or released
-            return None
+            index = timer.pending_index
+            until = now + self._hold_seconds(timer)
+            if not table.claim(self.engine, timer, index, until):
+                return None
+            return dataclasses.replace(timer, pending_until=until), index
         first = timer.next_index
         last = max(first, last_index_at_or_before(timer.start, interval, now))
         stop_date = timer.stop_date
@@ -153,15 +159,17 @@ class Scheduler:
         def allowed(index: int) -> bool:
             return stop_date is None or tick_time(timer.start, interval, index) <= stop_date
 
-        fire = last if allowed(last) and now - tick_time(timer.start, interval, last) <= MISFIRE_SECONDS else None
+        on_time = now - tick_time(timer.start, interval, last) <= timer.on_time_seconds
+        fire = last if allowed(last) and on_time else None
         missed = [i for i in range(first, last + 1) if i != fire and allowed(i)]
         if fire is not None:
-            until = now + self._hold_seconds(timer, interval, fire)
-            if not table.claim(self.engine, timer, fire, until, next_index=fire,
-                               next_at=tick_time(timer.start, interval, fire), skipped=timer.skipped + len(missed)):
+            until = now + self._hold_seconds(timer)
+            claimed: dict[str, Any] = {"next_index": fire, "next_at": tick_time(timer.start, interval, fire),
+                       "skipped": timer.skipped + len(missed)}
+            if not table.claim(self.engine, timer, fire, until, **claimed):
                 return None
             self._log_skipped(timer, missed, now, "missed")
-            return fire
+            return dataclasses.replace(timer, pending_index=fire, pending_until=until, **claimed), fire
         following = last + 1
         finished = not allowed(following)
         changes: dict[str, Any] = {"skipped": timer.skipped + len(missed), "next_index": following,
@@ -171,18 +179,16 @@ class Scheduler:
         if not table.advance(self.engine, timer, **changes):
             return None
         self._log_skipped(timer, missed, now, "missed")
-        after = table.get(self.engine, timer.timer_id)
-        if after is not None:
-            if finished:
-                self._end(after, Status.SUCCEEDED, "StopDateReached", "The timer reached its stop_after date.")
-            else:
-                self._publish(after, None)
+        after = dataclasses.replace(timer, **changes)
+        if finished:
+            self._end(after, Status.SUCCEEDED, "StopDateReached", "The timer reached its stop_after date.")
+        else:
+            self._publish(after)
         return None
 
-    def _hold_seconds(self, timer: table.Timer, interval: Interval, index: int) -> float:
+    def _hold_seconds(self, timer: table.Timer) -> float:
         # Beyond its retries, a tick is held as long as the toolkit's lease holds an action of a silent process.
-        return (self._retry_window(timer, interval, index, tick_time(timer.start, interval, index))
-                + self.runtime.lease_seconds)
+        return timer.retry_seconds + self.runtime.lease_seconds
 
     @staticmethod
     def _retry_window(timer: table.Timer, interval: Interval, index: int, started: float) -> float:
@@ -212,6 +218,13 @@ class Scheduler:
 
     def _fire(self, timer: table.Timer, index: int) -> None:
         interval = parse_interval(timer.interval, 0)
+        action = self.store.get(timer.timer_id)
+        if action is None or action.status is not Status.ACTIVE or action.runner is not None:
+            if action is None or action.status is not Status.ACTIVE:
+                table.end(self.engine, timer.timer_id)  # cancelled, past its deadline or released
+            else:  # not handed over yet (its /run is under way): the claim lapses, the tick is fired later
+                logger.warning("timer %s is not scheduled yet; tick %s waits", timer.timer_id, index)
+            return
         identity = Identity(id=timer.creator_id, principals=frozenset(timer.principals), scopes=frozenset())
         last_runs = [dict(run) for run in timer.last_runs]
         try:
@@ -286,18 +299,17 @@ class Scheduler:
             changes["state"] = table.ENDED
         if not table.record(self.engine, timer.timer_id, index, **changes):
             return  # cancelled meanwhile, or another process took the tick over
-        after = table.get(self.engine, timer.timer_id)
-        if after is None:
-            return
+        after = dataclasses.replace(timer, pending_index=None, pending_until=None, **changes)
         now = self.clock()
         self.store.append_log(timer.timer_id, now, code, description, {"tick": index}, where=HANDED_OVER)
         if ending is not None:
             self._end(after, *ending)
         else:
-            self._publish(after, None)
+            self._publish(after)
 
-    def _publish(self, timer: table.Timer, log: tuple[float, str, str] | None) -> None:
-        self.store.update(timer.timer_id, where=HANDED_OVER, log=log, details=details(timer))
+    def _publish(self, timer: table.Timer) -> None:
+        if self.store.update(timer.timer_id, where=HANDED_OVER, details=details(timer)) is None:
+            table.end(self.engine, timer.timer_id)  # the action ended meanwhile (cancelled, deadline)
 
     def _end(self, timer: table.Timer, status: Status, code: str, description: str) -> None:
         document = details(timer)

@@ -35,6 +35,8 @@ timers = sa.Table(
     sa.Column("callback_body", sa.JSON, nullable=False),
     sa.Column("start", sa.Float, nullable=False),
     sa.Column("interval", sa.String(64), nullable=False),
+    sa.Column("on_time_seconds", sa.Float, nullable=False),
+    sa.Column("retry_seconds", sa.Float, nullable=False),
     sa.Column("stop_n_runs", sa.Integer),
     sa.Column("stop_date", sa.Float),
     sa.Column("state", sa.String(16), nullable=False),
@@ -64,6 +66,10 @@ class Timer:
     callback_body: dict[str, Any]
     start: float
     interval: str
+    on_time_seconds: float
+    """How late a tick may start: min(MISFIRE_SECONDS, the interval)."""
+    retry_seconds: float
+    """How long a tick may retry: min(RETRY_WINDOW_SECONDS, the interval)."""
     stop_n_runs: int | None
     stop_date: float | None
     state: str
@@ -126,6 +132,24 @@ def next_due(engine: sa.Engine) -> float | None:
             timers.c.state == SCHEDULED, timers.c.pending_index.is_not(None))).scalar()
     times = [t for t in (free, held) if t is not None]
     return min(times) if times else None
+
+
+def claim_on_time(engine: sa.Engine, now: float, lease: float, limit: int) -> list[Timer] | None:
+    """Claim, in one statement, every timer whose next tick is due and not late; the timers as claimed.
+
+    None where the database cannot return the rows an UPDATE changed (then claim one by one with :func:`claim`).
+    """
+    if not engine.dialect.update_returning:
+        return None
+    create_tables(engine, metadata)
+    on_time = [timers.c.state == SCHEDULED, timers.c.pending_index.is_(None), timers.c.next_at <= now,
+               timers.c.next_at + timers.c.on_time_seconds >= now]
+    chosen = sa.select(timers.c.timer_id).where(*on_time).order_by(timers.c.next_at).limit(limit)
+    statement = sa.update(timers).where(timers.c.timer_id.in_(chosen.scalar_subquery()), *on_time).values(
+        pending_index=timers.c.next_index, pending_until=now + lease + timers.c.retry_seconds,
+    ).returning(*timers.c)
+    with engine.begin() as conn:
+        return [_timer(row) for row in conn.execute(statement)]
 
 
 def claim(engine: sa.Engine, timer: Timer, index: int, until: float, **changes: Any) -> bool:
