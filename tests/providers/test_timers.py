@@ -7,6 +7,7 @@ hello provider served in the same app and a real SQLite store.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 import uuid
 from typing import Any
@@ -449,4 +450,70 @@ def test_the_minimum_interval_is_a_setting(tmp_path):
         assert site.create(interval=2)["status"] == "ACTIVE"
         assert "at least 1 seconds" in site.create(expect=400, interval=0.5)["description"]
     finally:
+        site.runtime.stop()
+
+
+def wait_until(predicate, timeout: float = 10) -> bool:
+    give_up = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > give_up:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_each_process_fires_ticks_in_the_background_unless_the_scheduler_is_off(tmp_path, on):
+    site = Site(tmp_path, APTK_TIMERS_SCHEDULER="true" if on else "false")
+    try:
+        timer = site.create()  # due now: the first tick
+        ran = wait_until(lambda: site.status(timer["action_id"])["details"]["runs"] == 1, timeout=10 if on else 1.5)
+        assert ran is on
+        assert len(site.hello_actions()) == (1 if on else 0)
+    finally:
+        site.runtime.stop()
+
+
+class SlowCalls:
+    """Calls whose runs take a while, counting how many are under way at once."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.lock, self.now, self.most, self.done = real, threading.Lock(), 0, 0, 0
+
+    def target(self, url: str, origin: str | None = None) -> Any:
+        real, outer = self.real.target(url, origin=origin), self
+
+        class Slow:
+            def run(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+                with outer.lock:
+                    outer.now += 1
+                    outer.most = max(outer.most, outer.now)
+                time.sleep(0.3)
+                try:
+                    return real.run(*args, **kwargs)
+                finally:
+                    with outer.lock:
+                        outer.now -= 1
+                        outer.done += 1
+
+            def status(self, *args: Any) -> dict[str, Any]:
+                return real.status(*args)
+
+        return Slow()
+
+
+def test_a_process_starts_at_most_its_threads_runs_at_once(tmp_path):
+    site = Site(tmp_path, APTK_TIMERS_THREADS="2")
+    stopping = threading.Event()
+    try:
+        for _ in range(6):
+            site.create()
+        calls = SlowCalls(Calls.for_app(site.app))
+        scheduler = Scheduler(site.runtime, calls=calls, stopping=stopping)
+        loop = threading.Thread(target=scheduler.loop, daemon=True)
+        loop.start()
+        assert wait_until(lambda: calls.done == 6)
+        assert calls.most == 2
+    finally:
+        stopping.set()
         site.runtime.stop()
