@@ -141,7 +141,7 @@ def baseline_phase(url: str, token: str, count: int, ticks: int, lead: float) ->
             session.headers["Authorization"] = f"Bearer {token}"
         body = {"request_id": uuid.uuid4().hex, "label": f"base-{i} #{k}", "body": {"echo_string": "tick"}}
         try:
-            session.post(f"{url}/hello/run", json=body, timeout=60)
+            session.post(f"{url}/hello/run", json=body, timeout=10)
         except requests.RequestException as exc:
             print(f"  baseline call failed: {exc}", file=sys.stderr)
 

@@ -14,6 +14,8 @@ def bundled() -> list[tuple[str, "ActionProvider"]]:
     from .forms import provider as forms
     from .hello import provider as hello
     from .notify import provider as notify
+    from .timers import provider as timers
     from .transfer import provider as transfer
 
-    return [("/hello", hello), ("/transfer", transfer), ("/acl", acl), ("/notify", notify), ("/forms", forms)]
+    return [("/hello", hello), ("/transfer", transfer), ("/acl", acl), ("/notify", notify), ("/forms", forms),
+            ("/timers", timers)]

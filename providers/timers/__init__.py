@@ -47,6 +47,7 @@ from .schedule import (
     MISFIRE_SECONDS,
     ScheduleError,
     first_index_at_or_after,
+    iso,
     parse_interval,
     tick_time,
     to_epoch,
@@ -120,7 +121,11 @@ class _Plan:
         except ScheduleError as exc:
             raise BadActionRequest(f"body.{exc}") from None
         self.n_runs: int | None = stop.get("n_runs")
-        self.first = first_index_at_or_after(self.start, self.interval, now)
+        try:
+            self.first = first_index_at_or_after(self.start, self.interval, now)
+            iso(tick_time(self.start, self.interval, self.first + 1))  # a schedule that runs off the calendar
+        except (OverflowError, ValueError, OSError):
+            raise BadActionRequest("body.interval: is too long: its ticks fall past the year 9999.") from None
         if self.stop_date is not None and tick_time(self.start, self.interval, self.first) > self.stop_date:
             raise BadActionRequest("body.stop_after.date: is before the timer's first run; nothing would run.")
 

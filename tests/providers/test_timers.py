@@ -426,6 +426,8 @@ def test_another_user_cannot_see_or_cancel_a_timer(site):
     ({"interval": 30}, "body.interval: must be at least 60 seconds on this deployment."),
     ({"interval": "every hour"}, "body.interval: 'every hour' is not an ISO 8601 duration"),
     ({"interval": [60]}, "interval"),
+    ({"interval": "P9999Y"}, "body.interval: is too long: its ticks fall past the year 9999."),
+    ({"interval": 1e300}, "body.interval: is too long"),
     ({"start": "tomorrow"}, "body.start: 'tomorrow' is not an ISO 8601 date-time"),
     ({"stop_after": {"date": iso(T0 - 10)}}, "body.stop_after.date: is before the timer's first run"),
     ({"stop_after": {"n_runs": 0}}, "n_runs"),
