@@ -84,9 +84,10 @@ def test_an_interval_is_seconds_or_iso_and_at_least_the_minimum():
 # --- a site: timers and hello in one app, on a manual clock ---------------------------------------------------
 
 class Site:
-    def __init__(self, tmp_path, **config: Any) -> None:
-        self.clock = ManualClock(T0)
-        self.authority = TokenAuthority()
+    def __init__(self, tmp_path, clock: ManualClock | None = None, authority: TokenAuthority | None = None,
+                 **config: Any) -> None:
+        self.clock = clock or ManualClock(T0)
+        self.authority = authority or TokenAuthority()
         self.app = create_app(
             {"APTK_DATA_DIR": str(tmp_path / "data"), "APTK_TIMERS_SCHEDULER": "false", **config},
             providers=[("/timers", timers), ("/hello", hello)], verifier=self.authority.verifier, clock=self.clock)
@@ -519,3 +520,23 @@ def test_a_process_starts_at_most_its_threads_runs_at_once(tmp_path):
     finally:
         stopping.set()
         site.runtime.stop()
+
+
+def test_on_postgresql_two_hosts_claim_each_tick_once_and_run_it(tmp_path, postgres_server):
+    url = postgres_server.create_database(f"aptk_{uuid.uuid4().hex[:12]}")
+    first = Site(tmp_path / "one", APTK_DATABASE_URL=url)
+    sites = [first, Site(tmp_path / "two", first.clock, first.authority, APTK_DATABASE_URL=url)]
+    try:
+        timer = sites[0].create(stop_after={"n_runs": 2})
+        for _ in range(2):
+            claimed = [s.scheduler().claim_due() for s in sites + sites]
+            assert sorted(len(c) for c in claimed) == [0, 0, 0, 1]
+            [(row, index)] = next(c for c in claimed if c)
+            sites[1].scheduler().fire(row, index)
+            sites[0].settle()
+            sites[0].clock.advance(60)
+        assert sites[0].status(timer["action_id"])["status"] == "SUCCEEDED"
+        assert len(sites[1].hello_actions()) == 2
+    finally:
+        for site in sites:
+            site.runtime.stop()
