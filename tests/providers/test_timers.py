@@ -7,6 +7,8 @@ hello provider served in the same app and a real SQLite store.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import socket
 import threading
 import time
 import uuid
@@ -540,3 +542,79 @@ def test_on_postgresql_two_hosts_claim_each_tick_once_and_run_it(tmp_path, postg
     finally:
         for site in sites:
             site.runtime.stop()
+
+
+class RemoteProvider:
+    """A remote action provider on loopback (and its token endpoint) that answers 503 ``unavailable`` times."""
+
+    def __init__(self, unavailable: int) -> None:
+        from flask import Flask, jsonify, request
+        from werkzeug.serving import make_server
+
+        self.unavailable, self.runs = unavailable, []
+        app = Flask("remote")
+
+        @app.post("/token")
+        def token():
+            return jsonify({"access_token": "remote-token", "token_type": "Bearer", "expires_in": 3600})
+
+        @app.post("/remote/run")
+        def run():
+            self.runs.append(request.get_json())
+            if len(self.runs) <= self.unavailable:
+                return jsonify({"code": "ServiceUnavailable", "description": "restarting"}), 503
+            return jsonify({"action_id": "r" + str(len(self.runs)), "status": "SUCCEEDED", "creator_id": "x",
+                            "details": {}, "start_time": iso(T0)}), 202
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(10)
+
+
+def remote_site(tmp_path, remote_url: str, token_url: str) -> Site:
+    clients = tmp_path / "clients.json"
+    clients.write_text(json.dumps([{"url": remote_url + "/", "token_url": token_url, "client_id": "timers",
+                                    "client_secret": "s3cret", "scope": "urn:remote"}]))
+    return Site(tmp_path, APTK_CALL_CLIENTS=str(clients), APTK_TIMERS_MAX_FAILURES="2")
+
+
+def test_a_remote_target_answering_503_is_retried_within_the_tick_over_http(tmp_path):
+    remote = RemoteProvider(unavailable=2)
+    site = remote_site(tmp_path, remote.url, f"{remote.url}/token")
+    try:
+        timer = site.create(callback_url=f"{remote.url}/remote/run", interval=600)
+        site.scheduler().run_due()
+        assert len(remote.runs) == 3
+        assert {r["request_id"] for r in remote.runs} == {f"timer-{timer['action_id']}-0"}  # one request, retried
+        details = site.status(timer["action_id"])["details"]
+        assert (details["runs"], details["failed"]) == (1, 0)
+        assert details["last_runs"][0]["action_id"] == "r3"
+    finally:
+        site.runtime.stop()
+        remote.stop()
+
+
+def test_a_remote_target_refusing_connections_fails_its_ticks_and_then_the_timer(tmp_path):
+    remote = RemoteProvider(unavailable=0)  # only its token endpoint is used
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    site = remote_site(tmp_path, closed, f"{remote.url}/token")
+    try:
+        timer = site.create(callback_url=f"{closed}/remote/run", interval=60)
+        scheduler = site.scheduler()
+        for tick in range(2):
+            site.clock.advance(T0 + 60 * tick - site.clock())
+            scheduler.run_due()
+        done = site.status(timer["action_id"])
+        assert done["status"] == "FAILED" and done["details"]["code"] == "TooManyFailures"
+        assert done["details"]["last_error"]["code"] == "TargetUnavailable"
+        assert "s3cret" not in json.dumps(done) and "remote-token" not in json.dumps(done)
+    finally:
+        site.runtime.stop()
+        remote.stop()
