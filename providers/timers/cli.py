@@ -15,7 +15,8 @@ DEFAULT_TIMERS_URL = "http://127.0.0.1:5000/timers"
 timers_option = click.option(
     "--timers-url", envvar="APTK_TIMERS_URL", default=DEFAULT_TIMERS_URL, show_default=True,
     help="The timers provider ($APTK_TIMERS_URL); transfer and flow targets are on the same server.")
-token_option = click.option("--token", envvar="APTK_TOKEN", required=True, help="Bearer token ($APTK_TOKEN).")
+token_option = click.option("--token", envvar="APTK_TOKEN", default=None,
+                            help="Bearer token ($APTK_TOKEN); default: your `aptk login` session's token.")
 _SECONDS = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -47,7 +48,7 @@ def schedule_options(fn: Any) -> Any:
     return fn
 
 
-def _create(timers_url: str, token: str, callback_url: str, callback_body: Any, interval: str, start: str | None,
+def _create(timers_url: str, token: str | None, callback_url: str, callback_body: Any, interval: str, start: str | None,
             stop_after_runs: int | None, stop_after_date: str | None, name: str | None) -> None:
     body: dict[str, Any] = {"callback_url": callback_url, "callback_body": callback_body,
                             "interval": interval_value(interval)}
@@ -80,7 +81,7 @@ def timer() -> None:
 @click.argument("url")
 @click.option("--body", required=True, help="The body of each run, as JSON (or @file.json).")
 @schedule_options
-def create(url: str, body: str, timers_url: str, token: str, interval: str, start: str | None,
+def create(url: str, body: str, timers_url: str, token: str | None, interval: str, start: str | None,
            stop_after_runs: int | None, stop_after_date: str | None, name: str | None) -> None:
     """Run the action provider at URL (its base or /run URL) with --body every --interval."""
     run_url = url.rstrip("/") if url.rstrip("/").endswith("/run") else url.rstrip("/") + "/run"
@@ -103,7 +104,7 @@ def _location(value: str, param_hint: str) -> tuple[str, str]:
 @click.option("--label", "transfer_label", default=None, help="A label for each transfer.")
 @schedule_options
 def transfer(source: str, destination: str, recursive: bool | None, sync_level: str | None,
-             transfer_label: str | None, timers_url: str, token: str, interval: str, start: str | None,
+             transfer_label: str | None, timers_url: str, token: str | None, interval: str, start: str | None,
              stop_after_runs: int | None, stop_after_date: str | None, name: str | None) -> None:
     """Copy SOURCE to DESTINATION (each COLLECTION:/path) every --interval with the server's /transfer."""
     source_collection, source_path = _location(source, "SOURCE")
@@ -125,7 +126,7 @@ def transfer(source: str, destination: str, recursive: bool | None, sync_level: 
 @click.option("--input", "flow_input", default="{}", show_default=True,
               help="The flow's input, as JSON (or @file.json).")
 @schedule_options
-def flow(flow_id: str, flow_input: str, timers_url: str, token: str, interval: str, start: str | None,
+def flow(flow_id: str, flow_input: str, timers_url: str, token: str | None, interval: str, start: str | None,
          stop_after_runs: int | None, stop_after_date: str | None, name: str | None) -> None:
     """Run the server's flow FLOW_ID with --input every --interval."""
     _create(timers_url, token, f"{server_of(timers_url)}/flows/{flow_id}/run", parse_body(flow_input), interval,
@@ -139,7 +140,7 @@ def flow(flow_id: str, flow_input: str, timers_url: str, token: str, interval: s
 @timers_option
 @token_option
 @output_options
-def list_timers(statuses: tuple[str, ...], timers_url: str, token: str) -> None:
+def list_timers(statuses: tuple[str, ...], timers_url: str, token: str | None) -> None:
     """The timers you created or may see."""
     client = make_client(timers_url, token)
     print_document(list(call_provider(lambda: list(client.actions(status=[s.upper() for s in statuses])))))
@@ -150,7 +151,7 @@ def list_timers(statuses: tuple[str, ...], timers_url: str, token: str) -> None:
 @timers_option
 @token_option
 @output_options
-def show(timer_id: str, timers_url: str, token: str) -> None:
+def show(timer_id: str, timers_url: str, token: str | None) -> None:
     """A timer's status: next run, number of runs, the last runs, skipped and failed ticks."""
     print_document(call_provider(make_client(timers_url, token).status, timer_id))
 
@@ -160,6 +161,6 @@ def show(timer_id: str, timers_url: str, token: str) -> None:
 @timers_option
 @token_option
 @output_options
-def cancel(timer_id: str, timers_url: str, token: str) -> None:
+def cancel(timer_id: str, timers_url: str, token: str | None) -> None:
     """Stop a timer's schedule (an action it started and that still runs is left alone)."""
     print_document(call_provider(make_client(timers_url, token).cancel, timer_id))
