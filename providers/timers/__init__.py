@@ -20,8 +20,9 @@ How it is built, and why:
   between starting the target's action and recording it leaves the tick claimed; once the claim lapses another
   process fires it again with the same ``request_id``, and the target answers with the action already started.
 * The scheduler keeps ``details`` and ``/log`` up to date and ends the action with
-  :meth:`toolkit.lifecycle.Runtime.end`: SUCCEEDED at ``stop_after``, FAILED after ``APTK_TIMERS_MAX_FAILURES`` failed ticks in a row. ``/cancel`` ends it
-  like any action, and the schedule stops with it (a running target action is left alone).
+  :meth:`toolkit.lifecycle.Runtime.end`: SUCCEEDED at ``stop_after``, FAILED after ``APTK_TIMERS_MAX_FAILURES``
+  failed ticks in a row. ``/cancel`` ends it like any action, and the schedule stops with it (a running target
+  action is left alone).
 """
 
 from __future__ import annotations
