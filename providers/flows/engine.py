@@ -172,9 +172,8 @@ class _Run:
         record.visits[name] = record.visits.get(name, 0) + 1
         record.entered = True
         record.states.append({"name": name, "type": _type(state), "status": "ACTIVE", "started": self.ctx.clock()})
+        # Not stored yet: entering again after a crash counts the same visit (the child's request_id stays).
         self._log(f"{name} entered", code=f"{_type(state)}Started", state_name=name, state_type=_type(state))
-        if isinstance(state, (ActionState, WaitState)):  # a later step depends on the visit being stored first
-            self._store()
 
     def _leave(self, name: str, next_state: str | None, *, status: str = "SUCCEEDED",
                document: dict[str, Any] | None = None) -> None:
@@ -196,7 +195,8 @@ class _Run:
                   next_state=next_state, **extra)
         if next_state is None:
             self._log("Flow succeeded", code=FLOW_SUCCEEDED)
-        self._store()
+        # The states that take time say so in the status at once; a quick one shows with the next that does.
+        self._store(publish=next_state is None or entry["type"] in ("Action", "Wait"))
 
     def _caught(self, name: str, state: Any, error: FlowError) -> None:
         for secret in sorted(self.secrets, key=len, reverse=True):  # a cause may quote what the child was sent
@@ -274,8 +274,6 @@ class _Run:
                      "started": self.ctx.clock()}
             record.child = child
             record.states[-1]["child_action_id"] = status["action_id"]
-            self._log(f"{name}: started action {status['action_id']}", code="ActionStarted", state_name=name,
-                      child_action_id=status["action_id"])
             self._store()  # the child's id is stored before anything waits on it
         else:
             status = {"status": "ACTIVE", "action_id": child["action_id"]}
@@ -353,10 +351,13 @@ class _Run:
 
     # --- helpers --------------------------------------------------------------------------------------------
 
-    def _store(self) -> None:
-        """Store the run's record, then its summary in the action's details (both owned by this attempt)."""
+    def _store(self, *, publish: bool = True) -> None:
+        """Store the run's record, then (``publish``) its summary in the action's details."""
         engine_store.save(self.engine, self.record, self.ctx.attempt)
-        self.ctx.progress(details={"states": self.record.states}, display_status=self._display())
+        if publish:
+            self.ctx.progress(details={"states": self.record.states}, display_status=self._display())
+        else:
+            self.ctx.check()
 
     def _display(self) -> str:
         position = self.record.position
