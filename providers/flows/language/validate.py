@@ -140,13 +140,13 @@ class _Checker:
             else:
                 self.parameters(here, value)
 
-    def unknown_fields(self, where: str, source: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    def unknown_fields(self, where: str, source: dict[str, Any], allowed: tuple[str, ...], what: str = "unknown field") -> None:
         for key in source:
             if key not in allowed:
                 if key == "OutputPath":
                     self.add(f"{where}.OutputPath", "is not supported by flows; use ResultPath")
                 else:
-                    self.add(f"{where}.{key}", "is not a field of this state" if where.startswith("States.") else "unknown field")
+                    self.add(f"{where}.{key}", what)
 
     # -- transitions -----------------------------------------------------------------------------------------
 
@@ -183,7 +183,8 @@ class _Checker:
         if kind not in STATE_TYPES:
             self.add(f"{where}.Type", f"{_quote(kind)} is not a state type ({', '.join(STATE_TYPES)})")
             return None
-        self.unknown_fields(where, source, ("Type", "Comment", *FIELDS[kind]))
+        # Next/End on a state that has neither get their own message (no_transition).
+        self.unknown_fields(where, source, ("Type", "Comment", *FIELDS[kind], *_TRANSITION), "is not a field of this state")
         comment = source.get("Comment")
         if comment is not None and not isinstance(comment, str):
             self.add(f"{where}.Comment", "must be a string")
@@ -464,7 +465,7 @@ def validate(definition: Any, *, input_schema: dict[str, Any] | None = None) -> 
         check.add("StartAt", "required")
     elif not isinstance(start_at, str):
         check.add("StartAt", "must be the name of a state (a string)")
-    elif raw_states is not None and isinstance(raw_states, dict) and start_at not in names:
+    elif isinstance(raw_states, dict) and raw_states and start_at not in names:
         check.add("StartAt", f'"{start_at}" is not a state')
     states: dict[str, State] = {}
     if "States" not in definition:
