@@ -15,9 +15,9 @@ import time
 import weakref
 from typing import Any
 
-from toolkit import ActionProvider, HookContext, RunContext, VariantContext
+from toolkit import ActionProvider, HookContext, RunContext, VariantContext, get_toolkit
 from toolkit.documents import PUBLIC
-from toolkit.settings import register_settings, setting
+from toolkit.settings import number, register_settings, setting
 
 from . import deployments
 from .deployments import DeployedFlow
@@ -114,7 +114,7 @@ def sync_directory(config: Any, store: Any, now: float, *, force: bool = False) 
     if not directory:
         return
     state = _state(store)
-    interval = float(setting(config, "APTK_FLOWS_DIR_INTERVAL", DEFAULT_DIR_INTERVAL))
+    interval = number(config, "APTK_FLOWS_DIR_INTERVAL", DEFAULT_DIR_INTERVAL)
     if not force and time.monotonic() - state.dir_checked < interval:
         return
     state.dir_checked = time.monotonic()
@@ -156,5 +156,15 @@ def _flow_variant(key: str, ctx: VariantContext) -> ActionProvider | None:
 
 
 from .api import api  # noqa: E402  (the blueprint needs the provider above)
+
+
+
+@api.record
+def _load_directory(state: Any) -> None:
+    """Deploy the flows of ``APTK_FLOWS_DIR`` as the app is set up: a broken file stops start-up, naming it."""
+    runtime = get_toolkit(state.app).runtime
+    number(state.app.config, "APTK_FLOWS_DIR_INTERVAL", DEFAULT_DIR_INTERVAL)
+    sync_directory(state.app.config, runtime.store, runtime.clock(), force=True)
+
 
 provider.add_blueprint(api)
