@@ -1,0 +1,212 @@
+"""The flows API: deploying, listing, showing, updating and deleting flows, with precise 400s and authorization
+from outside; each deployed flow described as a provider at /flows/<id>/."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from providers.flows import deployments
+
+from .conftest import ADMIN, GROUP, NAME_SCHEMA, OTHER, OWNER, PASS_SUCCEED, SCOPE, deployment, urn
+
+
+def test_deploy_answers_201_with_the_flow_document_and_the_flow_is_a_provider(site):
+    owner = site.session()
+    flow = owner.deploy(deployment(id="greeter", subtitle="Says hello", keywords=["demo"]))
+    assert flow["id"] == "greeter" and flow["owner"] == urn(OWNER)
+    assert (flow["title"], flow["subtitle"], flow["keywords"]) == ("Greeter", "Says hello", ["demo"])
+    assert flow["definition"] == PASS_SUCCEED and flow["input_schema"] == NAME_SCHEMA
+    assert flow["url"].endswith("://localhost/flows/greeter/") and flow["version"] == 1
+    assert flow["globus_auth_scope"] == SCOPE
+    assert "null" not in json.dumps(flow)
+    description = site.flow("greeter", OTHER).introspect()
+    assert description["title"] == "Greeter" and description["subtitle"] == "Says hello"
+    assert description["input_schema"] == NAME_SCHEMA
+    assert description["synchronous"] is False and description["types"] == ["Action"]
+    assert description["globus_auth_scope"] == SCOPE
+    assert "all_authenticated_users" in description["runnable_by"] and urn(OWNER) in description["runnable_by"]
+    assert description["administered_by"] == [urn(OWNER)]
+
+
+def test_a_deployment_without_id_gets_one(site):
+    flow = site.session().deploy(deployment())
+    assert deployments.FLOW_ID.fullmatch(flow["id"]) and len(flow["id"]) == 36
+    assert site.session().call("GET", f"/{flow['id']}").json()["id"] == flow["id"]
+
+
+@pytest.mark.parametrize("document, message", [
+    ({"definition": PASS_SUCCEED}, "title: is required."),
+    ({"title": "", "definition": PASS_SUCCEED}, "title: must be a non-empty string."),
+    ({"title": "T"}, "definition: is required."),
+    ({"title": "T", "definition": [1]}, "definition: must be a JSON object (a flow definition)."),
+    ({"title": "T", "definition": PASS_SUCCEED, "input_schema": {"type": "objekt"}},
+     "input_schema.type: is not a valid JSON Schema: 'objekt' is not valid under any of the given schemas"),
+    ({"title": "T", "definition": PASS_SUCCEED, "input_schema": []}, "input_schema: must be a JSON Schema object."),
+    ({"title": "T", "definition": PASS_SUCCEED, "visible_to": "public"},
+     "visible_to: must be a list of principal URNs."),
+    ({"title": "T", "definition": PASS_SUCCEED, "runnable_by": ["public"]},
+     "runnable_by[0]: "),
+    ({"title": "T", "definition": PASS_SUCCEED, "flow_owner": "me"},
+     "Unknown field 'flow_owner'; a flow deployment takes "),
+    ({"id": "no/slash", "title": "T", "definition": PASS_SUCCEED}, "id: 'no/slash' is not a flow id"),
+    ({"title": "T", "definition": PASS_SUCCEED, "keywords": [""]},
+     "keywords: must be a list of strings of 1 to 64 characters."),
+])
+def test_a_bad_deployment_is_a_400_saying_what_is_wrong(site, document, message):
+    answer = site.session().call("POST", json=document)
+    assert answer.status_code == 400
+    assert answer.json()["code"] == "BadActionRequest"
+    assert answer.json()["description"].startswith(message), answer.json()["description"]
+    assert site.session().call("GET").json()["flows"] == []  # nothing half-written
+
+
+def test_an_invalid_definition_is_a_400_listing_every_error_of_the_language(site):
+    broken = {"StartAt": "A", "States": {"A": {"Type": "Pass", "Next": "Nowhere"},
+                                         "B": {"Type": "Bogus", "End": True},
+                                         "C": {"Type": "Action", "ActionUrl": "ftp://x", "End": True}}}
+    from providers.flows.language import DefinitionError, validate
+
+    with pytest.raises(DefinitionError) as caught:
+        validate(broken, input_schema={"type": "object"})
+    answer = site.session().call("POST", json=deployment(definition=broken))
+    assert answer.status_code == 400
+    body = answer.json()
+    assert body["errors"] == caught.value.errors and len(body["errors"]) >= 3
+    assert body["description"] == "definition: " + "; ".join(caught.value.errors)
+    assert 'States.A.Next: "Nowhere" is not a state' in body["errors"]
+
+
+def test_body_errors_and_limits(tmp_path):
+    from .conftest import make_site
+    from toolkit.testing import close_app
+
+    site = make_site(tmp_path, APTK_MAX_BODY_BYTES=2000)
+    try:
+        api = site.session()
+        too_big = api.call("POST", json=deployment(description="x" * 3000))
+        assert too_big.status_code == 413 and too_big.json()["code"] == "RequestTooLarge"
+        empty = api.call("POST", data=b"", headers={"Content-Type": "application/json"})
+        assert (empty.status_code, empty.json()["description"]) == (
+            400, "The request has no body; send a flow deployment as JSON.")
+        bad = api.call("POST", data=b"{nope", headers={"Content-Type": "application/json"})
+        assert bad.status_code == 400 and bad.json()["description"].startswith("The request body is not valid JSON")
+        not_object = api.call("POST", json=[1])
+        assert not_object.json()["description"] == "The request body must be a JSON object (a flow deployment)."
+    finally:
+        close_app(site.app)
+
+
+def test_the_api_needs_a_token_with_the_scope(site):
+    from .conftest import Api
+
+    anonymous = Api(site.app, "")
+    anonymous.http.headers.pop("Authorization")
+    assert anonymous.call("GET").status_code == 401
+    assert anonymous.call("GET").headers["WWW-Authenticate"].startswith("Bearer")
+    wrong_scope = site.session(scopes=["urn:aptk:scope:hello"])
+    answer = wrong_scope.call("POST", json=deployment())
+    assert answer.status_code == 403 and "scope" in answer.json()["description"]
+
+
+def test_id_conflict_is_a_409(site):
+    site.session().deploy(deployment(id="one"))
+    answer = site.session(OTHER).call("POST", json=deployment(id="one"))
+    assert (answer.status_code, answer.json()["description"]) == (409, "A flow with id 'one' is already deployed.")
+
+
+def test_who_sees_what(site):
+    owner = site.session()
+    owner.deploy(deployment(id="open"))
+    owner.deploy(deployment(id="private", visible_to=[], runnable_by=[]))
+    owner.deploy(deployment(id="group", visible_to=[f"urn:globus:groups:id:{GROUP}"], runnable_by=[]))
+    owner.deploy(deployment(id="runners", visible_to=[], runnable_by=[urn(OTHER)]))
+    owner.deploy(deployment(id="admin", visible_to=[], runnable_by=[], administered_by=[urn(ADMIN)]))
+
+    def listed(api):
+        return [f["id"] for f in api.call("GET").json()["flows"]]
+
+    assert listed(owner) == ["admin", "group", "open", "private", "runners"]
+    assert listed(site.session(OTHER)) == ["open", "runners"]
+    assert listed(site.session(OTHER, groups=[GROUP])) == ["group", "open", "runners"]
+    assert listed(site.session(ADMIN)) == ["admin", "open"]
+    hidden = site.session(OTHER).call("GET", "/private")
+    assert (hidden.status_code, hidden.json()) == (
+        404, {"code": "FlowNotFound", "description": "No flow 'private' (or you may not see it)."})
+    assert site.session(ADMIN).call("GET", "/admin").status_code == 200
+    # the flow as a provider: visibility and runnable_by from outside
+    from toolkit.client import ClientError
+
+    with pytest.raises(ClientError) as caught:
+        site.flow("private", OTHER).introspect()
+    assert caught.value.status == 403
+    with pytest.raises(ClientError) as caught:
+        site.flow("group", OTHER, groups=[GROUP]).run({"name": "x"})
+    assert (caught.value.status, caught.value.description) == (403, "You are not in this provider's runnable_by list.")
+    with pytest.raises(ClientError) as caught:
+        site.flow("nothing-here", OWNER).introspect()
+    assert (caught.value.status, caught.value.code) == (404, "ProviderNotFound")
+
+
+def test_list_pages_with_a_marker(site):
+    owner = site.session()
+    for i in range(5):
+        owner.deploy(deployment(id=f"f{i}"))
+    owner.deploy(deployment(id="hidden", visible_to=[], runnable_by=[]))
+    other = site.session(OTHER)
+    first = other.call("GET", params={"limit": 2}).json()
+    assert [f["id"] for f in first["flows"]] == ["f0", "f1"] and first["has_next_page"] is True
+    second = other.call("GET", params={"limit": 2, "marker": first["marker"]}).json()
+    third = other.call("GET", params={"limit": 2, "marker": second["marker"]}).json()
+    assert [f["id"] for f in second["flows"] + third["flows"]] == ["f2", "f3", "f4"]
+    assert third["has_next_page"] is False and "marker" not in third
+    for params, message in [({"limit": 0}, "limit: must be an integer between 1 and 100."),
+                            ({"limit": "x"}, "limit: must be an integer between 1 and 100."),
+                            ({"marker": "a/b"}, "marker: 'a/b' is not a marker this API returned."),
+                            ({"filter": "x"}, "Unknown query parameter 'filter'; this route takes limit, marker.")]:
+        answer = other.call("GET", params=params)
+        assert (answer.status_code, answer.json()["description"]) == (400, message)
+
+
+def test_update_by_owner_and_administrators_only(site):
+    owner = site.session()
+    owner.deploy(deployment(id="f", administered_by=[urn(ADMIN)]))
+    refused = site.session(OTHER).call("PUT", "/f", json={"title": "Mine"})
+    assert (refused.status_code, refused.json()["description"]) == (
+        403, "Only the owner and administered_by of flow 'f' may change it.")
+    changed = site.session(ADMIN).call("PUT", "/f", json={"title": "Renamed", "input_schema": {"type": "object"}})
+    assert changed.status_code == 200
+    assert (changed.json()["title"], changed.json()["version"]) == ("Renamed", 2)
+    assert changed.json()["definition"] == PASS_SUCCEED  # what was not given is kept
+    assert site.flow("f", OTHER).introspect()["title"] == "Renamed"  # the provider follows at once
+    assert site.flow("f", OTHER).introspect()["input_schema"] == {"type": "object"}
+    bad = owner.call("PUT", "/f", json={"definition": {"StartAt": "X", "States": {}}})
+    assert bad.status_code == 400 and bad.json()["description"].startswith("definition: ")
+    assert owner.call("GET", "/f").json()["version"] == 2  # unchanged
+    renamed = owner.call("PUT", "/f", json={"id": "g"})
+    assert (renamed.status_code, renamed.json()["description"]) == (400, "id: a flow's id cannot change (this is 'f').")
+    assert owner.call("PUT", "/missing", json={"title": "x"}).status_code == 404
+
+
+def test_delete_by_owner_only(site):
+    owner = site.session()
+    owner.deploy(deployment(id="f"))
+    assert site.session(OTHER).call("DELETE", "/f").status_code == 403
+    gone = owner.call("DELETE", "/f")
+    assert gone.status_code == 200 and gone.json()["id"] == "f"
+    assert owner.call("GET", "/f").status_code == 404
+    from toolkit.client import ClientError
+
+    with pytest.raises(ClientError) as caught:
+        site.flow("f").introspect()
+    assert caught.value.status == 404
+    assert owner.call("DELETE", "/f").status_code == 404
+
+
+def test_the_flow_document_and_the_provider_share_the_address_without_clash(site):
+    site.session().deploy(deployment(id="f"))
+    web = site.app.test_client()
+    headers = {"Authorization": site.session().http.headers["Authorization"]}
+    assert web.get("/flows/f", headers=headers).json["definition"] == PASS_SUCCEED  # the flow document
+    assert web.get("/flows/f/", headers=headers).json["api_version"] == "1.0"  # the flow as a provider
