@@ -275,8 +275,9 @@ class _Run:
             record.child = child
             record.states[-1]["child_action_id"] = status["action_id"]
             self._store()  # the child's id is stored before anything waits on it
-        else:
+        else:  # taken up again (after a crash or a pause): wait on the child already started
             status = {"status": "ACTIVE", "action_id": child["action_id"]}
+            record.states[-1]["status"] = "ACTIVE"
         action_id = child["action_id"]
         give_up = None if wait_time is None else child["started"] + float(wait_time)
         slice_ = _LOCAL_SLICE if target.local else _REMOTE_SLICE
@@ -317,7 +318,7 @@ class _Run:
             str(details.get("description") or f"The action of state {name!r} waits to be resumed."),
             required_scope=details.get("required_scope"),
             resolution_url=details.get("resolution_url"),
-            output=None, states=self.record.states,
+            states=self.record.states,
         )
 
     def _cancel_child(self, target: Any, action_id: str) -> None:
