@@ -72,6 +72,8 @@ _RETRY_CAP = 30.0
 _LOCAL_SLICE = 5.0
 """Longest single wait on a local child: a cancel or a deadline of the run is noticed within this."""
 _REMOTE_SLICE = 300.0
+_QUICK = 0.5
+"""An action that ends within this many seconds is not shown as running in the run's status."""
 
 
 def child_request_id(run_id: str, state: str, visit: int) -> str:
@@ -110,6 +112,8 @@ class _Run:
         record = engine_store.load(self.engine, ctx.action_id)
         self.fresh = record is None
         self.record = record or RunRecord(ctx.action_id, self.definition.start_at, copy.deepcopy(body))
+        self.shown = False
+        """True once the run's status shows the current state as running."""
         self.secrets: set[str] = set()
         """Values of the current state's ``__Private_Parameters``, never written to a cause."""
         self.context = {
@@ -147,6 +151,7 @@ class _Run:
     def _step(self, state: Any) -> None:
         name = self.record.position
         assert name is not None
+        self.shown = False
         if not self.record.entered:
             self._enter(name, state)
         try:
@@ -195,8 +200,9 @@ class _Run:
                   next_state=next_state, **extra)
         if next_state is None:
             self._log("Flow succeeded", code=FLOW_SUCCEEDED)
-        # The states that take time say so in the status at once; a quick one shows with the next that does.
-        self._store(publish=next_state is None or entry["type"] in ("Action", "Wait"))
+        # The status shows a state that took time as it ran: say it ended. A quick one shows with the next that
+        # takes time, or in the run's final details.
+        self._store(publish=self.shown)
 
     def _caught(self, name: str, state: Any, error: FlowError) -> None:
         for secret in sorted(self.secrets, key=len, reverse=True):  # a cause may quote what the child was sent
@@ -243,7 +249,8 @@ class _Run:
         record = self.record
         if record.wake_at is None:
             record.wake_at = float(wait_until(state, record.document, self.ctx.clock(), context=self.context))
-            self._store()
+            self._store(publish=False)
+        self._publish()
         while (left := record.wake_at - self.ctx.clock()) > 0:
             self.ctx.sleep(min(left, 60.0))
         self._leave(name, _next(state))
@@ -274,7 +281,7 @@ class _Run:
                      "started": self.ctx.clock()}
             record.child = child
             record.states[-1]["child_action_id"] = status["action_id"]
-            self._store()  # the child's id is stored before anything waits on it
+            self._store(publish=False)  # the child's id is stored before anything waits on it
         else:  # taken up again (after a crash or a pause): wait on the child already started
             status = {"status": "ACTIVE", "action_id": child["action_id"]}
             record.states[-1]["status"] = "ACTIVE"
@@ -292,8 +299,11 @@ class _Run:
                 self._cancel_child(target, action_id)
                 raise FlowError(f"The action {action_id} of state {name!r} did not complete within its WaitTime "
                                 f"of {wait_time:g} seconds; it was cancelled.", error=ACTION_TIMEOUT)
-            timeout = slice_ if give_up is None else max(0.0, min(slice_, give_up - now))
+            timeout = slice_ if self.shown else _QUICK
+            timeout = timeout if give_up is None else max(0.0, min(timeout, give_up - now))
             status = self._retrying(functools.partial(target.wait, self.identity, action_id, timeout))
+            if not self.shown and status["status"] == "ACTIVE":  # not a quick one: show it in the run's status
+                self._publish()
         if status["status"] == "FAILED" and state.exception_on_action_failure:
             raise FlowError(json.dumps(_public_status(status), sort_keys=True), error=ACTION_FAILED)
         if status["status"] == "SUCCEEDED" and not target.local:
@@ -310,7 +320,7 @@ class _Run:
         details = status.get("details") or {}
         entry = self.record.states[-1]
         entry["status"] = "INACTIVE"
-        self._store()
+        self._store(publish=False)  # the pause's details show the states
         self._log(f"{name}: action {status['action_id']} is INACTIVE", code="ActionInactive", state_name=name,
                   child_action_id=status["action_id"])
         raise ActionInactive(
@@ -356,9 +366,14 @@ class _Run:
         """Store the run's record, then (``publish``) its summary in the action's details."""
         engine_store.save(self.engine, self.record, self.ctx.attempt)
         if publish:
-            self.ctx.progress(details={"states": self.record.states}, display_status=self._display())
+            self._publish()
         else:
             self.ctx.check()
+
+    def _publish(self) -> None:
+        """Show the states so far and the current one in the run's status."""
+        self.ctx.progress(details={"states": self.record.states}, display_status=self._display())
+        self.shown = True
 
     def _display(self) -> str:
         position = self.record.position
