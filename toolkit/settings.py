@@ -102,6 +102,10 @@ KNOWN_SETTINGS: set[str] = {
     "APTK_REQUEST_READ_TIMEOUT",
     "APTK_ADMIN_CONTACT",
     "APTK_REQUEST_KEY",
+    # calling other providers (toolkit.calls)
+    "APTK_PUBLIC_URL",
+    "APTK_CALL_CLIENTS",
+    "APTK_CALL_POLL_MAX_SECONDS",
     # token verifiers (toolkit.auth.config)
     "APTK_AUTH",
     "APTK_AUTH_ISSUER",
