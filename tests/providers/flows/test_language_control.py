@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from providers.flows.language import (
@@ -198,6 +198,7 @@ def test_choice_rules_read_the_run_context() -> None:
     assert choose(state, {"_context": {"user_id": "x"}}, context={"user_id": "nobody"}) == "Default"
 
 
+@settings(deadline=None)
 @given(text=st.text(alphabet="ab*\\.", max_size=8), pattern=st.text(alphabet="ab*.", max_size=6))
 def test_string_matches_treats_star_as_any_run_of_characters(text: str, pattern: str) -> None:
     import fnmatch

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from providers.flows.language import EXPRESSION_FUNCTIONS, RUNTIME, FlowError, evaluate
@@ -147,6 +147,7 @@ def test_expressions_have_no_random_functions() -> None:
     assert check("rand()") is not None
 
 
+@settings(deadline=None)
 @given(a=st.integers(-10**6, 10**6), b=st.integers(-10**6, 10**6))
 def test_arithmetic_matches_python(a: int, b: int) -> None:
     document = {"a": a, "b": b}
@@ -154,6 +155,7 @@ def test_arithmetic_matches_python(a: int, b: int) -> None:
     assert evaluate("[a, b][a > b]", document) == [a, b][a > b]
 
 
+@settings(deadline=None)
 @given(text=st.text(max_size=20))
 def test_string_values_come_through_unchanged(text: str) -> None:
     assert evaluate("s + ''", {"s": text}) == text

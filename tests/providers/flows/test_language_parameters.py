@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from providers.flows.language import (
@@ -19,12 +19,12 @@ from providers.flows.language import (
     apply_result_path,
     find,
     private_view,
+    public_definition,
     public_document,
     resolve,
     state_input,
     validate,
 )
-from providers.flows.language.parameters import public_definition
 
 DOC = {
     "input": {"source": {"id": "c1", "path": "/data/run1/"}, "files": ["a", "b", "c"], "n": 2},
@@ -144,7 +144,8 @@ def test_the_private_view_of_a_state_without_parameters_is_the_body_itself() -> 
 
 
 def test_a_definition_is_shown_without_its_private_parameters() -> None:
-    definition = {"StartAt": "S", "States": {"S": {"Type": "Action", "ActionUrl": "https://h/", "End": True, "Parameters": {
+    definition: dict[str, Any] = {"StartAt": "S", "States": {"S": {
+        "Type": "Action", "ActionUrl": "https://h/", "End": True, "Parameters": {
         "user": "u", "password": "p", "key.$": "$.k", "inner": {"x.=": "1", "y": 2, "__Private_Parameters": ["x"]},
         "__Private_Parameters": ["password", "key"]}}, "T": {"Type": "Succeed"}}}
     assert public_definition(definition)["States"] == {
@@ -222,6 +223,7 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_siz
                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=3), max_leaves=8)
 
 
+@settings(deadline=None)
 @given(document=st.dictionaries(_keys, _json, max_size=4), steps=st.lists(_keys, min_size=1, max_size=4), result=_json)
 def test_a_stored_result_is_found_at_its_result_path_and_the_rest_is_kept(
     document: dict[str, Any], steps: list[str], result: Any

@@ -34,7 +34,7 @@ def action(**fields: Any) -> dict[str, Any]:
     return {key: value for key, value in state.items() if value is not None}
 
 
-def flow(*states: tuple[str, dict[str, Any]], start: str | None = None) -> dict[str, Any]:
+def flow(*states: tuple[str, Any], start: str | None = None) -> dict[str, Any]:
     return {"StartAt": start or states[0][0], "States": dict(states)}
 
 
