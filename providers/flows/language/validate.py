@@ -122,8 +122,14 @@ class _Checker:
         if not isinstance(template, dict):
             return
         names = {natural_name(key) for key in template if key != PRIVATE_PARAMETERS_KEY}
+        seen: dict[str, str] = {}
         for key, value in template.items():
             here = f"{where}.{key}"
+            if key != PRIVATE_PARAMETERS_KEY:
+                name = natural_name(key)
+                if name in seen:
+                    self.add(here, f'gives "{name}" again (also given by "{seen[name]}")')
+                seen.setdefault(name, key)
             if key == PRIVATE_PARAMETERS_KEY:
                 if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
                     self.add(here, "must be a list of parameter names")
