@@ -7,6 +7,7 @@ a definition with five mistakes gets five messages.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,7 +58,7 @@ def _quote(value: Any) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class _Checker:
@@ -186,7 +187,7 @@ class _Checker:
         if kind is None:
             self.add(f"{where}.Type", "required")
             return None
-        if kind not in STATE_TYPES:
+        if not isinstance(kind, str) or kind not in STATE_TYPES:
             self.add(f"{where}.Type", f"{_quote(kind)} is not a state type ({', '.join(STATE_TYPES)})")
             return None
         # Next/End on a state that has neither get their own message (no_transition).
