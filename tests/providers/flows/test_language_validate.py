@@ -387,7 +387,8 @@ _FIELDS = ["Type", "Next", "End", "ActionUrl", "Parameters", "InputPath", "Resul
 _TYPES = ["Action", "ExpressionEval", "Pass", "Choice", "Wait", "Fail", "Succeed", "Task"]
 _names = st.sampled_from(["A", "B", "C"])
 _scalars = (st.none() | st.booleans() | st.integers(-5, 5) | st.floats() | _names | st.sampled_from(_TYPES)
-            | st.sampled_from(["$", "$.a", "$.a[", "$$.x", "a +", "https://h/x", "ftp://x", "2026-01-01T00:00:00Z", "States.ALL"]))
+            | st.sampled_from(["$", "$.a", "$.a[", "$$.x", "a +", "https://h/x", "ftp://x", "2026-01-01T00:00:00Z",
+                               "States.ALL"]))
 _values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3)
                        | st.dictionaries(st.sampled_from(_FIELDS), inner, max_size=5), max_leaves=12)
 _states = st.dictionaries(st.sampled_from(_FIELDS), _values, max_size=8)
