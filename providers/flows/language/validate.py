@@ -7,6 +7,7 @@ a definition with five mistakes gets five messages.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,7 +58,7 @@ def _quote(value: Any) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class _Checker:
@@ -122,8 +123,14 @@ class _Checker:
         if not isinstance(template, dict):
             return
         names = {natural_name(key) for key in template if key != PRIVATE_PARAMETERS_KEY}
+        seen: dict[str, str] = {}
         for key, value in template.items():
             here = f"{where}.{key}"
+            if key != PRIVATE_PARAMETERS_KEY:
+                name = natural_name(key)
+                if name in seen:
+                    self.add(here, f'gives "{name}" again (also given by "{seen[name]}")')
+                seen.setdefault(name, key)
             if key == PRIVATE_PARAMETERS_KEY:
                 if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
                     self.add(here, "must be a list of parameter names")
@@ -180,7 +187,7 @@ class _Checker:
         if kind is None:
             self.add(f"{where}.Type", "required")
             return None
-        if kind not in STATE_TYPES:
+        if not isinstance(kind, str) or kind not in STATE_TYPES:
             self.add(f"{where}.Type", f"{_quote(kind)} is not a state type ({', '.join(STATE_TYPES)})")
             return None
         # Next/End on a state that has neither get their own message (no_transition).

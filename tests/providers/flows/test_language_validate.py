@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from providers.flows.language import (
     ActionState,
@@ -34,7 +36,7 @@ def action(**fields: Any) -> dict[str, Any]:
     return {key: value for key, value in state.items() if value is not None}
 
 
-def flow(*states: tuple[str, dict[str, Any]], start: str | None = None) -> dict[str, Any]:
+def flow(*states: tuple[str, Any], start: str | None = None) -> dict[str, Any]:
     return {"StartAt": start or states[0][0], "States": dict(states)}
 
 
@@ -104,6 +106,9 @@ INVALID: list[tuple[str, Any, list[str]]] = [
     ("empty expression", flow(("A", action(Parameters={"x.=": " "}))), ["States.A.Parameters.x.=: is an empty expression"]),
     ("bad backtick path in expression", flow(("A", action(Parameters={"x.=": "[`a.b`]"}))),
      ['States.A.Parameters.x.=: "[`a.b`]": "a.b" is not a valid JSONPath: it must start with "$"']),
+    ("a parameter given twice", flow(("A", action(Parameters={"x": 1, "x.$": "$.x", "y.=": "1", "y.$": "$.y"}))),
+     ['States.A.Parameters.x.$: gives "x" again (also given by "x")',
+      'States.A.Parameters.y.$: gives "y" again (also given by "y.=")']),
     ("__Private_Parameters not a list", flow(("A", action(Parameters={"pw": "x", "__Private_Parameters": "pw"}))),
      ["States.A.Parameters.__Private_Parameters: must be a list of parameter names"]),
     ("__Private_Parameters names nothing", flow(("A", action(Parameters={"pw": "x", "__Private_Parameters": ["pwd"]}))),
@@ -117,6 +122,10 @@ INVALID: list[tuple[str, Any, list[str]]] = [
     ("WaitTime zero", flow(("A", action(WaitTime=0))), ["States.A.WaitTime: 0 is not a number of seconds greater than 0"]),
     ("WaitTime string", flow(("A", action(WaitTime="60"))),
      ['States.A.WaitTime: "60" is not a number of seconds greater than 0']),
+    ("WaitTime infinite", flow(("A", action(WaitTime=float("inf")))),
+     ["States.A.WaitTime: inf is not a number of seconds greater than 0"]),
+    ("Wait Seconds not a number", flow(("A", {"Type": "Wait", "Seconds": float("nan"), "End": True})),
+     ["States.A.Seconds: nan is not a number of seconds >= 0"]),
     ("WaitTime boolean", flow(("A", action(WaitTime=True))),
      ["States.A.WaitTime: True is not a number of seconds greater than 0"]),
     ("ExceptionOnActionFailure not boolean", flow(("A", action(ExceptionOnActionFailure="yes"))),
@@ -370,3 +379,27 @@ def test_public_globus_definitions_validate_unchanged(path: Path) -> None:
         assert state.type == definition["States"][name]["Type"]
         if isinstance(state, ActionState):
             assert state.action_url == definition["States"][name]["ActionUrl"]
+
+
+_FIELDS = ["Type", "Next", "End", "ActionUrl", "Parameters", "InputPath", "ResultPath", "WaitTime", "Catch", "Choices",
+           "Default", "Seconds", "SecondsPath", "Timestamp", "TimestampPath", "Error", "Cause", "Result", "RunAs",
+           "ExceptionOnActionFailure", "Variable", "And", "Not", "StringEquals", "IsPresent", "ErrorEquals", "x.$", "x.="]
+_TYPES = ["Action", "ExpressionEval", "Pass", "Choice", "Wait", "Fail", "Succeed", "Task"]
+_names = st.sampled_from(["A", "B", "C"])
+_scalars = (st.none() | st.booleans() | st.integers(-5, 5) | st.floats() | _names | st.sampled_from(_TYPES)
+            | st.sampled_from(["$", "$.a", "$.a[", "$$.x", "a +", "https://h/x", "ftp://x", "2026-01-01T00:00:00Z",
+                               "States.ALL"]))
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.sampled_from(_FIELDS), inner, max_size=5), max_leaves=12)
+_states = st.dictionaries(st.sampled_from(_FIELDS), _values, max_size=8)
+
+
+@settings(deadline=None, max_examples=150)
+@given(start=_scalars, states=st.dictionaries(_names, _states | _values, max_size=3))
+def test_any_json_is_either_a_definition_or_a_definition_error(start: Any, states: Any) -> None:
+    try:
+        parsed = validate({"StartAt": start, "States": states})
+    except DefinitionError as error:
+        assert error.errors and all(isinstance(message, str) and ": " in message for message in error.errors)
+    else:
+        assert parsed.start_at in parsed.states
