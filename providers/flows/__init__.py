@@ -39,7 +39,7 @@ provider = ActionProvider(
     visible_to=[PUBLIC],
     runnable_by=[],  # the provider itself runs nothing: its flows do
     recovery="rerun",
-    max_attempts=1000,  # a run continues where it was after a crash: the engine stores its position
+    max_attempts=100,  # a run continues where it was after a crash: the engine stores its position
 )
 
 
