@@ -153,6 +153,9 @@ KNOWN_SETTINGS: set[str] = {
     "APTK_FORMS_OIDC_CLIENT_ID",
     "APTK_FORMS_OIDC_CLIENT_SECRET",
     "APTK_FORMS_OIDC_SCOPE",
+    # providers.flows (service)
+    "APTK_FLOWS_DIR",
+    "APTK_FLOWS_DIR_INTERVAL",
 }
 """Every ``APTK_*`` name the toolkit and the bundled providers read. A provider of its own adds its names with
 :func:`register_settings` (or ``ActionProvider(settings=[...])``); any other ``APTK_*`` name in the environment or
