@@ -168,3 +168,7 @@ def _load_directory(state: Any) -> None:
 
 
 provider.add_blueprint(api)
+
+from .pages import pages  # noqa: E402
+
+provider.add_blueprint(pages)
