@@ -30,6 +30,19 @@ def test_deploy_answers_201_with_the_flow_document_and_the_flow_is_a_provider(si
     assert description["administered_by"] == [urn(OWNER)]
 
 
+def test_deploy_says_where_the_flow_is_served(site):
+    answer = site.session().call("POST", json=deployment(id="here"))
+    assert answer.status_code == 201 and answer.headers["Location"].endswith("/flows/here/")
+
+
+def test_a_list_page_holds_20_flows_unless_asked_otherwise(site):
+    owner = site.session()
+    for i in range(21):
+        owner.deploy(deployment(id=f"f{i:02d}"))
+    page = owner.call("GET").json()
+    assert (len(page["flows"]), page["limit"], page["has_next_page"], page["marker"]) == (20, 20, True, "f19")
+
+
 def test_a_deployment_without_id_gets_one(site):
     flow = site.session().deploy(deployment())
     assert deployments.FLOW_ID.fullmatch(flow["id"]) and len(flow["id"]) == 36
