@@ -39,7 +39,7 @@ provider = ActionProvider(
     visible_to=[PUBLIC],
     runnable_by=[],  # the provider itself runs nothing: its flows do
     recovery="rerun",
-    max_attempts=1000,  # a run continues where it was after a crash: the engine stores its position
+    max_attempts=100,  # a run continues where it was after a crash: the engine stores its position
 )
 
 
@@ -168,3 +168,7 @@ def _load_directory(state: Any) -> None:
 
 
 provider.add_blueprint(api)
+
+from .pages import pages  # noqa: E402
+
+provider.add_blueprint(pages)

@@ -130,7 +130,7 @@ def deploy() -> Response:
     _sync()
     flow = deployments.insert(_engine(), flow_id, checked, identity.id, _runtime().clock())
     response = _json(201, document(flow))
-    response.headers["Location"] = document(flow)["url"].rstrip("/")
+    response.headers["Location"] = document(flow)["url"]
     return response
 
 

@@ -66,12 +66,13 @@ class Api:
         return answer.json()
 
 
-def make_site(tmp_path: Path, **config: Any) -> Site:
-    authority = TokenAuthority()
-    data_dir = tmp_path / "data"
+def make_site(tmp_path: Path, *, authority: TokenAuthority | None = None, data: str = "data",
+              toolkit_options: dict[str, Any] | None = None, **config: Any) -> Site:
+    authority = authority or TokenAuthority()
+    data_dir = tmp_path / data
     data_dir.mkdir(exist_ok=True)
     app = create_app({"APTK_DATA_DIR": str(data_dir), **config}, providers=[("/flows", flows_provider)],
-                     verifier=authority.verifier)
+                     verifier=authority.verifier, **(toolkit_options or {}))
     return Site(app, authority, data_dir)
 
 

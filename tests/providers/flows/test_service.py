@@ -30,6 +30,19 @@ def test_deploy_answers_201_with_the_flow_document_and_the_flow_is_a_provider(si
     assert description["administered_by"] == [urn(OWNER)]
 
 
+def test_deploy_says_where_the_flow_is_served(site):
+    answer = site.session().call("POST", json=deployment(id="here"))
+    assert answer.status_code == 201 and answer.headers["Location"].endswith("/flows/here/")
+
+
+def test_a_list_page_holds_20_flows_unless_asked_otherwise(site):
+    owner = site.session()
+    for i in range(21):
+        owner.deploy(deployment(id=f"f{i:02d}"))
+    page = owner.call("GET").json()
+    assert (len(page["flows"]), page["limit"], page["has_next_page"], page["marker"]) == (20, 20, True, "f19")
+
+
 def test_a_deployment_without_id_gets_one(site):
     flow = site.session().deploy(deployment())
     assert deployments.FLOW_ID.fullmatch(flow["id"]) and len(flow["id"]) == 36
@@ -210,3 +223,63 @@ def test_the_flow_document_and_the_provider_share_the_address_without_clash(site
     headers = {"Authorization": site.session().http.headers["Authorization"]}
     assert web.get("/flows/f", headers=headers).json["definition"] == PASS_SUCCEED  # the flow document
     assert web.get("/flows/f/", headers=headers).json["api_version"] == "1.0"  # the flow as a provider
+
+
+WAITING = {"StartAt": "Sleep", "States": {"Sleep": {"Type": "Wait", "Seconds": 600, "Next": "Done"},
+                                          "Done": {"Type": "Succeed"}}}
+
+
+def test_a_run_of_a_deployed_flow_validates_its_input_runs_and_reports_its_states(site):
+    site.session().deploy(deployment(id="greeter"))
+    runner = site.flow("greeter", OTHER)
+    from toolkit.client import ClientError
+
+    with pytest.raises(ClientError) as caught:
+        runner.run({"name": 5})
+    assert (caught.value.status, caught.value.description) == (400, "body.name: 5 is not of type 'string'")
+    with pytest.raises(ClientError) as caught:
+        runner.run({})
+    assert caught.value.description == "body: 'name' is a required property"
+    final = runner.run({"name": "Ada"}, wait=True)
+    assert final["status"] == "SUCCEEDED", final
+    assert final["details"]["output"]["said"] == {"greeting": "Ada"}
+    states = final["details"]["states"]
+    assert [(s["name"], s["type"], s["status"]) for s in states] == [
+        ("Greet", "Pass", "SUCCEEDED"), ("Done", "Succeed", "SUCCEEDED")]
+    assert all(s["started"] <= s["ended"] for s in states)
+    log = runner.log(final["action_id"], limit=50)["entries"]
+    assert len(log) >= 4
+    # the /actions style serves the same run
+    web = site.app.test_client()
+    headers = {"Authorization": f"Bearer {site.authority.token(OTHER, scopes=[SCOPE])}"}
+    same = web.get(f"/flows/greeter/actions/{final['action_id']}", headers=headers)
+    assert same.status_code == 200 and same.json["status"] == "SUCCEEDED"
+    listed = web.get("/flows/greeter/actions", headers=headers).json["actions"]
+    assert [a["action_id"] for a in listed] == [final["action_id"]]
+    # a run is the creator's: another caller sees nothing of it
+    with pytest.raises(ClientError) as caught:
+        site.flow("greeter", ADMIN).status(final["action_id"])
+    assert caught.value.status == 403
+    assert runner.release(final["action_id"])["status"] == "SUCCEEDED"
+    with pytest.raises(ClientError) as caught:
+        runner.status(final["action_id"])
+    assert caught.value.status == 404
+
+
+def test_runs_are_idempotent_cancellable_and_administrators_manage_them(site):
+    site.session().deploy(deployment(id="sleepy", definition=WAITING, input_schema={"type": "object"},
+                                     administered_by=[urn(ADMIN)]))
+    runner = site.flow("sleepy", OTHER)
+    first = runner.run({}, request_id="once")
+    assert first["status"] == "ACTIVE"
+    assert runner.run({}, request_id="once")["action_id"] == first["action_id"]
+    from toolkit.client import ClientError
+
+    with pytest.raises(ClientError) as caught:
+        runner.run({"other": 1}, request_id="once")
+    assert caught.value.status == 409
+    refused = site.session().call("DELETE", "/sleepy")
+    assert refused.status_code == 409 and "has runs that have not ended" in refused.json()["description"]
+    cancelled = site.flow("sleepy", ADMIN).cancel(first["action_id"])  # an administrator of the flow
+    assert (cancelled["status"], cancelled["details"]["code"]) == ("FAILED", "ActionCancelled")
+    assert site.session().call("DELETE", "/sleepy").status_code == 200
