@@ -348,9 +348,14 @@ class Runtime:
     # --- background maintenance -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start this process's maintenance thread (idempotent; restarts after a fork)."""
+        """Start this process's maintenance thread (idempotent; restarts after a fork).
+
+        Once :meth:`stop` ran in this process, the runtime stays stopped: a request still being answered (or an
+        in-process call from a callback on its way out) must not take up again the actions just handed over.
+        """
         with self._lock:
-            if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+            if self._pid == os.getpid() and self._thread is not None and (
+                    self._thread.is_alive() or self._stop.is_set()):
                 return
             if self._pid is None:
                 self.store.create_schema()
