@@ -116,10 +116,13 @@ class _Run:
         """True once the run's status shows the current state as running."""
         self.secrets: set[str] = set()
         """Values of the current state's ``__Private_Parameters``, never written to a cause."""
-        self.context = {
-            "run_id": ctx.action_id, "action_id": ctx.action_id, "flow_id": flow.id, "user_id": ctx.creator_id,
-            "username": getattr(ctx.identity, "username", None),
-        }
+        if self.fresh:  # what $._context shows, fixed at the start: a run taken up again computes the same values
+            self.record.context = {"run_id": ctx.action_id, "action_id": ctx.action_id, "flow_id": flow.id,
+                                   "user_id": ctx.creator_id}
+            username = getattr(ctx.identity, "username", None)
+            if username and ctx.identity is not None and ctx.identity.id == ctx.creator_id:
+                self.record.context["username"] = username
+        self.context = self.record.context
 
     # --- the loop -------------------------------------------------------------------------------------------
 
@@ -133,7 +136,16 @@ class _Run:
                 self._store()
             while record.position is not None:
                 self.ctx.check()
-                self._step(self.definition.states[record.position])
+                state = self.definition.states.get(record.position)
+                if state is None:  # the flow was updated under a run taken up again
+                    if record.child is not None:
+                        self._cancel_child(self.calls.target(record.child["url"], origin=self.origin),
+                                           record.child["action_id"])
+                    self._stop_at(record.position, FlowError(
+                        f"The flow's definition changed while the run was at state {record.position!r}, which it "
+                        "no longer has.", error=RUNTIME))
+                    break
+                self._step(state)
             return self._ended()
         except Superseded:
             raise ActionCancelled(self.ctx.action_id) from None
@@ -192,7 +204,7 @@ class _Run:
         record.position = next_state
         record.entered = False
         record.child = None
-        record.wake_at = record.retry_at = None
+        record.wake_at = None
         if next_state is None:
             record.outcome = {"status": "SUCCEEDED"}
         extra = {"child_action_id": child} if child else {}
@@ -208,20 +220,13 @@ class _Run:
         for secret in sorted(self.secrets, key=len, reverse=True):  # a cause may quote what the child was sent
             error.cause = error.cause.replace(secret, "***")
         catcher = catcher_for(state, error.error) if isinstance(state, ActionState) else None
-        entry = self.record.states[-1]
         if catcher is None:
-            entry.update(status="FAILED", ended=self.ctx.clock())
-            self.record.position = None
-            self.record.child = None
-            self.record.outcome = {"status": "FAILED", "code": error.error, "description": error.cause}
-            self._log(f"{name} failed: {error.error}", code="FlowFailed", state_name=name, error=error.error)
-            self._store()
+            self._stop_at(name, error)
             return
         try:
             document = apply_result_path(self.record.document, catcher.result_path, error.to_dict())
         except FlowError as failed:  # the catcher's ResultPath does not fit: the run fails with that
-            entry["status"] = "FAILED"
-            self._caught(name, None, failed)
+            self._stop_at(name, failed)
             return
         self._log(f"{name} caught {error.error}", code="ErrorCaught", state_name=name, error=error.error)
         self._leave(name, catcher.next, status="FAILED", document=document)
@@ -234,16 +239,26 @@ class _Run:
         self._leave(name, _next(state), document=apply_result_path(document, state.result_path, result))
 
     def _fail(self, name: str, state: Any) -> None:
-        entry = self.record.states[-1]
-        entry.update(status="FAILED", ended=self.ctx.clock())
         output = fail_output(state, self.record.document)
         error = output.get("Error") or "FlowFailed"
-        cause = output.get("Cause") or f"The run reached the Fail state {name!r}."
-        self.record.position = None
-        self.record.entered = False
-        self.record.outcome = {"status": "FAILED", "code": error, "description": cause}
-        self._log(f"{name} entered: the run fails with {error}", code="FlowFailed", state_name=name, error=error)
-        self._store()
+        self._stop_at(name, FlowError(output.get("Cause") or f"The run reached the Fail state {name!r}.", error=error))
+
+    def _stop_at(self, name: str, error: FlowError) -> None:
+        """End the run FAILED at state ``name`` with ``error``'s name and cause."""
+        record = self.record
+        if record.states and record.states[-1]["name"] == name and "ended" not in record.states[-1]:
+            record.states[-1].update(status="FAILED", ended=self.ctx.clock())
+            child = record.states[-1].get("child_action_id")
+        else:
+            child = None
+        record.position = None
+        record.entered = False
+        record.child = None
+        record.wake_at = None
+        record.outcome = {"status": "FAILED", "code": error.error, "description": error.cause}
+        self._log(f"{name} left: the run fails with {error.error}", code="FlowFailed", state_name=name,
+                  error=error.error, child_action_id=child)
+        self._store(publish=False)  # the failure's details show the states
 
     def _wait(self, name: str, state: Any) -> None:
         record = self.record

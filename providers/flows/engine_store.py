@@ -45,7 +45,8 @@ class RunRecord:
     """The running child action of an Action state: ``state``, ``visit``, ``url``, ``action_id``, ``started``."""
     wake_at: float | None = None
     """When a Wait state at ``position`` ends (epoch seconds)."""
-    retry_at: float | None = None
+    context: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """What ``$._context`` shows, fixed when the run started."""
     states: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """One entry per state entered: ``name``, ``type``, ``status``, ``started``, ``ended``, ``child_action_id``."""
     outcome: dict[str, Any] | None = None

@@ -81,9 +81,6 @@ class Site:
 
     def stop(self) -> None:
         close_app(self.app)
-        # A run callback told to stop may have made one more in-process call on its way out, and any request to
-        # the app starts its runtime again: stop that too.
-        close_app(self.app)
 
     def client(self, prefix: str, identity: str = OWNER) -> TestClient:
         return TestClient(self.app, prefix, self.authority.token(identity, scopes=self.scopes), self.authority)
@@ -474,3 +471,21 @@ def test_a_remote_provider_that_is_down_is_retried_until_it_answers(make_site, o
     far = done["details"]["output"]["Hello"]
     assert far["details"] == {"hello": "far away"}
     assert far["creator_id"] == f"urn:globus:auth:identity:{oidc_server.client_id(CALLER)}"
+
+
+def test_a_run_taken_up_under_a_changed_definition_without_its_state_fails_saying_so(make_site):
+    site = make_site({"d": {"StartAt": "Slow", "States": {
+        "Slow": hello_state(Parameters={"echo_string": "x", "sleep_time": 60})}}})
+    client = site.flow("d")
+    started = client.run({})
+    child_id = wait_for(lambda: (client.status(started["action_id"])["details"].get("states") or [{}])[0]
+                        .get("child_action_id"))
+    site.stop()
+    site.flows["d"] = deployed("d", {"StartAt": "Other", "States": {"Other": {"Type": "Succeed"}}})
+    site.start()
+    done = site.flow("d").wait(started["action_id"], timeout=30, max_interval=0.2)
+    assert done["status"] == "FAILED"
+    assert done["details"]["code"] == "States.Runtime"
+    assert "'Slow', which it no longer has" in done["details"]["description"]
+    child = wait_for(lambda: (s := site.client("/hello").status(child_id))["status"] == "FAILED" and s)
+    assert child["details"]["code"] == "ActionCancelled"  # the child of the state that is gone is not left running
