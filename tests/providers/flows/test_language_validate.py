@@ -417,3 +417,11 @@ def test_a_definition_lists_its_actions_roles_and_transitions() -> None:
     assert [state.name for state in definition.action_states] == ["A", "B", "D"]
     assert definition.run_as_roles == frozenset({"Admin", "Curator"})
     assert [successors(definition.states[name]) for name in "ABCDF"] == [["B", "F"], ["C"], ["A", "D"], [], []]
+
+
+def test_every_public_name_of_the_language_resolves() -> None:
+    import providers.flows.language as language
+
+    assert sorted(language.__all__) == sorted(set(language.__all__))
+    for name in language.__all__:
+        assert getattr(language, name) is not None
