@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed as WrongMethod
 
 from .auth import DevTokenVerifier, Identity, bearer_token
 from .authorization import require_visible
+from .calls import internal_caller
 from .documents import (
     ActionStatusSchema,
     LogEntrySchema,
@@ -241,6 +242,11 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
 
     def authenticate(provider: "ActionProvider") -> Identity:
         """The caller; 401 (RFC 6750) without a valid token, 403 ``insufficient_scope`` without the scope."""
+        caller = internal_caller(request.environ)
+        if caller is not None:
+            # An in-process call (toolkit.calls) acting for someone this deployment already authenticated: the
+            # principals decide, as for a token, and the provider's scope is granted as a dependent token's is.
+            return caller
         verifier = toolkit().verifier
         identity = verifier.verify(bearer_token(request.headers.get("Authorization")))
         scope = provider.globus_auth_scope
@@ -290,6 +296,7 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
                     raise BadActionRequest(f"Unknown query parameter {unknown[0]!r}{accepted}.")
                 return view(served(kwargs.pop("aptk_variant", None)), **kwargs)
 
+            checked.aptk_operation = view.__name__  # type: ignore[attr-defined]  # toolkit.calls finds routes by it
             for rule, method in rules:
                 rule = variant_segment + rule if rule != "/" or not family else variant_segment + "/"
                 bp.add_url_rule(rule, view.__name__, checked, methods=[method], strict_slashes=False)

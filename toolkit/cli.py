@@ -250,33 +250,17 @@ def token(identity: str | None, groups: tuple[str, ...], scopes: tuple[str, ...]
 
 def _client_credentials_token(client_id: str, client_secret: str | None, issuer: str | None,
                               token_url: str | None, scopes: tuple[str, ...], resource: str | None) -> str:
-    import requests
-
-    from .auth.base import Unreachable, discover
+    from .auth.client_credentials import TokenRequestError, client_credentials_token
 
     if not client_secret:
         raise click.UsageError("--client-id needs the client secret in $APTK_CLIENT_SECRET (or --client-secret).")
-    session = requests.Session()
+    if not token_url and not issuer:
+        raise click.UsageError("--client-id needs --issuer or --token-url.")
     try:
-        if not token_url:
-            if not issuer:
-                raise click.UsageError("--client-id needs --issuer or --token-url.")
-            token_url = discover(session, issuer, timeout=10)["token_endpoint"]
-        form = {"grant_type": "client_credentials"}
-        if scopes:
-            form["scope"] = " ".join(scopes)
-        if resource:
-            form["resource"] = resource
-        response = session.post(token_url, data=form, auth=(client_id, client_secret), timeout=10)
-    except (requests.RequestException, Unreachable, KeyError) as exc:
-        raise click.ClickException(f"could not reach the authorization server: {exc}") from None
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = {}
-    if response.status_code != 200 or "access_token" not in answer:
-        reason = answer.get("error_description") or answer.get("error") or f"HTTP {response.status_code}"
-        raise click.ClickException(f"the authorization server refused: {reason}")
+        answer = client_credentials_token(client_id, client_secret, issuer=issuer, token_url=token_url,
+                                          scopes=scopes, resource=resource)
+    except TokenRequestError as exc:
+        raise click.ClickException(str(exc)) from None
     return answer["access_token"]
 
 

@@ -20,11 +20,13 @@ class ClientError(ToolkitError):
     ``NotAnActionProvider``.
     """
 
-    def __init__(self, status: int, code: str, description: str) -> None:
+    def __init__(self, status: int, code: str, description: str, *, retry_after: float | None = None) -> None:
         super().__init__(f"{status} {code}: {description}")
         self.status = status
         self.code = code
         self.description = description
+        self.retry_after = retry_after
+        """Seconds the provider asked to wait before trying again (its ``Retry-After``), if it said."""
 
 
 class ProviderUnreachable(ToolkitError):
@@ -76,11 +78,14 @@ class ActionProviderClient:
         except ValueError:
             document = None
         if response.status_code >= 400:
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             if isinstance(document, dict) and "code" in document:
                 raise ClientError(
-                    response.status_code, str(document.get("code")), str(document.get("description", ""))
+                    response.status_code, str(document.get("code")), str(document.get("description", "")),
+                    retry_after=retry_after,
                 )
-            raise ClientError(response.status_code, "NotAnActionProvider", _not_json(response))
+            raise ClientError(response.status_code, "NotAnActionProvider", _not_json(response),
+                              retry_after=retry_after)
         if not isinstance(document, (dict, list)):
             raise ClientError(response.status_code, "NotAnActionProvider", _not_json(response))
         return document
@@ -191,6 +196,24 @@ class ActionProviderClient:
                 raise WaitTimeout(f"action {action_id} still {status.get('status')} after {timeout:g} s", status)
             time.sleep(interval if remaining is None else min(interval, remaining))
             interval = min(interval * 2, max_interval)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header (seconds, or an HTTP date) as seconds from now; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _reason(exc: BaseException) -> str:

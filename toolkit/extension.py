@@ -126,6 +126,11 @@ class Toolkit:
                                "against; set the same APTK_REQUEST_KEY on every host sharing the database")
         if data_dir.is_dir():
             keep_private(data_dir)
+        runtime.app = app
+        from .calls import Calls
+
+        # Made now: a bad APTK_CALL_CLIENTS file or APTK_PUBLIC_URL stops start-up, naming what is wrong.
+        app.extensions["aptk.calls"] = Calls(app, runtime)
         state = ToolkitState(runtime, verifier, data_dir, max_body)
         app.extensions[EXTENSION] = state
         return state

@@ -16,6 +16,7 @@ Each process runs one maintenance thread that
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -26,7 +27,7 @@ import re
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from marshmallow import ValidationError
 
@@ -87,6 +88,8 @@ class HookContext:
     store: Store
     clock: Clock
     """Now, as UTC epoch seconds: use it rather than ``time.time`` so that tests may move time."""
+    runtime: "Runtime | None" = None
+    """The runtime serving this request (for :meth:`toolkit.calls.Calls.from_context`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,6 +265,11 @@ class Runtime:
         self._pid: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.app: Any = None
+        """The Flask app this runtime serves (set by :class:`toolkit.Toolkit`), for in-process calls."""
+        # Who waits for which action in this process (:meth:`watch`); empty on the hot path.
+        self._watchers: dict[str, list[threading.Event]] = {}
+        self._watch_lock = threading.Lock()
 
     @functools.cached_property
     def request_key(self) -> bytes | None:
@@ -305,6 +313,37 @@ class Runtime:
         provider with variants (a prefix: :meth:`~toolkit.store.SQLStore.find`)."""
         names = list(self.providers)
         return names + [f"{n}/" for n, p in self.providers.items() if p.variant_resolver is not None]
+
+    # --- change notification -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def watch(self, action_id: str) -> Iterator[threading.Event]:
+        """An event set whenever ``action_id`` changes state in this process (ends, pauses, resumes, is
+        released); clear it before reading the action, then wait on it.
+
+        Only changes made by this process are signalled: a waiter must also read the store now and then, since
+        another process (after a crash, another gunicorn worker) may be the one that ends the action.
+        """
+        event = threading.Event()
+        with self._watch_lock:
+            self._watchers.setdefault(action_id, []).append(event)
+        try:
+            yield event
+        finally:
+            with self._watch_lock:
+                events = self._watchers.get(action_id, [])
+                if event in events:
+                    events.remove(event)
+                if not events:
+                    self._watchers.pop(action_id, None)
+
+    def _changed(self, action_id: str) -> None:
+        """Wake whoever watches ``action_id`` (nothing to do, and no lock taken, when nobody does)."""
+        if not self._watchers:
+            return
+        with self._watch_lock:
+            for event in self._watchers.get(action_id, ()):
+                event.set()
 
     # --- background maintenance -------------------------------------------------------------------------------
 
@@ -563,6 +602,8 @@ class Runtime:
         ctx = self._running.get(action_id)
         if updated is not None and ctx is not None and status is not Status.SUCCEEDED:
             self._ended(action_id, ctx)
+        if updated is not None:
+            self._changed(action_id)
         return updated
 
     def _finished_details(
@@ -589,7 +630,7 @@ class Runtime:
 
     def hook_context(self, identity: "Identity") -> HookContext:
         """The context a check, cancel or resume hook gets for a request by ``identity``."""
-        return HookContext(identity=identity, config=self.config, store=self.store, clock=self.clock)
+        return HookContext(identity=identity, config=self.config, store=self.store, clock=self.clock, runtime=self)
 
     # --- the API operations ------------------------------------------------------------------------------------
 
@@ -745,6 +786,7 @@ class Runtime:
             )
         if not self.store.delete(action_id, where={"status": COMPLETED_STATES}):
             raise ActionNotFound(f"No action {action_id} (it may have been released).")
+        self._changed(action_id)
         return action
 
     def resume(self, provider: "ActionProvider", identity: "Identity", action_id: str) -> Action:
@@ -774,6 +816,7 @@ class Runtime:
         )
         if resumed is None:
             return self._load(provider, action_id)  # someone else resumed or ended it meanwhile
+        self._changed(action_id)
         self._dispatch(provider, resumed, resumed=True, identity=identity)
         return self._current(provider, resumed)
 

@@ -102,6 +102,10 @@ KNOWN_SETTINGS: set[str] = {
     "APTK_REQUEST_READ_TIMEOUT",
     "APTK_ADMIN_CONTACT",
     "APTK_REQUEST_KEY",
+    # calling other providers (toolkit.calls)
+    "APTK_PUBLIC_URL",
+    "APTK_CALL_CLIENTS",
+    "APTK_CALL_POLL_MAX_SECONDS",
     # token verifiers (toolkit.auth.config)
     "APTK_AUTH",
     "APTK_AUTH_ISSUER",
@@ -153,7 +157,7 @@ KNOWN_SETTINGS: set[str] = {
     "APTK_FORMS_OIDC_CLIENT_ID",
     "APTK_FORMS_OIDC_CLIENT_SECRET",
     "APTK_FORMS_OIDC_SCOPE",
-    # providers.flows (service)
+    # providers.flows (read before the installed providers are loaded, so named here too)
     "APTK_FLOWS_DIR",
     "APTK_FLOWS_DIR_INTERVAL",
 }

@@ -72,6 +72,8 @@ _RETRY_CAP = 30.0
 _LOCAL_SLICE = 5.0
 """Longest single wait on a local child: a cancel or a deadline of the run is noticed within this."""
 _REMOTE_SLICE = 300.0
+_QUICK = 0.5
+"""An action that ends within this many seconds is not shown as running in the run's status."""
 
 
 def child_request_id(run_id: str, state: str, visit: int) -> str:
@@ -110,6 +112,8 @@ class _Run:
         record = engine_store.load(self.engine, ctx.action_id)
         self.fresh = record is None
         self.record = record or RunRecord(ctx.action_id, self.definition.start_at, copy.deepcopy(body))
+        self.shown = False
+        """True once the run's status shows the current state as running."""
         self.secrets: set[str] = set()
         """Values of the current state's ``__Private_Parameters``, never written to a cause."""
         self.context = {
@@ -147,6 +151,7 @@ class _Run:
     def _step(self, state: Any) -> None:
         name = self.record.position
         assert name is not None
+        self.shown = False
         if not self.record.entered:
             self._enter(name, state)
         try:
@@ -172,9 +177,8 @@ class _Run:
         record.visits[name] = record.visits.get(name, 0) + 1
         record.entered = True
         record.states.append({"name": name, "type": _type(state), "status": "ACTIVE", "started": self.ctx.clock()})
+        # Not stored yet: entering again after a crash counts the same visit (the child's request_id stays).
         self._log(f"{name} entered", code=f"{_type(state)}Started", state_name=name, state_type=_type(state))
-        if isinstance(state, (ActionState, WaitState)):  # a later step depends on the visit being stored first
-            self._store()
 
     def _leave(self, name: str, next_state: str | None, *, status: str = "SUCCEEDED",
                document: dict[str, Any] | None = None) -> None:
@@ -196,7 +200,9 @@ class _Run:
                   next_state=next_state, **extra)
         if next_state is None:
             self._log("Flow succeeded", code=FLOW_SUCCEEDED)
-        self._store()
+        # The status shows a state that took time as it ran: say it ended. A quick one shows with the next that
+        # takes time, or in the run's final details.
+        self._store(publish=self.shown)
 
     def _caught(self, name: str, state: Any, error: FlowError) -> None:
         for secret in sorted(self.secrets, key=len, reverse=True):  # a cause may quote what the child was sent
@@ -243,7 +249,8 @@ class _Run:
         record = self.record
         if record.wake_at is None:
             record.wake_at = float(wait_until(state, record.document, self.ctx.clock(), context=self.context))
-            self._store()
+            self._store(publish=False)
+        self._publish()
         while (left := record.wake_at - self.ctx.clock()) > 0:
             self.ctx.sleep(min(left, 60.0))
         self._leave(name, _next(state))
@@ -274,11 +281,10 @@ class _Run:
                      "started": self.ctx.clock()}
             record.child = child
             record.states[-1]["child_action_id"] = status["action_id"]
-            self._log(f"{name}: started action {status['action_id']}", code="ActionStarted", state_name=name,
-                      child_action_id=status["action_id"])
-            self._store()  # the child's id is stored before anything waits on it
-        else:
+            self._store(publish=False)  # the child's id is stored before anything waits on it
+        else:  # taken up again (after a crash or a pause): wait on the child already started
             status = {"status": "ACTIVE", "action_id": child["action_id"]}
+            record.states[-1]["status"] = "ACTIVE"
         action_id = child["action_id"]
         give_up = None if wait_time is None else child["started"] + float(wait_time)
         slice_ = _LOCAL_SLICE if target.local else _REMOTE_SLICE
@@ -293,8 +299,11 @@ class _Run:
                 self._cancel_child(target, action_id)
                 raise FlowError(f"The action {action_id} of state {name!r} did not complete within its WaitTime "
                                 f"of {wait_time:g} seconds; it was cancelled.", error=ACTION_TIMEOUT)
-            timeout = slice_ if give_up is None else max(0.0, min(slice_, give_up - now))
+            timeout = slice_ if self.shown else _QUICK
+            timeout = timeout if give_up is None else max(0.0, min(timeout, give_up - now))
             status = self._retrying(functools.partial(target.wait, self.identity, action_id, timeout))
+            if not self.shown and status["status"] == "ACTIVE":  # not a quick one: show it in the run's status
+                self._publish()
         if status["status"] == "FAILED" and state.exception_on_action_failure:
             raise FlowError(json.dumps(_public_status(status), sort_keys=True), error=ACTION_FAILED)
         if status["status"] == "SUCCEEDED" and not target.local:
@@ -311,7 +320,7 @@ class _Run:
         details = status.get("details") or {}
         entry = self.record.states[-1]
         entry["status"] = "INACTIVE"
-        self._store()
+        self._store(publish=False)  # the pause's details show the states
         self._log(f"{name}: action {status['action_id']} is INACTIVE", code="ActionInactive", state_name=name,
                   child_action_id=status["action_id"])
         raise ActionInactive(
@@ -319,7 +328,7 @@ class _Run:
             str(details.get("description") or f"The action of state {name!r} waits to be resumed."),
             required_scope=details.get("required_scope"),
             resolution_url=details.get("resolution_url"),
-            output=None, states=self.record.states,
+            states=self.record.states,
         )
 
     def _cancel_child(self, target: Any, action_id: str) -> None:
@@ -353,10 +362,18 @@ class _Run:
 
     # --- helpers --------------------------------------------------------------------------------------------
 
-    def _store(self) -> None:
-        """Store the run's record, then its summary in the action's details (both owned by this attempt)."""
+    def _store(self, *, publish: bool = True) -> None:
+        """Store the run's record, then (``publish``) its summary in the action's details."""
         engine_store.save(self.engine, self.record, self.ctx.attempt)
+        if publish:
+            self._publish()
+        else:
+            self.ctx.check()
+
+    def _publish(self) -> None:
+        """Show the states so far and the current one in the run's status."""
         self.ctx.progress(details={"states": self.record.states}, display_status=self._display())
+        self.shown = True
 
     def _display(self) -> str:
         position = self.record.position

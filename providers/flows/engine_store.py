@@ -52,7 +52,8 @@ class RunRecord:
     """Once the run ended: ``{"status": "SUCCEEDED"|"FAILED", "code": ..., "description": ...}``."""
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"), allow_nan=False)
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # asdict would deep-copy
+        return json.dumps(fields, separators=(",", ":"), allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> "RunRecord":

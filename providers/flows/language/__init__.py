@@ -8,7 +8,8 @@ at once and returns a :class:`Definition` of frozen state objects. A flow engine
 - :func:`apply_result_path`: where a state's result goes in the document;
 - :func:`choose`, :func:`wait_until`, :func:`catcher_for`, :func:`fail_output`: Choice, Wait, Catch and Fail;
 - :func:`private_view` and :func:`public_document`: what may be shown in a status or log
-  (``__Private_Parameters`` and ``_private`` keys are not).
+  (``__Private_Parameters`` and ``_private`` keys are not); :func:`public_definition`: a definition as shown to
+  someone who may not edit the flow.
 
 Nothing here performs I/O; every run-time failure is a :class:`FlowError` whose ``error`` a Catch can name.
 """
@@ -34,7 +35,15 @@ from .errors import (
     ResultPathError,
 )
 from .expressions import EXPRESSION_FUNCTIONS, evaluate
-from .parameters import PRIVATE_PARAMETERS_KEY, private_view, public_document, resolve, state_input
+from .parameters import (
+    PRIVATE_PARAMETERS_KEY,
+    private_view,
+    public_definition,
+    public_document,
+    public_parameters,
+    resolve,
+    state_input,
+)
 from .paths import CONTEXT_KEY, apply_result_path, find
 from .states import (
     DEFAULT_RESULT_PATH,
@@ -54,7 +63,7 @@ from .states import (
     SucceedState,
     WaitState,
 )
-from .validate import validate
+from .validate import successors, validate
 from .wait import wait_until
 
 __all__ = [
@@ -98,9 +107,12 @@ __all__ = [
     "fail_output",
     "find",
     "private_view",
+    "public_definition",
     "public_document",
+    "public_parameters",
     "resolve",
     "state_input",
+    "successors",
     "validate",
     "wait_until",
 ]

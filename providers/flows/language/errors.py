@@ -60,7 +60,10 @@ class FlowError(Exception):
         if error is not None:
             self.error = error
         self.cause = cause
-        super().__init__(f"{self.error}: {cause}")
+        super().__init__(cause)
+
+    def __str__(self) -> str:
+        return f"{self.error}: {self.cause}"
 
     def to_dict(self) -> dict[str, str]:
         """The error output a Catch stores at its ``ResultPath`` (``{"Error": ..., "Cause": ...}``)."""

@@ -90,6 +90,11 @@ def check(expression: Any) -> str | None:
     """None when ``expression`` parses and uses only allowed syntax and functions, else what is wrong."""
     if not isinstance(expression, str):
         return "must be an expression string"
+    return _check(expression)
+
+
+@functools.lru_cache(maxsize=2048)
+def _check(expression: str) -> str | None:
     if not expression.strip():
         return "is an empty expression"
     try:
@@ -173,6 +178,8 @@ def evaluate(expression: str, document: dict[str, Any], *, context: dict[str, An
         return evaluator.eval(source.strip())
     except simpleeval.NameNotDefined as exc:
         raise FlowError(f'"{expression}": {exc.name} is not in the state document') from None
+    except simpleeval.AttributeDoesNotExist as exc:
+        raise FlowError(f'"{expression}": there is no "{exc.attr}" in the value it is read from') from None
     except (simpleeval.InvalidExpression, PathNotFound) as exc:
         raise FlowError(f'"{expression}": {exc}') from None
     except Exception as exc:  # noqa: BLE001 - any failure of a user's expression is a run-time error of the flow

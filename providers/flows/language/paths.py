@@ -93,8 +93,9 @@ def is_definite(path: str) -> bool:
     return reference_steps(path) is not None
 
 
-def _with_context(document: Any, context: dict[str, Any] | None) -> Any:
-    if context is None or not isinstance(document, dict):
+def _with_context(document: Any, context: dict[str, Any] | None, path: str) -> Any:
+    # The context is virtual: only a path that names it sees it (``$`` alone is the document without it).
+    if context is None or not isinstance(document, dict) or CONTEXT_KEY not in path:
         return document
     return {**document, CONTEXT_KEY: context}
 
@@ -117,7 +118,7 @@ def lookup(path: str, document: Any, *, context: dict[str, Any] | None = None) -
 
     Raises :class:`PathNotFound` when a reference path selects nothing.
     """
-    data = _with_context(document, context)
+    data = _with_context(document, context, path)
     steps = reference_steps(path)
     if steps is not None:
         return _walk(steps, data)

@@ -7,6 +7,7 @@ a definition with five mistakes gets five messages.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,7 +58,7 @@ def _quote(value: Any) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class _Checker:
@@ -122,8 +123,14 @@ class _Checker:
         if not isinstance(template, dict):
             return
         names = {natural_name(key) for key in template if key != PRIVATE_PARAMETERS_KEY}
+        seen: dict[str, str] = {}
         for key, value in template.items():
             here = f"{where}.{key}"
+            if key != PRIVATE_PARAMETERS_KEY:
+                name = natural_name(key)
+                if name in seen:
+                    self.add(here, f'gives "{name}" again (also given by "{seen[name]}")')
+                seen.setdefault(name, key)
             if key == PRIVATE_PARAMETERS_KEY:
                 if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
                     self.add(here, "must be a list of parameter names")
@@ -140,13 +147,13 @@ class _Checker:
             else:
                 self.parameters(here, value)
 
-    def unknown_fields(self, where: str, source: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    def unknown_fields(self, where: str, source: dict[str, Any], allowed: tuple[str, ...], what: str = "unknown field") -> None:
         for key in source:
             if key not in allowed:
                 if key == "OutputPath":
                     self.add(f"{where}.OutputPath", "is not supported by flows; use ResultPath")
                 else:
-                    self.add(f"{where}.{key}", "is not a field of this state" if where.startswith("States.") else "unknown field")
+                    self.add(f"{where}.{key}", what)
 
     # -- transitions -----------------------------------------------------------------------------------------
 
@@ -180,10 +187,11 @@ class _Checker:
         if kind is None:
             self.add(f"{where}.Type", "required")
             return None
-        if kind not in STATE_TYPES:
+        if not isinstance(kind, str) or kind not in STATE_TYPES:
             self.add(f"{where}.Type", f"{_quote(kind)} is not a state type ({', '.join(STATE_TYPES)})")
             return None
-        self.unknown_fields(where, source, ("Type", "Comment", *FIELDS[kind]))
+        # Next/End on a state that has neither get their own message (no_transition).
+        self.unknown_fields(where, source, ("Type", "Comment", *FIELDS[kind], *_TRANSITION), "is not a field of this state")
         comment = source.get("Comment")
         if comment is not None and not isinstance(comment, str):
             self.add(f"{where}.Comment", "must be a string")
@@ -464,7 +472,7 @@ def validate(definition: Any, *, input_schema: dict[str, Any] | None = None) -> 
         check.add("StartAt", "required")
     elif not isinstance(start_at, str):
         check.add("StartAt", "must be the name of a state (a string)")
-    elif raw_states is not None and isinstance(raw_states, dict) and start_at not in names:
+    elif isinstance(raw_states, dict) and raw_states and start_at not in names:
         check.add("StartAt", f'"{start_at}" is not a state')
     states: dict[str, State] = {}
     if "States" not in definition:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,9 @@ from providers.flows.language import validate
 from providers.hello import provider as hello_provider
 from providers.notify import provider as notify_provider
 from providers.transfer import provider as transfer_provider
+from tests.e2e.support import free_port
 from tests.providers.conftest import OWNER, USER, local_collection, make_tree, wait_for
 from toolkit import ActionProvider, get_toolkit
-from toolkit.client import ClientError
 from toolkit.server import create_app
 from toolkit.testing import TestClient, TokenAuthority, close_app
 
@@ -347,6 +348,8 @@ def test_inactive_child_pauses_the_run_and_resume_resumes_the_child_then_the_run
     started = client.run({})
     paused = wait_for(lambda: (s := client.status(started["action_id"]))["status"] == "INACTIVE" and s)
     assert paused["details"]["code"] == "ResumeRequired"
+    assert None not in paused["details"].values()
+    assert [(e["name"], e["status"]) for e in paused["details"]["states"]] == [("Ask", "INACTIVE")]
     assert "waits for a call to /resume" in paused["details"]["description"]
     (child,) = site.children()
     assert child["status"] == "INACTIVE"
@@ -354,6 +357,8 @@ def test_inactive_child_pauses_the_run_and_resume_resumes_the_child_then_the_run
     done = client.wait(started["action_id"], timeout=30, max_interval=0.2)
     assert done["status"] == "SUCCEEDED", done
     assert done["details"]["output"]["after"] == 1
+    assert [(e["name"], e["status"]) for e in done["details"]["states"]] == [("Ask", "SUCCEEDED"),
+                                                                             ("After", "SUCCEEDED")]
     (child,) = site.children()  # the same child, resumed: not a second one
     assert child["status"] == "SUCCEEDED"
 
@@ -393,14 +398,50 @@ def test_a_run_taken_up_after_its_process_stopped_waits_on_the_same_child(make_s
     assert sorted(c["details"].get("hello") for c in children) == ["x", "y"]  # one child per state
 
 
-def test_status_of_a_finished_run_is_kept_after_the_record_is_read_again(make_site):
-    """A run whose record says it ended (its process died before the toolkit stored the outcome) ends again the
-    same way without running a state twice."""
-    site = make_site({"h": {"StartAt": "Hi", "States": {"Hi": hello_state()}}})
-    status = run(site.flow("h"), {"name": "Ada"})
-    engine = get_toolkit(site.app).runtime.store.engine
-    record = engine_store.load(engine, status["action_id"])
-    assert record is not None and record.outcome == {"status": "SUCCEEDED"}
-    assert len(site.children()) == 1
-    with pytest.raises(ClientError):
-        site.flow("h").resume(status["action_id"])  # 409: a SUCCEEDED run is not run again
+# --- remote providers ----------------------------------------------------------------------------------------
+
+
+def test_a_remote_provider_without_credentials_pauses_the_run_asking_for_them(make_site):
+    site = make_site({"r": {"StartAt": "Far", "States": {
+        "Far": hello_state(ActionUrl=f"http://127.0.0.1:{free_port()}/hello")}}})
+    client = site.flow("r")
+    started = client.run({"name": "x"})
+    paused = client.wait(started["action_id"], timeout=30, max_interval=0.2, until=("INACTIVE", "SUCCEEDED", "FAILED"))
+    assert paused["status"] == "INACTIVE"
+    assert paused["details"]["code"] == "CredentialsRequired"
+    assert "APTK_CALL_CLIENTS" in paused["details"]["description"]
+
+
+def test_a_remote_provider_that_is_down_is_retried_until_it_answers(make_site, oidc_server, tmp_path):
+    from werkzeug.serving import make_server
+
+    from tests.oidc.fixture import CALLER, HELLO_SCOPE, JWT_RESOURCE
+
+    port = free_port()
+    remote_app = create_app({"APTK_DATA_DIR": str(tmp_path / "remote"), "APTK_AUTH": "jwt",
+                             "APTK_AUTH_ISSUER": oidc_server.issuer, "APTK_AUTH_AUDIENCE": JWT_RESOURCE},
+                            providers=[("/hello", hello_provider)])
+    clients = tmp_path / "clients.json"
+    clients.write_text(json.dumps([{"url": f"http://127.0.0.1:{port}/", "issuer": oidc_server.issuer,
+                                    "client_id": oidc_server.client_id(CALLER),
+                                    "client_secret": oidc_server.client_secret(CALLER), "scope": HELLO_SCOPE,
+                                    "resource": JWT_RESOURCE}]))
+    site = make_site({"r": {"StartAt": "Far", "States": {
+        "Far": hello_state(ActionUrl=f"http://127.0.0.1:{port}/hello")}}},
+        APTK_CALL_CLIENTS=str(clients), APTK_CALL_POLL_MAX_SECONDS=1)
+    client = site.flow("r")
+    started = client.run({"name": "far away"})
+    time.sleep(1.5)  # nobody listens yet: connection refused, retried
+    assert client.status(started["action_id"])["status"] == "ACTIVE"
+    server = make_server("127.0.0.1", port, remote_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        done = client.wait(started["action_id"], timeout=60, max_interval=0.2)
+    finally:
+        server.shutdown()
+        close_app(remote_app)
+    assert done["status"] == "SUCCEEDED", done
+    far = done["details"]["output"]["Hello"]
+    assert far["details"] == {"hello": "far away"}
+    assert far["creator_id"] == f"urn:globus:auth:identity:{oidc_server.client_id(CALLER)}"
