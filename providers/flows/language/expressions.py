@@ -149,7 +149,7 @@ def evaluate(expression: str, document: dict[str, Any], *, context: dict[str, An
     problem = check(expression)
     if problem is not None:
         raise FlowError(problem)
-    source, paths, _tree = _parse(expression)
+    source, paths, tree = _parse(expression)
     names: dict[str, Any] = dict(document) if isinstance(document, dict) else {}
     if context is not None:
         names[CONTEXT_KEY] = context
@@ -175,7 +175,7 @@ def evaluate(expression: str, document: dict[str, Any], *, context: dict[str, An
     functions = {**EXPRESSION_FUNCTIONS, "is_present": is_present, "getattr": getattr_}
     evaluator = simpleeval.EvalWithCompoundTypes(names=names, functions=functions)
     try:
-        return evaluator.eval(source.strip())
+        return evaluator.eval(source.strip(), previously_parsed=tree.body)
     except simpleeval.NameNotDefined as exc:
         raise FlowError(f'"{expression}": {exc.name} is not in the state document') from None
     except simpleeval.AttributeDoesNotExist as exc:
