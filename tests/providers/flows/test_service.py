@@ -283,3 +283,20 @@ def test_runs_are_idempotent_cancellable_and_administrators_manage_them(site):
     cancelled = site.flow("sleepy", ADMIN).cancel(first["action_id"])  # an administrator of the flow
     assert (cancelled["status"], cancelled["details"]["code"]) == ("FAILED", "ActionCancelled")
     assert site.session().call("DELETE", "/sleepy").status_code == 200
+
+
+def test_a_flow_calls_another_flow_of_the_same_deployment_in_process(site):
+    owner = site.session()
+    owner.deploy(deployment(id="inner"))
+    owner.deploy(deployment(id="outer", definition={"StartAt": "Call", "States": {
+        "Call": {"Type": "Action", "ActionUrl": "http://localhost/flows/inner", "Parameters": {"name.$": "$.name"},
+                 "ResultPath": "$.inner", "WaitTime": 60, "End": True}}}))
+    final = site.flow("outer", OTHER).run({"name": "Ada"}, wait=True, timeout=30)
+    assert final["status"] == "SUCCEEDED", final
+    child = final["details"]["output"]["inner"]
+    assert child["status"] == "SUCCEEDED" and child["details"]["output"]["said"] == {"greeting": "Ada"}
+    (state,) = final["details"]["states"]
+    assert state["child_action_id"] == child["action_id"]
+    # the child is an action of the inner flow, started as the outer run's creator
+    inner = site.flow("inner", OTHER)
+    assert inner.status(child["action_id"])["creator_id"] == urn(OTHER)
