@@ -300,3 +300,22 @@ def test_a_flow_calls_another_flow_of_the_same_deployment_in_process(site):
     # the child is an action of the inner flow, started as the outer run's creator
     inner = site.flow("inner", OTHER)
     assert inner.status(child["action_id"])["creator_id"] == urn(OTHER)
+
+
+def test_a_deployed_flow_passes_the_conformance_checks(site):
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from toolkit.conformance import Checker
+
+    site.session().deploy(deployment(id="greeter"))
+    server = make_server("127.0.0.1", 0, site.app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/flows/greeter"
+        results = Checker(url, site.authority.token(OTHER, scopes=[SCOPE]),
+                          other_token=site.authority.token(ADMIN, scopes=[SCOPE])).run()
+        assert {r.name: (r.outcome, r.message) for r in results if r.outcome != "passed"} == {}
+    finally:
+        server.shutdown()
