@@ -319,3 +319,14 @@ def test_a_deployed_flow_passes_the_conformance_checks(site):
         assert {r.name: (r.outcome, r.message) for r in results if r.outcome != "passed"} == {}
     finally:
         server.shutdown()
+
+
+def test_globus_names_of_the_principal_fields_are_taken(site):
+    flow = site.session().deploy({"title": "G", "definition": PASS_SUCCEED, "flow_viewers": ["public"],
+                                  "flow_starters": ["all_authenticated_users"], "flow_administrators": [urn(ADMIN)]})
+    assert (flow["visible_to"], flow["runnable_by"], flow["administered_by"]) == (
+        ["public"], ["all_authenticated_users"], [urn(ADMIN)])
+    both = site.session().call("POST", json={"title": "G", "definition": PASS_SUCCEED, "flow_viewers": [],
+                                             "visible_to": []})
+    assert (both.status_code, both.json()["description"]) == (
+        400, "flow_viewers: give either flow_viewers or visible_to, not both.")
