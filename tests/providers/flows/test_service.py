@@ -4,6 +4,7 @@ from outside; each deployed flow described as a provider at /flows/<id>/."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -330,3 +331,17 @@ def test_globus_names_of_the_principal_fields_are_taken(site):
                                              "visible_to": []})
     assert (both.status_code, both.json()["description"]) == (
         400, "flow_viewers: give either flow_viewers or visible_to, not both.")
+
+
+DEFINITIONS = sorted((Path(__file__).parent / "definitions").glob("*.definition.json"))
+
+
+@pytest.mark.parametrize("path", DEFINITIONS, ids=[p.name.removesuffix(".definition.json") for p in DEFINITIONS])
+def test_globus_public_definitions_deploy_through_the_api_with_their_schemas(site, path):
+    schema_path = path.with_name(path.name.replace(".definition.json", ".schema.json"))
+    document = {"title": path.stem, "definition": json.loads(path.read_text())}
+    if schema_path.exists():
+        document["input_schema"] = json.loads(schema_path.read_text())
+    flow = site.session().deploy(document)
+    assert site.flow(flow["id"], OWNER).introspect()["input_schema"] == document.get("input_schema",
+                                                                                      {"type": "object"})
