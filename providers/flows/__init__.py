@@ -110,7 +110,6 @@ def make_variant(flow: DeployedFlow) -> ActionProvider:
 
         resume_children(action, ctx, origin=_origin())
 
-    variant.flow = flow  # type: ignore[attr-defined]
     return variant
 
 
