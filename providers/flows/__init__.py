@@ -88,7 +88,7 @@ def make_variant(flow: DeployedFlow) -> ActionProvider:
     options: dict[str, Any] = {
         "title": flow.title, "subtitle": flow.subtitle, "description": flow.description,
         "keywords": list(flow.keywords), "input_schema": flow.input_schema,
-        "visible_to": sorted(flow.viewers()),
+        "visible_to": [PUBLIC] if PUBLIC in flow.visible_to else sorted(flow.viewers()),
         "runnable_by": list(dict.fromkeys([*flow.runnable_by, *administrators])),
         "administered_by": administrators,
     }

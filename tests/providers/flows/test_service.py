@@ -22,6 +22,8 @@ def test_deploy_answers_201_with_the_flow_document_and_the_flow_is_a_provider(si
     assert flow["url"].endswith("://localhost/flows/greeter/") and flow["version"] == 1
     assert flow["globus_auth_scope"] == SCOPE
     assert "null" not in json.dumps(flow)
+    anonymous = site.app.test_client().get("/flows/greeter/")  # visible_to public: no token needed
+    assert anonymous.status_code == 200 and anonymous.json["visible_to"] == ["public"]
     description = site.flow("greeter", OTHER).introspect()
     assert description["title"] == "Greeter" and description["subtitle"] == "Says hello"
     assert description["input_schema"] == NAME_SCHEMA
