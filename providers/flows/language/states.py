@@ -174,3 +174,13 @@ class Definition:
     def state(self, name: str) -> State:
         """The state called ``name`` (``KeyError`` if there is none)."""
         return self.states[name]
+
+    @property
+    def action_states(self) -> list[ActionState]:
+        """The Action states, in definition order."""
+        return [state for state in self.states.values() if isinstance(state, ActionState)]
+
+    @property
+    def run_as_roles(self) -> frozenset[str]:
+        """The ``RunAs`` role names other than ``User`` and ``Flow``: each needs a token in the input's ``_tokens``."""
+        return frozenset(state.run_as for state in self.action_states) - {"User", "Flow"}

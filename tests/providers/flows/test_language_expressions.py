@@ -161,3 +161,20 @@ def test_arithmetic_matches_python(a: int, b: int) -> None:
 def test_string_values_come_through_unchanged(text: str) -> None:
     assert evaluate("s + ''", {"s": text}) == text
     assert evaluate("`$.s`", {"s": text}) == text
+
+
+@pytest.mark.parametrize(
+    ("expression", "cause"),
+    [
+        ("[1] * 10**9", '"[1] * 10**9": Sorry, I will not evaluate something that long.'),
+        ("2 ** 10 ** 10", '"2 ** 10 ** 10": Sorry! I don\'t want to evaluate 2 ** 10000000000'),
+        ("[i for i in list_val * 30 for j in list_val * 30 for k in list_val * 30]",
+         '"[i for i in list_val * 30 for j in list_val * 30 for k in list_val * 30]": Comprehension generates too many elements'),
+        ("'a' * 99999 + 'a' * 99999",
+         '"\'a\' * 99999 + \'a\' * 99999": Sorry, adding those two together would make something too long.'),
+    ],
+)
+def test_an_expression_cannot_exhaust_memory_or_time(expression: str, cause: str) -> None:
+    with pytest.raises(FlowError) as caught:
+        evaluate(expression, DOC)
+    assert (caught.value.error, caught.value.cause) == (RUNTIME, cause)

@@ -22,6 +22,7 @@ from providers.flows.language import (
     PassState,
     SucceedState,
     WaitState,
+    successors,
     validate,
 )
 
@@ -403,3 +404,24 @@ def test_any_json_is_either_a_definition_or_a_definition_error(start: Any, state
         assert error.errors and all(isinstance(message, str) and ": " in message for message in error.errors)
     else:
         assert parsed.start_at in parsed.states
+
+
+def test_a_definition_lists_its_actions_roles_and_transitions() -> None:
+    definition = validate(flow(
+        ("A", action(End=None, Next="B", RunAs="Admin", Catch=[{"ErrorEquals": ["States.ALL"], "Next": "F"}])),
+        ("B", action(End=None, Next="C", RunAs="Flow")),
+        ("C", {"Type": "Choice", "Choices": [{"Variable": "$.x", "IsNull": True, "Next": "A"}], "Default": "D"}),
+        ("D", action(RunAs="Curator")),
+        ("F", {"Type": "Fail"}),
+    ))
+    assert [state.name for state in definition.action_states] == ["A", "B", "D"]
+    assert definition.run_as_roles == frozenset({"Admin", "Curator"})
+    assert [successors(definition.states[name]) for name in "ABCDF"] == [["B", "F"], ["C"], ["A", "D"], [], []]
+
+
+def test_every_public_name_of_the_language_resolves() -> None:
+    import providers.flows.language as language
+
+    assert sorted(language.__all__) == sorted(set(language.__all__))
+    for name in language.__all__:
+        assert getattr(language, name) is not None
