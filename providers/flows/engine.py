@@ -292,8 +292,9 @@ class _Run:
             if status["status"] == "INACTIVE":
                 self._paused(name, status)
             if self.ctx.cancelled:
-                self._cancel_child(target, action_id)
-                self.ctx.check()
+                if self._run_ended():  # past its deadline (a cancel's hook cancels the child itself)
+                    self._cancel_child(target, action_id)
+                self.ctx.check()  # otherwise this process stops: the next one waits on the same child
             now = self.ctx.clock()
             if give_up is not None and now >= give_up:
                 self._cancel_child(target, action_id)
@@ -314,6 +315,11 @@ class _Run:
         result = _public_status(status)
         document = apply_result_path(record.document, state.result_path, result)
         self._leave(name, _next(state), status=status["status"], document=document)
+
+    def _run_ended(self) -> bool:
+        """True if the run itself ended (cancelled, past its deadline, released), not just this process."""
+        action = self.ctx.store.get(self.ctx.action_id)
+        return action is None or action.status.value not in ("ACTIVE", "INACTIVE")
 
     def _paused(self, name: str, status: dict[str, Any]) -> None:
         """The child is INACTIVE: so is the run, with the child's reason, until it is resumed."""

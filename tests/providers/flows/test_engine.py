@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,9 @@ class Site:
         self.scopes = [p.globus_auth_scope for p in get_toolkit(self.app).runtime.providers.values()]
 
     def stop(self) -> None:
+        close_app(self.app)
+        # A run callback told to stop may have made one more in-process call on its way out, and any request to
+        # the app starts its runtime again: stop that too.
         close_app(self.app)
 
     def client(self, prefix: str, identity: str = OWNER) -> TestClient:
@@ -340,6 +345,21 @@ def test_cancel_of_a_run_cancels_its_running_child(make_site):
     assert client.status(started["action_id"])["details"]["code"] == "ActionCancelled"
 
 
+def test_a_run_past_its_deadline_cancels_its_running_child(make_site):
+    site = make_site({"s": {"StartAt": "Slow", "States": {
+        "Slow": hello_state(Parameters={"echo_string": "x", "sleep_time": 60})}}})
+    client = site.flow("s")
+    deadline = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=2)
+    started = client.run({}, deadline=deadline.isoformat())
+    child_id = wait_for(lambda: (client.status(started["action_id"])["details"].get("states") or [{}])[0]
+                        .get("child_action_id"))
+    ended = client.wait(started["action_id"], timeout=30, max_interval=0.2)
+    assert ended["details"]["code"] == "DeadlineExceeded"
+    hello = site.client("/hello")
+    child = wait_for(lambda: (s := hello.status(child_id))["status"] == "FAILED" and s, timeout=20)
+    assert child["details"]["code"] == "ActionCancelled"
+
+
 def test_inactive_child_pauses_the_run_and_resume_resumes_the_child_then_the_run(make_site):
     site = make_site({"r": {"StartAt": "Ask", "States": {
         "Ask": hello_state("After", Parameters={"echo_string": "x", "require_resume": True}),
@@ -382,10 +402,19 @@ def test_private_parameters_reach_the_action_but_not_the_runs_status_or_log(make
 # --- durability ----------------------------------------------------------------------------------------------
 
 
-def test_a_run_taken_up_after_its_process_stopped_waits_on_the_same_child(make_site):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request) -> dict[str, str]:
+    """App settings for each database the engine's table must work on."""
+    if request.param == "sqlite":
+        return {}
+    server = request.getfixturevalue("postgres_server")
+    return {"APTK_DATABASE_URL": server.create_database(f"aptk_{uuid.uuid4().hex[:12]}")}
+
+
+def test_a_run_taken_up_after_its_process_stopped_waits_on_the_same_child(make_site, database):
     site = make_site({"d": {"StartAt": "Slow", "States": {
         "Slow": hello_state("Then", Parameters={"echo_string": "x", "sleep_time": 3}),
-        "Then": hello_state(Parameters={"echo_string": "y"})}}})
+        "Then": hello_state(Parameters={"echo_string": "y"})}}}, **database)
     client = site.flow("d")
     started = client.run({})
     wait_for(lambda: (client.status(started["action_id"])["details"].get("states") or [{}])[0]
