@@ -215,9 +215,8 @@ def _actions_marker(marker: str | None) -> tuple[float, str] | None:
 def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None, name: str | None = None) -> Blueprint:
     bp = Blueprint(name or provider.name, __name__, url_prefix=url_prefix)
 
-    family = provider.variant_resolver is not None
     # A provider with variants serves each at <prefix>/<key>/: the key is the first segment of every API route.
-    variant_segment = "/<aptk_variant>" if family else ""
+    variant_segment = "/<aptk_variant>" if provider.variant_resolver is not None else ""
 
     @bp.record
     def _register(state) -> None:
@@ -298,8 +297,7 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
 
             checked.aptk_operation = view.__name__  # type: ignore[attr-defined]  # toolkit.calls finds routes by it
             for rule, method in rules:
-                rule = variant_segment + rule if rule != "/" or not family else variant_segment + "/"
-                bp.add_url_rule(rule, view.__name__, checked, methods=[method], strict_slashes=False)
+                bp.add_url_rule(variant_segment + rule, view.__name__, checked, methods=[method], strict_slashes=False)
             return checked
 
         return decorate

@@ -130,6 +130,9 @@ class RunContext:
         """The action's details as ``/status`` shows them: when this run started, what an earlier attempt
         reported (after a pause, without the pause's ``code``, ``description``, ``required_scope`` and
         ``resolution_url``); after :meth:`progress` with details, those details."""
+        self.origin = _request_origin()
+        """Where this run was started (or resumed) from: the root URL (``scheme://host[:port][/script root]``)
+        of the request, when this process runs it for a request; None when it is taken up after a crash."""
         # Scheduling: set while the callback waits in the executor's queue (see Runtime._mark_queued).
         self._queue_lock = threading.Lock()
         self._submitted: float | None = None
@@ -214,6 +217,13 @@ class RunContext:
 
     def _ownership(self) -> dict[str, Any]:
         return {"status": Status.ACTIVE, "runner": self._runtime.runner_id, "attempts": self.attempt}
+
+
+def _request_origin() -> str | None:
+    """The root URL of the HTTP request being served on this thread, if any."""
+    from flask import has_request_context, request
+
+    return request.root_url.rstrip("/") if has_request_context() else None
 
 
 def _json_object(value: Any) -> dict[str, Any]:

@@ -15,6 +15,8 @@ import time
 import weakref
 from typing import Any
 
+from flask import has_request_context, request
+
 from toolkit import ActionProvider, HookContext, RunContext, VariantContext, get_toolkit
 from toolkit.documents import PUBLIC
 from toolkit.settings import number, register_settings, setting
@@ -49,9 +51,15 @@ def _no_flow(body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:  # pragma
 
 
 def run_flow(flow: DeployedFlow, body: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """A run's work: the engine's. ActionUrls at the address the run was started at (or at ``APTK_PUBLIC_URL``)
+    are served in-process."""
     from .engine import execute
 
-    return execute(flow, body, ctx)
+    return execute(flow, body, ctx, origin=ctx.origin)
+
+
+def _origin() -> str | None:
+    return request.root_url.rstrip("/") if has_request_context() else None
 
 
 class _Variants:
@@ -80,7 +88,7 @@ def make_variant(flow: DeployedFlow) -> ActionProvider:
     options: dict[str, Any] = {
         "title": flow.title, "subtitle": flow.subtitle, "description": flow.description,
         "keywords": list(flow.keywords), "input_schema": flow.input_schema,
-        "visible_to": sorted(flow.viewers()),
+        "visible_to": [PUBLIC] if PUBLIC in flow.visible_to else sorted(flow.viewers()),
         "runnable_by": list(dict.fromkeys([*flow.runnable_by, *administrators])),
         "administered_by": administrators,
     }
@@ -94,15 +102,14 @@ def make_variant(flow: DeployedFlow) -> ActionProvider:
     def cancel(action: Any, ctx: HookContext) -> None:
         from .engine import cancel_children
 
-        cancel_children(action, ctx)
+        cancel_children(action, ctx, origin=_origin())
 
     @variant.resume
     def resume(action: Any, ctx: HookContext) -> None:
         from .engine import resume_children
 
-        resume_children(action, ctx)
+        resume_children(action, ctx, origin=_origin())
 
-    variant.flow = flow  # type: ignore[attr-defined]
     return variant
 
 

@@ -37,6 +37,8 @@ FIELDS = {
     "runnable_by", "administered_by",
 }
 """What a deployment document (an API request body or a file of ``APTK_FLOWS_DIR``) may hold."""
+GLOBUS_NAMES = {"flow_viewers": "visible_to", "flow_starters": "runnable_by", "flow_administrators": "administered_by"}
+"""Globus Flows' names of the principal fields, taken as ours, so that a Globus deployment document deploys as is."""
 DIRECTORY_OWNER = "APTK_FLOWS_DIR"
 """The owner of a flow deployed from a file: no person; only the file changes it."""
 
@@ -171,6 +173,12 @@ def parse(document: Any, *, partial: DeployedFlow | None = None) -> dict[str, An
     """
     if not isinstance(document, dict):
         raise BadActionRequest("The request body must be a JSON object (a flow deployment).")
+    document = dict(document)
+    for globus_name, name in GLOBUS_NAMES.items():
+        if globus_name in document:
+            if name in document:
+                raise BadActionRequest(f"{globus_name}: give either {globus_name} or {name}, not both.")
+            document[name] = document.pop(globus_name)
     unknown = sorted(set(document) - FIELDS)
     if unknown:
         raise BadActionRequest(f"Unknown field {unknown[0]!r}; a flow deployment takes {', '.join(sorted(FIELDS))}.")
@@ -211,13 +219,13 @@ def stored_document(flow: DeployedFlow) -> dict[str, Any]:
 
 # --- rows ------------------------------------------------------------------------------------------------------
 
-_validated: dict[tuple[str, int, float], Any] = {}
-"""(id, version, updated) -> validated definition: a process validates each version of a flow once."""
+_validated: dict[tuple[str, str, int, float], Any] = {}
+"""(database, id, version, updated) -> validated definition: a process validates each version of a flow once."""
 
 
-def _flow(row: Any) -> DeployedFlow:
+def _flow(row: Any, engine: sa.Engine) -> DeployedFlow:
     document = row.document
-    key = (row.id, row.version, row.updated)
+    key = (str(engine.url), row.id, row.version, row.updated)
     definition = _validated.get(key)
     if definition is None:
         definition = validate_definition(document["definition"], document["input_schema"])
@@ -238,7 +246,7 @@ def get(engine: sa.Engine, flow_id: str) -> DeployedFlow | None:
     create_tables(engine, metadata)
     with engine.connect() as conn:
         row = conn.execute(sa.select(flows).where(flows.c.id == flow_id)).first()
-    return None if row is None else _flow(row)
+    return None if row is None else _flow(row, engine)
 
 
 def version_of(engine: sa.Engine, flow_id: str) -> tuple[int, float] | None:
@@ -257,7 +265,7 @@ def page(engine: sa.Engine, after: str | None, limit: int) -> list[DeployedFlow]
         query = query.where(flows.c.id > after)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    return [_flow(r) for r in rows]
+    return [_flow(r, engine) for r in rows]
 
 
 def insert(engine: sa.Engine, flow_id: str, document: dict[str, Any], owner: str, now: float,

@@ -11,6 +11,7 @@ run no scripts and carry the forms pages' Content-Security-Policy.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import time
 import uuid
@@ -176,8 +177,10 @@ def start_run(flow_id: str) -> Any:
         errors.setdefault(name, message)
     if errors:
         return _start_page(variant, flow_id, who, form=request.form, errors=errors, status=400)
-    request_id = request.form.get("request_id") or uuid.uuid4().hex
-    action, _created = _runtime().run(variant, _identity(who), {"request_id": request_id[:128], "body": body})
+    # The same page posted twice is one run; changed answers posted from the same page are another run.
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    request_id = f"{(request.form.get('request_id') or uuid.uuid4().hex)[:64]}-{digest}"
+    action, _created = _runtime().run(variant, _identity(who), {"request_id": request_id, "body": body})
     return redirect(url_for(".run_page", flow_id=flow_id, action_id=action.action_id), 303)
 
 

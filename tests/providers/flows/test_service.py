@@ -4,6 +4,7 @@ from outside; each deployed flow described as a provider at /flows/<id>/."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,8 @@ def test_deploy_answers_201_with_the_flow_document_and_the_flow_is_a_provider(si
     assert flow["url"].endswith("://localhost/flows/greeter/") and flow["version"] == 1
     assert flow["globus_auth_scope"] == SCOPE
     assert "null" not in json.dumps(flow)
+    anonymous = site.app.test_client().get("/flows/greeter/")  # visible_to public: no token needed
+    assert anonymous.status_code == 200 and anonymous.json["visible_to"] == ["public"]
     description = site.flow("greeter", OTHER).introspect()
     assert description["title"] == "Greeter" and description["subtitle"] == "Says hello"
     assert description["input_schema"] == NAME_SCHEMA
@@ -283,3 +286,64 @@ def test_runs_are_idempotent_cancellable_and_administrators_manage_them(site):
     cancelled = site.flow("sleepy", ADMIN).cancel(first["action_id"])  # an administrator of the flow
     assert (cancelled["status"], cancelled["details"]["code"]) == ("FAILED", "ActionCancelled")
     assert site.session().call("DELETE", "/sleepy").status_code == 200
+
+
+def test_a_flow_calls_another_flow_of_the_same_deployment_in_process(site):
+    owner = site.session()
+    owner.deploy(deployment(id="inner"))
+    owner.deploy(deployment(id="outer", definition={"StartAt": "Call", "States": {
+        "Call": {"Type": "Action", "ActionUrl": "http://localhost/flows/inner", "Parameters": {"name.$": "$.name"},
+                 "ResultPath": "$.inner", "WaitTime": 60, "End": True}}}))
+    final = site.flow("outer", OTHER).run({"name": "Ada"}, wait=True, timeout=30)
+    assert final["status"] == "SUCCEEDED", final
+    child = final["details"]["output"]["inner"]
+    assert child["status"] == "SUCCEEDED" and child["details"]["output"]["said"] == {"greeting": "Ada"}
+    (state,) = final["details"]["states"]
+    assert state["child_action_id"] == child["action_id"]
+    # the child is an action of the inner flow, started as the outer run's creator
+    inner = site.flow("inner", OTHER)
+    assert inner.status(child["action_id"])["creator_id"] == urn(OTHER)
+
+
+def test_a_deployed_flow_passes_the_conformance_checks(site):
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from toolkit.conformance import Checker
+
+    site.session().deploy(deployment(id="greeter"))
+    server = make_server("127.0.0.1", 0, site.app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/flows/greeter"
+        results = Checker(url, site.authority.token(OTHER, scopes=[SCOPE]),
+                          other_token=site.authority.token(ADMIN, scopes=[SCOPE])).run()
+        assert {r.name: (r.outcome, r.message) for r in results if r.outcome != "passed"} == {}
+    finally:
+        server.shutdown()
+
+
+def test_globus_names_of_the_principal_fields_are_taken(site):
+    flow = site.session().deploy({"title": "G", "definition": PASS_SUCCEED, "flow_viewers": ["public"],
+                                  "flow_starters": ["all_authenticated_users"], "flow_administrators": [urn(ADMIN)]})
+    assert (flow["visible_to"], flow["runnable_by"], flow["administered_by"]) == (
+        ["public"], ["all_authenticated_users"], [urn(ADMIN)])
+    both = site.session().call("POST", json={"title": "G", "definition": PASS_SUCCEED, "flow_viewers": [],
+                                             "visible_to": []})
+    assert (both.status_code, both.json()["description"]) == (
+        400, "flow_viewers: give either flow_viewers or visible_to, not both.")
+
+
+DEFINITIONS = sorted((Path(__file__).parent / "definitions").glob("*.definition.json"))
+
+
+@pytest.mark.parametrize("path", DEFINITIONS, ids=[p.name.removesuffix(".definition.json") for p in DEFINITIONS])
+def test_globus_public_definitions_deploy_through_the_api_with_their_schemas(site, path):
+    schema_path = path.with_name(path.name.replace(".definition.json", ".schema.json"))
+    document = {"title": path.stem, "definition": json.loads(path.read_text())}
+    if schema_path.exists():
+        document["input_schema"] = json.loads(schema_path.read_text())
+    flow = site.session().deploy(document)
+    assert site.flow(flow["id"], OWNER).introspect()["input_schema"] == document.get("input_schema",
+                                                                                      {"type": "object"})

@@ -79,6 +79,9 @@ def test_a_signed_in_person_starts_a_run_from_the_form_and_follows_it(site, brow
                                                         "csrf_token": csrf(page.text),
                                                         "request_id": request_id(page.text)})
     assert again.headers["Location"] == run_url
+    changed = browser.post("/flows/greeter/start", data={"name": "Bo", "count": "1", "csrf_token": csrf(page.text),
+                                                          "request_id": request_id(page.text)})
+    assert changed.status_code == 303 and changed.headers["Location"] != run_url  # other answers: another run
     status = site.flow("greeter", OTHER).wait(action_id, timeout=10)
     assert status["creator_id"] == urn(OTHER)
     assert status["details"]["output"]["said"] == {"greeting": "Ada", "n": 2}
