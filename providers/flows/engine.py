@@ -106,12 +106,15 @@ class _Run:
         self.definition = flow.definition
         self.ctx = ctx
         self.engine = ctx.store.engine
-        self.origin = origin
         self.identity = _identity(ctx.creator_id, ctx.principals, ctx.identity)
         self._calls: Any = None
         record = engine_store.load(self.engine, ctx.action_id)
         self.fresh = record is None
-        self.record = record or RunRecord(ctx.action_id, self.definition.start_at, copy.deepcopy(body))
+        self.record = record or RunRecord(ctx.action_id, self.definition.start_at, copy.deepcopy(body),
+                                          origin=origin)
+        # The address the run was started at decides which ActionUrls are in-process, for the whole run (a run
+        # taken up after a crash has no request to ask).
+        self.origin = self.record.origin or origin
         self.shown = False
         """True once the run's status shows the current state as running."""
         self.secrets: set[str] = set()
@@ -375,7 +378,7 @@ class _Run:
                 delay = min(delay * 2, _RETRY_CAP)
             except CredentialsMissing as exc:
                 raise ActionInactive(
-                    "CredentialsRequired", f"{exc.description} Resume the run to continue.",
+                    "CredentialsRequired", f"{exc.description.rstrip('.')}. Resume the run to continue.",
                     required_scope=exc.scope, states=self.record.states,
                 ) from None
             except RunRefused as exc:
@@ -452,7 +455,8 @@ def cancel_children(action: "Action", ctx: "HookContext", *, origin: str | None 
     identity = _identity(action.creator_id, frozenset(action.principals), ctx.identity)
     child = record.child
     try:
-        Calls.from_context(ctx).target(child["url"], origin=origin).cancel(identity, child["action_id"])
+        Calls.from_context(ctx).target(child["url"], origin=record.origin or origin).cancel(identity,
+                                                                                             child["action_id"])
     except CallError as exc:
         logger.info("run %s: cancel of action %s: %s", action.action_id, child["action_id"], exc)
 
@@ -466,7 +470,7 @@ def resume_children(action: "Action", ctx: "HookContext", *, origin: str | None 
         return
     identity = _identity(action.creator_id, frozenset(action.principals), ctx.identity)
     child = record.child
-    target = Calls.from_context(ctx).target(child["url"], origin=origin)
+    target = Calls.from_context(ctx).target(child["url"], origin=record.origin or origin)
     try:
         target.resume(identity, child["action_id"])
     except CallError as exc:  # the run waits on it again, and pauses again if it must

@@ -45,6 +45,8 @@ class RunRecord:
     """The running child action of an Action state: ``state``, ``visit``, ``url``, ``action_id``, ``started``."""
     wake_at: float | None = None
     """When a Wait state at ``position`` ends (epoch seconds)."""
+    origin: str | None = None
+    """The root URL the run was started at: ActionUrls there are called in-process."""
     context: dict[str, Any] = dataclasses.field(default_factory=dict)
     """What ``$._context`` shows, fixed when the run started."""
     states: list[dict[str, Any]] = dataclasses.field(default_factory=list)

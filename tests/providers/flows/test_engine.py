@@ -37,7 +37,9 @@ def flow_provider(flow: DeployedFlow) -> ActionProvider:
 
     @provider.run
     def run(body: dict[str, Any], ctx: Any) -> dict[str, Any]:
-        return execute(flow, body, ctx)
+        # As the flows provider does: the address of the request that started the run (the in-process test
+        # client's requests all go to ORIGIN), none for a run taken up after its process stopped.
+        return execute(flow, body, ctx, origin=ORIGIN if ctx.origin else None)
 
     @provider.cancel
     def cancel(action: Any, ctx: Any) -> None:
@@ -489,3 +491,21 @@ def test_a_run_taken_up_under_a_changed_definition_without_its_state_fails_sayin
     assert "'Slow', which it no longer has" in done["details"]["description"]
     child = wait_for(lambda: (s := site.client("/hello").status(child_id))["status"] == "FAILED" and s)
     assert child["details"]["code"] == "ActionCancelled"  # the child of the state that is gone is not left running
+
+
+def test_a_run_taken_up_after_a_crash_calls_in_process_what_it_called_in_process_before(make_site):
+    """Without APTK_PUBLIC_URL, the address the run was started at says what is in-process; a run taken up after
+    its process stopped has no request to ask, and keeps the address it was started at."""
+    site = make_site({"d": {"StartAt": "Slow", "States": {
+        "Slow": hello_state("Then", Parameters={"echo_string": "x", "sleep_time": 3}),
+        "Then": hello_state(Parameters={"echo_string": "y"})}}}, APTK_PUBLIC_URL="")
+    client = site.flow("d")
+    started = client.run({})
+    wait_for(lambda: (client.status(started["action_id"])["details"].get("states") or [{}])[0]
+             .get("child_action_id"))
+    site.stop()
+    site.start()
+    done = site.flow("d").wait(started["action_id"], timeout=30, max_interval=0.2,
+                               until=("SUCCEEDED", "FAILED", "INACTIVE"))
+    assert done["status"] == "SUCCEEDED", done
+    assert sorted(c["details"].get("hello") for c in site.children()) == ["x", "y"]
