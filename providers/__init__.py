@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 def bundled() -> list[tuple[str, "ActionProvider"]]:
     """Every bundled provider with the URL prefix ``aptk serve`` mounts it at."""
     from .acl import provider as acl
+    from .flows import provider as flows
     from .forms import provider as forms
     from .hello import provider as hello
     from .notify import provider as notify
@@ -18,4 +19,4 @@ def bundled() -> list[tuple[str, "ActionProvider"]]:
     from .transfer import provider as transfer
 
     return [("/hello", hello), ("/transfer", transfer), ("/acl", acl), ("/notify", notify), ("/forms", forms),
-            ("/timers", timers)]
+            ("/timers", timers), ("/flows", flows)]

@@ -22,6 +22,7 @@ _LOCATIONS = {
     "Executor": "executor", "ThreadExecutor": "executor",
     "Toolkit": "extension", "ToolkitState": "extension", "get_toolkit": "extension",
     "BackgroundContext": "lifecycle", "HookContext": "lifecycle", "RunContext": "lifecycle",
+    "VariantContext": "lifecycle",
     "ActionProvider": "provider",
     "SQLStore": "store", "Store": "store",
     "register_settings": "settings",
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     )
     from .executor import Executor, ThreadExecutor
     from .extension import Toolkit, ToolkitState, get_toolkit
-    from .lifecycle import BackgroundContext, HookContext, RunContext
+    from .lifecycle import BackgroundContext, HookContext, RunContext, VariantContext
     from .provider import ActionProvider
     from .settings import register_settings
     from .store import SQLStore, Store
@@ -98,6 +99,7 @@ __all__ = [
     "ToolkitState",
     "ToolkitError",
     "UnauthorizedRequest",
+    "VariantContext",
     "get_toolkit",
     "mint_dev_token",
     "register_settings",

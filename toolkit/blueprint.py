@@ -27,7 +27,7 @@ from .documents import (
     Status,
     dump_status,
 )
-from .errors import ApiError, BadActionRequest, InsufficientScope, RequestTooLarge
+from .errors import ApiError, BadActionRequest, InsufficientScope, ProviderNotFound, RequestTooLarge
 from .errors import STORAGE_FULL_RETRY_SECONDS, ServiceUnavailable, framework_error, storage_full
 from .extension import ToolkitState, find_toolkit, get_toolkit
 from .settings import setting
@@ -137,10 +137,15 @@ def _read_body() -> bytes:
     return b"".join(chunks)
 
 
-def _json_body() -> Any:
+def read_json_body(what: str = "an ActionRequest") -> Any:
+    """The request's body as JSON, refused as the API's routes refuse it: 413 past the body size limit, 400 for
+    no body (``what`` says what to send), invalid JSON, NaN or infinite numbers, lone surrogates, deep nesting.
+
+    For routes a provider adds beside the API (:meth:`~toolkit.ActionProvider.add_blueprint`).
+    """
     raw = _read_body()
     if not raw.strip():
-        raise BadActionRequest("The request has no body; send an ActionRequest as JSON.")
+        raise BadActionRequest(f"The request has no body; send {what} as JSON.")
 
     def reject_constant(name: str) -> Any:
         raise ValueError(f"{name} is not valid JSON")
@@ -210,6 +215,9 @@ def _actions_marker(marker: str | None) -> tuple[float, str] | None:
 def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None, name: str | None = None) -> Blueprint:
     bp = Blueprint(name or provider.name, __name__, url_prefix=url_prefix)
 
+    # A provider with variants serves each at <prefix>/<key>/: the key is the first segment of every API route.
+    variant_segment = "/<aptk_variant>" if provider.variant_resolver is not None else ""
+
     @bp.record
     def _register(state) -> None:
         toolkit_state = get_toolkit(state.app)
@@ -222,7 +230,16 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
     def toolkit() -> ToolkitState:
         return get_toolkit(current_app)
 
-    def authenticate() -> Identity:
+    def served(key: str | None) -> "ActionProvider":
+        """The provider a request is for: this one, or its variant at ``key`` (404 if there is none)."""
+        if key is None:
+            return provider
+        variant = toolkit().runtime.variant(provider, key)
+        if variant is None:
+            raise ProviderNotFound(f"Nothing is served at {key[:128]!r} here.")
+        return variant
+
+    def authenticate(provider: "ActionProvider") -> Identity:
         """The caller; 401 (RFC 6750) without a valid token, 403 ``insufficient_scope`` without the scope."""
         caller = internal_caller(request.environ)
         if caller is not None:
@@ -264,7 +281,10 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
     def route(
         rules: list[tuple[str, str]], query: tuple[str, ...] = ()
     ) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
-        """Serve ``view`` at ``rules``; a query parameter not in ``query`` is a 400 (a typo must not pass)."""
+        """Serve ``view`` at ``rules``; a query parameter not in ``query`` is a 400 (a typo must not pass).
+
+        ``view`` gets the provider the request is for (this one or a variant) first.
+        """
 
         def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
             @functools.wraps(view)
@@ -273,39 +293,42 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
                 if unknown:
                     accepted = f"; this route takes {', '.join(query)}" if query else ""
                     raise BadActionRequest(f"Unknown query parameter {unknown[0]!r}{accepted}.")
-                return view(**kwargs)
+                return view(served(kwargs.pop("aptk_variant", None)), **kwargs)
 
             checked.aptk_operation = view.__name__  # type: ignore[attr-defined]  # toolkit.calls finds routes by it
             for rule, method in rules:
-                bp.add_url_rule(rule, view.__name__, checked, methods=[method], strict_slashes=False)
+                bp.add_url_rule(variant_segment + rule, view.__name__, checked, methods=[method], strict_slashes=False)
             return checked
 
         return decorate
 
     @route([("/", "GET")])
-    def introspect() -> Response:
+    def introspect(provider: "ActionProvider") -> Response:
         if set(provider.visible_to) != {"public"}:
-            require_visible(provider, authenticate())
+            require_visible(provider, authenticate(provider))
         contact = setting(current_app.config, "APTK_ADMIN_CONTACT")
         return jsonify(_description_schema.dump(describe(provider, contact)))
 
     @route([("/openapi.json", "GET")])
-    def openapi() -> Response:
+    def openapi(provider: "ActionProvider") -> Response:
         from .openapi import openapi_document
 
         if set(provider.visible_to) != {"public"}:
-            require_visible(provider, authenticate())
-        return jsonify(openapi_document(provider, request.script_root + (bp.url_prefix or "")))
+            require_visible(provider, authenticate(provider))
+        base = request.script_root + (bp.url_prefix or "")
+        if provider.variant_key is not None:
+            base += f"/{provider.variant_key}"
+        return jsonify(openapi_document(provider, base))
 
     @route([("/run", "POST"), ("/actions", "POST")])
-    def run() -> Response:
-        identity = authenticate()
-        action, created = toolkit().runtime.run(provider, identity, _json_body())
+    def run(provider: "ActionProvider") -> Response:
+        identity = authenticate(provider)
+        action, created = toolkit().runtime.run(provider, identity, read_json_body())
         return status_response(action, 202 if created else 200)
 
     @route([("/actions", "GET")], query=("status", "roles", "limit", "marker"))
-    def enumerate_actions() -> Response:
-        identity = authenticate()
+    def enumerate_actions(provider: "ActionProvider") -> Response:
+        identity = authenticate(provider)
         statuses = _choices("status", {s.value.lower(): s for s in Status}, list(Status))
         roles = _choices("roles", {r: r for r in ROLES}, ["creator_id"])
         limit = _int_arg("limit", DEFAULT_ACTIONS_LIMIT, 1, MAX_ACTIONS_LIMIT)
@@ -322,24 +345,24 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
         return jsonify(page)
 
     @route([("/<action_id>/status", "GET"), ("/actions/<action_id>", "GET")])
-    def status(action_id: str) -> Response:
-        return status_response(toolkit().runtime.status(provider, authenticate(), action_id))
+    def status(provider: "ActionProvider", action_id: str) -> Response:
+        return status_response(toolkit().runtime.status(provider, authenticate(provider), action_id))
 
     @route([("/<action_id>/cancel", "POST"), ("/actions/<action_id>/cancel", "POST")])
-    def cancel(action_id: str) -> Response:
-        return status_response(toolkit().runtime.cancel(provider, authenticate(), action_id))
+    def cancel(provider: "ActionProvider", action_id: str) -> Response:
+        return status_response(toolkit().runtime.cancel(provider, authenticate(provider), action_id))
 
     @route([("/<action_id>/release", "POST"), ("/actions/<action_id>", "DELETE")])
-    def release(action_id: str) -> Response:
-        return status_response(toolkit().runtime.release(provider, authenticate(), action_id))
+    def release(provider: "ActionProvider", action_id: str) -> Response:
+        return status_response(toolkit().runtime.release(provider, authenticate(provider), action_id))
 
     @route([("/<action_id>/resume", "POST"), ("/actions/<action_id>/resume", "POST")])
-    def resume(action_id: str) -> Response:
-        return status_response(toolkit().runtime.resume(provider, authenticate(), action_id))
+    def resume(provider: "ActionProvider", action_id: str) -> Response:
+        return status_response(toolkit().runtime.resume(provider, authenticate(provider), action_id))
 
     @route([("/<action_id>/log", "GET"), ("/actions/<action_id>/log", "GET")], query=("limit", "marker"))
-    def log(action_id: str) -> Response:
-        identity = authenticate()
+    def log(provider: "ActionProvider", action_id: str) -> Response:
+        identity = authenticate(provider)
         limit = _int_arg("limit", 10, 1, MAX_LOG_LIMIT)
         marker = request.args.get("marker", "0")
         if not (marker.isascii() and marker.isdigit()) or len(marker) > 18:

@@ -114,6 +114,15 @@ class ActionNotFound(ApiError):
     summary = "Unknown or released action"
 
 
+class ProviderNotFound(ApiError):
+    """No variant of a provider at this key (see :meth:`toolkit.ActionProvider.variants`)."""
+
+    status = 404
+    code = "ProviderNotFound"
+    default_description = "No such provider."
+    summary = "Unknown provider"
+
+
 class RouteNotFound(ApiError):
     """No route at this path under a provider's prefix (the web framework's own 404)."""
 

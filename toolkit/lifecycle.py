@@ -123,6 +123,16 @@ class BackgroundContext:
         return self.runtime.clock
 
 
+@dataclasses.dataclass(frozen=True)
+class VariantContext:
+    """What a provider's variant resolver (:meth:`~toolkit.ActionProvider.variants`) gets besides the key: the
+    deployment's settings, the store (whose ``engine`` may hold the provider's own tables) and the clock."""
+
+    config: Mapping[str, Any]
+    store: Store
+    clock: Clock
+
+
 class RunContext:
     """What a run callback gets besides its body: who asked, progress reporting, cancellation, a log."""
 
@@ -151,6 +161,9 @@ class RunContext:
         """The action's details as ``/status`` shows them: when this run started, what an earlier attempt
         reported (after a pause, without the pause's ``code``, ``description``, ``required_scope`` and
         ``resolution_url``); after :meth:`progress` with details, those details."""
+        self.origin = _request_origin()
+        """Where this run was started (or resumed) from: the root URL (``scheme://host[:port][/script root]``)
+        of the request, when this process runs it for a request; None when it is taken up after a crash."""
         # Scheduling: set while the callback waits in the executor's queue (see Runtime._mark_queued).
         self._queue_lock = threading.Lock()
         self._submitted: float | None = None
@@ -256,6 +269,13 @@ class RunContext:
         return {"status": Status.ACTIVE, "runner": self._runtime.runner_id, "attempts": self.attempt}
 
 
+def _request_origin() -> str | None:
+    """The root URL of the HTTP request being served on this thread, if any."""
+    from flask import has_request_context, request
+
+    return request.root_url.rstrip("/") if has_request_context() else None
+
+
 def _json_object(value: Any) -> dict[str, Any]:
     """A copy of ``value`` that is a JSON object, or a TypeError/ValueError saying why not (NaN is not JSON)."""
     if not isinstance(value, dict):
@@ -323,6 +343,38 @@ class Runtime:
             raise ConfigurationError(f"two providers are named {provider.name!r}; give one another name=")
         self.providers[provider.name] = provider
 
+    def variant(self, family: "ActionProvider", key: str) -> "ActionProvider | None":
+        """The variant of ``family`` served at ``key`` (see :meth:`ActionProvider.variants`), or None."""
+        from .provider import VARIANT_KEY
+
+        if family.variant_resolver is None or not VARIANT_KEY.fullmatch(key):
+            return None
+        variant = family.variant_resolver(key, VariantContext(config=self.config, store=self.store, clock=self.clock))
+        if variant is None:
+            return None
+        if variant.family is not family or variant.variant_key != key:
+            raise ConfigurationError(
+                f"the variant resolver of {family!r} must return family.variant({key!r}, ...), not {variant!r}"
+            )
+        return variant
+
+    def provider_named(self, name: str) -> "ActionProvider | None":
+        """The provider an action stored under ``name`` belongs to: a registered provider or one's variant."""
+        provider = self.providers.get(name)
+        if provider is not None:
+            return provider
+        family_name, slash, key = name.partition("/")
+        family = self.providers.get(family_name)
+        if not slash or family is None:
+            return None
+        return self.variant(family, key)
+
+    def _stored_names(self) -> list[str]:
+        """What the actions of this runtime's providers are stored under: their names, and ``<name>/`` for every
+        provider with variants (a prefix: :meth:`~toolkit.store.SQLStore.find`)."""
+        names = list(self.providers)
+        return names + [f"{n}/" for n, p in self.providers.items() if p.variant_resolver is not None]
+
     # --- change notification -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -357,9 +409,14 @@ class Runtime:
     # --- background maintenance -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start this process's maintenance thread (idempotent; restarts after a fork)."""
+        """Start this process's maintenance thread (idempotent; restarts after a fork).
+
+        Once :meth:`stop` ran in this process, the runtime stays stopped: a request still being answered (or an
+        in-process call from a callback on its way out) must not take up again the actions just handed over.
+        """
         with self._lock:
-            if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+            if self._pid == os.getpid() and self._thread is not None and (
+                    self._thread.is_alive() or self._stop.is_set()):
                 return
             if self._pid is None:
                 self.store.create_schema()
@@ -463,7 +520,7 @@ class Runtime:
     def sweep(self, now: float | None = None) -> None:
         """Enforce deadlines, take up actions of dead processes, delete expired ones."""
         now = self.clock() if now is None else now
-        mine = list(self.providers)
+        mine = self._stored_names()
         for action in self.store.find(statuses=ACTIVE_STATES, deadline_before=now, providers=mine):
             self._expire_deadline(action, now)
         for action in self.store.find(statuses={Status.ACTIVE}, heartbeat_before=now - self.lease_seconds,
@@ -478,7 +535,7 @@ class Runtime:
         if prefix is None:
             return
         verdicts: dict[str, bool] = {self.runner_id: False}
-        for action in self.store.find(statuses={Status.ACTIVE}, runner_prefix=prefix, providers=list(self.providers)):
+        for action in self.store.find(statuses={Status.ACTIVE}, runner_prefix=prefix, providers=self._stored_names()):
             runner = action.runner or ""
             if runner not in verdicts:
                 verdicts[runner] = runners.gone(runner)
@@ -492,8 +549,18 @@ class Runtime:
         return self._finish(action, {"status": ACTIVE_STATES}, Status.FAILED, details, now)
 
     def _recover(self, action: Action, now: float) -> None:
-        provider = self.providers[action.provider]
+        try:
+            provider = self.provider_named(action.provider)
+        except Exception:  # a variant that cannot be looked up now (database down?): try again next sweep
+            logger.exception("could not look up the provider of action %s", action.action_id)
+            return
         where = {"status": Status.ACTIVE, "runner": action.runner, "attempts": action.attempts}
+        if provider is None:  # a variant that no longer exists
+            self._finish(action, where, Status.FAILED, {
+                **action.details, "code": "ProviderGone",
+                "description": f"The process running this action stopped and {action.provider!r} is no longer served.",
+            }, now)
+            return
         if provider.recovery == "rerun" and action.attempts < provider.max_attempts:
             claimed = self.store.update(
                 action.action_id, where=where, runner=self.runner_id, heartbeat=now, attempts=action.attempts + 1,
@@ -629,7 +696,11 @@ class Runtime:
         self, action: Action, status: Status, details: dict[str, Any], now: float, identity: "Identity | None"
     ) -> dict[str, Any]:
         """The details a completing action is stored with: its provider's finish hook's, if it gives any."""
-        provider = self.providers.get(action.provider)
+        try:
+            provider = self.provider_named(action.provider)
+        except Exception:
+            logger.exception("could not look up the provider of action %s", action.action_id)
+            return details
         if provider is None or provider.finish_callback is None:
             return details
         ending = dataclasses.replace(action, status=status, details=dict(details), completion_time=now, runner=None,

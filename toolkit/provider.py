@@ -6,7 +6,7 @@ import functools
 import inspect
 import re
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, TypeVar
 
 import jsonschema
 from marshmallow import Schema, ValidationError
@@ -25,7 +25,7 @@ from .errors import BadActionRequest, ConfigurationError
 if TYPE_CHECKING:
     from flask import Blueprint
 
-    from .lifecycle import HookContext
+    from .lifecycle import HookContext, VariantContext
     from .typing import (
         BackgroundCallback,
         BackgroundCallbackT,
@@ -42,6 +42,10 @@ if TYPE_CHECKING:
     )
 
 Recovery = Literal["rerun", "fail"]
+VariantResolver = Callable[[str, "VariantContext"], "ActionProvider | None"]
+VariantResolverT = TypeVar("VariantResolverT", bound=VariantResolver)
+VARIANT_KEY = re.compile(r"[A-Za-z0-9_.-]{1,127}")
+"""What a variant key (the URL segment a variant is served at) may hold."""
 
 
 def _slug(text: str) -> str:
@@ -140,6 +144,11 @@ class ActionProvider:
         self.finish_callback: FinishCallback | None = None
         self.background_callbacks: list[BackgroundCallback] = []
         self.extra_blueprints: list[Blueprint] = []
+        self.variant_resolver: VariantResolver | None = None
+        self.family: ActionProvider | None = None
+        """For a variant (see :meth:`variants`): the provider it is a variant of."""
+        self.variant_key: str | None = None
+        """For a variant: its key, the URL segment it is served at."""
 
     def __repr__(self) -> str:
         return f"<ActionProvider {self.name!r}>"
@@ -245,6 +254,51 @@ class ActionProvider:
         """
         self.background_callbacks.append(fn)
         return fn
+
+    # --- variants -------------------------------------------------------------------------------------------
+
+    def variants(self, fn: VariantResolverT) -> VariantResolverT:
+        """Serve many providers at once, one per key: this provider's routes move to ``<prefix>/<key>/``.
+
+        ``fn(key, ctx)`` (``ctx`` a :class:`~toolkit.lifecycle.VariantContext`: settings, store, clock) returns the
+        variant served at that key, made with :meth:`variant`, or None for an unknown key (404). A variant has its
+        own description, input schema, visibility, scope and callbacks; its actions are stored under the name
+        ``<name>/<key>``, so that idempotency, authorization, listing and recovery after a crash each apply to
+        one variant, and a variant is looked up again by that name when its action is taken up elsewhere. The
+        resolver is called for every request to a variant and for every recovery: keep it quick (cache).
+        """
+        self.variant_resolver = fn
+        return fn
+
+    def variant(self, key: str, **options: Any) -> "ActionProvider":
+        """A variant of this provider served at ``key`` (see :meth:`variants`).
+
+        ``options`` are those of :class:`ActionProvider` (title, input_schema, visible_to, ...); those not given are
+        this provider's. The variant runs this provider's callbacks unless it registers its own.
+        """
+        if not VARIANT_KEY.fullmatch(key) or len(self.name) + 1 + len(key) > 128:
+            raise ConfigurationError(
+                f"variant key {key!r} may only hold letters, digits, '_', '.' and '-', "
+                f"at most {127 - len(self.name)} of them"
+            )
+        inherited: dict[str, Any] = {
+            "title": self.title, "input_schema": self._marshmallow or self.input_schema, "subtitle": self.subtitle,
+            "description": self.description, "keywords": self.keywords, "globus_auth_scope": self.globus_auth_scope,
+            "admin_contact": self.admin_contact, "synchronous": self.synchronous, "log_supported": self.log_supported,
+            "visible_to": self.visible_to, "runnable_by": self.runnable_by, "administered_by": self.administered_by,
+            "maximum_deadline": self.maximum_deadline, "recovery": self.recovery, "max_attempts": self.max_attempts,
+            "answer_within": self.answer_within,
+        }
+        unknown = set(options) - set(inherited)
+        if unknown:
+            raise ConfigurationError(f"a variant cannot set {', '.join(sorted(unknown))}")
+        variant = ActionProvider(**{**inherited, **options}, name=self.name)
+        variant.name = f"{self.name}/{key}"
+        variant.default_release_after_seconds = self.default_release_after_seconds
+        variant.family, variant.variant_key = self, key
+        for hook in ("run_callback", "check_callback", "cancel_callback", "resume_callback", "finish_callback"):
+            setattr(variant, hook, getattr(self, hook))
+        return variant
 
     # --- serving --------------------------------------------------------------------------------------------
 

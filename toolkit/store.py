@@ -563,17 +563,22 @@ class SQLStore:
         limit: int = 100,
     ) -> list[Action]:
         """Actions in ``statuses`` of ``providers``; with a stale heartbeat (before ``heartbeat_before``), a
-        deadline before ``deadline_before``, or a runner id beginning with ``runner_prefix``, if given."""
-        query = sa.select(actions).where(
-            actions.c.status.in_([s.value for s in statuses]), actions.c.provider.in_(list(providers))
-        )
+        deadline before ``deadline_before``, or a runner id beginning with ``runner_prefix``, if given.
+
+        A name ending in ``/`` in ``providers`` stands for every name that begins with it (a provider's variants).
+        """
+        names = list(providers)
+        exact = [n for n in names if not n.endswith("/")]
+        which = [actions.c.provider.in_(exact)] + [
+            actions.c.provider.like(_escape_like(n) + "%", escape="\\") for n in names if n.endswith("/")
+        ]
+        query = sa.select(actions).where(actions.c.status.in_([s.value for s in statuses]), sa.or_(*which))
         if heartbeat_before is not None:
             query = query.where(actions.c.runner.is_not(None), actions.c.heartbeat < heartbeat_before)
         if deadline_before is not None:
             query = query.where(actions.c.deadline.is_not(None), actions.c.deadline < deadline_before)
         if runner_prefix is not None:
-            escaped = runner_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            query = query.where(actions.c.runner.like(escaped + "%", escape="\\"))
+            query = query.where(actions.c.runner.like(_escape_like(runner_prefix) + "%", escape="\\"))
         with self._read() as conn:
             return [self._action(r) for r in conn.execute(query.limit(limit))]
 
@@ -792,6 +797,10 @@ _STATUSES = {s.value: s for s in Status}
 _json_decode = json.JSONDecoder().decode
 # _Statements.action builds an Action from a row by position: the table's columns, less expires_at, in order.
 assert [f.name for f in dataclasses.fields(Action)] == [c for c in _ACTION_COLUMNS if c != "expires_at"]
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 # Engine -> the table collections already created in it; both held weakly, since ids are reused once an

@@ -651,3 +651,15 @@ def test_answer_within_lets_run_answer_a_quick_callback_finished(tmp_path):
     assert client.introspect()["synchronous"] is False
     with pytest.raises(Exception, match="answer_within"):
         ActionProvider(title="Bad", input_schema={"type": "object"}, answer_within=-1)
+
+
+def test_a_stopped_runtime_is_not_started_again_by_a_late_request(tmp_path):
+    provider = ActionProvider(title="Late", input_schema={"type": "object"})
+    provider.run(lambda body, ctx: {})
+    client = provider_client(provider, tmp_path)
+    action = client.run({}, wait=True)
+    runtime = get_toolkit(client.app).runtime
+    assert runtime._thread is not None and runtime._thread.is_alive()
+    client.close()  # stops the runtime, as a server's shutdown does
+    client.status(action["action_id"])  # a request still answered after the stop
+    assert not runtime._thread.is_alive()  # the actions handed over stay handed over
