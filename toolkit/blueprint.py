@@ -27,7 +27,9 @@ from .documents import (
     Status,
     dump_status,
 )
-from .errors import ApiError, BadActionRequest, InsufficientScope, ProviderNotFound, RequestTooLarge
+from . import logs, metrics
+from .errors import ApiError, BadActionRequest, ForbiddenRequest, InsufficientScope, ProviderNotFound
+from .errors import RequestTooLarge, UnauthorizedRequest
 from .errors import STORAGE_FULL_RETRY_SECONDS, ServiceUnavailable, framework_error, storage_full
 from .extension import ToolkitState, find_toolkit, get_toolkit
 from .settings import setting
@@ -57,7 +59,25 @@ def api_headers(response: Response) -> Response:
     return response
 
 
+def auth_failure_reason(error: ApiError) -> str | None:
+    """The ``reason`` label of ``aptk_auth_failures_total`` for an error, if it is a refusal of credentials."""
+    if isinstance(error, UnauthorizedRequest):
+        if error.error is None:
+            return "missing_token"
+        return "expired_token" if "expired" in error.description else "invalid_token"
+    if isinstance(error, InsufficientScope):
+        return "insufficient_scope"
+    if isinstance(error, ForbiddenRequest):
+        return "forbidden"
+    return None
+
+
 def error_response(error: ApiError) -> Response:
+    if error.status in (401, 403):
+        state = find_toolkit(current_app)
+        reason = auth_failure_reason(error)
+        if reason is not None and state is not None and state.runtime.metrics:
+            metrics.auth_failed(reason)
     response = jsonify(error.to_dict())
     response.status_code = error.status
     response.headers.update(error.headers())
@@ -198,6 +218,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
+_ACTION_ID = re.compile(r"[0-9a-f]{32}")
 ACTIONS_MARKER = re.compile(r"-?0x[01]\.[0-9a-f]{1,13}p[+-][0-9]{1,3}:[0-9a-f]{32}")
 """A ``GET /actions`` marker: where the page ended, as the exact start_time (``float.hex``) and action_id."""
 
@@ -293,7 +314,10 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
                 if unknown:
                     accepted = f"; this route takes {', '.join(query)}" if query else ""
                     raise BadActionRequest(f"Unknown query parameter {unknown[0]!r}{accepted}.")
-                return view(served(kwargs.pop("aptk_variant", None)), **kwargs)
+                action_id = kwargs.get("action_id")
+                # Log lines of this request name its action (an id of the right shape only: it is the caller's).
+                with logs.action_context(action_id if action_id and _ACTION_ID.fullmatch(action_id) else None):
+                    return view(served(kwargs.pop("aptk_variant", None)), **kwargs)
 
             checked.aptk_operation = view.__name__  # type: ignore[attr-defined]  # toolkit.calls finds routes by it
             for rule, method in rules:

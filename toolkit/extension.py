@@ -13,6 +13,8 @@ key                         meaning                                             
 ``APTK_MAX_RUNNING_PER_IDENTITY``  callbacks one caller runs at once per process            half the threads
 ``APTK_LEASE_SECONDS``      how long a silent process keeps its actions before recovery      ``30``
 ``APTK_MAX_BODY_BYTES``     largest request body the toolkit's routes read (else 413)        ``10485760``
+``APTK_METRICS``            serve Prometheus metrics at ``/metrics`` (:mod:`toolkit.metrics`) ``false``
+``APTK_METRICS_TOKEN``      bearer token ``/metrics`` requires (else loopback clients only)
 ==========================  ==============================================================  ==================
 
 Behaviour is injected through :class:`Toolkit`'s keyword arguments (``store=``, ``executor=``, ``verifier=``,
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flask import Flask
+from flask import Flask, Response, g, jsonify, request
 
 from .auth import TokenVerifier, verifier_from_config
 from .errors import ConfigurationError
@@ -40,6 +42,7 @@ from .settings import number, setting
 from .store import SQLStore, Store
 
 if TYPE_CHECKING:
+    from .health import HealthCheck
     from .typing import Clock
 
 EXTENSION = "aptk"
@@ -58,6 +61,8 @@ class ToolkitState:
     """The largest request body the toolkit's routes read (``APTK_MAX_BODY_BYTES``); a larger one is a 413."""
     prefixes: list[str] = dataclasses.field(default_factory=list)
     """The URL prefixes providers are mounted at; the web framework's own errors under them are answered as JSON."""
+    health_checks: dict[str, "HealthCheck"] = dataclasses.field(default_factory=dict)
+    """What ``/healthz`` checks, by name (:func:`toolkit.health.add_health_check`)."""
 
 
 class Toolkit:
@@ -132,8 +137,51 @@ class Toolkit:
         # Made now: a bad APTK_CALL_CLIENTS file or APTK_PUBLIC_URL stops start-up, naming what is wrong.
         app.extensions["aptk.calls"] = Calls(app, runtime)
         state = ToolkitState(runtime, verifier, data_dir, max_body)
+        state.health_checks["store"] = store.ping
         app.extensions[EXTENSION] = state
+        _add_operations_routes(app, state)
         return state
+
+
+def _add_operations_routes(app: Flask, state: ToolkitState) -> None:
+    """``/healthz`` always; ``/metrics`` and the request metrics when ``APTK_METRICS`` is on."""
+    from . import health
+
+    app.add_url_rule("/healthz", "aptk_healthz", lambda: health.health_response(state.health_checks),
+                     methods=["GET"])
+    if not state.runtime.metrics:
+        return
+    from . import metrics
+
+    token = setting(app.config, "APTK_METRICS_TOKEN")
+
+    def serve_metrics() -> Response:
+        ok, status = metrics.allowed(token, request.headers.get("Authorization"), request.remote_addr,
+                                     request.headers)
+        if not ok:
+            refusal = jsonify({"code": "UnauthorizedRequest" if status == 401 else "Forbidden",
+                               "description": "A valid metrics token is required." if status == 401 else
+                               "Metrics are served to loopback clients only; set APTK_METRICS_TOKEN."})
+            refusal.status_code = status
+            if status == 401:
+                refusal.headers["WWW-Authenticate"] = "Bearer"
+            return refusal
+        return metrics.metrics_response()
+
+    app.add_url_rule("/metrics", "aptk_metrics", serve_metrics, methods=["GET"])
+
+    @app.before_request
+    def _timed() -> None:
+        g.aptk_started = time.perf_counter()
+
+    @app.after_request
+    def _counted(response: Response) -> Response:
+        started = g.pop("aptk_started", None)
+        if started is not None:
+            rule = request.url_rule
+            metrics.http_request(rule.rule if rule is not None else "<unmatched>", request.method,
+                                 response.status_code, time.perf_counter() - started)
+        return response
 
 
 DATABASE_FILE = "aptk.db"

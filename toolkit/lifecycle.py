@@ -53,11 +53,12 @@ from .errors import (
     BadActionRequest,
     ConfigurationError,
 )
-from . import runners
+from . import logs, metrics, runners
 from .auth import Identity
 from .executor import Executor
 from .request_key import request_digest, request_key, same_request
-from .store import LogEntry, Store
+from .settings import flag
+from .store import PURGE_BATCH, LogEntry, Store
 
 if TYPE_CHECKING:
     from .auth import TokenVerifier
@@ -71,6 +72,8 @@ COMPLETED_STATES = frozenset({Status.SUCCEEDED, Status.FAILED})
 _ACTION_ID = re.compile(r"[0-9a-f]{32}")
 PAUSE_DETAILS = frozenset({"code", "description", "required_scope", "resolution_url"})
 """What a pause (INACTIVE) adds to an action's details; a resume removes these and keeps the rest."""
+PURGE_SECONDS = 1.0
+"""A sweep deletes expired actions in batches (:data:`~toolkit.store.PURGE_BATCH`) for at most about this long."""
 QUEUED = "Queued"
 """The ``display_status`` of an action whose callback waits for a free thread or for its caller's turn."""
 
@@ -318,6 +321,8 @@ class Runtime:
         # Deadlines are also applied whenever an action is read, so the sweep need not be frequent.
         self.sweep_seconds = max(tick_seconds, min(2.0, lease_seconds / 2))
         self.tick_seconds = tick_seconds
+        self.metrics = flag(self.config, "APTK_METRICS", False)
+        """Whether actions are counted for ``/metrics`` (:mod:`toolkit.metrics`)."""
         self.providers: dict[str, ActionProvider] = {}
         self.runner_id = ""
         self._running: dict[str, RunContext] = {}
@@ -527,7 +532,18 @@ class Runtime:
                                       providers=mine):
             self._recover(action, now)
         self._recover_local(now)
-        self.store.purge_expired(now)
+        self.purge(now)
+
+    def purge(self, now: float) -> int:
+        """Delete expired actions in bounded batches, each its own transaction, for about PURGE_SECONDS at most;
+        the number deleted. What is left waits for the next sweep."""
+        give_up = time.monotonic() + PURGE_SECONDS
+        total = 0
+        while True:
+            gone = self.store.purge_expired(now, PURGE_BATCH)
+            total += gone
+            if gone < PURGE_BATCH or time.monotonic() >= give_up or self._stop.is_set():
+                return total
 
     def _recover_local(self, now: float) -> None:
         """Take up, without waiting for the lease, the actions of processes of this host that are gone."""
@@ -546,9 +562,14 @@ class Runtime:
         # Keep what the action reported (progress counters, say) beside the reason it ended.
         details = {**action.details, "code": "DeadlineExceeded",
                    "description": "The action did not complete before its deadline."}
-        return self._finish(action, {"status": ACTIVE_STATES}, Status.FAILED, details, now)
+        with logs.action_context(action.action_id):
+            return self._finish(action, {"status": ACTIVE_STATES}, Status.FAILED, details, now)
 
     def _recover(self, action: Action, now: float) -> None:
+        with logs.action_context(action.action_id):
+            self._take_up(action, now)
+
+    def _take_up(self, action: Action, now: float) -> None:
         try:
             provider = self.provider_named(action.provider)
         except Exception:  # a variant that cannot be looked up now (database down?): try again next sweep
@@ -567,6 +588,10 @@ class Runtime:
                 log=(now, "ActionRecovered", f"The process running attempt {action.attempts} stopped; running again."),
             )
             if claimed is not None:  # never inline: this is the maintenance thread
+                logger.warning("action %s: its process stopped during attempt %d; running it again",
+                               action.action_id, action.attempts)
+                if self.metrics:
+                    metrics.recovered(provider.name, "rerun")
                 self._dispatch(provider, claimed, resumed=False, inline=False)
             return
         details = {
@@ -574,7 +599,11 @@ class Runtime:
             "code": "WorkerLost",
             "description": f"The process running this action stopped unexpectedly (attempt {action.attempts}).",
         }
-        self._finish(action, where, Status.FAILED, details, now)
+        if self._finish(action, where, Status.FAILED, details, now) is not None:
+            logger.warning("action %s: its process stopped during attempt %d; failed", action.action_id,
+                           action.attempts)
+            if self.metrics:
+                metrics.recovered(provider.name, "failed")
 
     # --- running callbacks --------------------------------------------------------------------------------
 
@@ -595,6 +624,8 @@ class Runtime:
             self._execute(provider, action, ctx)
             return ctx
         ctx._submitted = time.monotonic()
+        if self.metrics:
+            metrics.callback_queued(provider.name)
         task = functools.partial(self._start_queued, provider, action, ctx)
         if self._fair:
             self.executor.submit(task, identity=action.creator_id, provider=provider.name)
@@ -607,6 +638,12 @@ class Runtime:
         with ctx._queue_lock:
             ctx._started = True
             marked = ctx._marked
+        if self.metrics:
+            metrics.callback_dequeued(provider.name, time.monotonic() - (ctx._submitted or time.monotonic()))
+        with logs.action_context(action.action_id):
+            self._start_dequeued(provider, action, ctx, marked)
+
+    def _start_dequeued(self, provider: "ActionProvider", action: Action, ctx: RunContext, marked: bool) -> None:
         run = not ctx.cancelled
         if run and marked:  # its status says Queued: clear that, which also checks it is still ours to run
             try:
@@ -622,9 +659,21 @@ class Runtime:
             ctx._done.set()
 
     def _execute(self, provider: "ActionProvider", action: Action, ctx: RunContext) -> None:
+        with logs.action_context(action.action_id):
+            self._execute_here(provider, action, ctx)
+
+    def _execute_here(self, provider: "ActionProvider", action: Action, ctx: RunContext) -> None:
         ownership = ctx._ownership()
         try:
-            status, details = self._outcome(provider, action, ctx)
+            if self.metrics:
+                metrics.callback_started(provider.name)
+                started = time.monotonic()
+                try:
+                    status, details = self._outcome(provider, action, ctx)
+                finally:
+                    metrics.callback_ended(provider.name, time.monotonic() - started)
+            else:
+                status, details = self._outcome(provider, action, ctx)
             if status is not None:
                 self._finish(action, ownership, status, details, self.clock())
         except Exception:
@@ -685,6 +734,11 @@ class Runtime:
             description += f": {details['code']}"
         updated = self.store.update(action_id, where=where, log=(now, f"Action{status.value.title()}", description),
                                     **changes)
+        if updated is not None and self.metrics:
+            if status in COMPLETED_STATES:
+                metrics.action_completed(action.provider, status.value, now - (updated.start_time or now))
+            else:
+                metrics.action_entered(action.provider, status.value)
         ctx = self._running.get(action_id)
         if updated is not None and ctx is not None and status is not Status.SUCCEEDED:
             self._ended(action_id, ctx)
@@ -786,6 +840,9 @@ class Runtime:
                     f"(action {stored.action_id})."
                 )
             return self._current(provider, stored), False
+        logs.set_action(stored.action_id)
+        if self.metrics:
+            metrics.action_entered(provider.name, Status.ACTIVE.value)
         ctx = self._dispatch(provider, stored, resumed=False, identity=identity)
         # An asynchronous action is ACTIVE as stored, unless its callback finished within answer_within; a
         # synchronous one has finished: read those again.
@@ -917,6 +974,8 @@ class Runtime:
         if resumed is None:
             return self._load(provider, action_id)  # someone else resumed or ended it meanwhile
         self._changed(action_id)
+        if self.metrics:
+            metrics.action_entered(provider.name, Status.ACTIVE.value)
         self._dispatch(provider, resumed, resumed=True, identity=identity)
         return self._current(provider, resumed)
 

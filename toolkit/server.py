@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -14,7 +16,8 @@ from flask.json.provider import DefaultJSONProvider
 from .errors import ConfigurationError
 from .extension import Toolkit, find_toolkit, get_toolkit
 from .provider import ActionProvider
-from .settings import number
+from .logs import check_format
+from .settings import flag, number, setting
 
 logger = logging.getLogger("toolkit.server")
 
@@ -48,6 +51,7 @@ def create_app(
     Toolkit(app, **toolkit_options)  # also sets MAX_CONTENT_LENGTH (APTK_MAX_BODY_BYTES)
     # Read by the workers of `aptk serve` (toolkit.worker); a wrong value stops start-up here, not a worker later.
     number(app.config, "APTK_REQUEST_READ_TIMEOUT", DEFAULT_READ_TIMEOUT, positive=True)
+    check_format(setting(app.config, "APTK_LOG_FORMAT"))
     if providers is None:
         from .registry import load
 
@@ -108,10 +112,21 @@ def serve(
 
     Requests are read whole by each worker's event loop before a thread runs them
     (:class:`toolkit.worker.BufferingWorker`), so slow clients hold no thread.
+
+    With ``APTK_METRICS`` on, the workers' metrics live in a directory made for this run and removed when it
+    ends; a worker's live gauges go when it exits. ``APTK_LOG_FORMAT=json`` writes every log line as JSON.
     """
     from gunicorn.app.base import BaseApplication
 
     private_umask()
+    settings = dict(config or {})
+    log_format = check_format(setting(settings, "APTK_LOG_FORMAT"))
+    metrics_dir = None
+    if flag(settings, "APTK_METRICS", False):
+        from . import metrics
+
+        metrics_dir = tempfile.mkdtemp(prefix="aptk-metrics-")
+        metrics.use_multiprocess_dir(metrics_dir)
     selected = list(providers)
     names = [item for item in selected if isinstance(item, str)]
     loaded: list[tuple[str, ActionProvider]] | None = [item for item in selected if isinstance(item, tuple)] or None
@@ -129,6 +144,12 @@ def serve(
                 "post_worker_init": _worker_started,
                 "worker_exit": lambda server, worker: _stop_quietly(worker),
             }
+            if metrics_dir is not None:
+                options["child_exit"] = _worker_gone
+            if log_format == "json":
+                from .logs import logging_config
+
+                options["logconfig_dict"] = logging_config()
             if "control_socket" in self.cfg.settings and config and config.get("APTK_DATA_DIR"):
                 # One control socket per data directory, so that several servers can run side by side.
                 options["control_socket"] = str(Path(config["APTK_DATA_DIR"]) / "gunicorn.ctl")
@@ -144,7 +165,11 @@ def serve(
 
             return create_app(config, providers=load(names))
 
-    Application().run()
+    try:
+        Application().run()
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def load_app(spec: str) -> Flask:
@@ -184,6 +209,12 @@ def _worker_started(worker: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if find_toolkit(worker.wsgi) is not None:  # an author's own app (--app) may hold no toolkit at all
         start_runtime(worker.wsgi)
+
+
+def _worker_gone(server: Any, worker: Any) -> None:
+    from . import metrics
+
+    metrics.process_exited(worker.pid)
 
 
 def _stop_quietly(worker: Any) -> None:

@@ -106,6 +106,10 @@ KNOWN_SETTINGS: set[str] = {
     "APTK_PUBLIC_URL",
     "APTK_CALL_CLIENTS",
     "APTK_CALL_POLL_MAX_SECONDS",
+    # operations (toolkit.metrics, toolkit.logs)
+    "APTK_METRICS",
+    "APTK_METRICS_TOKEN",
+    "APTK_LOG_FORMAT",
     # token verifiers (toolkit.auth.config)
     "APTK_AUTH",
     "APTK_AUTH_ISSUER",

@@ -52,6 +52,8 @@ actions = sa.Table(
     sa.UniqueConstraint("provider", "creator_id", "request_id", name="aptk_actions_request"),
     sa.Index("aptk_actions_status_heartbeat", "status", "heartbeat"),
     sa.Index("aptk_actions_status_deadline", "status", "deadline"),
+    # Recovery of a host's dead processes looks for the ACTIVE actions of their runner ids.
+    sa.Index("aptk_actions_status_runner", "status", "runner"),
     sa.Index("aptk_actions_expires_at", "expires_at"),
     # /actions pages walk this order: (start_time, action_id) never changes once an action exists.
     sa.Index("aptk_actions_listing", "provider", "start_time", "action_id"),
@@ -123,7 +125,12 @@ class Store(Protocol):
              limit: int = 100) -> list[Action]: ...
     def heartbeat(self, runner: str, now: float, action_ids: Iterable[str]) -> None: ...
     def still_running(self, runner: str, attempts_by_id: dict[str, int]) -> set[str]: ...
-    def purge_expired(self, now: float) -> int: ...
+    def purge_expired(self, now: float, limit: int = ...) -> int: ...
+    def ping(self) -> None: ...
+
+
+PURGE_BATCH = 500
+"""Expired actions deleted per transaction: a sweep never holds the database for long, whatever it has to purge."""
 
 
 class SQLStore:
@@ -609,12 +616,21 @@ class SQLStore:
             ).all()
         return {r.action_id for r in rows if attempts_by_id[r.action_id] == r.attempts}
 
-    def purge_expired(self, now: float) -> int:
+    def purge_expired(self, now: float, limit: int = PURGE_BATCH) -> int:
+        """Delete at most ``limit`` actions expired by ``now`` (with their roles and log), in one transaction;
+        how many. Found through the ``expires_at`` index: the cost follows ``limit``, not the store's size."""
         with self._read() as conn:
             expired = conn.execute(
-                sa.select(actions.c.action_id).where(actions.c.expires_at <= now).limit(500)
+                sa.select(actions.c.action_id).where(actions.c.expires_at <= now)
+                .order_by(actions.c.expires_at).limit(limit)
             ).scalars().all()
         return self._delete_ids(list(expired), now) if expired else 0
+
+    def ping(self) -> None:
+        """One indexed read of the actions table; raises if the database cannot be used."""
+        with self._read_cursor() as cursor:
+            cursor.execute("SELECT action_id FROM aptk_actions ORDER BY action_id LIMIT 1")
+            cursor.fetchall()
 
     def _delete_ids(self, ids: list[str], now: float) -> int:
         """Delete these expired actions with their roles and log."""
@@ -632,7 +648,7 @@ _SELECT_BY_REQUEST = sa.select(actions).where(
     actions.c.creator_id == sa.bindparam("creator_id"),
     actions.c.request_id == sa.bindparam("request_id"),
 )
-_LATER_INDEXES = [i for i in actions.indexes if i.name == "aptk_actions_listing"]
+_LATER_INDEXES = [i for i in actions.indexes if i.name in ("aptk_actions_listing", "aptk_actions_status_runner")]
 
 
 def _log_row(action_id: str, log: LogRecord) -> dict[str, Any]:
