@@ -12,7 +12,6 @@ import sqlalchemy as sa
 
 from providers.hello import provider as hello
 from toolkit import SQLStore, Status, get_toolkit
-from toolkit.documents import Action
 from toolkit.lifecycle import PURGE_SECONDS
 from toolkit.store import PURGE_BATCH, action_log, action_roles, actions
 from toolkit.testing import TestClient, close_app, provider_app
@@ -121,7 +120,7 @@ def fill_expired(store: SQLStore, count: int, expired_at: float) -> None:
     """``count`` completed actions that expired at ``expired_at``, each with a role row and two log lines."""
     store.create_schema()
     rows, roles, log = [], [], []
-    for i in range(count):
+    for _ in range(count):
         action_id = uuid.uuid4().hex
         rows.append({
             "action_id": action_id, "provider": "hello", "request_id": action_id, "request_hash": "h",
