@@ -188,6 +188,7 @@ def test_a_sweep_purges_in_batches_of_purge_batch_until_nothing_is_left(store_ur
     finally:
         close_app(app)
 
+    assert PURGE_BATCH == 500  # as the README says
     assert store.purged == [PURGE_BATCH, PURGE_BATCH, 7]
     assert counts(store) == (0, 0, 0)
     assert took < PURGE_SECONDS + 5
