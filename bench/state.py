@@ -76,20 +76,29 @@ def rows(count: int, creator: str, now: float):
 
 
 def fill_sqlite(path: Path, count: int, creator: str) -> list[str]:
+    """The toolkit's tables, filled without a journal (a bench's throwaway file), committed batch by batch."""
     import sqlite3
 
-    SQLStore(f"sqlite:///{path}").create_schema()
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA synchronous=OFF")
+    import sqlalchemy as sa
+
+    from toolkit.store import metadata
+
+    engine = sa.create_engine(f"sqlite:///{path}")  # the toolkit's schema; the server turns WAL on when it opens it
+    metadata.create_all(engine)
+    engine.dispose()
+    conn = sqlite3.connect(path, isolation_level=None)
+    for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-262144"):
+        conn.execute(f"PRAGMA {pragma}")
     places = ", ".join("?" for _ in _ACTION_COLUMNS)
     ids: list[str] = []
-    with conn:
-        for actions, roles, log in rows(count, creator, time.time()):
-            conn.executemany(f"INSERT INTO aptk_actions ({', '.join(_ACTION_COLUMNS)}) VALUES ({places})", actions)
-            conn.executemany("INSERT INTO aptk_action_roles VALUES (?, ?, ?)", roles)
-            conn.executemany("INSERT INTO aptk_action_log (action_id, time, code, description, details) "
-                             "VALUES (?, ?, ?, ?, ?)", log)
-            ids += _sample(actions, count)
+    for actions, roles, log in rows(count, creator, time.time()):
+        conn.execute("BEGIN")
+        conn.executemany(f"INSERT INTO aptk_actions ({', '.join(_ACTION_COLUMNS)}) VALUES ({places})", actions)
+        conn.executemany("INSERT INTO aptk_action_roles VALUES (?, ?, ?)", roles)
+        conn.executemany("INSERT INTO aptk_action_log (action_id, time, code, description, details) "
+                         "VALUES (?, ?, ?, ?, ?)", log)
+        conn.execute("COMMIT")
+        ids += _sample(actions, count)
     conn.execute("ANALYZE")
     conn.close()
     return ids

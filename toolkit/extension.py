@@ -24,6 +24,7 @@ Behaviour is injected through :class:`Toolkit`'s keyword arguments (``store=``, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import stat
@@ -137,10 +138,16 @@ class Toolkit:
         # Made now: a bad APTK_CALL_CLIENTS file or APTK_PUBLIC_URL stops start-up, naming what is wrong.
         app.extensions["aptk.calls"] = Calls(app, runtime)
         state = ToolkitState(runtime, verifier, data_dir, max_body)
-        state.health_checks["store"] = store.ping
+        state.health_checks["store"] = functools.partial(_check_store, runtime)
         app.extensions[EXTENSION] = state
         _add_operations_routes(app, state)
         return state
+
+
+def _check_store(runtime: Runtime) -> None:
+    """The store's health: the runtime started (its tables exist), and one indexed read answers."""
+    runtime.start()
+    runtime.store.ping()
 
 
 def _add_operations_routes(app: Flask, state: ToolkitState) -> None:
