@@ -840,7 +840,6 @@ class Runtime:
                     f"(action {stored.action_id})."
                 )
             return self._current(provider, stored), False
-        logs.set_action(stored.action_id)
         if self.metrics:
             metrics.action_entered(provider.name, Status.ACTIVE.value)
         ctx = self._dispatch(provider, stored, resumed=False, identity=identity)

@@ -1,8 +1,8 @@
 """Log lines as JSON (``APTK_LOG_FORMAT=json``), each line about an action carrying its ``action_id``.
 
 The toolkit sets the action a thread works for (:func:`action_context`) while it serves a request naming an
-action (``/{id}/status``, ``/run`` once the action exists, ...) and while a callback, a deadline or a recovery
-works on one; :class:`ActionFilter` copies it onto every record, and :class:`JsonFormatter` writes one JSON
+action (``/{id}/status``, ``/{id}/cancel``, ...) and while a callback (synchronous ones too), a deadline or a
+recovery works on one; :class:`ActionFilter` copies it onto every record, and :class:`JsonFormatter` writes one JSON
 object a line: ``time``, ``level``, ``logger``, ``message``, ``action_id`` (when there is one) and
 ``exception`` (a traceback, when there is one).
 
@@ -45,11 +45,6 @@ def action_context(action_id: str | None) -> Iterator[None]:
         yield
     finally:
         _current_action.reset(token)
-
-
-def set_action(action_id: str) -> None:
-    """Name the action the current request works for, until the enclosing :func:`action_context` ends."""
-    _current_action.set(action_id)
 
 
 def redact(text: str) -> str:

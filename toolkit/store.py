@@ -532,18 +532,22 @@ class SQLStore:
 
         That order never changes for an action, so pages that follow one another by ``after`` neither skip nor
         repeat an action, whatever is started (it comes last) or released meanwhile.
+
+        The caller's actions are found from their role rows (an index on principal and role), then read by primary
+        key: a page costs what the caller's own actions cost, not what every action of the provider does.
         """
         matching = (
             sa.select(action_roles.c.action_id)
             .where(action_roles.c.principal.in_(list(principals)), action_roles.c.role.in_(list(roles)))
             .distinct()
+            .subquery()
         )
         query = (
             sa.select(actions)
+            .select_from(matching.join(actions, actions.c.action_id == matching.c.action_id))
             .where(
                 actions.c.provider == provider,
                 actions.c.status.in_([s.value for s in statuses]),
-                actions.c.action_id.in_(matching),
                 sa.or_(actions.c.expires_at.is_(None), actions.c.expires_at > now),
             )
             .order_by(actions.c.start_time, actions.c.action_id)
