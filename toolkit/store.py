@@ -542,11 +542,14 @@ class SQLStore:
             .distinct()
             .subquery()
         )
+        # Terms on the actions table are written so that no index serves them (``provider || ''``,
+        # ``start_time + 0``): else a planner may walk every action of the provider in listing order instead.
+        start = actions.c.start_time + 0
         query = (
             sa.select(actions)
             .select_from(matching.join(actions, actions.c.action_id == matching.c.action_id))
             .where(
-                actions.c.provider == provider,
+                actions.c.provider.concat("") == provider,
                 actions.c.status.in_([s.value for s in statuses]),
                 sa.or_(actions.c.expires_at.is_(None), actions.c.expires_at > now),
             )
@@ -555,8 +558,8 @@ class SQLStore:
         if after is not None:
             start_time, action_id = after
             query = query.where(sa.or_(
-                actions.c.start_time > start_time,
-                sa.and_(actions.c.start_time == start_time, actions.c.action_id > action_id),
+                start > start_time,
+                sa.and_(start == start_time, actions.c.action_id > action_id),
             ))
         if limit is not None:
             query = query.limit(limit)

@@ -209,3 +209,23 @@ def test_a_sweep_stops_after_its_time_even_with_more_to_purge(tmp_path, monkeypa
     assert store.purged == [5]
     assert counts(store)[0] == 25
     store.dispose()
+
+
+def test_a_page_of_actions_reads_the_callers_role_rows_then_each_action_by_primary_key(tmp_path):
+    """Not every action of the provider in listing order: a caller with a few actions among millions."""
+    store = SQLStore(f"sqlite:///{tmp_path / 'plans.db'}")
+    statements: list[str] = []
+    sa.event.listen(store.engine, "connect", lambda dbapi, _: dbapi.set_trace_callback(statements.append))
+    store.create_schema()
+
+    store.enumerate("hello", ["urn:globus:auth:identity:x"], ["creator_id", "monitor_by"], list(Status), NOW,
+                    after=(NOW - 5, "0" * 32), limit=51)
+
+    [sql] = [s for s in statements if "aptk_action_roles" in s and s.lstrip().upper().startswith("SELECT")]
+    with store.engine.connect() as conn:
+        plan = [row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+    store.dispose()
+    on_actions = [step for step in plan if "aptk_actions " in step + " "]
+    assert any(step.startswith("SEARCH aptk_action_roles USING INDEX aptk_action_roles_principal") for step in plan)
+    assert len(on_actions) == 1 and on_actions[0].startswith("SEARCH aptk_actions USING INDEX "
+                                                             "sqlite_autoindex_aptk_actions_1 (action_id=?)")
