@@ -75,3 +75,27 @@ def test_a_json_line_carries_the_action_and_masks_tokens():
     assert line["action_id"] == "0123456789abcdef0123456789abcdef"
     assert line["message"] == "calling with Authorization: Bearer [redacted] and [redacted]"
     assert (line["level"], line["logger"]) == ("WARNING", "chatty")
+
+
+def recoveries(app, outcome: str) -> float:
+    page = app.test_client().get("/metrics", environ_base={"REMOTE_ADDR": "127.0.0.1"}).get_data(as_text=True)
+    prefix = f'aptk_recoveries_total{{outcome="{outcome}",provider="quick"}} '
+    found = [line[len(prefix):] for line in page.splitlines() if line.startswith(prefix)]
+    return float(found[0]) if found else 0.0
+
+
+@pytest.mark.parametrize("recovery, outcome", [("rerun", "rerun"), ("fail", "failed")])
+def test_an_action_of_a_dead_process_is_counted_as_a_recovery(tmp_path, clock, recovery, outcome):
+    from tests.toolkit.test_lifecycle import Quick, orphan
+    from toolkit import get_toolkit
+    from toolkit.testing import provider_client
+
+    quick = Quick(recovery=recovery)
+    client = provider_client(quick.provider, tmp_path, clock=clock, config={"APTK_METRICS": "true"})
+    try:
+        before = recoveries(client.app, outcome)
+        orphan(client, clock, quick.provider)
+        get_toolkit(client.app).runtime.sweep()
+        assert recoveries(client.app, outcome) == before + 1
+    finally:
+        close_app(client.app)
