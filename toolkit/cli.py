@@ -185,9 +185,17 @@ def serve(host: str, port: int, workers: int, threads: int, providers: tuple[str
             _open_database(state.runtime.store)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"aptk: data in {data_dir}; providers at http://{host}:{port}/", err=True)
+    from .logs import check_format, start_up_line
+    from .settings import setting
+
+    try:
+        json_lines = check_format(setting(config, "APTK_LOG_FORMAT")) == "json"
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    say = start_up_line if json_lines else (lambda text: click.echo(f"aptk: {text}", err=True))
+    say(f"data in {data_dir}; providers at http://{host}:{port}/")
     if (config.get("APTK_AUTH") or "dev") == "dev":
-        click.echo(f"aptk: get a token with: aptk token --data-dir {data_dir} --identity <uuid>", err=True)
+        say(f"get a token with: aptk token --data-dir {data_dir} --identity <uuid>")
     run_server(host=host, port=port, workers=workers, threads=threads, config=config, providers=loaded,
                app=app_spec)
 

@@ -21,6 +21,7 @@ import datetime
 import json
 import logging
 import re
+import sys
 from typing import Any, Iterator
 
 from .errors import ConfigurationError
@@ -109,3 +110,9 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
             "gunicorn.access": {"level": "INFO", "handlers": ["aptk_stdout"], "propagate": False},
         },
     }
+
+
+def start_up_line(message: str) -> None:
+    """What ``aptk serve`` says on stderr before the server starts, as a JSON line (logger ``aptk``)."""
+    record = logging.LogRecord("aptk", logging.INFO, __file__, 0, message, None, None)
+    print(JsonFormatter().format(record), file=sys.stderr, flush=True)

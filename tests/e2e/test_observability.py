@@ -243,13 +243,14 @@ def test_json_logs_carry_the_action_id_on_every_line_about_an_action_and_never_a
     server.stop()
 
     err, out = server.stderr(), server.stdout_path.read_text()
-    lines = [json.loads(line) for line in (err + out).splitlines() if not line.startswith("aptk: ")]
+    lines = [json.loads(line) for line in (err + out).splitlines()]  # every line, the server's first ones too
     about = {a: [entry for entry in lines if a in json.dumps(entry) or entry.get("action_id") == a]
              for a in (crashed, sleeping)}
 
     assert token not in err + out
     assert token.split(".")[2] not in err + out
     assert all({"time", "level", "logger", "message"} <= set(entry) for entry in lines)
+    assert [e["message"] for e in lines if e["logger"] == "aptk"][0].startswith("data in ")
     working = [e for e in lines if e["logger"] == "chatty" and e["message"].startswith("working")]
     assert [e["action_id"] for e in working] == [crashed, sleeping]
     assert all("Bearer [redacted]" in e["message"] for e in working)
