@@ -7,9 +7,11 @@ Options on the command line win over this file (``-b``, ``-w``, an app of your o
 default app is ``toolkit.server:create_app()``, every installed provider at its prefix. APTK_* settings come from
 the environment. Each worker starts the toolkit's background work when it boots, and a stopping worker (SIGTERM or
 SIGINT to the master) lets running callbacks finish for a few seconds before handing their actions to the others.
+With ``APTK_METRICS=true``, also set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory (emptied before each start),
+so that ``/metrics`` sums the workers.
 """
 
-from toolkit.server import post_worker_init, private_umask, worker_exit  # noqa: F401  (gunicorn's hooks)
+from toolkit.server import child_exit, post_worker_init, private_umask, worker_exit  # noqa: F401  (gunicorn's hooks)
 from toolkit.settings import default_data_dir, make_data_dir
 
 wsgi_app = "toolkit.server:create_app()"

@@ -211,10 +211,15 @@ def _worker_started(worker: Any) -> None:
         start_runtime(worker.wsgi)
 
 
-def _worker_gone(server: Any, worker: Any) -> None:
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn's ``child_exit`` hook (run by the master): a worker that exited stops counting in the live gauges
+    of ``/metrics`` (nothing to do unless ``PROMETHEUS_MULTIPROC_DIR`` is set)."""
     from . import metrics
 
     metrics.process_exited(worker.pid)
+
+
+_worker_gone = child_exit
 
 
 def _stop_quietly(worker: Any) -> None:
