@@ -30,7 +30,14 @@ from .documents import (
 from . import logs, metrics
 from .errors import ApiError, BadActionRequest, ForbiddenRequest, InsufficientScope, ProviderNotFound
 from .errors import RequestTooLarge, UnauthorizedRequest
-from .errors import STORAGE_FULL_RETRY_SECONDS, ServiceUnavailable, framework_error, storage_full
+from .errors import (
+    DATABASE_RETRY_SECONDS,
+    STORAGE_FULL_RETRY_SECONDS,
+    ServiceUnavailable,
+    database_unavailable,
+    framework_error,
+    storage_full,
+)
 from .extension import ToolkitState, find_toolkit, get_toolkit
 from .settings import setting
 from .store import ROLES
@@ -124,6 +131,14 @@ def handle_unexpected(exc: Exception) -> Response | HTTPException:
         return error_response(ServiceUnavailable(
             "The provider's storage is full; nothing was changed. Try again later.",
             retry_after=STORAGE_FULL_RETRY_SECONDS,
+        ))
+    if database_unavailable(exc):
+        # The transaction was rolled back (or never began); the pool reconnects (pre-ping) on a later request.
+        logger.error("the database is unavailable serving %s %s: %s", request.method, request.path,
+                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return error_response(ServiceUnavailable(
+            "The provider's database is unavailable; try again shortly.",
+            retry_after=DATABASE_RETRY_SECONDS,
         ))
     logger.exception("unexpected error serving %s %s", request.method, request.path)
     response = jsonify({"code": "InternalServerError", "description": "The server failed unexpectedly."})

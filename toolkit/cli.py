@@ -200,6 +200,62 @@ def serve(host: str, port: int, workers: int, threads: int, providers: tuple[str
                app=app_spec)
 
 
+@main.command()
+@click.option("--queue", "queues", multiple=True, metavar="NAME",
+              help="The queue to take jobs from (repeatable); default APTK_QUEUE, else aptk.")
+@click.option("--burst", is_flag=True, help="Stop once the queues are empty instead of waiting for more jobs.")
+@click.option("--redis-url", help="The Redis the API processes enqueue on (APTK_REDIS_URL).")
+@click.option("--provider", "providers", multiple=True, metavar="NAME",
+              help="Run callbacks of this installed provider only (repeatable); default: every installed one.")
+@click.option("--app", "app_spec", metavar="MODULE:APP",
+              help="Run the callbacks of this Flask app of your own (the one `aptk serve --app` serves).")
+@data_dir_option
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A JSON or TOML file of APTK_* settings (the API processes' own).")
+def worker(queues: tuple[str, ...], burst: bool, redis_url: str | None, providers: tuple[str, ...],
+           app_spec: str | None, data_dir: Path, config_file: Path | None) -> None:
+    """Run action callbacks from the queue (RQ on Redis), for API processes served with APTK_EXECUTOR=rq.
+
+    Start any number, on any host that reaches the same database and Redis; each runs one callback at a time.
+    """
+    import logging
+    import os
+
+    from .extension import find_toolkit
+    from .registry import load as load_providers
+    from .rq_executor import work
+    from .server import create_app, load_app, private_umask
+    from .settings import setting
+
+    if app_spec and providers:
+        raise click.UsageError("--app runs your own app's callbacks; --provider selects installed ones: give one.")
+    private_umask()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config: dict[str, Any] = _load_config_file(config_file) if config_file else {}
+    try:
+        check_settings(config, source=str(config_file))
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    config["APTK_EXECUTOR"] = "rq"
+    if redis_url:
+        config["APTK_REDIS_URL"] = redis_url
+    config["APTK_DATA_DIR"] = str(data_dir)
+    if app_spec:
+        os.environ.update({k: str(v) for k, v in config.items() if v is not None})
+    try:
+        make_data_dir(data_dir)
+        app = load_app(app_spec) if app_spec else create_app(config, providers=load_providers(providers))
+        state = find_toolkit(app)
+        if state is None:
+            raise ConfigurationError(f"--app {app_spec!r} holds no action providers")
+        names = list(queues) or [str(setting(app.config, "APTK_QUEUE", "aptk"))]
+        click.echo(f"aptk worker: running callbacks from queue {', '.join(names)}", err=True)
+        with app.app_context():
+            work(state.runtime, queues=names, burst=burst)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _open_database(store: Any) -> None:
     """Connect once and create the tables, so that a database that cannot be used stops start-up."""
     import sqlalchemy as sa

@@ -248,3 +248,18 @@ class ActionCancelled(ToolkitError):
 
 class ConfigurationError(ToolkitError, ValueError):
     """A provider or server is set up wrongly; the message says how to fix it."""
+
+
+DATABASE_RETRY_SECONDS = 2
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached now (connection refused or lost, server restarting):
+    a request it ends changed nothing and may be retried."""
+    try:
+        import sqlalchemy.exc as sa_exc
+    except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
+        return False
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))

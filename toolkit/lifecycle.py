@@ -52,10 +52,12 @@ from .errors import (
     ApiError,
     BadActionRequest,
     ConfigurationError,
+    ServiceUnavailable,
 )
 from . import logs, metrics, runners
 from .auth import Identity
 from .executor import Executor
+from .rq_executor import QUEUED_RUNNER, REDIS_RETRY_AFTER, QueueUnavailable
 from .request_key import request_digest, request_key, same_request
 from .settings import flag
 from .store import PURGE_BATCH, LogEntry, Store
@@ -310,6 +312,8 @@ class Runtime:
         """Who checks tokens; also asked for the dependent tokens of :meth:`RunContext.dependent_tokens`."""
         self.config: Mapping[str, Any] = config if config is not None else {}
         self.executor = executor
+        self._remote = bool(getattr(executor, "remote", False))
+        """Callbacks run on queue workers (:mod:`.rq_executor`): actions wait there as queued, owned by no process."""
         # Executors written before fair scheduling take only the callable.
         try:
             self._fair = "identity" in inspect.signature(executor.submit).parameters
@@ -528,9 +532,15 @@ class Runtime:
         mine = self._stored_names()
         for action in self.store.find(statuses=ACTIVE_STATES, deadline_before=now, providers=mine):
             self._expire_deadline(action, now)
+        queued = []
         for action in self.store.find(statuses={Status.ACTIVE}, heartbeat_before=now - self.lease_seconds,
                                       providers=mine):
-            self._recover(action, now)
+            if action.runner == QUEUED_RUNNER:
+                queued.append(action)
+            else:
+                self._recover(action, now)
+        if queued:
+            self._requeue(queued, now)
         self._recover_local(now)
         self.purge(now)
 
@@ -584,7 +594,8 @@ class Runtime:
             return
         if provider.recovery == "rerun" and action.attempts < provider.max_attempts:
             claimed = self.store.update(
-                action.action_id, where=where, runner=self.runner_id, heartbeat=now, attempts=action.attempts + 1,
+                action.action_id, where=where, runner=QUEUED_RUNNER if self._queued(provider) else self.runner_id,
+                heartbeat=now, attempts=action.attempts + 1,
                 log=(now, "ActionRecovered", f"The process running attempt {action.attempts} stopped; running again."),
             )
             if claimed is not None:  # never inline: this is the maintenance thread
@@ -618,6 +629,9 @@ class Runtime:
     ) -> RunContext:
         """Run the callback: inline for a synchronous provider's request, otherwise on the executor."""
         ctx = RunContext(self, provider, action, resumed, identity)
+        if action.runner == QUEUED_RUNNER:  # a queue worker runs it (see _enqueue)
+            self._enqueue(action, resumed=resumed, identity=identity, quiet=True)
+            return ctx
         self._running[action.action_id] = ctx
         if provider.synchronous if inline is None else inline:
             ctx._started = True
@@ -632,6 +646,101 @@ class Runtime:
         else:
             self.executor.submit(task)
         return ctx
+
+    # --- callbacks on queue workers (APTK_EXECUTOR=rq) ----------------------------------------------------------
+
+    def _queued(self, provider: "ActionProvider") -> bool:
+        """True if ``provider``'s callbacks go to the queue (a synchronous provider's run inline, in the request)."""
+        return self._remote and not provider.synchronous
+
+    def _run_queued(self, provider: "ActionProvider", stored: Action, identity: "Identity") -> Action:
+        """Enqueue a new action's job; if Redis cannot take it, the action is deleted again and the caller gets a
+        503 (a retry with the same ``request_id`` starts afresh, or finds the action if even the delete failed:
+        then the sweep enqueues it once Redis is back)."""
+        try:
+            self._enqueue(stored, resumed=False, identity=identity)
+        except QueueUnavailable:
+            self.store.delete(stored.action_id,
+                              where={"status": Status.ACTIVE, "runner": QUEUED_RUNNER, "attempts": stored.attempts})
+            raise ServiceUnavailable("The job queue is unavailable; nothing was stored. Try again shortly.",
+                                     retry_after=REDIS_RETRY_AFTER) from None
+        if provider.answer_within > 0:
+            give_up = time.monotonic() + provider.answer_within
+            while time.monotonic() < give_up:
+                time.sleep(0.02)
+                fresh = self.store.get(stored.action_id)
+                if fresh is None or fresh.status is not Status.ACTIVE:
+                    break
+            return self._current(provider, stored, expired_ok=True)
+        return stored
+
+    def _enqueue(self, action: Action, *, resumed: bool, identity: "Identity | None" = None,
+                 quiet: bool = False) -> None:
+        """Put ``action``'s job on the queue; with ``quiet``, a Redis outage is logged and left to the sweep."""
+        try:
+            self.executor.enqueue(  # type: ignore[attr-defined]
+                action.action_id, action.attempts, provider=action.provider, identity=action.creator_id,
+                resumed=resumed, token=identity.token if identity is not None else None)
+        except QueueUnavailable as exc:
+            if not quiet:
+                raise
+            logger.warning("could not enqueue action %s (%s); it is enqueued again once the queue is back",
+                           action.action_id, exc)
+
+    def _requeue(self, queued: list[Action], now: float) -> None:
+        """Queued actions nobody has vouched for within the lease: keep those whose job Redis still holds, and
+        enqueue again those whose job is gone (Redis lost it, or was down when it was put). A process without a
+        queue runs them itself."""
+        if not self._remote:
+            for action in queued:
+                provider = self.providers[action.provider]
+                claimed = self.store.update(
+                    action.action_id, where={"status": Status.ACTIVE, "runner": QUEUED_RUNNER,
+                                             "attempts": action.attempts},
+                    runner=self.runner_id, heartbeat=now)
+                if claimed is not None:
+                    self._dispatch(provider, claimed, resumed=False, inline=False)
+            return
+        try:
+            live = self.executor.waiting([(a.action_id, a.attempts) for a in queued])  # type: ignore[attr-defined]
+        except Exception as exc:
+            logger.warning("the job queue is unavailable (%s); %d queued actions wait for it", exc, len(queued))
+            return
+        self.store.heartbeat(QUEUED_RUNNER, now, [a.action_id for a in queued if (a.action_id, a.attempts) in live])
+        for action in queued:
+            if (action.action_id, action.attempts) in live:
+                continue
+            where = {"status": Status.ACTIVE, "runner": QUEUED_RUNNER, "attempts": action.attempts}
+            if self.store.update(action.action_id, where=where, heartbeat=now) is not None:
+                logger.info("action %s: its job was lost; enqueued again", action.action_id)
+                self._enqueue(action, resumed=False, quiet=True)
+
+    def perform_queued(self, action_id: str, attempt: int, *, resumed: bool, token: str | None) -> str:
+        """Run a queued action's callback here (a queue worker's job): claim it from the queue (a compare-and-set
+        on its attempt), run it, record the outcome. A job whose action is no longer queued does nothing."""
+        self.start()
+        action = self.store.get(action_id)
+        if action is None or action.status is not Status.ACTIVE or action.runner != QUEUED_RUNNER \
+                or action.attempts != attempt:
+            return "stale"
+        where = {"status": Status.ACTIVE, "runner": QUEUED_RUNNER, "attempts": attempt}
+        now = self.clock()
+        provider = self.providers.get(action.provider)
+        if provider is None:
+            details = {**action.details, "code": "ProviderUnavailable",
+                       "description": f"No worker serves provider {action.provider!r}."}
+            self._finish(action, where, Status.FAILED, details, now)
+            return "unknown provider"
+        claimed = self.store.update(action_id, where=where, runner=self.runner_id, heartbeat=now)
+        if claimed is None:
+            return "stale"
+        identity = Identity(id=claimed.creator_id, principals=frozenset(claimed.principals), scopes=frozenset(),
+                            token=token)
+        ctx = RunContext(self, provider, claimed, resumed, identity)
+        self._running[action_id] = ctx
+        ctx._started = True
+        self._execute(provider, claimed, ctx)
+        return "ran"
 
     def _start_queued(self, provider: "ActionProvider", action: Action, ctx: RunContext) -> None:
         """The executor's turn for this action came: run its callback unless it ended while it waited."""
@@ -828,7 +937,7 @@ class Runtime:
             release_after=request.get("release_after", provider.default_release_after_seconds),
             deadline=deadline,
             attempts=1,
-            runner=self.runner_id,
+            runner=QUEUED_RUNNER if self._queued(provider) else self.runner_id,
             heartbeat=now,
             principals=sorted(identity.principals),
         )
@@ -842,6 +951,8 @@ class Runtime:
             return self._current(provider, stored), False
         if self.metrics:
             metrics.action_entered(provider.name, Status.ACTIVE.value)
+        if self._queued(provider):
+            return self._run_queued(provider, stored, identity), True
         ctx = self._dispatch(provider, stored, resumed=False, identity=identity)
         # An asynchronous action is ACTIVE as stored, unless its callback finished within answer_within; a
         # synchronous one has finished: read those again.
@@ -963,7 +1074,7 @@ class Runtime:
             action_id,
             where={"status": Status.INACTIVE, "attempts": action.attempts},
             status=Status.ACTIVE,
-            runner=self.runner_id,
+            runner=QUEUED_RUNNER if self._queued(provider) else self.runner_id,
             heartbeat=now,
             attempts=action.attempts + 1,
             details=details,

@@ -13,6 +13,8 @@ Session scope:
 - ``sftp_server_no_chroot`` -> the same, not chrooted (real paths)
 - ``s3_server`` -> :class:`tests.servers.s3.S3ServerInfo`
 
+Function scope: ``redis_server`` -> :class:`tests.servers.redis.RedisServer`.
+
 Function scope: ``smtp_servers(auth=..., tls=..., replies=...)`` -> :class:`tests.servers.smtp.SMTPServer`.
 
 Function scope, a fresh empty place per test, removed afterwards:
@@ -168,6 +170,23 @@ def postgres_server():
     from .postgres import start_postgres
 
     server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server():
+    """A Redis of its own for one test (Debian's redis-server on loopback, nothing kept on disk); skipped where
+    redis-server or the rq extra is missing."""
+    pytest.importorskip("rq", reason="the queue executor needs the rq extra")
+    from .redis import start_redis
+
+    try:
+        server = start_redis()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
     try:
         yield server
     finally:

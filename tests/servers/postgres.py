@@ -44,6 +44,19 @@ class PostgresServer:
             conn.execute(f'CREATE DATABASE "{name}"')
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{name}"
 
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop the server at once (``-m immediate``: connections are cut), wait ``down_for`` seconds, start it
+        again on the same port with the same data."""
+        db = str(self.directory / "db")
+        subprocess.run([*self._run_as, _binary("pg_ctl"), "-D", db, "-m", "immediate", "stop"],
+                       capture_output=True, timeout=30)
+        time.sleep(down_for)
+        subprocess.run(
+            [*self._run_as, _binary("pg_ctl"), "-D", db, "-l", str(self.directory / "log"), "-w", "-o",
+             f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+            check=True, capture_output=True, timeout=60,
+        )
+
     def stop(self) -> None:
         subprocess.run([*self._run_as, _binary("pg_ctl"), "-D", str(self.directory / "db"), "-m", "fast", "stop"],
                        capture_output=True, timeout=30)

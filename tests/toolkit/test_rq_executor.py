@@ -1,0 +1,226 @@
+"""Callbacks on RQ workers over a real Redis (APTK_EXECUTOR=rq): the API side in-process, workers as ``aptk
+worker`` processes or in-process in burst mode."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from toolkit.extension import get_toolkit
+from toolkit.rq_executor import QUEUED_RUNNER, RQExecutor, work
+from toolkit.server import create_app
+from toolkit.testing import TestClient, TokenAuthority, close_app
+
+from .rq_app import fragile, slow
+
+pytest.importorskip("rq")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Deployment:
+    """One API app (in-process, test client) on a data directory and a Redis; workers beside it."""
+
+    def __init__(self, data_dir: Path, redis_url: str, **config: Any) -> None:
+        self.data_dir = data_dir
+        self.redis_url = redis_url
+        self.config = {"APTK_DATA_DIR": str(data_dir), "APTK_EXECUTOR": "rq", "APTK_REDIS_URL": redis_url,
+                       "APTK_LEASE_SECONDS": 2, **config}
+        self.authority = TokenAuthority()
+        self.app = create_app(self.config, providers=[("/slow", slow), ("/fragile", fragile)],
+                              verifier=self.authority.verifier)
+        self.runtime = get_toolkit(self.app).runtime
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def client(self, prefix: str = "/slow", identity: str | None = None) -> TestClient:
+        token = self.authority.token(identity, scopes=[slow.globus_auth_scope, fragile.globus_auth_scope])
+        client = TestClient(self.app, prefix, token, self.authority)
+        client.test_token = token  # type: ignore[attr-defined]
+        return client
+
+    def start_worker(self, *extra: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "APTK_REDIS_URL": self.redis_url, "APTK_TEST_TRACE": "1", "APTK_LEASE_SECONDS": "2",
+               "PYTHONPATH": str(ROOT)}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "toolkit.cli", "worker", "--app", "tests.toolkit.rq_app:create_app",
+             "--data-dir", str(self.data_dir), *extra],
+            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(self.data_dir / f"worker-{len(self.workers)}.log", "ab"),
+        )
+        self.workers.append(process)
+        return process
+
+    def worker_app_run(self, **kwargs: Any) -> None:
+        """An in-process worker (a second app on the same data directory) that works until the queue is empty."""
+        app = create_app(self.config, providers=[("/slow", slow), ("/fragile", fragile)],
+                         verifier=self.authority.verifier)
+        try:
+            work(get_toolkit(app).runtime, queues=["aptk"], burst=True, **kwargs)
+        finally:
+            close_app(app)
+
+    def trace(self) -> list[list[str]]:
+        path = self.data_dir / "trace"
+        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+    def close(self) -> None:
+        for process in self.workers:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.workers:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        close_app(self.app)
+
+
+@pytest.fixture
+def deployment(tmp_path, redis_server) -> Iterator[Deployment]:
+    d = Deployment(tmp_path, redis_server.url)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05) -> Any:
+    give_up = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > give_up:
+            raise AssertionError("timed out waiting")
+        time.sleep(interval)
+
+
+def test_run_is_queued_then_a_worker_runs_it_with_the_callers_token(deployment, monkeypatch):
+    monkeypatch.setenv("APTK_TEST_TRACE", "1")
+    client = deployment.client()
+    status = client.run({"n": 7}, request_id="r1")
+    assert status["status"] == "ACTIVE"
+    stored = deployment.runtime.store.get(status["action_id"])
+    assert stored is not None and stored.runner == QUEUED_RUNNER  # nobody runs it until a worker takes it
+    # The job holds the token sealed, never in clear.
+    executor = deployment.runtime.executor
+    assert isinstance(executor, RQExecutor)
+    dump = b"".join(executor.connection.dump(k) or b"" for k in executor.connection.keys("rq:job:*"))
+    assert dump and client.test_token.encode() not in dump
+    assert client.test_token.split(".")[-1].encode() not in dump
+    deployment.worker_app_run()
+    done = client.status(status["action_id"])
+    assert done["status"] == "SUCCEEDED", done
+    assert done["details"]["n"] == 7
+    assert done["details"]["token_sha256"] == hashlib.sha256(client.test_token.encode()).hexdigest()
+    assert [event for event, *_ in deployment.trace()] == ["start", "end"]
+
+
+def test_a_job_delivered_twice_runs_its_callback_once(deployment, monkeypatch):
+    monkeypatch.setenv("APTK_TEST_TRACE", "1")
+    client = deployment.client()
+    status = client.run({}, request_id="r1")
+    action = deployment.runtime.store.get(status["action_id"])
+    executor = deployment.runtime.executor
+    executor.enqueue(action.action_id, action.attempts, provider="slow", identity=action.creator_id + "x",
+                     resumed=False, token=None)  # the same job again, on another queue
+    deployment.worker_app_run()
+    assert client.status(status["action_id"])["status"] == "SUCCEEDED"
+    assert [event for event, *_ in deployment.trace()] == ["start", "end"]
+
+
+def test_redis_down_answers_503_and_stores_nothing(deployment, redis_server):
+    client = deployment.client()
+    redis_server.kill()
+    response = client.session.post(client.url + "/run", json={"request_id": "r1", "body": {}},
+                                   headers={"Authorization": f"Bearer {client.test_token}"})
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == "5"
+    assert response.json()["code"] == "ServiceUnavailable"
+    store = deployment.runtime.store
+    creator = deployment.authority.verifier.verify(client.test_token).id
+    assert store.find_request("slow", creator, "r1") is None
+    # Redis back: the same request is accepted and runs.
+    redis_server.start()
+    status = client.run({}, request_id="r1")
+    deployment.worker_app_run()
+    assert client.status(status["action_id"])["status"] == "SUCCEEDED"
+
+
+def test_actions_whose_jobs_redis_lost_are_enqueued_again(deployment, redis_server):
+    client = deployment.client()
+    ids = [client.run({}, request_id=f"r{i}")["action_id"] for i in range(3)]
+    redis_server.restart()  # nothing on disk: every job is gone
+    deployment.worker_app_run()
+    assert all(client.status(i)["status"] == "ACTIVE" for i in ids)
+    # Once the lease has passed, a sweep (any process's) finds them queued with no job, and enqueues them again.
+    deployment.runtime.sweep(time.time() + 3)
+    deployment.worker_app_run()
+    assert [client.status(i)["status"] for i in ids] == ["SUCCEEDED"] * 3
+
+
+def test_queued_actions_whose_jobs_wait_are_kept_not_requeued(deployment):
+    client = deployment.client()
+    action_id = client.run({}, request_id="r1")["action_id"]
+    executor = deployment.runtime.executor
+    deployment.runtime.sweep(time.time() + 3)
+    assert executor.depth() == 1  # vouched for by its waiting job, not enqueued again
+    assert deployment.runtime.store.get(action_id).heartbeat > time.time() - 1
+
+
+def test_cancel_reaches_a_callback_on_a_worker_within_a_second(deployment):
+    deployment.start_worker()
+    client = deployment.client()
+    action_id = client.run({"sleep": 60}, request_id="r1")["action_id"]
+    wait_for(lambda: client.status(action_id).get("display_status") == "sleeping")
+    cancelled_at = time.time()
+    assert client.cancel(action_id)["status"] == "FAILED"
+    end = wait_for(lambda: [float(t) for event, aid, _, _, t in deployment.trace() if event == "end"], timeout=5)
+    assert end[0] - cancelled_at < 1.2
+    assert client.status(action_id)["details"]["code"] == "ActionCancelled"
+
+
+@pytest.mark.parametrize("prefix, expect", [("/slow", "SUCCEEDED"), ("/fragile", "FAILED")])
+def test_a_worker_killed_mid_callback_is_taken_up_again_or_failed(deployment, prefix, expect):
+    first = deployment.start_worker()
+    client = deployment.client(prefix)
+    action_id = client.run({"sleep": 2}, request_id="r1")["action_id"]
+    wait_for(lambda: client.status(action_id).get("display_status") == "sleeping")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    deployment.start_worker()
+    final = client.wait(action_id, timeout=30, max_interval=0.2)
+    assert final["status"] == expect, final
+    if expect == "SUCCEEDED":
+        assert final["details"]["attempt"] == 2 and final["details"]["pid"] != first.pid
+    else:
+        assert final["details"]["code"] == "WorkerLost"
+    # Never two runs at once: the second attempt started after the first one's process was gone.
+    starts = [(int(a), float(t)) for event, _, a, _, t in deployment.trace() if event == "start"]
+    assert [a for a, _ in starts] == ([1, 2] if expect == "SUCCEEDED" else [1])
+
+
+def test_callers_take_turns_on_the_queue(deployment, monkeypatch):
+    monkeypatch.setenv("APTK_TEST_TRACE", "1")
+    busy, other = deployment.client(), deployment.client()
+    busy_ids = [busy.run({}, request_id=f"b{i}")["action_id"] for i in range(20)]
+    other_id = other.run({}, request_id="o1")["action_id"]
+    deployment.worker_app_run()
+    order = [aid for event, aid, *_ in deployment.trace() if event == "start"]
+    assert sorted(order) == sorted([*busy_ids, other_id])
+    assert order.index(other_id) <= 1  # not after the busy caller's twenty
+
+
+def test_aptk_worker_needs_a_redis_url(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "APTK_REDIS_URL"}
+    result = subprocess.run([sys.executable, "-m", "toolkit.cli", "worker", "--data-dir", str(tmp_path),
+                             "--provider", "hello"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "APTK_REDIS_URL" in result.stderr

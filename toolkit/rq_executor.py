@@ -1,0 +1,282 @@
+"""Callbacks on RQ workers over Redis (``APTK_EXECUTOR=rq``), for deployments that outgrow one machine.
+
+``/run`` stores the action as *queued* (its runner is :data:`QUEUED_RUNNER`: no process owns it yet) and enqueues
+one RQ job that names the action and its attempt. An ``aptk worker`` (:func:`work`) dequeues the job, claims the
+action with a compare-and-set (queued, same attempt -> its own runner id) and runs the callback with the same
+:class:`~toolkit.lifecycle.RunContext` as the in-process executor. From then on the worker's maintenance thread
+heartbeats the action and polls the store for its end, so a cancel through any API process reaches the callback
+within ``tick`` (half a second); a worker killed with -9 stops heartbeating and the action is taken up again or
+failed (``recovery=``) by whichever process sweeps first, exactly as with the in-process executor. A job whose
+action was claimed, cancelled or taken up meanwhile finds the compare-and-set false and does nothing, so a job
+delivered twice never runs a callback twice.
+
+Jobs wait in one RQ queue per (provider, caller) (``<base>:<provider>:<digest of the caller>``); every worker
+learns the queues from a sorted set in Redis and takes them in turn (RQ's round-robin dequeue strategy), so one
+caller's thousand jobs do not keep anyone else's from starting.
+
+The caller's token (for :meth:`RunContext.dependent_tokens`) travels in the job sealed with Fernet under a key
+derived from the request key (``APTK_REQUEST_KEY``, which every host of a deployment shares; or the data
+directory's key where the API processes and workers share one data directory). Redis never holds it in clear;
+without a key no token is sent, and a callback that asks for dependent tokens sends its action INACTIVE asking
+for a resume, as after a crash.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from .lifecycle import Runtime
+
+logger = logging.getLogger("toolkit.rq")
+
+QUEUED_RUNNER = "queue"
+"""The runner of an action whose job waits in the queue (no process owns it yet)."""
+DEFAULT_QUEUE = "aptk"
+QUEUE_INDEX = "aptk:queues:{}"
+"""Sorted set of a base queue's sub-queues, scored by when a job was last put on each."""
+QUEUE_MEMORY_SECONDS = 7 * 86400
+"""Workers stop listening on a sub-queue nobody has put a job on for this long."""
+REDIS_RETRY_AFTER = 5
+RECONNECT_SECONDS = 1.0
+
+
+class QueueUnavailable(Exception):
+    """Redis could not take the job."""
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
+            redis.exceptions.ReadOnlyError)
+
+
+def queue_name(base: str, provider: str, identity: str) -> str:
+    """The sub-queue of ``base`` for ``identity``'s jobs of ``provider``."""
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return f"{base}:{provider}:{digest}"
+
+
+def job_id(action_id: str, attempt: int) -> str:
+    return f"aptk-{action_id}-{attempt}"
+
+
+def _fernet(key: bytes | None) -> Any:
+    if key is None:
+        return None
+    from cryptography.fernet import Fernet
+
+    derived = hashlib.sha256(b"aptk queued-token key\x00" + key).digest()
+    return Fernet(base64.urlsafe_b64encode(derived))
+
+
+class RQExecutor:
+    """Puts callbacks on RQ queues instead of running them; ``aptk worker`` runs them.
+
+    ``connection`` is a ``redis.Redis``; ``key`` (bytes, or a callable giving them when first needed) seals
+    tokens in jobs (None: no token is sent).
+    """
+
+    remote = True
+
+    def __init__(self, connection: "Redis", *, queue: str = DEFAULT_QUEUE,
+                 key: "bytes | Callable[[], bytes | None] | None" = None) -> None:
+        self.connection = connection
+        self.queue = queue
+        self._key = key
+        self._queues: dict[str, Any] = {}
+
+    @functools.cached_property
+    def _fernet(self) -> Any:
+        return _fernet(self._key() if callable(self._key) else self._key)
+
+    @classmethod
+    def from_url(cls, url: str, *, queue: str = DEFAULT_QUEUE,
+                 key: "bytes | Callable[[], bytes | None] | None" = None) -> "RQExecutor":
+        try:
+            import redis
+        except ImportError:
+            raise ConfigurationError("APTK_EXECUTOR=rq needs the rq extra: pip install "
+                                     "'action-provider-toolkit[rq]'") from None
+        connection = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
+        return cls(connection, queue=queue, key=key)
+
+    def _queue(self, name: str) -> Any:
+        found = self._queues.get(name)
+        if found is None:
+            from rq import Queue
+
+            found = self._queues[name] = Queue(name, connection=self.connection)
+        return found
+
+    # --- the Executor protocol (a remote executor takes actions, not callables) -------------------------------
+
+    def submit(self, fn: Callable[[], None], *, identity: str = "", provider: str = "") -> None:
+        fn()  # not used for queued actions (the runtime calls enqueue); a local task just runs here
+
+    def shutdown(self, wait: bool = False) -> None:
+        pass
+
+    # --- jobs ---------------------------------------------------------------------------------------------
+
+    def seal(self, token: str | None) -> str | None:
+        if token is None or self._fernet is None:
+            return None
+        return str(self._fernet.encrypt(token.encode()).decode())
+
+    def unseal(self, sealed: str | None) -> str | None:
+        if sealed is None or self._fernet is None:
+            return None
+        from cryptography.fernet import InvalidToken
+
+        try:
+            return str(self._fernet.decrypt(sealed.encode()).decode())
+        except InvalidToken:
+            logger.warning("a queued token cannot be unsealed (hosts with different APTK_REQUEST_KEY?)")
+            return None
+
+    def enqueue(self, action_id: str, attempt: int, *, provider: str, identity: str, resumed: bool,
+                token: str | None) -> None:
+        """Put the job of ``action_id``'s attempt on its caller's queue; QueueUnavailable if Redis cannot."""
+        name = queue_name(self.queue, provider, identity)
+        try:
+            pipe = self.connection.pipeline()
+            self._queue(name).enqueue_call(
+                "toolkit.rq_executor.perform", args=(action_id, attempt, resumed, self.seal(token)),
+                job_id=job_id(action_id, attempt), timeout=-1, result_ttl=0, failure_ttl=86400,
+                description=f"action {action_id} attempt {attempt}", pipeline=pipe,
+            )
+            pipe.zadd(QUEUE_INDEX.format(self.queue), {name: time.time()})
+            pipe.execute()
+        except _redis_errors() as exc:
+            raise QueueUnavailable(str(exc)) from exc
+
+    def waiting(self, jobs: list[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which of these (action, attempt) jobs are still in Redis, waiting or running."""
+        if not jobs:
+            return set()
+        pipe = self.connection.pipeline()
+        for action_id, attempt in jobs:
+            pipe.hget(f"rq:job:{job_id(action_id, attempt)}", "status")
+        statuses = pipe.execute()
+        live = {b"queued", b"started", b"deferred", b"scheduled"}
+        return {job for job, status in zip(jobs, statuses, strict=True) if status in live}
+
+    def depth(self) -> int:
+        """Jobs waiting in every sub-queue."""
+        names: list[bytes] = self.connection.zrange(QUEUE_INDEX.format(self.queue), 0, -1)  # type: ignore[assignment]
+        pipe = self.connection.pipeline()
+        for name in names:
+            pipe.llen(f"rq:queue:{name.decode()}")
+        return sum(pipe.execute())
+
+
+# --- the worker side ----------------------------------------------------------------------------------------
+
+_runtime: "Runtime | None" = None
+
+
+def perform(action_id: str, attempt: int, resumed: bool, sealed: str | None) -> str:
+    """The job: run ``action_id``'s callback here if its ``attempt`` is still queued (see the module's doc)."""
+    runtime = _runtime
+    if runtime is None:
+        raise RuntimeError("jobs of the action provider toolkit run under `aptk worker`")
+    executor = runtime.executor
+    token = executor.unseal(sealed) if isinstance(executor, RQExecutor) else None
+    return runtime.perform_queued(action_id, attempt, resumed=resumed, token=token)
+
+
+def _worker_class() -> Any:
+    from rq import Queue
+    from rq.worker import SimpleWorker
+
+    class QueueWorker(SimpleWorker):
+        """RQ's in-process worker, listening on every sub-queue of its base queues in turn."""
+
+        aptk_bases: list[str] = []
+
+        def refresh_queues(self) -> None:
+            horizon = time.time() - QUEUE_MEMORY_SECONDS
+            known = {q.name: q for q in self._ordered_queues}
+            names: list[str] = []
+            for base in self.aptk_bases:
+                names.append(base)
+                found: list[bytes] = self.connection.zrangebyscore(  # type: ignore[assignment]
+                    QUEUE_INDEX.format(base), horizon, "+inf")
+                names += [n.decode() for n in found]
+            ordered = [q for q in self._ordered_queues if q.name in names]
+            ordered += [Queue(n, connection=self.connection, serializer=self.serializer) for n in names
+                        if n not in known]
+            self._ordered_queues = ordered
+            self.queues = list(ordered)
+
+        def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+            idle_since = time.monotonic()
+            while True:
+                try:
+                    self.refresh_queues()
+                except _redis_errors() as exc:
+                    logger.error("worker %s: Redis is unavailable (%s); retrying", self.name, exc)
+                    time.sleep(RECONNECT_SECONDS)
+                    continue
+                if timeout is None:  # burst: one pass over the queues without waiting
+                    return super().dequeue_job_and_maintain_ttl(None, max_idle_time)
+                # Wait a second at most, so that a queue created meanwhile is listened on soon.
+                result = super().dequeue_job_and_maintain_ttl(1, 1)
+                if result is not None or self._stop_requested:
+                    return result
+                if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
+                    return None
+
+    return QueueWorker
+
+
+def work(runtime: "Runtime", *, queues: list[str], burst: bool = False, name: str | None = None,
+         max_jobs: int | None = None) -> None:
+    """Run RQ's worker on ``queues`` (base names) for ``runtime`` until stopped (or, ``burst``, until empty).
+
+    Redis going away stops nothing: the worker waits and reconnects.
+    """
+    global _runtime
+    executor = runtime.executor
+    if not isinstance(executor, RQExecutor):
+        raise ConfigurationError("aptk worker needs APTK_EXECUTOR=rq and APTK_REDIS_URL")
+    from rq.worker import DequeueStrategy
+
+    _runtime = runtime
+    runtime.start()
+    worker_class = _worker_class()
+    worker_class.aptk_bases = list(queues)
+    done = 0
+    try:
+        while True:
+            worker = worker_class(queues, connection=executor.connection, name=name)
+            try:
+                worker.work(burst=burst, dequeue_strategy=DequeueStrategy.ROUND_ROBIN, logging_level="WARNING",
+                            max_jobs=None if max_jobs is None else max_jobs - done)
+            except _redis_errors() as exc:
+                logger.error("worker: Redis is unavailable (%s); reconnecting", exc)
+            done += worker.successful_job_count + worker.failed_job_count
+            if worker._stop_requested or (max_jobs is not None and done >= max_jobs):
+                return
+            if burst:
+                try:
+                    executor.connection.ping()
+                    if not executor.depth():
+                        return
+                except _redis_errors():
+                    pass
+            time.sleep(RECONNECT_SECONDS)
+    finally:
+        runtime.stop(grace=0.0)
+        _runtime = None
