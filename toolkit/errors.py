@@ -260,6 +260,19 @@ def database_unavailable(exc: BaseException) -> bool:
         import sqlalchemy.exc as sa_exc
     except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
         return False
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+            return True
+        # A driver's own error (PEP 249 names them alike), raised where the store talks to the driver directly.
+        if type(current).__name__ in ("OperationalError", "InterfaceError") and isinstance(current, Exception):
+            return True
+        todo += [getattr(current, "orig", None), current.__cause__, current.__context__]
+    return False

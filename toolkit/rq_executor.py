@@ -254,7 +254,13 @@ def work(runtime: "Runtime", *, queues: list[str], burst: bool = False, name: st
     from rq.worker import DequeueStrategy
 
     _runtime = runtime
-    runtime.start()
+    while True:  # the database may be away for a moment (restarting): wait for it rather than exit
+        try:
+            runtime.start()
+            break
+        except Exception as exc:
+            logger.error("worker: cannot start (%s); retrying", str(exc).splitlines()[0] if str(exc) else exc)
+            time.sleep(RECONNECT_SECONDS)
     worker_class = _worker_class()
     worker_class.aptk_bases = list(queues)
     done = 0
