@@ -162,14 +162,16 @@ class RQExecutor:
             raise QueueUnavailable(str(exc)) from exc
 
     def waiting(self, jobs: list[tuple[str, int]]) -> set[tuple[str, int]]:
-        """Which of these (action, attempt) jobs are still in Redis, waiting or running."""
+        """Which of these (action, attempt) jobs still wait in Redis."""
         if not jobs:
             return set()
         pipe = self.connection.pipeline()
         for action_id, attempt in jobs:
             pipe.hget(f"rq:job:{job_id(action_id, attempt)}", "status")
         statuses = pipe.execute()
-        live = {b"queued", b"started", b"deferred", b"scheduled"}
+        # Only asked about actions still queued after a lease: a job a worker has started claims its action
+        # within moments, so a "started" one here belongs to a worker that died before it could.
+        live = {b"queued", b"deferred", b"scheduled"}
         return {job for job, status in zip(jobs, statuses, strict=True) if status in live}
 
     def depth(self) -> int:

@@ -1,4 +1,4 @@
-"""Providers for the queue executor's tests, the end-to-end scale-out test and ``bench/queue.py``.
+"""Providers for the queue executor's tests, the end-to-end scale-out test and ``bench/scale_queue.py``.
 
 ``aptk serve --app tests.toolkit.rq_app:create_app`` and ``aptk worker --app tests.toolkit.rq_app:create_app``
 serve and run them; settings come from the environment. Each callback appends a line to
