@@ -103,13 +103,14 @@ class Deployment:
             time.sleep(0.1)
         for n in range(workers):
             self.procs.append(_spawn([*_aptk_command(), "worker", "--app", "tests.toolkit.rq_app:create_app",
-                                      "--data-dir", str(self.dir)], self.dir / f"worker-{n}.log", env))
+                                      "--concurrency", str(args.concurrency), "--data-dir", str(self.dir)],
+                                     self.dir / f"worker-{n}.log", env))
         if workers:
             from redis import Redis
             from rq import Worker
 
             connection = Redis.from_url(self.redis.url)
-            while Worker.count(connection=connection) < workers:
+            while Worker.count(connection=connection) < workers * args.concurrency:
                 if time.monotonic() > give_up:
                     raise SystemExit(f"{label}: the workers did not start")
                 time.sleep(0.1)
@@ -203,6 +204,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4", help="RQ worker counts to measure")
     parser.add_argument("--paced-rate", type=float, default=5, help="runs/s of the latency measurement")
     parser.add_argument("--paced-seconds", type=float, default=5)
+    parser.add_argument("--concurrency", type=int, default=8, help="callbacks at once per aptk worker")
     parser.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL instead of SQLite")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -212,7 +214,7 @@ def main() -> None:
         from tests.servers.postgres import start_postgres
 
         postgres = start_postgres()
-    configs = [("in-process threads", 0)] + [(f"rq, {n} worker{'s' * (n > 1)}", n)
+    configs = [("in-process threads", 0)] + [(f"rq, {n} worker{'s' * (n > 1)} x {args.concurrency}", n)
                                              for n in (int(w) for w in args.workers.split(","))]
     results: dict[str, list[tuple[float, list[float], int]]] = {label: [] for label, _ in configs}
     paced: dict[str, list[float]] = {label: [] for label, _ in configs}

@@ -204,6 +204,8 @@ def serve(host: str, port: int, workers: int, threads: int, providers: tuple[str
 @click.option("--queue", "queues", multiple=True, metavar="NAME",
               help="The queue to take jobs from (repeatable); default APTK_QUEUE, else aptk.")
 @click.option("--burst", is_flag=True, help="Stop once the queues are empty instead of waiting for more jobs.")
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Callbacks this process runs at once (RQ workers in threads, sharing one database pool).")
 @click.option("--redis-url", help="The Redis the API processes enqueue on (APTK_REDIS_URL).")
 @click.option("--provider", "providers", multiple=True, metavar="NAME",
               help="Run callbacks of this installed provider only (repeatable); default: every installed one.")
@@ -212,11 +214,12 @@ def serve(host: str, port: int, workers: int, threads: int, providers: tuple[str
 @data_dir_option
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A JSON or TOML file of APTK_* settings (the API processes' own).")
-def worker(queues: tuple[str, ...], burst: bool, redis_url: str | None, providers: tuple[str, ...],
+def worker(queues: tuple[str, ...], burst: bool, concurrency: int, redis_url: str | None, providers: tuple[str, ...],
            app_spec: str | None, data_dir: Path, config_file: Path | None) -> None:
     """Run action callbacks from the queue (RQ on Redis), for API processes served with APTK_EXECUTOR=rq.
 
-    Start any number, on any host that reaches the same database and Redis; each runs one callback at a time.
+    Start any number, on any host that reaches the same database and Redis; each runs --concurrency callbacks
+    at a time.
     """
     import logging
     import os
@@ -251,7 +254,7 @@ def worker(queues: tuple[str, ...], burst: bool, redis_url: str | None, provider
         names = list(queues) or [str(setting(app.config, "APTK_QUEUE", "aptk"))]
         click.echo(f"aptk worker: running callbacks from queue {', '.join(names)}", err=True)
         with app.app_context():
-            work(state.runtime, queues=names, burst=burst)
+            work(state.runtime, queues=names, burst=burst, concurrency=concurrency)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
 

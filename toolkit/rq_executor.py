@@ -27,6 +27,8 @@ import base64
 import functools
 import hashlib
 import logging
+import signal
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -198,7 +200,21 @@ def perform(action_id: str, attempt: int, resumed: bool, sealed: str | None) -> 
     return runtime.perform_queued(action_id, attempt, resumed=resumed, token=token)
 
 
-def _worker_class() -> Any:
+class _NoTimeout:
+    """Jobs never time out in RQ: an action's deadline is the lifecycle's to enforce (and RQ's alarm signal
+    cannot reach a worker running in a thread)."""
+
+    def __init__(self, timeout: Any, exception: Any = None, **kwargs: Any) -> None:
+        pass
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def _worker_class(threaded: bool = False) -> Any:
     from rq import Queue
     from rq.worker import SimpleWorker
 
@@ -206,6 +222,11 @@ def _worker_class() -> Any:
         """RQ's in-process worker, listening on every sub-queue of its base queues in turn."""
 
         aptk_bases: list[str] = []
+        death_penalty_class = _NoTimeout  # type: ignore[assignment]
+
+        def _install_signal_handlers(self) -> None:
+            if not threaded:  # threads: the process's main thread stops them all
+                super()._install_signal_handlers()
 
         def refresh_queues(self) -> None:
             horizon = time.time() - QUEUE_MEMORY_SECONDS
@@ -244,17 +265,19 @@ def _worker_class() -> Any:
 
 
 def work(runtime: "Runtime", *, queues: list[str], burst: bool = False, name: str | None = None,
-         max_jobs: int | None = None) -> None:
+         max_jobs: int | None = None, concurrency: int = 1) -> None:
     """Run RQ's worker on ``queues`` (base names) for ``runtime`` until stopped (or, ``burst``, until empty).
 
-    Redis going away stops nothing: the worker waits and reconnects.
+    ``concurrency`` RQ workers run as threads of this process (one callback each at a time), sharing its
+    runtime: one maintenance thread and one database pool. Redis going away stops nothing: the workers wait and
+    reconnect. SIGTERM or SIGINT stops them once their callbacks return.
     """
     global _runtime
     executor = runtime.executor
     if not isinstance(executor, RQExecutor):
         raise ConfigurationError("aptk worker needs APTK_EXECUTOR=rq and APTK_REDIS_URL")
-    from rq.worker import DequeueStrategy
-
+    if concurrency < 1:
+        raise ConfigurationError("the worker's concurrency must be at least 1")
     _runtime = runtime
     while True:  # the database may be away for a moment (restarting): wait for it rather than exit
         try:
@@ -263,28 +286,60 @@ def work(runtime: "Runtime", *, queues: list[str], burst: bool = False, name: st
         except Exception as exc:
             logger.error("worker: cannot start (%s); retrying", str(exc).splitlines()[0] if str(exc) else exc)
             time.sleep(RECONNECT_SECONDS)
-    worker_class = _worker_class()
-    worker_class.aptk_bases = list(queues)
-    done = 0
+    stop = threading.Event()
+    current: list[Any] = [None] * concurrency
     try:
-        while True:
-            worker = worker_class(queues, connection=executor.connection, name=name)
-            try:
-                worker.work(burst=burst, dequeue_strategy=DequeueStrategy.ROUND_ROBIN, logging_level="WARNING",
-                            max_jobs=None if max_jobs is None else max_jobs - done)
-            except _redis_errors() as exc:
-                logger.error("worker: Redis is unavailable (%s); reconnecting", exc)
-            done += worker.successful_job_count + worker.failed_job_count
-            if worker._stop_requested or (max_jobs is not None and done >= max_jobs):
-                return
-            if burst:
-                try:
-                    executor.connection.ping()
-                    if not executor.depth():
-                        return
-                except _redis_errors():
-                    pass
-            time.sleep(RECONNECT_SECONDS)
+        if concurrency == 1:
+            _work_loop(executor, queues, burst, name, max_jobs, stop, current, 0, threaded=False)
+            return
+
+        def stop_all(_signum: int, _frame: Any) -> None:
+            stop.set()
+            for worker in current:
+                if worker is not None:
+                    worker._stop_requested = True
+
+        previous = [signal.signal(signal.SIGTERM, stop_all), signal.signal(signal.SIGINT, stop_all)]
+        threads = [threading.Thread(target=_work_loop, name=f"aptk-worker-{n}", daemon=True,
+                                    args=(executor, queues, burst, name and f"{name}-{n}", max_jobs, stop, current,
+                                          n), kwargs={"threaded": True})
+                   for n in range(concurrency)]
+        for thread in threads:
+            thread.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                for thread in threads:
+                    thread.join(0.2)
+        finally:
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
     finally:
         runtime.stop(grace=0.0)
         _runtime = None
+
+
+def _work_loop(executor: RQExecutor, queues: list[str], burst: bool, name: str | None, max_jobs: int | None,
+               stop: threading.Event, current: list[Any], slot: int, *, threaded: bool) -> None:
+    from rq.worker import DequeueStrategy
+
+    worker_class = _worker_class(threaded)
+    worker_class.aptk_bases = list(queues)
+    done = 0
+    while not stop.is_set():
+        worker = current[slot] = worker_class(queues, connection=executor.connection, name=name)
+        try:
+            worker.work(burst=burst, dequeue_strategy=DequeueStrategy.ROUND_ROBIN, logging_level="WARNING",
+                        max_jobs=None if max_jobs is None else max_jobs - done)
+        except _redis_errors() as exc:
+            logger.error("worker: Redis is unavailable (%s); reconnecting", exc)
+        done += worker.successful_job_count + worker.failed_job_count
+        if worker._stop_requested or stop.is_set() or (max_jobs is not None and done >= max_jobs):
+            return
+        if burst:
+            try:
+                executor.connection.ping()
+                if not executor.depth():
+                    return
+            except _redis_errors():
+                pass
+        time.sleep(RECONNECT_SECONDS)

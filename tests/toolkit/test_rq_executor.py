@@ -224,3 +224,18 @@ def test_aptk_worker_needs_a_redis_url(tmp_path):
                              "--provider", "hello"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "APTK_REDIS_URL" in result.stderr
+
+
+def test_one_worker_process_runs_concurrency_callbacks_at_once(deployment):
+    worker = deployment.start_worker("--concurrency", "2")
+    clients = [deployment.client(), deployment.client()]  # two callers: the second is not held back for the first
+    ids = [client.run({"sleep": 1.5}, request_id="r")["action_id"] for client in clients]
+    for client, action_id in zip(clients, ids, strict=True):
+        assert client.wait(action_id, timeout=60, max_interval=0.2)["status"] == "SUCCEEDED"
+    runs = {aid: (float(t), pid) for event, aid, _, pid, t in deployment.trace() if event == "start"}
+    ends = {aid: float(t) for event, aid, _, _, t in deployment.trace() if event == "end"}
+    (start_a, pid_a), (start_b, pid_b) = runs[ids[0]], runs[ids[1]]
+    assert pid_a == pid_b == str(worker.pid)
+    assert max(start_a, start_b) < min(ends[ids[0]], ends[ids[1]])  # they overlapped
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
