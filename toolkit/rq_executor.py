@@ -176,9 +176,11 @@ class RQExecutor:
         live = {b"queued", b"deferred", b"scheduled"}
         return {job for job, status in zip(jobs, statuses, strict=True) if status in live}
 
-    def depth(self) -> int:
-        """Jobs waiting in every sub-queue."""
-        names: list[bytes] = self.connection.zrange(QUEUE_INDEX.format(self.queue), 0, -1)  # type: ignore[assignment]
+    def depth(self, queues: list[str] | None = None) -> int:
+        """Jobs waiting in every sub-queue of ``queues`` (base names; default this executor's)."""
+        names: list[bytes] = []
+        for base in queues or [self.queue]:
+            names += self.connection.zrange(QUEUE_INDEX.format(base), 0, -1)  # type: ignore[arg-type]
         pipe = self.connection.pipeline()
         for name in names:
             pipe.llen(f"rq:queue:{name.decode()}")
@@ -338,7 +340,7 @@ def _work_loop(executor: RQExecutor, queues: list[str], burst: bool, name: str |
         if burst:
             try:
                 executor.connection.ping()
-                if not executor.depth():
+                if not executor.depth(queues):
                     return
             except _redis_errors():
                 pass

@@ -239,3 +239,55 @@ def test_one_worker_process_runs_concurrency_callbacks_at_once(deployment):
     assert max(start_a, start_b) < min(ends[ids[0]], ends[ids[1]])  # they overlapped
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
+
+
+def test_an_action_of_a_provider_no_worker_serves_fails_with_a_reason(deployment):
+    client = deployment.client("/fragile")
+    action_id = client.run({}, request_id="r1")["action_id"]
+    app = create_app(deployment.config, providers=[("/slow", slow)], verifier=deployment.authority.verifier)
+    try:
+        work(get_toolkit(app).runtime, queues=["aptk"], burst=True)
+    finally:
+        close_app(app)
+    status = client.status(action_id)
+    assert status["status"] == "FAILED"
+    assert status["details"]["code"] == "ProviderUnavailable"
+
+
+def test_workers_take_jobs_only_from_their_queue(tmp_path, redis_server):
+    d = Deployment(tmp_path, redis_server.url, APTK_QUEUE="science")
+    try:
+        client = d.client()
+        action_id = client.run({}, request_id="r1")["action_id"]
+        d.worker_app_run()  # listens on "aptk"
+        assert client.status(action_id)["status"] == "ACTIVE"
+        app = create_app(d.config, providers=[("/slow", slow)], verifier=d.authority.verifier)
+        try:
+            work(get_toolkit(app).runtime, queues=["science"], burst=True)
+        finally:
+            close_app(app)
+        assert client.status(action_id)["status"] == "SUCCEEDED"
+    finally:
+        d.close()
+
+
+def test_a_database_that_cannot_be_reached_answers_503_with_retry_after(tmp_path):
+    pytest.importorskip("psycopg")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nobody listens here
+    authority = TokenAuthority()
+    app = create_app({"APTK_DATA_DIR": str(tmp_path), "APTK_DATABASE_URL":
+                      f"postgresql+psycopg://aptk@127.0.0.1:{port}/aptk"}, providers=[("/slow", slow)],
+                     verifier=authority.verifier)
+    try:
+        token = authority.token(scopes=[slow.globus_auth_scope])
+        answer = app.test_client().post("/slow/run", json={"request_id": "r1", "body": {}},
+                                        headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 503, answer.get_data(as_text=True)
+        assert answer.headers["Retry-After"] == "2"
+        assert answer.get_json()["code"] == "ServiceUnavailable"
+    finally:
+        close_app(app)
