@@ -3,7 +3,7 @@ Redis, all real processes on loopback. Thousands of actions of mixed providers g
 with -9, Redis restarts empty and PostgreSQL restarts; afterwards every acknowledged action has ended (SUCCEEDED,
 or FAILED with a reason), none is ACTIVE, none was created twice, and no action ever ran twice at once.
 
-``APTK_E2E_ACTIONS`` sets the number of actions (default 2000).
+``APTK_TEST_E2E_ACTIONS`` sets the number of actions (default 2000).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tests.toolkit.rq_app import fragile, slow
 pytest.importorskip("rq")
 pytest.importorskip("psycopg")
 ROOT = Path(__file__).resolve().parents[2]
-ACTIONS = int(os.environ.get("APTK_E2E_ACTIONS", "2000"))
+ACTIONS = int(os.environ.get("APTK_TEST_E2E_ACTIONS", "2000"))
 LEASE = 5
 
 
