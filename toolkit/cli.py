@@ -202,7 +202,7 @@ def serve(host: str, port: int, workers: int, threads: int, providers: tuple[str
 
 @main.command()
 @click.option("--queue", "queues", multiple=True, metavar="NAME",
-              help="The queue to take jobs from (repeatable); default APTK_QUEUE, else aptk.")
+              help="The queue to take jobs from (repeatable); default APTK_QUEUE_NAME, else aptk.")
 @click.option("--burst", is_flag=True, help="Stop once the queues are empty instead of waiting for more jobs.")
 @click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Callbacks this process runs at once (RQ workers in threads, sharing one database pool).")
@@ -251,7 +251,7 @@ def worker(queues: tuple[str, ...], burst: bool, concurrency: int, redis_url: st
         state = find_toolkit(app)
         if state is None:
             raise ConfigurationError(f"--app {app_spec!r} holds no action providers")
-        names = list(queues) or [str(setting(app.config, "APTK_QUEUE", "aptk"))]
+        names = list(queues) or [str(setting(app.config, "APTK_QUEUE_NAME", "aptk"))]
         click.echo(f"aptk worker: running callbacks from queue {', '.join(names)}", err=True)
         with app.app_context():
             work(state.runtime, queues=names, burst=burst, concurrency=concurrency)

@@ -11,9 +11,9 @@ key                         meaning                                             
 ``APTK_AUTH_*``             the verifier's settings (see :mod:`toolkit.auth.config`)
 ``APTK_EXECUTOR_THREADS``   callbacks run at once per process                               ``8``
 ``APTK_MAX_RUNNING_PER_IDENTITY``  callbacks one caller runs at once per process            half the threads
-``APTK_EXECUTOR``           where callbacks run: ``threads`` (in process) or ``rq`` (workers)  ``threads``
+``APTK_EXECUTOR``           where callbacks run: ``threads`` (here) or ``rq`` (workers)      ``threads``
 ``APTK_REDIS_URL``          the Redis of ``APTK_EXECUTOR=rq``, e.g. ``redis://host:6379/0``
-``APTK_QUEUE``              the RQ queue name (its sub-queues are per provider and caller)    ``aptk``
+``APTK_QUEUE_NAME``         the RQ queue's name (sub-queues per provider and caller)         ``aptk``
 ``APTK_LEASE_SECONDS``      how long a silent process keeps its actions before recovery      ``30``
 ``APTK_MAX_BODY_BYTES``     largest request body the toolkit's routes read (else 413)        ``10485760``
 ``APTK_METRICS``            serve Prometheus metrics at ``/metrics`` (:mod:`toolkit.metrics`) ``false``
@@ -120,7 +120,7 @@ class Toolkit:
             redis_url = setting(config, "APTK_REDIS_URL")
             if not redis_url:
                 raise ConfigurationError("APTK_EXECUTOR=rq needs APTK_REDIS_URL (e.g. redis://127.0.0.1:6379/0)")
-            executor = RQExecutor.from_url(str(redis_url), queue=str(setting(config, "APTK_QUEUE", "aptk")),
+            executor = RQExecutor.from_url(str(redis_url), queue=str(setting(config, "APTK_QUEUE_NAME", "aptk")),
                                            key=lambda: runtime.request_key)
         elif kind != "threads":
             raise ConfigurationError(f"APTK_EXECUTOR must be threads or rq, not {kind!r}")

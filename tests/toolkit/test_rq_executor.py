@@ -255,7 +255,7 @@ def test_an_action_of_a_provider_no_worker_serves_fails_with_a_reason(deployment
 
 
 def test_workers_take_jobs_only_from_their_queue(tmp_path, redis_server):
-    d = Deployment(tmp_path, redis_server.url, APTK_QUEUE="science")
+    d = Deployment(tmp_path, redis_server.url, APTK_QUEUE_NAME="science")
     try:
         client = d.client()
         action_id = client.run({}, request_id="r1")["action_id"]
