@@ -291,3 +291,27 @@ def test_a_database_that_cannot_be_reached_answers_503_with_retry_after(tmp_path
         assert answer.get_json()["code"] == "ServiceUnavailable"
     finally:
         close_app(app)
+
+
+def test_a_worker_waits_for_a_database_that_is_away_at_start(tmp_path, redis_server):
+    pytest.importorskip("psycopg")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nobody listens here
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("APTK_")}, "PYTHONPATH": str(ROOT),
+           "APTK_REDIS_URL": redis_server.url, "APTK_DATABASE_URL": f"postgresql+psycopg://aptk@127.0.0.1:{port}/x"}
+    log = tmp_path / "worker.err"
+    with open(log, "wb") as err:
+        process = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "worker", "--app",
+                                    "tests.toolkit.rq_app:create_app", "--data-dir", str(tmp_path / "data")],
+                                   env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_for(lambda: "cannot start" in log.read_text(), timeout=60)
+        time.sleep(1.5)
+        assert process.poll() is None  # still there, retrying
+        assert log.read_text().count("cannot start") >= 2
+    finally:
+        process.kill()
+        process.wait()
