@@ -87,6 +87,14 @@ class Deployment:
             self.redis = start_redis()
             env.update({"APTK_EXECUTOR": "rq", "APTK_REDIS_URL": self.redis.url})
         self.env = env
+        try:
+            self._start(label, workers, args)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, label: str, workers: int, args: argparse.Namespace) -> None:
+        env = self.env
         self.port = _free_port()
         self.procs.append(_spawn([*_aptk_command(), "serve", "--app", "tests.toolkit.rq_app:create_app",
                                   "--port", str(self.port), "--workers", "2", "--data-dir", str(self.dir)],
@@ -220,7 +228,8 @@ def main() -> None:
     paced: dict[str, list[float]] = {label: [] for label, _ in configs}
     deployments: list[Deployment] = []
     try:
-        deployments = [Deployment(label, n, args, postgres) for label, n in configs]
+        for label, n in configs:
+            deployments.append(Deployment(label, n, args, postgres))
         for round_ in range(args.rounds):
             for d in deployments if round_ % 2 == 0 else reversed(deployments):
                 rate, latencies, count = d.measure()

@@ -224,7 +224,14 @@ def _worker_class(threaded: bool = False) -> Any:
         """RQ's in-process worker, listening on every sub-queue of its base queues in turn."""
 
         aptk_bases: list[str] = []
+        aptk_stop: threading.Event = threading.Event()
         death_penalty_class = _NoTimeout  # type: ignore[assignment]
+
+        def request_stop(self, signum: Any, frame: Any) -> None:
+            # The signal handler stays bound to whichever worker installed it last, which may be one that a
+            # Redis outage replaced: the stop is for the process, not for that one worker.
+            self.aptk_stop.set()
+            super().request_stop(signum, frame)
 
         def _install_signal_handlers(self) -> None:
             if not threaded:  # threads: the process's main thread stops them all
@@ -326,6 +333,7 @@ def _work_loop(executor: RQExecutor, queues: list[str], burst: bool, name: str |
 
     worker_class = _worker_class(threaded)
     worker_class.aptk_bases = list(queues)
+    worker_class.aptk_stop = stop
     done = 0
     while not stop.is_set():
         worker = current[slot] = worker_class(queues, connection=executor.connection, name=name)

@@ -315,3 +315,15 @@ def test_a_worker_waits_for_a_database_that_is_away_at_start(tmp_path, redis_ser
     finally:
         process.kill()
         process.wait()
+
+
+def test_sigterm_stops_a_worker_after_a_redis_restart(deployment, redis_server):
+    worker = deployment.start_worker()
+    client = deployment.client()
+    first = client.run({}, request_id="r1")["action_id"]
+    assert client.wait(first, timeout=60, max_interval=0.2)["status"] == "SUCCEEDED"
+    redis_server.restart(down_for=1.0)
+    second = client.run({}, request_id="r2")["action_id"]  # it reconnected
+    assert client.wait(second, timeout=60, max_interval=0.2)["status"] == "SUCCEEDED"
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0
