@@ -327,3 +327,13 @@ def test_sigterm_stops_a_worker_after_a_redis_restart(deployment, redis_server):
     assert client.wait(second, timeout=60, max_interval=0.2)["status"] == "SUCCEEDED"
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=15) == 0
+
+
+@pytest.mark.parametrize("config, message", [({"APTK_EXECUTOR": "celery"}, "APTK_EXECUTOR must be threads or rq"),
+                                             ({"APTK_EXECUTOR": "rq"}, "APTK_EXECUTOR=rq needs APTK_REDIS_URL")])
+def test_a_wrong_executor_setting_stops_start_up(tmp_path, monkeypatch, config, message):
+    from toolkit import ConfigurationError
+
+    monkeypatch.delenv("APTK_REDIS_URL", raising=False)
+    with pytest.raises(ConfigurationError, match=message):
+        create_app({"APTK_DATA_DIR": str(tmp_path), **config}, providers=[("/slow", slow)])
