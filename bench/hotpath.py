@@ -36,17 +36,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-VENV_PYTHON = REPO / ".venv" / "bin" / "python"
-if Path(sys.executable).resolve() != VENV_PYTHON.resolve() and VENV_PYTHON.exists() and not os.environ.get(
-    "APTK_BENCH_REEXEC"
-):
-    os.environ["APTK_BENCH_REEXEC"] = "1"
-    os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), *sys.argv])
+from common import BENCH_DIR, REPO, use_repo_venv  # noqa: E402
 
-sys.path.insert(0, str(BENCH_DIR))
-sys.path.insert(0, str(REPO))
+use_repo_venv()
 
 import requests  # noqa: E402
 

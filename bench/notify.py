@@ -25,7 +25,6 @@ import os
 import shutil
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ except ImportError:  # run with another python: use the project's venv if there 
     raise SystemExit("needs aiosmtpd and requests: pip install -e '.[test]'") from None
 
 from aiosmtpd.controller import Controller  # noqa: E402
+from common import aptk_command as aptk, free_port  # noqa: E402
 from aiosmtpd.smtp import SMTP  # noqa: E402
 
 SENDER = "bench@example.org"
@@ -95,15 +95,6 @@ class CountingController(Controller):
         return CountingSMTP(self.handler, **self.SMTP_kwargs)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def aptk() -> list[str]:
-    script = Path(sys.executable).parent / "aptk"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "toolkit.cli"]
 
 
 def message(i: int) -> EmailMessage:

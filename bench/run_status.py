@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,21 +39,13 @@ except ImportError:  # run with another python: use the project's venv if there 
     if venv_python.exists() and Path(sys.prefix).resolve() != (REPO / ".venv").resolve():
         os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
     raise
+from common import aptk_command as _aptk_command, free_port as _free_port  # noqa: E402
+
 BODY = {"echo_string": "x"}
 
 
 # --- servers ---------------------------------------------------------------------------------------------------
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _aptk_command() -> list[str]:
-    script = Path(sys.executable).parent / "aptk"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "toolkit.cli"]
 
 
 @dataclass

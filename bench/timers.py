@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -47,19 +46,12 @@ except ImportError:  # run with another python: use the project's venv if there 
         os.execv(str(venv_python), [str(venv_python), *sys.argv])
     raise SystemExit("needs requests: pip install -e '.[test]'") from None
 
+from common import aptk_command as aptk, free_port  # noqa: E402
+
 TICK = re.compile(r"^(timer|base)-(\d+) #(\d+)$")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def aptk() -> list[str]:
-    script = Path(sys.executable).parent / "aptk"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "toolkit.cli"]
 
 
 def group_cpu(pgid: int) -> float:
