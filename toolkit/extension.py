@@ -33,7 +33,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, g, jsonify, request
 
@@ -168,8 +168,19 @@ def _add_operations_routes(app: Flask, state: ToolkitState) -> None:
     """``/healthz`` always; ``/metrics`` and the request metrics when ``APTK_METRICS`` is on."""
     from . import health
 
-    app.add_url_rule("/healthz", "aptk_healthz", lambda: health.health_response(state.health_checks),
-                     methods=["GET"])
+    own_view: list[Any] = []
+
+    def serve_health() -> Any:
+        # An app that routes /healthz itself keeps its own: the toolkit's rule, added first, would shadow it.
+        if not own_view:
+            own_view.append(next((app.view_functions[rule.endpoint] for rule in app.url_map.iter_rules()
+                                  if rule.rule == "/healthz" and rule.endpoint != "aptk_healthz"
+                                  and "GET" in (rule.methods or ())), None))
+        if own_view[0] is not None:
+            return own_view[0]()
+        return health.health_response(state.health_checks)
+
+    app.add_url_rule("/healthz", "aptk_healthz", serve_health, methods=["GET"])
     if not state.runtime.metrics:
         return
     from . import metrics

@@ -803,7 +803,9 @@ class Runtime:
             if callback is None:
                 raise ConfigurationError(f"{provider!r} has no run callback")
             result = callback(provider.load_body(action.body), ctx)
-            if ctx._handed_over:
+            if ctx._handed_over or (ctx.cancelled and not self.stopping):
+                # Handed over, or ended elsewhere (cancelled, released, past its deadline) while it ran: what the
+                # callback returns changes nothing, and the finish hook is not shown an ending that never happens.
                 return None, {}
             return Status.SUCCEEDED, _json_object({} if result is None else result)
         except ActionCancelled:

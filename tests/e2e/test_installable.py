@@ -60,6 +60,7 @@ def test_app_option_serves_an_app_of_ones_own(start_server, tmp_path):
     identity = str(uuid.uuid4())
     server = start_server(workers=1, env=pythonpath(tmp_path), args=["--app", "own_app:app"],
                           tokens={"me": {"identity": identity, "scopes": ["urn:aptk:scope:mine"]}})
+    # The app's own /healthz is served, not the toolkit's (which would answer {"status": "ok", ...}).
     assert requests.get(server.url + "/healthz", timeout=REQUEST_TIMEOUT).json() == {"ok": True}
     assert '"shouted": "OK"' in run_and_wait(f"{server.url}/mine", server.minted["me"], '{"word": "ok"}')
     # Its state lives in the data directory given to aptk serve.

@@ -41,6 +41,12 @@ def test_a_check_added_by_a_component_is_run_and_named_by_healthz(app):
     assert b"secret-host" not in down.data
 
 
+def test_an_app_that_routes_healthz_itself_keeps_its_own(app):
+    app.add_url_rule("/healthz", "own_health", lambda: {"mine": True}, methods=["GET"])
+    answer = app.test_client().get("/healthz")
+    assert (answer.status_code, answer.get_json()) == (200, {"mine": True})
+
+
 def test_a_check_name_cannot_be_registered_twice(app):
     add_health_check(app, "queue", lambda: None)
     with pytest.raises(ValueError, match="queue"):
