@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -211,11 +212,16 @@ def serve(host: str, port: int, workers: int, threads: int, providers: tuple[str
               help="Run callbacks of this installed provider only (repeatable); default: every installed one.")
 @click.option("--app", "app_spec", metavar="MODULE:APP",
               help="Run the callbacks of this Flask app of your own (the one `aptk serve --app` serves).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Serve this worker's Prometheus metrics (callbacks, queue depth) at http://HOST:PORT/metrics.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="The address --metrics-port listens on (0.0.0.0: every interface; the metrics carry no secrets).")
 @data_dir_option
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A JSON or TOML file of APTK_* settings (the API processes' own).")
 def worker(queues: tuple[str, ...], burst: bool, concurrency: int, redis_url: str | None, providers: tuple[str, ...],
-           app_spec: str | None, data_dir: Path, config_file: Path | None) -> None:
+           app_spec: str | None, metrics_port: int | None, metrics_host: str, data_dir: Path,
+           config_file: Path | None) -> None:
     """Run action callbacks from the queue (RQ on Redis), for API processes served with APTK_EXECUTOR=rq.
 
     Start any number, on any host that reaches the same database and Redis; each runs --concurrency callbacks
@@ -243,6 +249,8 @@ def worker(queues: tuple[str, ...], burst: bool, concurrency: int, redis_url: st
     if redis_url:
         config["APTK_REDIS_URL"] = redis_url
     config["APTK_DATA_DIR"] = str(data_dir)
+    if metrics_port:
+        config["APTK_METRICS"] = "true"
     if app_spec:
         os.environ.update({k: str(v) for k, v in config.items() if v is not None})
     try:
@@ -253,8 +261,23 @@ def worker(queues: tuple[str, ...], burst: bool, concurrency: int, redis_url: st
             raise ConfigurationError(f"--app {app_spec!r} holds no action providers")
         names = list(queues) or [str(setting(app.config, "APTK_QUEUE_NAME", "aptk"))]
         click.echo(f"aptk worker: running callbacks from queue {', '.join(names)}", err=True)
-        with app.app_context():
-            work(state.runtime, queues=names, burst=burst, concurrency=concurrency)
+        server = None
+        stop = threading.Event()
+        if metrics_port:
+            from . import metrics
+
+            try:
+                server = metrics.serve_worker_metrics(metrics_port, metrics_host, state.runtime.executor, stop)
+            except OSError as exc:
+                raise ConfigurationError(f"--metrics-port {metrics_port}: {exc.strerror or exc}") from None
+            click.echo(f"aptk worker: metrics at http://{metrics_host}:{metrics_port}/metrics", err=True)
+        try:
+            with app.app_context():
+                work(state.runtime, queues=names, burst=burst, concurrency=concurrency)
+        finally:
+            stop.set()
+            if server is not None:
+                server.shutdown()
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -198,6 +198,7 @@ def _add_operations_routes(app: Flask, state: ToolkitState) -> None:
             if status == 401:
                 refusal.headers["WWW-Authenticate"] = "Bearer"
             return refusal
+        metrics.report_queue_depth(state.runtime.executor)
         return metrics.metrics_response()
 
     app.add_url_rule("/metrics", "aptk_metrics", serve_metrics, methods=["GET"])

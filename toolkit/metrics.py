@@ -19,8 +19,8 @@ series                                 labels       what
 ``callback_seconds``                   provider     time spent inside run callbacks (histogram)
 ``actions_running``                    provider     callbacks running now (summed over live processes)
 ``actions_waiting``                    provider     callbacks waiting for a thread now (summed over live processes)
-``queue_depth``                        queue        jobs waiting in an external queue, as its backend last reported
-                                                    (:func:`set_queue_depth`)
+``queue_depth``                        queue        jobs waiting in an external queue (RQ: read from Redis at each
+                                                    scrape of ``/metrics``, every 5 s by ``aptk worker``)
 ``recoveries_total``                   provider,    actions of a lost process taken up again (``rerun``) or
                                        outcome      failed (``failed``)
 =====================================  ===========  ==============================================================
@@ -41,12 +41,15 @@ from __future__ import annotations
 import functools
 import hmac
 import ipaddress
+import logging
 import os
 import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flask import Response
+
+logger = logging.getLogger("toolkit.metrics")
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 """The environment variable that puts the Prometheus client in multi-process mode."""
@@ -104,6 +107,35 @@ def _get() -> _Series:
 
 
 # --- recording (the toolkit calls these; a queue backend calls set_queue_depth and the action ones too) ----------
+
+
+def report_queue_depth(executor: Any) -> None:
+    """Set ``queue_depth`` from an external queue's executor (one that has ``depth()``); nothing if it cannot say."""
+    depth = getattr(executor, "depth", None)
+    if depth is None:
+        return
+    try:
+        set_queue_depth(executor.queue, depth())
+    except Exception as exc:  # the queue is away: /healthz says so; the gauge keeps its last value
+        logger.warning("could not read the queue's depth: %s", type(exc).__name__)
+
+
+def serve_worker_metrics(port: int, host: str, executor: Any, stop: threading.Event,
+                         interval: float = 5.0) -> Any:
+    """Serve this process's metrics on ``host:port`` (a worker's; it has no web app), refreshing the queue depth
+    every ``interval`` seconds until ``stop``; the server, to shut down."""
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(port, addr=host, registry=_get().registry)
+
+    def refresh() -> None:
+        while True:
+            report_queue_depth(executor)
+            if stop.wait(interval):
+                return
+
+    threading.Thread(target=refresh, name="aptk-queue-depth", daemon=True).start()
+    return server
 
 
 def set_queue_depth(queue: str, depth: float) -> None:

@@ -50,6 +50,12 @@ QUEUE_MEMORY_SECONDS = 7 * 86400
 """Workers stop listening on a sub-queue nobody has put a job on for this long."""
 REDIS_RETRY_AFTER = 5
 RECONNECT_SECONDS = 1.0
+RESULT_SECONDS = 10
+"""A finished job's hash and result stay this long in Redis (then expire): cheaper for RQ than deleting them."""
+HEARTBEAT_SECONDS = 5.0
+"""A worker's own heartbeat outside jobs is sent at most this often (RQ keeps its key for worker_ttl + 60 s)."""
+QUEUE_REFRESH_SECONDS = 1.0
+"""A busy worker looks up its sub-queues, and whether `rq suspend` was given, at most this often."""
 
 
 class QueueUnavailable(Exception):
@@ -155,7 +161,7 @@ class RQExecutor:
             pipe = self.connection.pipeline()
             self._queue(name).enqueue_call(
                 "toolkit.rq_executor.perform", args=(action_id, attempt, resumed, self.seal(token)),
-                job_id=job_id(action_id, attempt), timeout=-1, result_ttl=0, failure_ttl=86400,
+                job_id=job_id(action_id, attempt), timeout=-1, result_ttl=RESULT_SECONDS, failure_ttl=86400,
                 description=f"action {action_id} attempt {attempt}", pipeline=pipe,
             )
             pipe.zadd(QUEUE_INDEX.format(self.queue), {name: time.time()})
@@ -225,6 +231,9 @@ def _worker_class(threaded: bool = False) -> Any:
 
         aptk_bases: list[str] = []
         aptk_stop: threading.Event = threading.Event()
+        aptk_last_heartbeat = 0.0
+        aptk_refreshed = 0.0
+        aptk_suspension_checked = 0.0
         death_penalty_class = _NoTimeout  # type: ignore[assignment]
 
         def request_stop(self, signum: Any, frame: Any) -> None:
@@ -237,7 +246,32 @@ def _worker_class(threaded: bool = False) -> Any:
             if not threaded:  # threads: the process's main thread stops them all
                 super()._install_signal_handlers()
 
+        def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+            # RQ sends a worker heartbeat (three commands, three round trips) before and after every dequeue and
+            # after every job, to keep a key alive for minutes (worker_ttl). Within a job's own pipeline it costs
+            # nothing and is kept; on its own it is sent at most every HEARTBEAT_SECONDS, in one round trip.
+            if pipeline is not None or timeout is not None:
+                super().heartbeat(timeout, pipeline=pipeline)
+                return
+            if time.monotonic() - self.aptk_last_heartbeat < HEARTBEAT_SECONDS:
+                return
+            with self.connection.pipeline(transaction=False) as pipe:
+                super().heartbeat(None, pipeline=pipe)
+                pipe.execute()
+            self.aptk_last_heartbeat = time.monotonic()
+
+        def check_for_suspension(self, burst: bool) -> None:
+            # `rq suspend` is looked for at most every QUEUE_REFRESH_SECONDS, not before every job.
+            if time.monotonic() - self.aptk_suspension_checked < QUEUE_REFRESH_SECONDS:
+                return
+            super().check_for_suspension(burst)
+            self.aptk_suspension_checked = time.monotonic()
+
         def refresh_queues(self) -> None:
+            # Once a job was found, the same queues are dequeued again for up to QUEUE_REFRESH_SECONDS; an idle
+            # worker looks again at every wait (a second at most).
+            if time.monotonic() - self.aptk_refreshed < QUEUE_REFRESH_SECONDS:
+                return
             horizon = time.time() - QUEUE_MEMORY_SECONDS
             known = {q.name: q for q in self._ordered_queues}
             names: list[str] = []
@@ -251,6 +285,7 @@ def _worker_class(threaded: bool = False) -> Any:
                         if n not in known]
             self._ordered_queues = ordered
             self.queues = list(ordered)
+            self.aptk_refreshed = time.monotonic()
 
         def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
             idle_since = time.monotonic()
@@ -267,6 +302,8 @@ def _worker_class(threaded: bool = False) -> Any:
                 result = super().dequeue_job_and_maintain_ttl(1, 1)
                 if result is not None or self._stop_requested:
                     return result
+                self.aptk_refreshed = 0.0
+                self.check_for_suspension(False)  # an idle worker stays in this loop: `rq suspend` is seen here
                 if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
                     return None
 

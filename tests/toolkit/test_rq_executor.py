@@ -335,3 +335,108 @@ def test_a_wrong_executor_setting_stops_start_up(tmp_path, monkeypatch, config, 
     monkeypatch.delenv("APTK_REDIS_URL", raising=False)
     with pytest.raises(ConfigurationError, match=message):
         create_app({"APTK_DATA_DIR": str(tmp_path), **config}, providers=[("/slow", slow)])
+
+
+def test_a_busy_worker_listens_on_a_new_callers_queue_within_a_second(deployment):
+    """The worker looks its sub-queues up at most once a second while busy: a caller who appears meanwhile still
+    gets a turn soon, not after the first caller's backlog."""
+    worker = deployment.start_worker()
+    busy, newcomer = deployment.client(), deployment.client()
+    busy_ids = [busy.run({"sleep": 0.2}, request_id=f"b{i}")["action_id"] for i in range(15)]
+    wait_for(lambda: any(event == "start" for event, *_ in deployment.trace()))
+    late = newcomer.run({}, request_id="n")["action_id"]
+    assert newcomer.wait(late, timeout=60, max_interval=0.1)["status"] == "SUCCEEDED"
+    order = [aid for event, aid, *_ in deployment.trace() if event == "start"]
+    assert order.index(late) <= 8, order  # about a second's worth of the busy caller's 0.2 s jobs, not all 15
+    for action_id in busy_ids:
+        assert busy.wait(action_id, timeout=60, max_interval=0.2)["status"] == "SUCCEEDED"
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+
+
+def test_rq_suspend_stops_a_worker_taking_jobs_and_resume_lets_it_go_on(deployment):
+    from redis import Redis
+    from rq.suspension import resume, suspend
+
+    connection = Redis.from_url(deployment.redis_url)
+    worker = deployment.start_worker()
+    client = deployment.client()
+    first = client.run({}, request_id="first")["action_id"]
+    assert client.wait(first, timeout=60, max_interval=0.1)["status"] == "SUCCEEDED"
+    suspend(connection)
+    time.sleep(2.5)  # the worker notices within a second and its current wait ends
+    held = client.run({}, request_id="held")["action_id"]
+    time.sleep(2)
+    assert client.status(held)["status"] == "ACTIVE"
+    resume(connection)
+    assert client.wait(held, timeout=60, max_interval=0.1)["status"] == "SUCCEEDED"
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _sample(text: str, series: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_a_worker_serves_its_callback_metrics_and_the_queue_depth(deployment):
+    import requests
+
+    port = _free_port()
+    worker = deployment.start_worker("--metrics-port", str(port))
+    client = deployment.client()
+    ids = [client.run({}, request_id=f"m{i}")["action_id"] for i in range(2)]
+    for action_id in ids:
+        assert client.wait(action_id, timeout=60, max_interval=0.1)["status"] == "SUCCEEDED"
+    text = wait_for(lambda: _metrics_text(port))
+    assert _sample(text, 'aptk_callback_seconds_count{provider="slow"}') == 2.0
+    assert _sample(text, 'aptk_actions_total{provider="slow",status="SUCCEEDED"}') == 2.0
+    # The depth is read from Redis every 5 s: the two jobs are gone from the queue by the next reading.
+    wait_for(lambda: _sample(_metrics_text(port) or "", 'aptk_queue_depth{queue="aptk"}') == 0.0, timeout=15)
+    assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+
+
+def _metrics_text(port: int) -> str | None:
+    import requests
+
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except requests.ConnectionError:
+        return None
+
+
+def test_the_api_metrics_give_the_jobs_waiting_in_the_queue(tmp_path, redis_server):
+    d = Deployment(tmp_path, redis_server.url, APTK_METRICS="true")
+    try:
+        client = d.client()
+        for i in range(3):
+            client.run({}, request_id=f"q{i}")
+        scraped = d.app.test_client().get("/metrics", environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        assert _sample(scraped.get_data(as_text=True), 'aptk_queue_depth{queue="aptk"}') == 3.0
+    finally:
+        d.close()
+
+
+def test_a_worker_metrics_port_in_use_stops_it_with_a_clear_message(deployment):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = deployment.start_worker("--metrics-port", str(port))
+        assert worker.wait(timeout=60) != 0
+    log = (deployment.data_dir / "worker-0.log").read_text()
+    assert f"--metrics-port {port}" in log and "in use" in log
