@@ -39,6 +39,7 @@ from flask import Flask, Response, g, jsonify, request
 
 from .auth import TokenVerifier, verifier_from_config
 from .errors import ConfigurationError
+from . import health
 from .executor import Executor, ThreadExecutor, default_max_running_per_identity
 from .lifecycle import Runtime
 from .settings import check_database, check_settings, default_data_dir, make_data_dir
@@ -67,6 +68,8 @@ class ToolkitState:
     """The URL prefixes providers are mounted at; the web framework's own errors under them are answered as JSON."""
     health_checks: dict[str, "HealthCheck"] = dataclasses.field(default_factory=dict)
     """What ``/healthz`` checks, by name (:func:`toolkit.health.add_health_check`)."""
+    health_timeout: float = 2.0
+    """Seconds each check has to answer (``APTK_HEALTH_TIMEOUT``)."""
 
 
 class Toolkit:
@@ -153,6 +156,11 @@ class Toolkit:
         app.extensions["aptk.calls"] = Calls(app, runtime)
         state = ToolkitState(runtime, verifier, data_dir, max_body)
         state.health_checks["store"] = functools.partial(_check_store, runtime)
+        ping = getattr(getattr(runtime.executor, "connection", None), "ping", None)
+        if getattr(runtime.executor, "remote", False) and ping is not None:
+            state.health_checks["queue"] = ping
+        state.health_timeout = number(config, "APTK_HEALTH_TIMEOUT", health.DEFAULT_TIMEOUT, kind=float,
+                                      positive=True)
         app.extensions[EXTENSION] = state
         _add_operations_routes(app, state)
         return state
@@ -178,7 +186,7 @@ def _add_operations_routes(app: Flask, state: ToolkitState) -> None:
                                   and "GET" in (rule.methods or ())), None))
         if own_view[0] is not None:
             return own_view[0]()
-        return health.health_response(state.health_checks)
+        return health.health_response(state.health_checks, state.health_timeout)
 
     app.add_url_rule("/healthz", "aptk_healthz", serve_health, methods=["GET"])
     if not state.runtime.metrics:

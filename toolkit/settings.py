@@ -113,6 +113,7 @@ KNOWN_SETTINGS: set[str] = {
     "APTK_METRICS",
     "APTK_METRICS_TOKEN",
     "APTK_LOG_FORMAT",
+    "APTK_HEALTH_TIMEOUT",
     # token verifiers (toolkit.auth.config)
     "APTK_AUTH",
     "APTK_AUTH_ISSUER",

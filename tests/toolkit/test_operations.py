@@ -41,6 +41,30 @@ def test_a_check_added_by_a_component_is_run_and_named_by_healthz(app):
     assert b"secret-host" not in down.data
 
 
+def test_a_check_that_hangs_fails_within_aptk_health_timeout(tmp_path):
+    import threading
+    import time
+
+    app, _ = provider_app(hello, tmp_path / "data", prefix="/hello", config={"APTK_HEALTH_TIMEOUT": "0.3"})
+    release = threading.Event()
+    try:
+        add_health_check(app, "hung", lambda: release.wait(30))
+        started = time.monotonic()
+        answer = app.test_client().get("/healthz")
+        took = time.monotonic() - started
+        assert (answer.status_code, answer.get_json()["checks"]) == (503, {"store": "ok", "hung": "failing"})
+        assert took < 5  # not the 30 s the check would have taken
+    finally:
+        release.set()
+        close_app(app)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_a_bad_aptk_health_timeout_stops_start_up(tmp_path, value):
+    with pytest.raises(ConfigurationError, match="APTK_HEALTH_TIMEOUT"):
+        provider_app(hello, tmp_path / "data", prefix="/hello", config={"APTK_HEALTH_TIMEOUT": value})
+
+
 def test_an_app_that_routes_healthz_itself_keeps_its_own(app):
     app.add_url_rule("/healthz", "own_health", lambda: {"mine": True}, methods=["GET"])
     answer = app.test_client().get("/healthz")

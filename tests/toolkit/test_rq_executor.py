@@ -440,3 +440,15 @@ def test_a_worker_metrics_port_in_use_stops_it_with_a_clear_message(deployment):
         assert worker.wait(timeout=60) != 0
     log = (deployment.data_dir / "worker-0.log").read_text()
     assert f"--metrics-port {port}" in log and "in use" in log
+
+
+def test_healthz_checks_the_queue(deployment, redis_server):
+    probe = deployment.app.test_client()
+    up = probe.get("/healthz")
+    assert (up.status_code, up.get_json()) == (200, {"status": "ok", "checks": {"store": "ok", "queue": "ok"}})
+    redis_server.kill()
+    try:
+        down = probe.get("/healthz")
+        assert (down.status_code, down.get_json()["checks"]) == (503, {"store": "ok", "queue": "failing"})
+    finally:
+        redis_server.start()
