@@ -16,6 +16,7 @@ deadline), closes the form. The pages are in :mod:`.pages`, the fields in :mod:`
 from __future__ import annotations
 
 import datetime
+import logging
 import string
 from typing import Any
 
@@ -26,6 +27,7 @@ from toolkit import (
     ActionInactive,
     ActionProvider,
     ApiError,
+    BackgroundContext,
     BadActionRequest,
     HookContext,
     Identity,
@@ -44,6 +46,7 @@ from .signing import Signer
 __all__ = ["provider"]
 
 register_settings(*SETTINGS)
+logger = logging.getLogger("providers.forms")
 
 DEFAULT_EXPIRES_IN = 7 * 24 * 3600
 MAX_EXPIRES_IN = 30 * 24 * 3600
@@ -232,6 +235,23 @@ def _form_url(ctx: RunContext) -> str:
     if has_request_context() and request.blueprints:
         return url_for(f"{request.blueprints[-1]}.pages.form", action_id=ctx.action_id, _external=True)
     raise ActionFailed("NoFormURL", "The form's address is unknown; set APTK_FORMS_URL to the public URL of /forms.")
+
+
+PURGE_INTERVAL = 300.0
+"""Seconds between two sweeps deleting the answers of released and expired forms."""
+
+
+@provider.background
+def purge_answers(ctx: BackgroundContext) -> None:
+    """Every :data:`PURGE_INTERVAL` seconds, delete the stored answers of forms whose action is gone."""
+    while not ctx.stopping.wait(PURGE_INTERVAL):
+        try:
+            gone = answers.purge_released(ctx.store.engine, stopping=ctx.stopping)
+        except Exception:  # the database is away: the next sweep tries again
+            logger.exception("answers of released forms not purged; retrying in %g s", PURGE_INTERVAL)
+            continue
+        if gone:
+            logger.info("deleted the answers of %d released or expired forms", gone)
 
 
 @provider.run

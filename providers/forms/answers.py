@@ -3,6 +3,9 @@
 A row is written when a respondent's answer passes validation; the action's run callback then reads it. The first
 answer wins: a second one for the same form is refused by the primary key (no check-then-write race between two
 gunicorn workers), unless the form allows changes, where a provisional answer is replaced until it is final.
+
+A row outlives the action's completion (it is what refuses a late second answer) and goes with the action: once
+the action is released or removed by expiry, :func:`purge_released` deletes it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ from sqlalchemy.exc import IntegrityError
 
 from toolkit.store import create_tables
 
+PURGE_BATCH = 500
+"""Rows looked at (and deleted) per transaction by :func:`purge_released`."""
+
 metadata = sa.MetaData()
+_actions = sa.table("aptk_actions", sa.column("action_id"))
 answers = sa.Table(
     "forms_answers",
     metadata,
@@ -72,3 +79,23 @@ def forget(engine: sa.Engine, action_id: str) -> None:
     create_tables(engine, metadata)
     with engine.begin() as conn:
         conn.execute(sa.delete(answers).where(answers.c.action_id == action_id))
+
+
+def purge_released(engine: sa.Engine, *, batch: int = PURGE_BATCH, stopping: Any = None) -> int:
+    """Delete the answers of forms whose action is gone (released, or removed by expiry), looking at ``batch`` rows
+    per transaction in action id order; how many were deleted. Stops early once ``stopping`` (an Event) is set."""
+    create_tables(engine, metadata)
+    deleted = 0
+    after = ""
+    while stopping is None or not stopping.is_set():
+        with engine.begin() as conn:
+            ids = conn.execute(sa.select(answers.c.action_id).where(answers.c.action_id > after)
+                               .order_by(answers.c.action_id).limit(batch)).scalars().all()
+            if not ids:
+                break
+            after = ids[-1]
+            orphan = ~sa.exists().where(_actions.c.action_id == answers.c.action_id)
+            deleted += conn.execute(answers.delete().where(answers.c.action_id.in_(ids), orphan)).rowcount
+        if len(ids) < batch:
+            break
+    return deleted

@@ -168,6 +168,40 @@ def test_the_first_stored_answer_wins_a_race(site):
     assert answers.get(engine, "a" * 32) == first
 
 
+def test_answers_go_with_their_released_action_and_stay_while_it_is_kept(site, monkeypatch):
+    engine = get_toolkit(site.app).runtime.store.engine
+    kept, released = (site.run(form_body()) for _ in range(2))
+    for action in (kept, released):
+        page, browser = site.open(action["details"]["resolution_url"])
+        browser.post(f"/forms/{action['action_id']}/form", data={**GOOD_ANSWER, "csrf_token": csrf(page.text)})
+        assert site.status(action["action_id"])["status"] == "SUCCEEDED"
+    assert site.api.post(f"/forms/{released['action_id']}/release", headers=site.headers).status_code == 200
+    assert answers.purge_released(engine, batch=1) == 1  # one row a transaction: every row is still looked at
+    assert answers.get(engine, released["action_id"]) is None
+    assert answers.get(engine, kept["action_id"]) is not None  # a kept action's answer still refuses a second one
+
+
+def test_the_provider_sweeps_answers_of_released_forms_in_the_background(tmp_path, monkeypatch):
+    import time
+
+    import providers.forms as forms
+
+    monkeypatch.setattr(forms, "PURGE_INTERVAL", 0.1)
+    site = Site(tmp_path)
+    try:
+        engine = get_toolkit(site.app).runtime.store.engine
+        action = site.run(form_body())
+        page, browser = site.open(action["details"]["resolution_url"])
+        browser.post(f"/forms/{action['action_id']}/form", data={**GOOD_ANSWER, "csrf_token": csrf(page.text)})
+        assert site.api.post(f"/forms/{action['action_id']}/release", headers=site.headers).status_code == 200
+        give_up = time.monotonic() + 10
+        while answers.get(engine, action["action_id"]) is not None:
+            assert time.monotonic() < give_up, "the answer of a released form was never deleted"
+            time.sleep(0.05)
+    finally:
+        get_toolkit(site.app).runtime.stop()
+
+
 def test_allow_changes_keeps_the_form_open_until_the_answer_is_submitted(site):
     action = site.run(form_body(allow_changes=True))
     page, browser = site.open(action["details"]["resolution_url"])
