@@ -335,6 +335,7 @@ def make_blueprint(provider: "ActionProvider", *, url_prefix: str | None = None,
                     return view(served(kwargs.pop("aptk_variant", None)), **kwargs)
 
             checked.aptk_operation = view.__name__  # type: ignore[attr-defined]  # toolkit.calls finds routes by it
+            checked.aptk_provider = served  # type: ignore[attr-defined]  # and the provider (variant key -> provider)
             for rule, method in rules:
                 bp.add_url_rule(variant_segment + rule, view.__name__, checked, methods=[method], strict_slashes=False)
             return checked

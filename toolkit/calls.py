@@ -399,16 +399,20 @@ class Calls:
 
     def _serves(self, path: str) -> bool:
         """True if ``path + /run`` is the run route of a provider of this app."""
+        return self._run_route(path) is not None
+
+    def _run_route(self, path: str) -> tuple[Any, dict[str, Any]] | None:
+        """The view of ``path + /run`` and its arguments, if it is the run route of a provider of this app."""
         from werkzeug.exceptions import HTTPException
         from werkzeug.routing import RequestRedirect
 
         adapter = self.app.url_map.bind("localhost")
         try:
-            endpoint, _ = adapter.match(path + "/run", method="POST")
+            endpoint, arguments = adapter.match(path + "/run", method="POST")
         except (HTTPException, RequestRedirect):
-            return False
-        view = self.app.view_functions.get(endpoint)
-        return getattr(view, "aptk_operation", None) == "run"
+            return None
+        view: Any = self.app.view_functions.get(endpoint)
+        return (view, dict(arguments)) if getattr(view, "aptk_operation", None) == "run" else None
 
     def _client_for(self, url: str) -> CallClient | None:
         return next((c for c in self.clients if c.serves(url)), None)
@@ -430,6 +434,32 @@ class Target:
         return f"Target({self.url!r}, local={self.local})"
 
     # --- the operations ---
+
+    def check_body(self, body: Any, name: str = "body") -> None:
+        """Refuse (``RunRefused`` 400, naming the field) a body this deployment's provider would refuse at ``/run``.
+
+        Only the provider's input schema is applied, as its ``/run`` would; ``name`` is the body's name in the
+        description. A remote target's schema is not checked (its ``/run`` decides).
+        """
+        if self._root is None:
+            return
+        from flask import has_app_context
+
+        from .errors import ApiError
+
+        route = self._calls._run_route(self.url[len(self._root[0]) + len(self._root[1]):])
+        if route is None:
+            raise RunRefused(404, "ProviderNotFound", f"{self.url} is no longer served here")
+        view, arguments = route
+        try:
+            if has_app_context():
+                provider = view.aptk_provider(arguments.get("aptk_variant"))
+            else:
+                with self._calls.app.app_context():
+                    provider = view.aptk_provider(arguments.get("aptk_variant"))
+            provider.validate_body(body, name)
+        except ApiError as exc:
+            raise RunRefused(exc.status, exc.code, exc.description) from None
 
     def introspect(self, identity: "Identity") -> dict[str, Any]:
         return self._call(identity, "GET", "", None, lambda c: c.introspect())

@@ -893,6 +893,20 @@ class Runtime:
         where = {"status": Status.ACTIVE, "runner": None, "attempts": action.attempts}
         return self._finish(action, where, status, _json_object(details), self.clock())
 
+    def pause(self, action_id: str, details: dict[str, Any]) -> Action | None:
+        """Pause (INACTIVE) an action its callback handed over, until someone calls ``/resume``.
+
+        ``details`` should say why, with a ``code`` and a ``description`` (and ``required_scope`` or
+        ``resolution_url`` where they help), as an :class:`~toolkit.ActionInactive` would; a resume drops those
+        and runs the callback again (``ctx.resumed``). None if the action is no longer ACTIVE in the provider's
+        hands (cancelled, past its deadline, released).
+        """
+        action = self.store.get(action_id)
+        if action is None:
+            return None
+        where = {"status": Status.ACTIVE, "runner": None, "attempts": action.attempts}
+        return self._finish(action, where, Status.INACTIVE, _json_object(details), self.clock())
+
     def hook_context(self, identity: "Identity") -> HookContext:
         """The context a check, cancel or resume hook gets for a request by ``identity``."""
         return HookContext(identity=identity, config=self.config, store=self.store, clock=self.clock, runtime=self)

@@ -177,16 +177,17 @@ class ActionProvider:
         self.input_schema = schema
         self._validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
 
-    def validate_body(self, body: dict[str, Any]) -> Any:
-        """The validated body, or a 400 whose description names each offending field."""
+    def validate_body(self, body: dict[str, Any], prefix: str = "body") -> Any:
+        """The validated body, or a 400 whose description names each offending field (``prefix`` is the body's
+        name in it: another document may hold the body, as a timer's ``body.callback_body`` does)."""
         if self._marshmallow is not None:
             try:
                 return self._marshmallow.load(body)
             except ValidationError as exc:
-                raise BadActionRequest(describe_validation_error(exc, "body")) from None
+                raise BadActionRequest(describe_validation_error(exc, prefix)) from None
         errors = sorted(self._validator.iter_errors(body), key=lambda e: list(e.absolute_path))
         if errors:
-            lines = [f"{_json_path(e)}: {_message(e)}" for e in errors[:10]]
+            lines = [f"{_json_path(e, prefix)}: {_message(e)}" for e in errors[:10]]
             raise BadActionRequest("; ".join(lines))
         return body
 
@@ -356,8 +357,8 @@ def _message(error: jsonschema.ValidationError) -> str:
     return message if len(message) <= 2 * SHOWN_LIMIT else f"{message[:2 * SHOWN_LIMIT]}... ({len(message)} characters)"
 
 
-def _json_path(error: jsonschema.ValidationError) -> str:
-    path = "body"
+def _json_path(error: jsonschema.ValidationError, prefix: str = "body") -> str:
+    path = prefix
     for part in error.absolute_path:
         path += f"[{part}]" if isinstance(part, int) else f".{part}"
     return path

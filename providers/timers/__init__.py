@@ -22,11 +22,15 @@ How it is built, and why:
 * The scheduler keeps ``details`` and ``/log`` up to date and ends the action with
   :meth:`toolkit.lifecycle.Runtime.end`: SUCCEEDED at ``stop_after``, FAILED after ``APTK_TIMERS_MAX_FAILURES``
   failed ticks in a row. ``/cancel`` ends it like any action, and the schedule stops with it (a running target
-  action is left alone).
+  action is left alone, unless the timer was made with ``cancel_running``).
+* A tick that finds no credentials to call a remote target as the creator pauses the timer (INACTIVE, saying
+  what is missing); ``/resume`` runs the callback again, which schedules the timer from its next tick.
+* A target this deployment serves has ``callback_body`` checked against its input schema at ``/run``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,8 +42,10 @@ from toolkit import (
     BadActionRequest,
     HookContext,
     RunContext,
+    Status,
 )
-from toolkit.calls import Calls, RunRefused
+from toolkit.auth import Identity
+from toolkit.calls import CallError, Calls, RunRefused
 from toolkit.documents import Action
 from toolkit.settings import flag, number, register_settings, setting
 
@@ -53,7 +59,7 @@ from .schedule import (
     tick_time,
     to_epoch,
 )
-from .scheduler import RETRY_WINDOW_SECONDS, Scheduler, details
+from .scheduler import FINAL_RUN_STATES, RETRY_WINDOW_SECONDS, Scheduler, details, log_skipped, refresh_runs
 
 __all__ = ["provider"]
 
@@ -78,6 +84,9 @@ INPUT_SCHEMA: dict[str, Any] = {
                   "description": "ISO 8601 date-time of the first run (UTC unless it says otherwise); default now."},
         "interval": {"type": ["string", "number"],
                      "description": "ISO 8601 duration (PT1H, P1D, P1M) or seconds between runs."},
+        "cancel_running": {"type": "boolean",
+                           "description": "Cancelling the timer also cancels the run it started that still runs "
+                                          "(default false: that run is left alone)."},
         "stop_after": {
             "type": "object", "additionalProperties": False,
             "properties": {
@@ -134,7 +143,7 @@ class _Plan:
 @provider.check
 def check_request(body: dict[str, Any], ctx: HookContext) -> None:
     _Plan(body, ctx.config, ctx.clock())
-    _check_reachable(body["callback_url"], ctx.config)
+    _check_reachable(body["callback_url"], body["callback_body"], ctx.config)
 
 
 def _origin() -> str | None:
@@ -142,14 +151,19 @@ def _origin() -> str | None:
     return request.host_url.rstrip("/") if has_request_context() else None
 
 
-def _check_reachable(url: str, config: Any) -> None:
-    """Refuse a target the schedulers could never call as the timer's creator (see the README, "Timers")."""
+def _check_reachable(url: str, callback_body: Any, config: Any) -> None:
+    """Refuse a target the schedulers could never call as the timer's creator (see the README, "Timers"), and
+    a body its input schema refuses when this deployment serves it (a remote target's /run decides at a tick)."""
     calls = Calls.for_app(current_app)
     try:
         target = calls.target(url, origin=_origin())
     except RunRefused as exc:
         raise BadActionRequest(f"body.callback_url: {exc.description}") from None
     if target.local:
+        try:
+            target.check_body(callback_body, "body.callback_body")
+        except RunRefused as exc:
+            raise BadActionRequest(exc.description) from None
         return
     if str(setting(config, "APTK_AUTH", "dev")).lower() == "globus":
         raise BadActionRequest(
@@ -163,8 +177,14 @@ def _check_reachable(url: str, config: Any) -> None:
 
 
 @provider.run
-def schedule(body: dict[str, Any], ctx: RunContext) -> None:
-    """Write the timer down and hand the action over to the schedulers."""
+def schedule(body: dict[str, Any], ctx: RunContext) -> dict[str, Any] | None:
+    """Write the timer down and hand the action over to the schedulers (after a resume: schedule it again)."""
+    existing = table.get(ctx.store.engine, ctx.action_id)
+    if existing is not None:  # resumed, or run again after a crash before the hand-over
+        if existing.state == table.PAUSED:
+            return _resume(existing, ctx)
+        ctx.hand_over(details=details(existing), display_status="Scheduled")
+        return None
     plan = _Plan(body, ctx.config, ctx.clock())
     origin = _origin()
     timer = table.Timer(
@@ -179,11 +199,83 @@ def schedule(body: dict[str, Any], ctx: RunContext) -> None:
     table.insert(ctx.store.engine, timer)
     stored = table.get(ctx.store.engine, ctx.action_id) or timer
     ctx.hand_over(details=details(stored), display_status="Scheduled")
+    return None
+
+
+def _resume(timer: table.Timer, ctx: RunContext) -> dict[str, Any] | None:
+    """A paused timer resumed: it runs again from its next tick; the ticks that passed meanwhile are skipped.
+
+    Returns the final details if its ``stop_after.date`` passed while it was paused (it ends SUCCEEDED).
+    """
+    interval = parse_interval(timer.interval, 0)
+    now = ctx.clock()
+    following = max(timer.next_index, first_index_at_or_after(timer.start, interval, now))
+    missed = [i for i in range(timer.next_index, following)
+              if timer.stop_date is None or tick_time(timer.start, interval, i) <= timer.stop_date]
+    changes: dict[str, Any] = {"next_index": following, "next_at": tick_time(timer.start, interval, following),
+                               "skipped": timer.skipped + len(missed)}
+    finished = timer.stop_date is not None and changes["next_at"] > timer.stop_date
+    if not table.resume(ctx.store.engine, timer.timer_id, **changes):
+        stored = table.get(ctx.store.engine, timer.timer_id) or timer  # resumed twice at once: the other won
+        ctx.hand_over(details=details(stored), display_status="Scheduled")
+        return None
+    log_skipped(ctx.store, timer.timer_id, missed, now, "passed while the timer was paused")
+    resumed = table.get(ctx.store.engine, timer.timer_id) or timer
+    if finished:
+        table.end(ctx.store.engine, timer.timer_id)
+        return {**details(dataclasses.replace(resumed, state=table.ENDED)),
+                "reason": "The timer reached its stop_after date while it was paused."}
+    ctx.hand_over(details=details(resumed), display_status="Scheduled")
+    return None
+
+
+def _creator(action: Action) -> Identity:
+    return Identity(id=action.creator_id, principals=frozenset(action.principals), scopes=frozenset())
+
+
+@provider.finish
+def final_runs(action: Action, ctx: HookContext) -> dict[str, Any] | None:
+    """The timer's final details, with the status of each listed run that was still going read again."""
+    runs = [dict(run) for run in action.details.get("last_runs") or []]
+    timer = table.get(ctx.store.engine, action.action_id)
+    if timer is None or all(run.get("status") in FINAL_RUN_STATES for run in runs):
+        return None
+    try:
+        refresh_runs(Calls.from_context(ctx).target(timer.callback_url, origin=timer.origin), _creator(action),
+                     runs, action.action_id)
+    except CallError:
+        return None
+    return {**action.details, "last_runs": runs}
 
 
 @provider.cancel
 def stop_schedule(action: Action, ctx: HookContext) -> None:
+    """Stop the schedule; with ``cancel_running``, cancel (as the creator) the runs that still go."""
     table.end(ctx.store.engine, action.action_id)
+    if not action.body.get("cancel_running"):
+        return
+    runs = [dict(run) for run in action.details.get("last_runs") or []]
+    going = [run for run in runs if run.get("status") not in FINAL_RUN_STATES and run.get("action_id")]
+    timer = table.get(ctx.store.engine, action.action_id)
+    if not going or timer is None:
+        return
+    now = ctx.clock()
+    try:
+        target = Calls.from_context(ctx).target(timer.callback_url, origin=timer.origin)
+    except CallError as exc:
+        ctx.store.append_log(action.action_id, now, "RunNotCancelled", f"Could not cancel the running runs: {exc}")
+        return
+    for run in going:
+        try:
+            run["status"] = target.cancel(_creator(action), run["action_id"]).get("status", run["status"])
+            ctx.store.append_log(action.action_id, now, "RunCancelled",
+                                 f"Cancelled run {run['action_id']} (tick {run.get('tick')}) at the target; it is "
+                                 f"{run['status']}.", {"tick": run.get("tick"), "action_id": run["action_id"]})
+        except CallError as exc:
+            ctx.store.append_log(action.action_id, now, "RunNotCancelled",
+                                 f"Could not cancel run {run['action_id']} (tick {run.get('tick')}): {exc}"[:2000],
+                                 {"tick": run.get("tick"), "action_id": run["action_id"]})
+    ctx.store.update(action.action_id, where={"status": Status.FAILED}, details={**action.details, "last_runs": runs})
 
 
 @provider.background

@@ -40,6 +40,8 @@ def schedule_options(fn: Any) -> Any:
         click.option("--stop-after-runs", type=click.IntRange(1), default=None, help="End after this many runs."),
         click.option("--stop-after-date", default=None, help="No run after this date-time (ISO 8601)."),
         click.option("--name", default=None, help="A name for the timer."),
+        click.option("--cancel-running", is_flag=True, default=False,
+                     help="Cancelling the timer also cancels the run it started that still runs."),
         timers_option,
         token_option,
         output_options,
@@ -49,9 +51,12 @@ def schedule_options(fn: Any) -> Any:
 
 
 def _create(timers_url: str, token: str | None, callback_url: str, callback_body: Any, interval: str, start: str | None,
-            stop_after_runs: int | None, stop_after_date: str | None, name: str | None) -> None:
+            stop_after_runs: int | None, stop_after_date: str | None, name: str | None,
+            cancel_running: bool) -> None:
     body: dict[str, Any] = {"callback_url": callback_url, "callback_body": callback_body,
                             "interval": interval_value(interval)}
+    if cancel_running:
+        body["cancel_running"] = True
     if start:
         body["start"] = start
     stop: dict[str, Any] = {}
@@ -82,10 +87,11 @@ def timer() -> None:
 @click.option("--body", required=True, help="The body of each run, as JSON (or @file.json).")
 @schedule_options
 def create(url: str, body: str, timers_url: str, token: str | None, interval: str, start: str | None,
-           stop_after_runs: int | None, stop_after_date: str | None, name: str | None) -> None:
+           stop_after_runs: int | None, stop_after_date: str | None, name: str | None, cancel_running: bool) -> None:
     """Run the action provider at URL (its base or /run URL) with --body every --interval."""
     run_url = url.rstrip("/") if url.rstrip("/").endswith("/run") else url.rstrip("/") + "/run"
-    _create(timers_url, token, run_url, parse_body(body), interval, start, stop_after_runs, stop_after_date, name)
+    _create(timers_url, token, run_url, parse_body(body), interval, start, stop_after_runs, stop_after_date, name,
+            cancel_running)
 
 
 def _location(value: str, param_hint: str) -> tuple[str, str]:
@@ -105,7 +111,8 @@ def _location(value: str, param_hint: str) -> tuple[str, str]:
 @schedule_options
 def transfer(source: str, destination: str, recursive: bool | None, sync_level: str | None,
              transfer_label: str | None, timers_url: str, token: str | None, interval: str, start: str | None,
-             stop_after_runs: int | None, stop_after_date: str | None, name: str | None) -> None:
+             stop_after_runs: int | None, stop_after_date: str | None, name: str | None,
+             cancel_running: bool) -> None:
     """Copy SOURCE to DESTINATION (each COLLECTION:/path) every --interval with the server's /transfer."""
     source_collection, source_path = _location(source, "SOURCE")
     destination_collection, destination_path = _location(destination, "DESTINATION")
@@ -118,7 +125,7 @@ def transfer(source: str, destination: str, recursive: bool | None, sync_level: 
     if transfer_label:
         body["label"] = transfer_label
     _create(timers_url, token, f"{server_of(timers_url)}/transfer/run", body, interval, start, stop_after_runs,
-            stop_after_date, name or f"transfer {source} -> {destination}")
+            stop_after_date, name or f"transfer {source} -> {destination}", cancel_running)
 
 
 @timer.command()
@@ -127,10 +134,10 @@ def transfer(source: str, destination: str, recursive: bool | None, sync_level: 
               help="The flow's input, as JSON (or @file.json).")
 @schedule_options
 def flow(flow_id: str, flow_input: str, timers_url: str, token: str | None, interval: str, start: str | None,
-         stop_after_runs: int | None, stop_after_date: str | None, name: str | None) -> None:
+         stop_after_runs: int | None, stop_after_date: str | None, name: str | None, cancel_running: bool) -> None:
     """Run the server's flow FLOW_ID with --input every --interval."""
     _create(timers_url, token, f"{server_of(timers_url)}/flows/{flow_id}/run", parse_body(flow_input), interval,
-            start, stop_after_runs, stop_after_date, name or f"flow {flow_id}")
+            start, stop_after_runs, stop_after_date, name or f"flow {flow_id}", cancel_running)
 
 
 @timer.command(name="list")
@@ -156,11 +163,47 @@ def show(timer_id: str, timers_url: str, token: str | None) -> None:
     print_document(call_provider(make_client(timers_url, token).status, timer_id))
 
 
+FINAL_RUN_STATES = ("SUCCEEDED", "FAILED", "RELEASED")
+
+
+@timer.command()
+@click.argument("timer_id")
+@click.option("--cancel-running", is_flag=True, default=False,
+              help="Also cancel, at the target, the runs the timer lists that still run (as you, with the same "
+                   "token or login).")
+@timers_option
+@token_option
+@output_options
+def cancel(timer_id: str, cancel_running: bool, timers_url: str, token: str | None) -> None:
+    """Stop a timer's schedule (an action it started and that still runs is left alone unless --cancel-running)."""
+    from toolkit.client import ClientError, ProviderUnreachable
+
+    status = call_provider(make_client(timers_url, token).cancel, timer_id)
+    if cancel_running:
+        details = status.get("details") or {}
+        run_url = str(details.get("callback_url", ""))
+        going = [run for run in details.get("last_runs") or []
+                 if run.get("status") not in FINAL_RUN_STATES and run.get("action_id")]
+        if going:
+            target = make_client(run_url[: -len("/run")] if run_url.endswith("/run") else run_url, token)
+            for run in going:
+                try:
+                    cancelled = target.cancel(run["action_id"])
+                except (ClientError, ProviderUnreachable) as exc:
+                    if getattr(exc, "status", None) != 409:  # 409: it ended meanwhile
+                        raise click.ClickException(f"the timer is cancelled, but not its run {run['action_id']} "
+                                                   f"at {run_url}: {exc}") from None
+                    cancelled = call_provider(target.status, run["action_id"])
+                run["status"] = cancelled.get("status", run["status"])
+                click.echo(f"run {run['action_id']} (tick {run.get('tick')}) at {run_url}: {run['status']}", err=True)
+    print_document(status)
+
+
 @timer.command()
 @click.argument("timer_id")
 @timers_option
 @token_option
 @output_options
-def cancel(timer_id: str, timers_url: str, token: str | None) -> None:
-    """Stop a timer's schedule (an action it started and that still runs is left alone)."""
-    print_document(call_provider(make_client(timers_url, token).cancel, timer_id))
+def resume(timer_id: str, timers_url: str, token: str | None) -> None:
+    """Schedule again a timer that paused (INACTIVE) for want of credentials; it runs from its next tick."""
+    print_document(call_provider(make_client(timers_url, token).resume, timer_id))

@@ -6,7 +6,9 @@ Each tick ends in one of three ways, each one line in the timer's ``/log``:
 * ``TickSkipped``: the previous tick's action was still ACTIVE (or INACTIVE), or the tick was missed
   (:data:`~.schedule.MISFIRE_SECONDS`, downtime);
 * ``TickFailed``: the target refused the run (4xx), or stayed unavailable (5xx, 429, connection refused) through
-  the retries, which back off from 1 s and give up before the next tick (at most :data:`RETRY_WINDOW_SECONDS`).
+  the retries, which back off from 1 s and give up before the next tick (at most :data:`RETRY_WINDOW_SECONDS`);
+  or there were no credentials to call it as the timer's creator, which pauses the timer (INACTIVE) until a
+  ``/resume``: no later tick could do better, and retrying would only fill the log.
 
 The timer action then ends SUCCEEDED when ``stop_after`` is reached, or FAILED after
 ``APTK_TIMERS_MAX_FAILURES`` failed ticks in a row.
@@ -38,6 +40,9 @@ RETRY_WINDOW_SECONDS = 300.0
 MAX_LOGGED_SKIPS = 100
 """After downtime, at most this many skipped ticks get a log line each; one more line counts the rest."""
 HANDED_OVER = {"status": Status.ACTIVE, "runner": None}
+FINAL_RUN_STATES = frozenset({"SUCCEEDED", "FAILED", "RELEASED"})
+"""A listed run in one of these is not read again (``RELEASED``: gone from the target, or no longer visible)."""
+PAUSE_CODE = "CredentialsRequired"
 DEFAULT_MAX_FAILURES = 5
 DEFAULT_THREADS = 8
 
@@ -77,6 +82,52 @@ def details(timer: table.Timer) -> dict[str, Any]:
         document["stop_after"] = stop
     if timer.last_error:
         document["last_error"] = timer.last_error
+    return document
+
+
+def refresh_runs(target: TargetLike, identity: Identity, runs: list[dict[str, Any]], timer_id: str) -> None:
+    """Read again, in place, the status of every listed run that is not final.
+
+    A run the target no longer shows is ``RELEASED``; one it cannot say now keeps its status.
+    :class:`CredentialsMissing` is raised: the caller decides what it means.
+    """
+    for run in runs:
+        if run.get("status") in FINAL_RUN_STATES or not run.get("action_id"):
+            continue
+        try:
+            run["status"] = target.status(identity, run["action_id"]).get("status", run.get("status"))
+        except RunRefused:  # released, or no longer visible: it is not running on our account
+            run["status"] = "RELEASED"
+        except CredentialsMissing:
+            raise
+        except CallError as exc:
+            logger.warning("timer %s: status of %s unknown (%s)", timer_id, run["action_id"], exc)
+
+
+def log_skipped(store: Any, timer_id: str, missed: list[int], now: float, why: str) -> None:
+    """One log line per skipped tick, at most :data:`MAX_LOGGED_SKIPS`; one more line counts the rest."""
+    for index in missed[:MAX_LOGGED_SKIPS]:
+        store.append_log(timer_id, now, "TickSkipped", f"Tick {index} was {why}.", {"tick": index},
+                         where={"status": Status.ACTIVE})
+    if len(missed) > MAX_LOGGED_SKIPS:
+        rest = len(missed) - MAX_LOGGED_SKIPS
+        store.append_log(timer_id, now, "TickSkipped", f"{rest} more ticks were {why}.", {"ticks": rest},
+                         where={"status": Status.ACTIVE})
+
+
+def pause_details(timer: table.Timer, index: int, exc: CredentialsMissing) -> dict[str, Any]:
+    """What an INACTIVE timer's details add: what is missing, and what to do about it."""
+    document: dict[str, Any] = {
+        "code": PAUSE_CODE,
+        "description": (
+            f"Tick {index} could not call {timer.callback_url} as the timer's creator: {exc.description}. Give this "
+            "deployment credentials for it (a client for its URL in APTK_CALL_CLIENTS that the target accepts"
+            + (f", with the scope {exc.scope}" if exc.scope else "")
+            + "), then resume the timer: it runs again from its next tick."
+        )[:2000],
+    }
+    if exc.scope:
+        document["required_scope"] = exc.scope
     return document
 
 
@@ -196,13 +247,7 @@ class Scheduler:
         return max(0.0, min(RETRY_WINDOW_SECONDS, following - started))
 
     def _log_skipped(self, timer: table.Timer, missed: list[int], now: float, why: str) -> None:
-        for index in missed[:MAX_LOGGED_SKIPS]:
-            self.store.append_log(timer.timer_id, now, "TickSkipped", f"Tick {index} was {why}.",
-                                  {"tick": index}, where=HANDED_OVER)
-        if len(missed) > MAX_LOGGED_SKIPS:
-            rest = len(missed) - MAX_LOGGED_SKIPS
-            self.store.append_log(timer.timer_id, now, "TickSkipped", f"{rest} more ticks were {why}.",
-                                  {"ticks": rest}, where=HANDED_OVER)
+        log_skipped(self.store, timer.timer_id, missed, now, why)
 
     # --- firing ---------------------------------------------------------------------------------------------
 
@@ -231,19 +276,16 @@ class Scheduler:
             target = self.calls.target(timer.callback_url, origin=timer.origin)
         except RunRefused as exc:
             return self._failed(timer, interval, index, last_runs, "RunRefused", exc.description)
-        if timer.last_action_id and last_runs and last_runs[0].get("status") in ("ACTIVE", "INACTIVE"):
-            try:
-                previous = target.status(identity, timer.last_action_id)
-                last_runs[0]["status"] = previous.get("status", last_runs[0]["status"])
-            except RunRefused:  # released, or no longer visible: it is not running on our account
-                last_runs[0]["status"] = "RELEASED"
-            except CallError as exc:
-                logger.warning("timer %s: status of %s unknown (%s)", timer.timer_id, timer.last_action_id, exc)
-            if last_runs[0]["status"] in ("ACTIVE", "INACTIVE"):
-                self._record(timer, interval, index, "TickSkipped",
-                             f"Tick {index} skipped: run {timer.last_action_id} is still {last_runs[0]['status']}.",
-                             skipped=timer.skipped + 1, last_runs=last_runs)
-                return
+        try:
+            refresh_runs(target, identity, last_runs, timer.timer_id)
+        except CredentialsMissing as exc:
+            return self._pause(timer, interval, index, last_runs, exc)
+        if last_runs and last_runs[0].get("status") not in FINAL_RUN_STATES:
+            previous = last_runs[0]
+            self._record(timer, interval, index, "TickSkipped",
+                         f"Tick {index} skipped: run {previous.get('action_id')} is still {previous.get('status')}.",
+                         skipped=timer.skipped + 1, last_runs=last_runs)
+            return
         tick_at = tick_time(timer.start, interval, index)
         give_up = max(self.clock(), tick_at) + self._retry_window(timer, interval, index, max(self.clock(), tick_at))
         delay = 1.0
@@ -265,7 +307,7 @@ class Scheduler:
                 return self._failed(timer, interval, index, last_runs, "RunRefused",
                                     f"The target refused the run ({exc.status} {exc.code}): {exc.description}")
             except CredentialsMissing as exc:
-                return self._failed(timer, interval, index, last_runs, "CredentialsMissing", exc.description)
+                return self._pause(timer, interval, index, last_runs, exc)
         action_id = str(status.get("action_id", ""))
         run = {"tick": index, "action_id": action_id, "status": status.get("status", "ACTIVE"),
                "start_time": status.get("start_time") or iso(self.clock())}
@@ -279,6 +321,28 @@ class Scheduler:
                      failed=timer.failed + 1, consecutive_failures=timer.consecutive_failures + 1,
                      last_error={"tick": index, "code": code, "description": description[:1000]},
                      last_runs=last_runs)
+
+    def _pause(self, timer: table.Timer, interval: Interval, index: int, last_runs: list[dict[str, Any]],
+               exc: CredentialsMissing) -> None:
+        """No credentials to call the target as the creator: the timer goes INACTIVE until a ``/resume``.
+
+        The tick counts as failed, but not towards ``APTK_TIMERS_MAX_FAILURES``: the timer waits for its creator
+        (or the deployment's operator) rather than failing on its own.
+        """
+        following = index + 1
+        changes: dict[str, Any] = {
+            "state": table.PAUSED, "next_index": following, "next_at": tick_time(timer.start, interval, following),
+            "failed": timer.failed + 1, "last_runs": last_runs,
+            "last_error": {"tick": index, "code": "CredentialsMissing", "description": exc.description[:1000]},
+        }
+        if not table.record(self.engine, timer.timer_id, index, **changes):
+            return  # cancelled meanwhile, or another process took the tick over
+        after = dataclasses.replace(timer, pending_index=None, pending_until=None, **changes)
+        self.store.append_log(timer.timer_id, self.clock(), "TickFailed",
+                              f"Tick {index} failed: CredentialsMissing: {exc.description}"[:2000], {"tick": index},
+                              where=HANDED_OVER)
+        if self.runtime.pause(timer.timer_id, {**details(after), **pause_details(after, index, exc)}) is None:
+            table.end(self.engine, timer.timer_id)  # the action ended meanwhile (cancelled, deadline)
 
     def _record(self, timer: table.Timer, interval: Interval, index: int, code: str, description: str,
                 **changes: Any) -> None:

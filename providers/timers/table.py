@@ -20,6 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from toolkit.store import create_tables
 
 SCHEDULED = "scheduled"
+PAUSED = "paused"
+"""Its action is INACTIVE (a tick found no credentials for the target); a ``/resume`` schedules it again."""
 ENDED = "ended"
 
 metadata = sa.MetaData()
@@ -187,11 +189,21 @@ def record(engine: sa.Engine, timer_id: str, index: int, **changes: Any) -> bool
 
 
 def end(engine: sa.Engine, timer_id: str) -> bool:
-    """Stop a timer's schedule (cancelled, or its action ended otherwise); True if it was still scheduled."""
+    """Stop a timer's schedule (cancelled, or its action ended otherwise); True if it was still scheduled (or
+    paused)."""
     create_tables(engine, metadata)
     with engine.begin() as conn:
-        result = conn.execute(sa.update(timers).where(timers.c.timer_id == timer_id, timers.c.state == SCHEDULED)
+        result = conn.execute(sa.update(timers).where(timers.c.timer_id == timer_id,
+                                                      timers.c.state.in_([SCHEDULED, PAUSED]))
                               .values(state=ENDED, pending_index=None, pending_until=None))
+    return result.rowcount == 1
+
+
+def resume(engine: sa.Engine, timer_id: str, **changes: Any) -> bool:
+    """Schedule a paused timer again (compare-and-set on its being paused); True for the one resume that wins."""
+    with engine.begin() as conn:
+        result = conn.execute(sa.update(timers).where(timers.c.timer_id == timer_id, timers.c.state == PAUSED)
+                              .values(state=SCHEDULED, pending_index=None, pending_until=None, **changes))
     return result.rowcount == 1
 
 

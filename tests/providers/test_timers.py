@@ -324,23 +324,25 @@ def test_a_target_unavailable_until_the_next_tick_fails_that_tick(site):
 
 
 def test_consecutive_refused_runs_end_the_timer_failed_with_the_last_error(tmp_path):
-    site = Site(tmp_path, APTK_TIMERS_MAX_FAILURES="3")
+    remote = RemoteProvider(unavailable=0, refuse=True)
+    site = remote_site(tmp_path, remote.url, f"{remote.url}/token", APTK_TIMERS_MAX_FAILURES="3")
     try:
-        timer = site.create(callback_body={"greeting": "no echo_string"})
+        # A remote target's body is not checked at /run: its own /run refuses it at each tick.
+        timer = site.create(callback_url=f"{remote.url}/remote/run", callback_body={"greeting": "no message"})
         scheduler = site.scheduler()
         for _ in range(3):
-            site.settle()
             scheduler.run_due()
             site.clock.advance(60)
         done = site.status(timer["action_id"])
         assert done["status"] == "FAILED"
         assert done["details"]["code"] == "TooManyFailures"
         assert done["details"]["description"].startswith("3 ticks in a row failed; the last: RunRefused")
-        assert "echo_string" in done["details"]["description"]
+        assert "'message' is a required property" in done["details"]["description"]
         assert done["details"]["failed"] == 3
-        assert site.hello_actions() == []
+        assert len(remote.runs) == 3
     finally:
         site.runtime.stop()
+        remote.stop()
 
 
 def test_a_run_between_failures_resets_the_count(tmp_path):
@@ -409,6 +411,39 @@ def test_cancel_stops_the_schedule_and_leaves_a_running_target_alone(site):
     assert table.get(site.runtime.store.engine, timer["action_id"]).state == table.ENDED
 
 
+def test_a_timer_made_with_cancel_running_cancels_its_running_run_when_cancelled(site):
+    timer = site.create(callback_body={"echo_string": "hi", "sleep_time": 3600}, cancel_running=True)
+    site.scheduler().run_due()
+    [running] = site.hello_actions()
+    assert running["status"] == "ACTIVE"
+    response = site.api.post(f"/timers/{timer['action_id']}/cancel", headers=site.headers)
+    assert response.status_code == 200 and response.json["details"]["code"] == "ActionCancelled"
+    cancelled = site.status(running["action_id"], "/hello")
+    assert (cancelled["status"], cancelled["details"]["code"]) == ("FAILED", "ActionCancelled")
+    after = site.status(timer["action_id"])
+    assert after["status"] == "FAILED"
+    assert after["details"]["last_runs"][0] == {**after["details"]["last_runs"][0], "action_id": running["action_id"],
+                                                "status": "FAILED"}
+    [line] = [e for e in site.log(timer["action_id"]) if e["code"] == "RunCancelled"]
+    assert line["description"] == f"Cancelled run {running['action_id']} (tick 0) at the target; it is FAILED."
+
+
+def test_cancel_running_must_be_a_boolean(site):
+    refused = site.create(expect=400, cancel_running="yes")
+    assert refused["description"].startswith("body.cancel_running:")
+
+
+def test_the_final_details_show_the_status_of_a_run_that_ended_since_the_last_tick(site):
+    timer = site.create(callback_body={"echo_string": "hi", "sleep_time": 3600})
+    site.scheduler().run_due()
+    [running] = site.hello_actions()
+    assert site.status(timer["action_id"])["details"]["last_runs"][0]["status"] == "ACTIVE"
+    assert site.api.post(f"/hello/{running['action_id']}/cancel", headers=site.headers).status_code == 200
+    response = site.api.post(f"/timers/{timer['action_id']}/cancel", headers=site.headers)
+    assert response.json["details"]["last_runs"][0]["status"] == "FAILED"  # read again as the timer ended
+    assert site.status(timer["action_id"])["details"]["last_runs"][0]["status"] == "FAILED"
+
+
 def test_the_lease_never_takes_up_a_timer(site):
     timer = site.create()
     site.clock.advance(10 * site.runtime.lease_seconds + 30)  # 330 s: ticks 0..5 have passed
@@ -441,12 +476,18 @@ def test_another_user_cannot_see_or_cancel_a_timer(site):
     ({"callback_url": "http://localhost/nothing/run"}, "body.callback_url: is not served by this deployment"),
     ({"callback_body": "hi"}, "callback_body"),
     ({"every": 60}, "every"),
+    # The target is served here: its input schema applies to callback_body at once.
+    ({"callback_body": {"greeting": "hi"}}, "body.callback_body: 'echo_string' is a required property"),
+    ({"callback_body": {"echo_string": 5}}, "body.callback_body.echo_string: 5 is not of type 'string'"),
+    ({"callback_body": {"echo_string": "hi", "sleep_time": -1}},
+     "body.callback_body.sleep_time: -1 is less than the minimum of 0"),
 ])
 def test_bad_bodies_are_refused_with_a_precise_400(site, body, message):
     refused = site.create(expect=400, **body)
     assert refused["code"] == "BadActionRequest"
     assert message in refused["description"]
     assert site.runtime.store.find(statuses={Status.ACTIVE}, providers=["timers"]) == []
+    assert table.due(site.runtime.store.engine, T0 + 10 ** 9, 10) == []  # no timer row either
 
 
 def test_the_minimum_interval_is_a_setting(tmp_path):
@@ -545,17 +586,23 @@ def test_on_postgresql_two_hosts_claim_each_tick_once_and_run_it(tmp_path, postg
 
 
 class RemoteProvider:
-    """A remote action provider on loopback (and its token endpoint) that answers 503 ``unavailable`` times."""
+    """A remote action provider on loopback (and its token endpoint) that answers 503 ``unavailable`` times.
 
-    def __init__(self, unavailable: int) -> None:
+    ``refuse``: its /run answers 400 (its schema wants ``message``); ``grant``: whether its token endpoint gives
+    tokens (False: ``invalid_client``).
+    """
+
+    def __init__(self, unavailable: int, refuse: bool = False) -> None:
         from flask import Flask, jsonify, request
         from werkzeug.serving import make_server
 
-        self.unavailable, self.runs = unavailable, []
+        self.unavailable, self.refuse, self.grant, self.runs = unavailable, refuse, True, []
         app = Flask("remote")
 
         @app.post("/token")
         def token():
+            if not self.grant:
+                return jsonify({"error": "invalid_client", "error_description": "client secret expired"}), 401
             return jsonify({"access_token": "remote-token", "token_type": "Bearer", "expires_in": 3600})
 
         @app.post("/remote/run")
@@ -563,6 +610,9 @@ class RemoteProvider:
             self.runs.append(request.get_json())
             if len(self.runs) <= self.unavailable:
                 return jsonify({"code": "ServiceUnavailable", "description": "restarting"}), 503
+            if self.refuse:
+                return jsonify({"code": "BadActionRequest",
+                                "description": "body: 'message' is a required property"}), 400
             return jsonify({"action_id": "r" + str(len(self.runs)), "status": "SUCCEEDED", "creator_id": "x",
                             "details": {}, "start_time": iso(T0)}), 202
 
@@ -576,11 +626,11 @@ class RemoteProvider:
         self.thread.join(10)
 
 
-def remote_site(tmp_path, remote_url: str, token_url: str) -> Site:
+def remote_site(tmp_path, remote_url: str, token_url: str, **config: Any) -> Site:
     clients = tmp_path / "clients.json"
     clients.write_text(json.dumps([{"url": remote_url + "/", "token_url": token_url, "client_id": "timers",
                                     "client_secret": "s3cret", "scope": "urn:remote"}]))
-    return Site(tmp_path, APTK_CALL_CLIENTS=str(clients), APTK_TIMERS_MAX_FAILURES="2")
+    return Site(tmp_path, **{"APTK_CALL_CLIENTS": str(clients), "APTK_TIMERS_MAX_FAILURES": "2", **config})
 
 
 def test_a_remote_target_answering_503_is_retried_within_the_tick_over_http(tmp_path):
@@ -615,6 +665,88 @@ def test_a_remote_target_refusing_connections_fails_its_ticks_and_then_the_timer
         assert done["status"] == "FAILED" and done["details"]["code"] == "TooManyFailures"
         assert done["details"]["last_error"]["code"] == "TargetUnavailable"
         assert "s3cret" not in json.dumps(done) and "remote-token" not in json.dumps(done)
+    finally:
+        site.runtime.stop()
+        remote.stop()
+
+
+def test_a_tick_without_credentials_pauses_the_timer_until_resumed_then_it_goes_on_from_its_next_tick(tmp_path):
+    remote = RemoteProvider(unavailable=0)
+    remote.grant = False  # the client's secret no longer works at the token endpoint
+    site = remote_site(tmp_path, remote.url, f"{remote.url}/token")
+    try:
+        timer = site.create(callback_url=f"{remote.url}/remote/run", interval=60)
+        timer_id = timer["action_id"]
+        scheduler = site.scheduler()
+        assert scheduler.run_due() == 1
+        paused = site.status(timer_id)
+        assert paused["status"] == "INACTIVE"
+        assert paused["details"]["code"] == "CredentialsRequired"
+        assert paused["details"]["required_scope"] == "urn:remote"
+        description = paused["details"]["description"]
+        assert description.startswith(f"Tick 0 could not call {remote.url}/remote/run as the timer's creator: no token "
+                                      "for client timers: the authorization server refused: client secret expired.")
+        assert "APTK_CALL_CLIENTS" in description and "resume the timer" in description
+        assert (paused["details"]["failed"], paused["details"]["last_error"]["code"]) == (1, "CredentialsMissing")
+        assert "next_run" not in paused["details"]
+        assert "s3cret" not in json.dumps(paused)
+        for _ in range(3):  # not retried: no tick fires while it is paused
+            site.clock.advance(60)
+            assert scheduler.run_due() == 0
+        assert remote.runs == []
+        assert site.ticks(timer_id) == [("TickFailed", 0)]
+
+        remote.grant = True
+        site.clock.advance(20)  # T0 + 200: ticks 1..3 passed while paused
+        resumed = site.api.post(f"/timers/{timer_id}/resume", headers=site.headers)
+        assert resumed.status_code == 200, resumed.json
+        assert resumed.json["status"] == "ACTIVE"
+        assert "code" not in resumed.json["details"]
+        assert resumed.json["details"]["next_run"] == iso(T0 + 240)
+        assert resumed.json["details"]["skipped"] == 3
+        assert scheduler.run_due() == 0  # no burst of the ticks that passed
+        site.clock.advance(40)
+        assert scheduler.run_due() == 1
+        assert [r["request_id"] for r in remote.runs] == [f"timer-{timer_id}-4"]
+        details = site.status(timer_id)["details"]
+        assert (details["runs"], details["skipped"], details["failed"]) == (1, 3, 1)
+        assert site.ticks(timer_id) == [("TickFailed", 0), ("TickSkipped", 1), ("TickSkipped", 2),
+                                        ("TickSkipped", 3), ("TickRun", 4)]
+    finally:
+        site.runtime.stop()
+        remote.stop()
+
+
+def test_a_paused_timer_whose_stop_date_passed_ends_succeeded_when_resumed(tmp_path):
+    remote = RemoteProvider(unavailable=0)
+    remote.grant = False
+    site = remote_site(tmp_path, remote.url, f"{remote.url}/token")
+    try:
+        timer = site.create(callback_url=f"{remote.url}/remote/run", stop_after={"date": iso(T0 + 120)})
+        site.scheduler().run_due()
+        assert site.status(timer["action_id"])["status"] == "INACTIVE"
+        site.clock.advance(600)
+        resumed = site.api.post(f"/timers/{timer['action_id']}/resume", headers=site.headers).json
+        assert resumed["status"] == "SUCCEEDED"
+        assert resumed["details"]["reason"] == "The timer reached its stop_after date while it was paused."
+        assert resumed["details"]["skipped"] == 2
+        assert table.get(site.runtime.store.engine, timer["action_id"]).state == table.ENDED
+    finally:
+        site.runtime.stop()
+        remote.stop()
+
+
+def test_a_paused_timer_can_be_cancelled(tmp_path):
+    remote = RemoteProvider(unavailable=0)
+    remote.grant = False
+    site = remote_site(tmp_path, remote.url, f"{remote.url}/token")
+    try:
+        timer = site.create(callback_url=f"{remote.url}/remote/run")
+        site.scheduler().run_due()
+        cancelled = site.api.post(f"/timers/{timer['action_id']}/cancel", headers=site.headers).json
+        assert (cancelled["status"], cancelled["details"]["code"]) == ("FAILED", "ActionCancelled")
+        assert table.get(site.runtime.store.engine, timer["action_id"]).state == table.ENDED
+        assert site.api.post(f"/timers/{timer['action_id']}/resume", headers=site.headers).status_code == 409
     finally:
         site.runtime.stop()
         remote.stop()

@@ -14,9 +14,11 @@ from providers.hello import provider as hello
 from providers.timers import provider as timers
 from providers.timers import table
 from providers.timers.cli import interval_value
+from providers.timers.scheduler import Scheduler
 from providers.transfer import provider as transfer
 from toolkit import get_toolkit
 from toolkit.cli import main
+from toolkit.client import ActionProviderClient
 from toolkit.server import create_app
 from toolkit.testing import TokenAuthority
 
@@ -34,17 +36,75 @@ def served(tmp_path_factory):
     thread.start()
     token = authority.token(USER, scopes=[timers.globus_auth_scope])
     try:
-        yield f"http://127.0.0.1:{server.server_port}", token, app
+        yield f"http://127.0.0.1:{server.server_port}", token, app, authority
     finally:
         server.shutdown()
         thread.join(10)
         get_toolkit(app).runtime.stop()
 
 
-def timer(served, *args: str) -> Any:
-    url, token, _ = served
-    result = CliRunner().invoke(main, ["timer", *args], env={"APTK_TOKEN": token, "APTK_TIMERS_URL": f"{url}/timers"})
-    return result
+def timer(served, *args: str, token: str | None = None) -> Any:
+    url, served_token = served[0], served[1]
+    env = {"APTK_TOKEN": token or served_token, "APTK_TIMERS_URL": f"{url}/timers"}
+    return CliRunner().invoke(main, ["timer", *args], env=env)
+
+
+@pytest.fixture
+def both_scopes(served):
+    """A token for the timers and for hello, the target: what cancelling a target's run as oneself takes."""
+    return served[3].token(USER, scopes=[timers.globus_auth_scope, hello.globus_auth_scope])
+
+
+def running_timer(served, token: str, *options: str) -> tuple[str, str]:
+    """A timer of a long hello run, its first tick fired: (the timer's id, the running hello action's id)."""
+    made = timer(served, "create", f"{served[0]}/hello", "--body", '{"echo_string": "hi", "sleep_time": 3600}',
+                 "--interval", "1h", *options, token=token)
+    assert made.exit_code == 0, made.output
+    timer_id = json.loads(made.output)["action_id"]
+    assert Scheduler(get_toolkit(served[2]).runtime).run_due() >= 1
+    shown = json.loads(timer(served, "show", timer_id, token=token).output)
+    run = shown["details"]["last_runs"][0]
+    assert run["status"] == "ACTIVE"
+    return timer_id, run["action_id"]
+
+
+def hello_status(served, token: str, action_id: str) -> dict[str, Any]:
+    return ActionProviderClient(f"{served[0]}/hello", token).status(action_id)
+
+
+def test_cancel_leaves_the_running_run_alone_by_default(served, both_scopes):
+    timer_id, run_id = running_timer(served, both_scopes)
+    result = timer(served, "cancel", timer_id, token=both_scopes)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["status"] == "FAILED"
+    assert hello_status(served, both_scopes, run_id)["status"] == "ACTIVE"
+
+
+def test_cancel_with_cancel_running_cancels_the_running_run_at_the_target(served, both_scopes):
+    timer_id, run_id = running_timer(served, both_scopes)
+    result = timer(served, "cancel", timer_id, "--cancel-running", token=both_scopes)
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["status"] == "FAILED"
+    assert printed["details"]["last_runs"][0]["status"] == "FAILED"
+    assert f"run {run_id} (tick 0) at {served[0]}/hello/run: FAILED" in result.stderr
+    cancelled = hello_status(served, both_scopes, run_id)
+    assert (cancelled["status"], cancelled["details"]["code"]) == ("FAILED", "ActionCancelled")
+
+
+def test_create_with_cancel_running_makes_a_timer_that_cancels_its_run_when_cancelled(served, both_scopes):
+    timer_id, run_id = running_timer(served, both_scopes, "--cancel-running")
+    result = timer(served, "cancel", timer_id, token=both_scopes)
+    assert result.exit_code == 0, result.output
+    assert hello_status(served, both_scopes, run_id)["status"] == "FAILED"
+
+
+def test_resume_of_a_timer_that_is_not_paused_shows_it(served):
+    made = json.loads(timer(served, "create", f"{served[0]}/hello", "--body", '{"echo_string": "hi"}',
+                            "--interval", "1h", "--start", "2030-01-01T00:00:00Z").output)
+    resumed = timer(served, "resume", made["action_id"], "--jmespath", "status")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.output) == "ACTIVE"
 
 
 def test_create_makes_a_timer_of_the_target_with_every_option(served):

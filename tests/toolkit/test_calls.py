@@ -479,3 +479,16 @@ def test_a_provider_under_a_dynamic_prefix_is_local(tmp_path):
         assert not Calls.for_app(app).target(f"{PUBLIC}/flows/").local
     finally:
         close_app(app)
+
+
+def test_check_body_applies_a_local_providers_input_schema_and_names_the_field(app):
+    calls = Calls.for_app(app)
+    target = calls.target(f"{PUBLIC}/hello/run")
+    target.check_body({"echo_string": "hi"})
+    with pytest.raises(RunRefused) as refused:
+        target.check_body({"echo_string": 5}, "body.callback_body")
+    assert (refused.value.status, refused.value.code) == (400, "BadActionRequest")
+    assert refused.value.description == "body.callback_body.echo_string: 5 is not of type 'string'"
+    with pytest.raises(RunRefused, match="body: 'echo_string' is a required property"):
+        target.check_body({})
+    calls.target("https://elsewhere.example/hello").check_body({"anything": True})  # remote: its /run decides

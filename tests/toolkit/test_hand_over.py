@@ -57,6 +57,30 @@ def test_end_completes_a_handed_over_action_through_the_finish_hook(tmp_path, cl
         runtime.end(action_id, Status.ACTIVE, {})
 
 
+def test_pause_makes_a_handed_over_action_inactive_and_resume_runs_its_callback_again(tmp_path, clock):
+    provider = ActionProvider(title="Kept", input_schema={"type": "object"}, synchronous=True)
+    resumed: list[bool] = []
+
+    @provider.run
+    def keep(body, ctx: RunContext):
+        resumed.append(ctx.resumed)
+        ctx.hand_over(details={**ctx.details, "kept": len(resumed)})
+
+    client = provider_client(provider, tmp_path, clock=clock)
+    action_id = client.run({})["action_id"]
+    runtime = get_toolkit(client.app).runtime
+    paused = runtime.pause(action_id, {"kept": 1, "code": "CredentialsRequired", "description": "log in again",
+                                       "required_scope": "urn:x"})
+    assert paused is not None and paused.status is Status.INACTIVE
+    status = client.status(action_id)
+    assert (status["status"], status["details"]["code"], status["details"]["required_scope"]) == (
+        "INACTIVE", "CredentialsRequired", "urn:x")
+    assert runtime.pause(action_id, {}) is None  # no longer ACTIVE in the provider's hands
+    again = client.resume(action_id)
+    assert (again["status"], again["details"]) == ("ACTIVE", {"kept": 2})
+    assert resumed == [False, True]
+
+
 def test_a_cancelled_handed_over_action_cannot_be_ended_again(tmp_path, clock):
     client = provider_client(handing_over(synchronous=True), tmp_path, clock=clock)
     action_id = client.run({})["action_id"]

@@ -138,3 +138,16 @@ def test_variant_keys_and_options_are_checked():
     with pytest.raises(ConfigurationError, match="a variant cannot set name"):
         family.variant("a", name="other")
     assert family.variant("a", title="A").name == "family/a"
+
+
+def test_a_local_call_checks_a_body_against_the_variants_schema(site):
+    from toolkit.calls import Calls, RunRefused
+
+    calls = Calls.for_app(site[0])
+    calls.target("http://localhost/fam/greet", origin="http://localhost").check_body({"name": "Ada"})
+    with pytest.raises(RunRefused) as refused:
+        calls.target("http://localhost/fam/greet", origin="http://localhost").check_body({"name": 3})
+    assert refused.value.description == "body.name: 3 is not of type 'string'"
+    with pytest.raises(RunRefused) as unknown:
+        calls.target("http://localhost/fam/nobody", origin="http://localhost").check_body({})
+    assert unknown.value.status == 404
