@@ -82,3 +82,50 @@ def test_kill_9_between_ticks_and_a_restart_runs_no_tick_twice(start_server):
     assert done["details"]["runs"] == 6
     assert done["details"]["skipped"] >= 1  # the ticks of the downtime, recorded rather than run late
     assert done["details"]["skipped"] == ticks[-1] + 1 - 6
+
+
+def aptk_timer_fails(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("APTK_")}
+    env = {**clean, "APTK_TOKEN": server.minted["user"], "APTK_TIMERS_URL": f"{server.url}/timers"}
+    result = subprocess.run([APTK, "timer", *args], capture_output=True, text=True, timeout=60, env=env,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode != 0, result.stdout
+    return result
+
+
+def hello_status(server: Server, action_id: str) -> dict[str, Any]:
+    return Api(server.hello, server.minted["user"]).get(f"/{action_id}/status").json()
+
+
+def test_cancel_leaves_a_running_run_alone_unless_asked(start_server):
+    server = start_server(workers=3, env=ENV, tokens=TOKENS)
+    body = '{"echo_string": "long", "sleep_time": 600}'
+    asked = aptk_timer(server, "create", server.hello, "--body", body, "--interval", "2s", "--cancel-running")
+    plain = aptk_timer(server, "create", server.hello, "--body", body, "--interval", "2s")
+    started = {}
+    for made in (asked, plain):
+        shown = wait_for_timer(server, made["action_id"], lambda s: s["details"]["runs"] >= 1, timeout=30)
+        started[made["action_id"]] = shown["details"]["last_runs"][0]["action_id"]
+
+    # Made with --cancel-running: cancelling the timer cancels its run (in whichever worker serves the cancel).
+    aptk_timer(server, "cancel", asked["action_id"])
+    assert hello_status(server, started[asked["action_id"]])["status"] == "FAILED"
+    assert aptk_timer(server, "show", asked["action_id"])["details"]["last_runs"][0]["status"] == "FAILED"
+
+    # Made without it: the run is left ACTIVE, unless the cancel asks.
+    aptk_timer(server, "cancel", plain["action_id"])
+    assert hello_status(server, started[plain["action_id"]])["status"] == "ACTIVE"
+    plain_two = aptk_timer(server, "create", server.hello, "--body", body, "--interval", "2s")
+    run = wait_for_timer(server, plain_two["action_id"], lambda s: s["details"]["runs"] >= 1,
+                         timeout=30)["details"]["last_runs"][0]["action_id"]
+    printed = aptk_timer(server, "cancel", plain_two["action_id"], "--cancel-running")
+    assert printed["details"]["last_runs"][0]["status"] == "FAILED"
+    assert hello_status(server, run)["status"] == "FAILED"
+    Api(server.hello, server.minted["user"]).post(f"/{started[plain['action_id']]}/cancel")
+
+
+def test_a_body_the_local_target_refuses_is_refused_when_the_timer_is_made(start_server):
+    server = start_server(workers=1, env=ENV, tokens=TOKENS)
+    refused = aptk_timer_fails(server, "create", server.hello, "--body", '{"echo_string": 5}', "--interval", "2s")
+    assert "body.callback_body.echo_string: 5 is not of type 'string'" in refused.stderr + refused.stdout
+    assert aptk_timer(server, "list") == []
