@@ -750,3 +750,30 @@ def test_a_paused_timer_can_be_cancelled(tmp_path):
     finally:
         site.runtime.stop()
         remote.stop()
+
+
+def test_a_flows_callback_body_is_checked_against_that_flows_input_schema(tmp_path):
+    from providers.flows import provider as flows
+
+    directory = tmp_path / "flows"
+    directory.mkdir()
+    (directory / "greeter.json").write_text(json.dumps({
+        "title": "Greeter", "runnable_by": ["all_authenticated_users"],
+        "input_schema": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+        "definition": {"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}}))
+    authority = TokenAuthority()
+    app = create_app({"APTK_DATA_DIR": str(tmp_path / "data"), "APTK_TIMERS_SCHEDULER": "false",
+                      "APTK_FLOWS_DIR": str(directory)},
+                     providers=[("/timers", timers), ("/flows", flows)], verifier=authority.verifier)
+    headers = {"Authorization": f"Bearer {authority.token(CREATOR, scopes=[timers.globus_auth_scope])}"}
+    try:
+        def create(body: dict[str, Any]) -> Any:
+            return app.test_client().post("/timers/run", headers=headers, json={"request_id": uuid.uuid4().hex, "body": {
+                "callback_url": "http://localhost/flows/greeter/run", "callback_body": body, "interval": 3600}})
+
+        refused = create({"name": 5})
+        assert refused.status_code == 400
+        assert refused.json["description"] == "body.callback_body.name: 5 is not of type 'string'"
+        assert create({"name": "Ada"}).status_code == 202
+    finally:
+        get_toolkit(app).runtime.stop()
