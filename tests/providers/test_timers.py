@@ -589,15 +589,33 @@ class RemoteProvider:
     """A remote action provider on loopback (and its token endpoint) that answers 503 ``unavailable`` times.
 
     ``refuse``: its /run answers 400 (its schema wants ``message``); ``grant``: whether its token endpoint gives
-    tokens (False: ``invalid_client``).
+    tokens (False: ``invalid_client``); ``running``: its runs stay ACTIVE until cancelled, and its /cancel
+    answers ``cancel_answer`` (200: the run is FAILED).
     """
 
-    def __init__(self, unavailable: int, refuse: bool = False) -> None:
+    def __init__(self, unavailable: int, refuse: bool = False, running: bool = False) -> None:
         from flask import Flask, jsonify, request
         from werkzeug.serving import make_server
 
         self.unavailable, self.refuse, self.grant, self.runs = unavailable, refuse, True, []
+        self.running, self.cancel_answer, self.cancelled = running, 200, []
         app = Flask("remote")
+
+        def status(action_id: str) -> dict[str, Any]:
+            going = self.running and action_id not in self.cancelled
+            return {"action_id": action_id, "status": "ACTIVE" if going else "FAILED" if self.running else
+                    "SUCCEEDED", "creator_id": "x", "details": {}, "start_time": iso(T0)}
+
+        @app.get("/remote/<action_id>/status")
+        def read(action_id: str):
+            return jsonify(status(action_id))
+
+        @app.post("/remote/<action_id>/cancel")
+        def cancel(action_id: str):
+            if self.cancel_answer != 200:
+                return jsonify({"code": "ServiceUnavailable", "description": "down for maintenance"}), 503
+            self.cancelled.append(action_id)
+            return jsonify(status(action_id))
 
         @app.post("/token")
         def token():
@@ -613,8 +631,7 @@ class RemoteProvider:
             if self.refuse:
                 return jsonify({"code": "BadActionRequest",
                                 "description": "body: 'message' is a required property"}), 400
-            return jsonify({"action_id": "r" + str(len(self.runs)), "status": "SUCCEEDED", "creator_id": "x",
-                            "details": {}, "start_time": iso(T0)}), 202
+            return jsonify(status("r" + str(len(self.runs)))), 202
 
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -777,3 +794,30 @@ def test_a_flows_callback_body_is_checked_against_that_flows_input_schema(tmp_pa
         assert create({"name": "Ada"}).status_code == 202
     finally:
         get_toolkit(app).runtime.stop()
+
+
+@pytest.mark.parametrize("answer", [200, 503])
+def test_cancel_running_cancels_a_remote_run_over_http_or_logs_why_not(tmp_path, answer):
+    remote = RemoteProvider(unavailable=0, running=True)
+    remote.cancel_answer = answer
+    site = remote_site(tmp_path, remote.url, f"{remote.url}/token")
+    try:
+        timer = site.create(callback_url=f"{remote.url}/remote/run", cancel_running=True)
+        site.scheduler().run_due()
+        assert site.status(timer["action_id"])["details"]["last_runs"][0]["status"] == "ACTIVE"
+        response = site.api.post(f"/timers/{timer['action_id']}/cancel", headers=site.headers)
+        assert response.status_code == 200 and response.json["details"]["code"] == "ActionCancelled"
+        [line] = [e for e in site.log(timer["action_id"]) if e["code"].startswith("Run")]
+        last_run = site.status(timer["action_id"])["details"]["last_runs"][0]
+        if answer == 200:
+            assert remote.cancelled == ["r1"]
+            assert line["description"] == "Cancelled run r1 (tick 0) at the target; it is FAILED."
+            assert last_run["status"] == "FAILED"
+        else:
+            assert line["code"] == "RunNotCancelled"
+            assert line["description"].startswith("Could not cancel run r1 (tick 0): ")
+            assert "down for maintenance" in line["description"]
+            assert last_run["status"] == "ACTIVE"
+    finally:
+        site.runtime.stop()
+        remote.stop()
