@@ -589,7 +589,7 @@ class RemoteProvider:
     """A remote action provider on loopback (and its token endpoint) that answers 503 ``unavailable`` times.
 
     ``refuse``: its /run answers 400 (its schema wants ``message``); ``grant``: whether its token endpoint gives
-    tokens (False: ``invalid_client``); ``running``: its runs stay ACTIVE until cancelled, and its /cancel
+    tokens (False: ``invalid_client``); ``reject_tokens``: its /run answers 401; ``running``: its runs stay ACTIVE until cancelled, and its /cancel
     answers ``cancel_answer`` (200: the run is FAILED).
     """
 
@@ -598,7 +598,7 @@ class RemoteProvider:
         from werkzeug.serving import make_server
 
         self.unavailable, self.refuse, self.grant, self.runs = unavailable, refuse, True, []
-        self.running, self.cancel_answer, self.cancelled = running, 200, []
+        self.running, self.cancel_answer, self.cancelled, self.reject_tokens = running, 200, [], False
         app = Flask("remote")
 
         def status(action_id: str) -> dict[str, Any]:
@@ -628,6 +628,8 @@ class RemoteProvider:
             self.runs.append(request.get_json())
             if len(self.runs) <= self.unavailable:
                 return jsonify({"code": "ServiceUnavailable", "description": "restarting"}), 503
+            if self.reject_tokens:
+                return jsonify({"code": "AuthenticationFailed", "description": "token revoked"}), 401
             if self.refuse:
                 return jsonify({"code": "BadActionRequest",
                                 "description": "body: 'message' is a required property"}), 400
@@ -729,6 +731,22 @@ def test_a_tick_without_credentials_pauses_the_timer_until_resumed_then_it_goes_
         assert (details["runs"], details["skipped"], details["failed"]) == (1, 3, 1)
         assert site.ticks(timer_id) == [("TickFailed", 0), ("TickSkipped", 1), ("TickSkipped", 2),
                                         ("TickSkipped", 3), ("TickRun", 4)]
+    finally:
+        site.runtime.stop()
+        remote.stop()
+
+
+def test_a_target_refusing_the_clients_tokens_pauses_the_timer_too(tmp_path):
+    remote = RemoteProvider(unavailable=0)
+    remote.reject_tokens = True
+    site = remote_site(tmp_path, remote.url, f"{remote.url}/token")
+    try:
+        timer = site.create(callback_url=f"{remote.url}/remote/run")
+        site.scheduler().run_due()
+        paused = site.status(timer["action_id"])
+        assert (paused["status"], paused["details"]["code"]) == ("INACTIVE", "CredentialsRequired")
+        assert "the provider refused the credentials: token revoked" in paused["details"]["description"]
+        assert len(remote.runs) == 2  # a fresh token was tried once
     finally:
         site.runtime.stop()
         remote.stop()
