@@ -40,6 +40,9 @@ RETRY_WINDOW_SECONDS = 300.0
 MAX_LOGGED_SKIPS = 100
 """After downtime, at most this many skipped ticks get a log line each; one more line counts the rest."""
 HANDED_OVER = {"status": Status.ACTIVE, "runner": None}
+HAND_OVER_WAIT_SECONDS = 1.0
+"""A tick claimed while its timer's /run (or /resume) has not handed the action over yet is tried again this much
+later (a /run takes milliseconds; one whose process died is taken up by the lease)."""
 FINAL_RUN_STATES = frozenset({"SUCCEEDED", "FAILED", "RELEASED"})
 """A listed run in one of these is not read again (``RELEASED``: gone from the target, or no longer visible)."""
 PAUSE_CODE = "CredentialsRequired"
@@ -267,8 +270,9 @@ class Scheduler:
         if action is None or action.status is not Status.ACTIVE or action.runner is not None:
             if action is None or action.status is not Status.ACTIVE:
                 table.end(self.engine, timer.timer_id)  # cancelled, past its deadline or released
-            else:  # not handed over yet (its /run is under way): the claim lapses, the tick is fired later
-                logger.warning("timer %s is not scheduled yet; tick %s waits", timer.timer_id, index)
+            else:  # not handed over yet (its /run or /resume is under way): try the tick again in a moment
+                table.hold(self.engine, timer.timer_id, index, self.clock() + HAND_OVER_WAIT_SECONDS)
+                logger.info("timer %s is not scheduled yet; tick %s waits", timer.timer_id, index)
             return
         identity = Identity(id=timer.creator_id, principals=frozenset(timer.principals), scopes=frozenset())
         last_runs = [dict(run) for run in timer.last_runs]

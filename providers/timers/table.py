@@ -188,6 +188,15 @@ def record(engine: sa.Engine, timer_id: str, index: int, **changes: Any) -> bool
     return result.rowcount == 1
 
 
+def hold(engine: sa.Engine, timer_id: str, index: int, until: float) -> bool:
+    """Keep tick ``index`` (held by this process) claimed only until ``until``, for another try then."""
+    with engine.begin() as conn:
+        result = conn.execute(sa.update(timers).where(
+            timers.c.timer_id == timer_id, timers.c.pending_index == index, timers.c.state == SCHEDULED,
+        ).values(pending_until=until))
+    return result.rowcount == 1
+
+
 def end(engine: sa.Engine, timer_id: str) -> bool:
     """Stop a timer's schedule (cancelled, or its action ended otherwise); True if it was still scheduled (or
     paused)."""

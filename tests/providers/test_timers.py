@@ -444,6 +444,22 @@ def test_the_final_details_show_the_status_of_a_run_that_ended_since_the_last_ti
     assert site.status(timer["action_id"])["details"]["last_runs"][0]["status"] == "FAILED"
 
 
+def test_a_tick_claimed_before_the_run_handed_the_timer_over_is_tried_again_a_second_later(site):
+    timer = site.create()
+    store = site.runtime.store
+    # As if its /run were still between writing the timer down and handing the action over.
+    store.update(timer["action_id"], where={"status": Status.ACTIVE}, runner="another-process")
+    scheduler = site.scheduler()
+    assert scheduler.run_due() == 1
+    assert site.hello_actions() == []
+    assert table.get(store.engine, timer["action_id"]).pending_until == site.clock() + 1
+    store.update(timer["action_id"], where={"status": Status.ACTIVE}, runner=None)  # the hand-over
+    site.clock.advance(1.5)
+    assert scheduler.run_due() == 1
+    assert site.status(timer["action_id"])["details"]["runs"] == 1
+    assert site.ticks(timer["action_id"]) == [("TickRun", 0)]
+
+
 def test_the_lease_never_takes_up_a_timer(site):
     timer = site.create()
     site.clock.advance(10 * site.runtime.lease_seconds + 30)  # 330 s: ticks 0..5 have passed
