@@ -32,7 +32,7 @@ import re
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from marshmallow import ValidationError
 
@@ -248,6 +248,21 @@ class RunContext:
             self.action_id, self._runtime.clock(), "Log", description, _json_object(details) if details else None,
             where=self._ownership(),
         )
+        if not written:
+            self._event.set()
+            raise ActionCancelled(self.action_id)
+
+    def log_and_write(self, entries: Sequence[tuple[float, str, dict[str, Any] | None]],
+                      then: Callable[[Any], Any] | None = None) -> None:
+        """Add lines ``(time, description, details)`` to the action's ``/log`` and run ``then(cursor)`` (a
+        provider's writes to its own tables, see :meth:`toolkit.store.SQLStore.append_logs`), in one transaction.
+
+        Like :meth:`log`, it raises :class:`ActionCancelled` (and writes nothing, ``then`` included) once this
+        run no longer owns the action.
+        """
+        rows = [(time, "Log", description, _json_object(details) if details else None)
+                for time, description, details in entries]
+        written = self._runtime.store.append_logs(self.action_id, rows, where=self._ownership(), then=then)
         if not written:
             self._event.set()
             raise ActionCancelled(self.action_id)

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
@@ -116,6 +116,10 @@ class Store(Protocol):
     def find_request(self, provider: str, creator_id: str, request_id: str) -> Action | None: ...
     def append_log(self, action_id: str, time: float, code: str, description: str,
                    details: dict[str, Any] | None = None, *, where: dict[str, Any] | None = None) -> bool: ...
+    def append_logs(self, action_id: str, entries: Sequence[tuple[float, str, str, dict[str, Any] | None]], *,
+                    where: dict[str, Any] | None = None, then: Callable[[Any], Any] | None = None) -> bool: ...
+    @property
+    def placeholder(self) -> str: ...
     def log_page(self, action_id: str, after: int, limit: int) -> list[LogEntry]: ...
     def enumerate(self, provider: str, principals: Iterable[str], roles: Iterable[str],
                   statuses: Iterable[Status], now: float, *, after: tuple[float, str] | None = None,
@@ -510,6 +514,41 @@ class SQLStore:
                 if cursor.fetchone() is None:
                     return False
             cursor.execute(sql.insert_log, entry)
+            return True
+
+        return bool(self._transact(write))
+
+    @property
+    def placeholder(self) -> str:
+        """The database driver's parameter marker (``?`` for SQLite, ``%s`` for PostgreSQL), for the statements
+        a ``then`` of :meth:`append_logs` runs on its cursor."""
+        return self.sql.mark
+
+    def append_logs(
+        self, action_id: str, entries: Sequence[tuple[float, str, str, dict[str, Any] | None]], *,
+        where: dict[str, Any] | None = None, then: Callable[[Any], Any] | None = None,
+    ) -> bool:
+        """Add log entries ``(time, code, description, details)`` and run ``then(cursor)`` in one write
+        transaction; with ``where``, only while the action still matches it (False, and nothing written, if not).
+
+        ``then`` gets the DBAPI cursor of that transaction, for a provider's writes to its own tables (statements
+        with :attr:`placeholder` as parameter marker) that must be committed with the log entries or not at all:
+        what it raises undoes the whole write and is raised here.
+        """
+        sql = self.sql
+        rows = [(action_id, time, code, description, sql.json_value(details))
+                for time, code, description, details in entries]
+        owned = sql.owned(action_id, where) if where is not None else None
+
+        def write(cursor: Any) -> bool:
+            if owned is not None:
+                cursor.execute(*owned)
+                if cursor.fetchone() is None:
+                    return False
+            if rows:
+                cursor.executemany(sql.insert_log, rows)
+            if then is not None:
+                then(cursor)
             return True
 
         return bool(self._transact(write))

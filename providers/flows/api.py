@@ -80,6 +80,7 @@ def document(flow: DeployedFlow) -> dict[str, Any]:
         "created_at": _iso(flow.created),
         "updated_at": _iso(flow.updated),
         "version": flow.version,
+        "flow_version": flow.version,
         "url": url_for(f"{request.blueprints[-1]}.introspect", aptk_variant=flow.id, _external=True),
         "globus_auth_scope": _provider().globus_auth_scope,
     })

@@ -7,7 +7,12 @@ resumed after a pause, carries on where it was:
 * an Action state's child is started with a ``request_id`` derived from (run, state, visit of that state), and
   its action id is stored before the engine waits on it; a run taken up again waits on that same child, or
   (if it died before storing the id) asks again with the same ``request_id`` and gets the same action back;
-* a Wait state stores when it ends, so a long wait survives a restart.
+* a Wait state stores when it ends, so a long wait survives a restart;
+* the definition the run started with is stored with its first record, and the run walks that copy to its
+  end, whatever updates of the flow happen meanwhile (or before it is taken up again).
+
+The log entries of a transition (a state entered, left) are committed in the transaction that stores the
+record, so that a transition costs one write.
 
 Errors are those of Globus Flows (``ActionUnableToRun``, ``ActionFailedException``, ``ActionTimeout``, and a
 Fail state's own ``Error``); a ``Catch`` of the state may take the run on to another state, otherwise the run
@@ -103,15 +108,24 @@ class _Run:
 
     def __init__(self, flow: "DeployedFlow", body: dict[str, Any], ctx: "RunContext", origin: str | None) -> None:
         self.flow = flow
-        self.definition = flow.definition
         self.ctx = ctx
         self.engine = ctx.store.engine
         self.identity = _identity(ctx.creator_id, ctx.principals, ctx.identity)
         self._calls: Any = None
+        self._logs: list[tuple[float, str, dict[str, Any] | None]] = []
+        """Log entries not written yet: they are committed with the next record."""
         record = engine_store.load(self.engine, ctx.action_id)
         self.fresh = record is None
-        self.record = record or RunRecord(ctx.action_id, self.definition.start_at, copy.deepcopy(body),
-                                          origin=origin)
+        self.new_definition: tuple[str, int, dict[str, Any]] | None = None
+        """(flow id, version, definition) to store with the run's next record (its first)."""
+        if record is None:
+            self.definition = flow.definition
+            self.new_definition = (flow.id, flow.version, flow.source)
+            record = RunRecord(ctx.action_id, self.definition.start_at, copy.deepcopy(body), origin=origin,
+                               flow_version=flow.version)
+        else:
+            self.definition = _stored_definition(self.engine, ctx.action_id, flow)
+        self.record = record
         # The address the run was started at decides which ActionUrls are in-process, for the whole run (a run
         # taken up after a crash has no request to ask).
         self.origin = self.record.origin or origin
@@ -152,6 +166,10 @@ class _Run:
             return self._ended()
         except Superseded:
             raise ActionCancelled(self.ctx.action_id) from None
+        except ActionInactive:
+            if self._logs:  # paused before anything stored them (no credentials to start a child)
+                self._store(publish=False)
+            raise
 
     def _ended(self) -> dict[str, Any]:
         outcome = self.record.outcome or {}
@@ -161,7 +179,14 @@ class _Run:
                 **self._summary()}
 
     def _summary(self) -> dict[str, Any]:
-        return {"output": public_document(self.record.document), "states": self.record.states}
+        return {"output": public_document(self.record.document), **self._states()}
+
+    def _states(self) -> dict[str, Any]:
+        """The states entered so far, and the version of the flow the run walks."""
+        shown: dict[str, Any] = {"states": self.record.states}
+        if self.record.flow_version is not None:
+            shown["flow_version"] = self.record.flow_version
+        return shown
 
     def _step(self, state: Any) -> None:
         name = self.record.position
@@ -344,15 +369,15 @@ class _Run:
         details = status.get("details") or {}
         entry = self.record.states[-1]
         entry["status"] = "INACTIVE"
-        self._store(publish=False)  # the pause's details show the states
         self._log(f"{name}: action {status['action_id']} is INACTIVE", code="ActionInactive", state_name=name,
                   child_action_id=status["action_id"])
+        self._store(publish=False)  # the pause's details show the states
         raise ActionInactive(
             str(details.get("code") or "ActionInactive"),
             str(details.get("description") or f"The action of state {name!r} waits to be resumed."),
             required_scope=details.get("required_scope"),
             resolution_url=details.get("resolution_url"),
-            states=self.record.states,
+            **self._states(),
         )
 
     def _cancel_child(self, target: Any, action_id: str) -> None:
@@ -379,7 +404,7 @@ class _Run:
             except CredentialsMissing as exc:
                 raise ActionInactive(
                     "CredentialsRequired", f"{exc.description.rstrip('.')}. Resume the run to continue.",
-                    required_scope=exc.scope, states=self.record.states,
+                    required_scope=exc.scope, **self._states(),
                 ) from None
             except RunRefused as exc:
                 raise FlowError(f"{exc.code}: {exc.description}", error=ACTION_UNABLE_TO_RUN) from None
@@ -387,8 +412,12 @@ class _Run:
     # --- helpers --------------------------------------------------------------------------------------------
 
     def _store(self, *, publish: bool = True) -> None:
-        """Store the run's record, then (``publish``) its summary in the action's details."""
-        engine_store.save(self.engine, self.record, self.ctx.attempt)
+        """Store the run's record with the log entries not written yet, in one transaction, while the run still
+        owns its action (:class:`ActionCancelled` otherwise); then (``publish``) its summary in its details."""
+        logs, self._logs = self._logs, []
+        engine_store.save(self.ctx.store, self.record, self.ctx.attempt, write=self.ctx.log_and_write, logs=logs,
+                          definition=self.new_definition)
+        self.new_definition = None
         if publish:
             self._publish()
         else:
@@ -396,7 +425,7 @@ class _Run:
 
     def _publish(self) -> None:
         """Show the states so far and the current one in the run's status."""
-        self.ctx.progress(details={"states": self.record.states}, display_status=self._display())
+        self.ctx.progress(details=self._states(), display_status=self._display())
         self.shown = True
 
     def _display(self) -> str:
@@ -404,7 +433,29 @@ class _Run:
         return position[:64] if position else "Ended"
 
     def _log(self, description: str, **details: Any) -> None:
-        self.ctx.log(description, **{k: v for k, v in details.items() if v is not None})
+        """A log entry, written with the next record."""
+        self._logs.append((self.ctx.clock(), description, {k: v for k, v in details.items() if v is not None}))
+
+
+_definitions: dict[str, Any] = {}
+"""Definition documents (as JSON) -> the validated definition: a process validates each stored copy once."""
+
+
+def _stored_definition(engine: Any, run_id: str, flow: "DeployedFlow") -> Any:
+    """The validated definition run ``run_id`` started with; ``flow``'s for a run stored without one."""
+    from .language import validate
+
+    stored = engine_store.definition(engine, run_id)
+    if stored is None:
+        return flow.definition
+    key = json.dumps(stored[1], sort_keys=True)
+    definition = _definitions.get(key)
+    if definition is None:
+        definition = validate(stored[1])
+        if len(_definitions) > 200:
+            _definitions.clear()
+        _definitions[key] = definition
+    return definition
 
 
 def _type(state: Any) -> str:

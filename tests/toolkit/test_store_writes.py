@@ -79,6 +79,32 @@ def test_what_the_fast_statements_write_reads_back_the_same_through_sqlalchemy(s
     assert store.update(action.action_id, where={}, completion_time=None).expires_at is None
 
 
+def test_append_logs_writes_entries_and_the_providers_rows_in_one_transaction_while_owned(store):
+    action = new_action()
+    store.create(action, log=(1.0, "ActionStarted", "Action started"), now=time.time())
+    mine = sa.Table("test_append_logs_rows", sa.MetaData(), sa.Column("k", sa.String(8), primary_key=True))
+    mine.create(store.engine)
+    insert = f"INSERT INTO test_append_logs_rows (k) VALUES ({store.placeholder})"
+    owner = {"status": Status.ACTIVE, "runner": "r"}
+    assert store.append_logs(action.action_id, [(2.0, "Log", "one", {"n": 1}), (3.0, "Log", "two", None)],
+                             where=owner, then=lambda cursor: cursor.execute(insert, ("a",))) is True
+
+    def failing(cursor):
+        cursor.execute(insert, ("b",))
+        raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError):  # what then raises undoes the log entries too
+        store.append_logs(action.action_id, [(4.0, "Log", "undone", None)], where=owner, then=failing)
+    # no longer owned: neither the entries nor then's rows are written
+    assert store.append_logs(action.action_id, [(5.0, "Log", "late", None)], where={"runner": "other"},
+                             then=lambda cursor: cursor.execute(insert, ("c",))) is False
+    assert store.append_logs(action.action_id, [], then=lambda cursor: cursor.execute(insert, ("d",))) is True
+    assert [(e.time, e.description, e.details) for e in store.log_page(action.action_id, 0, 100)] == [
+        (1.0, "Action started", None), (2.0, "one", {"n": 1}), (3.0, "two", None)]
+    with store.engine.connect() as conn:
+        assert sorted(conn.execute(sa.select(mine.c.k)).scalars()) == ["a", "d"]
+
+
 def test_concurrent_writes_each_get_their_own_result_and_keep_every_log_entry(store):
     """Threads writing at once (grouped into shared commits on SQLite): every create, every compare-and-set and
     every log line is there afterwards, and each thread saw its own outcome, a lost race included."""

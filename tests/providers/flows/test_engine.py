@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import threading
@@ -475,7 +476,32 @@ def test_a_remote_provider_that_is_down_is_retried_until_it_answers(make_site, o
     assert far["creator_id"] == f"urn:globus:auth:identity:{oidc_server.client_id(CALLER)}"
 
 
-def test_a_run_taken_up_under_a_changed_definition_without_its_state_fails_saying_so(make_site):
+def test_a_run_taken_up_under_a_changed_definition_finishes_on_the_one_it_started_with(make_site):
+    site = make_site({"d": {"StartAt": "Slow", "States": {
+        "Slow": hello_state("Then", Parameters={"echo_string": "x", "sleep_time": 2}),
+        "Then": hello_state(Parameters={"echo_string": "y"})}}})
+    client = site.flow("d")
+    started = client.run({})
+    wait_for(lambda: (client.status(started["action_id"])["details"].get("states") or [{}])[0]
+             .get("child_action_id"))
+    site.stop()
+    # "Then" is gone and "Slow" goes elsewhere: the run started before goes on as it began
+    site.flows["d"] = dataclasses.replace(deployed("d", {"StartAt": "Slow", "States": {
+        "Slow": hello_state("Other", Parameters={"echo_string": "z"}),
+        "Other": {"Type": "Pass", "Result": 1, "ResultPath": "$.other", "End": True}}}), version=2)
+    site.start()
+    done = site.flow("d").wait(started["action_id"], timeout=30, max_interval=0.2)
+    assert done["status"] == "SUCCEEDED", done
+    assert [s["name"] for s in done["details"]["states"]] == ["Slow", "Then"]
+    assert done["details"]["flow_version"] == 1
+    assert sorted(c["details"].get("hello") for c in site.children()) == ["x", "y"]
+    later = run(site.flow("d"), {})
+    assert [s["name"] for s in later["details"]["states"]] == ["Slow", "Other"]
+    assert (later["details"]["output"]["other"], later["details"]["flow_version"]) == (1, 2)
+
+
+def test_a_run_stored_without_its_definition_and_taken_up_without_its_state_fails_saying_so(make_site):
+    """Runs stored before definitions were kept with them walk the flow's current definition."""
     site = make_site({"d": {"StartAt": "Slow", "States": {
         "Slow": hello_state(Parameters={"echo_string": "x", "sleep_time": 60})}}})
     client = site.flow("d")
@@ -483,6 +509,9 @@ def test_a_run_taken_up_under_a_changed_definition_without_its_state_fails_sayin
     child_id = wait_for(lambda: (client.status(started["action_id"])["details"].get("states") or [{}])[0]
                         .get("child_action_id"))
     site.stop()
+    engine = get_toolkit(site.app).runtime.store.engine
+    with engine.begin() as conn:
+        conn.execute(engine_store.definitions_table.delete())
     site.flows["d"] = deployed("d", {"StartAt": "Other", "States": {"Other": {"Type": "Succeed"}}})
     site.start()
     done = site.flow("d").wait(started["action_id"], timeout=30, max_interval=0.2)
