@@ -174,6 +174,7 @@ KNOWN_SETTINGS: set[str] = {
     # providers.flows (read before the installed providers are loaded, so named here too)
     "APTK_FLOWS_DIR",
     "APTK_FLOWS_DIR_INTERVAL",
+    "APTK_FLOWS_PURGE_INTERVAL",
 }
 """Every ``APTK_*`` name the toolkit and the bundled providers read. A provider of its own adds its names with
 :func:`register_settings` (or ``ActionProvider(settings=[...])``); any other ``APTK_*`` name in the environment or

@@ -10,6 +10,7 @@ people (:mod:`.pages`).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
@@ -17,7 +18,7 @@ from typing import Any
 
 from flask import has_request_context, request
 
-from toolkit import ActionProvider, HookContext, RunContext, VariantContext, get_toolkit
+from toolkit import ActionProvider, BackgroundContext, HookContext, RunContext, VariantContext, get_toolkit
 from toolkit.documents import PUBLIC
 from toolkit.settings import number, register_settings, setting
 
@@ -26,10 +27,14 @@ from .deployments import DeployedFlow
 
 __all__ = ["provider", "DeployedFlow"]
 
-SETTINGS = ("APTK_FLOWS_DIR", "APTK_FLOWS_DIR_INTERVAL")
+SETTINGS = ("APTK_FLOWS_DIR", "APTK_FLOWS_DIR_INTERVAL", "APTK_FLOWS_PURGE_INTERVAL")
 register_settings(*SETTINGS)
 DEFAULT_DIR_INTERVAL = 2.0
 """Seconds between two looks at APTK_FLOWS_DIR for changed files."""
+DEFAULT_PURGE_INTERVAL = 300.0
+"""Seconds between two sweeps deleting the run records of released and expired runs."""
+
+logger = logging.getLogger("providers.flows")
 
 provider = ActionProvider(
     title="Flows",
@@ -56,6 +61,23 @@ def run_flow(flow: DeployedFlow, body: dict[str, Any], ctx: RunContext) -> dict[
     from .engine import execute
 
     return execute(flow, body, ctx, origin=ctx.origin)
+
+
+@provider.background
+def purge_run_records(ctx: BackgroundContext) -> None:
+    """Every ``APTK_FLOWS_PURGE_INTERVAL`` seconds, delete the stored records of runs whose action is gone
+    (released, or removed by expiry), in batches of :data:`engine_store.PURGE_BATCH` per transaction."""
+    from . import engine_store
+
+    interval = number(ctx.config, "APTK_FLOWS_PURGE_INTERVAL", DEFAULT_PURGE_INTERVAL, positive=True)
+    while not ctx.stopping.wait(interval):
+        try:
+            gone = engine_store.purge_released(ctx.store.engine, stopping=ctx.stopping)
+        except Exception:  # the database is away: the next sweep tries again
+            logger.exception("flow run records not purged; retrying in %g s", interval)
+            continue
+        if gone:
+            logger.info("deleted the records of %d released or expired flow runs", gone)
 
 
 def _origin() -> str | None:
@@ -171,6 +193,7 @@ def _load_directory(state: Any) -> None:
     """Deploy the flows of ``APTK_FLOWS_DIR`` as the app is set up: a broken file stops start-up, naming it."""
     runtime = get_toolkit(state.app).runtime
     number(state.app.config, "APTK_FLOWS_DIR_INTERVAL", DEFAULT_DIR_INTERVAL)
+    number(state.app.config, "APTK_FLOWS_PURGE_INTERVAL", DEFAULT_PURGE_INTERVAL, positive=True)
     sync_directory(state.app.config, runtime.store, runtime.clock(), force=True)
 
 
