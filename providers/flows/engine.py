@@ -112,6 +112,7 @@ class _Run:
         self.engine = ctx.store.engine
         self.identity = _identity(ctx.creator_id, ctx.principals, ctx.identity)
         self._calls: Any = None
+        self._targets: dict[tuple[str, str | None], Any] = {}
         self._logs: list[tuple[float, str, dict[str, Any] | None]] = []
         """Log entries not written yet: they are committed with the next record."""
         record = engine_store.load(self.engine, ctx.action_id)
@@ -306,12 +307,19 @@ class _Run:
             self._calls = Calls.from_context(self.ctx)
         return self._calls
 
+    def _target(self, url: str, scope: str | None) -> Any:
+        """The provider at ``url``, found once per run (whether it is served in-process does not change)."""
+        target = self._targets.get((url, scope))
+        if target is None:
+            target = self._targets[(url, scope)] = self.calls.target(url, origin=self.origin, scope=scope)
+        return target
+
     def _action(self, name: str, state: Any) -> None:
         from toolkit.calls import CallError
 
         record = self.record
         visit = record.visits[name]
-        target = self.calls.target(state.action_url, origin=self.origin, scope=state.action_scope)
+        target = self._target(state.action_url, state.action_scope)
         wait_time = state.wait_time
         child = record.child
         parameters = state_input(state, record.document, context=self.context)

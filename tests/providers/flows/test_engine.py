@@ -538,3 +538,35 @@ def test_a_run_taken_up_after_a_crash_calls_in_process_what_it_called_in_process
                                until=("SUCCEEDED", "FAILED", "INACTIVE"))
     assert done["status"] == "SUCCEEDED", done
     assert sorted(c["details"].get("hello") for c in site.children()) == ["x", "y"]
+
+
+# --- cost ------------------------------------------------------------------------------------------------------
+
+
+def test_a_state_costs_one_write_its_log_entries_committed_with_its_record(make_site, monkeypatch):
+    from toolkit.store import SQLStore
+
+    def passes(count: int) -> dict[str, Any]:
+        states = {f"P{i}": {"Type": "Pass", "Result": i, "ResultPath": "$.n", "Next": f"P{i + 1}"}
+                  for i in range(count)}
+        states[f"P{count - 1}"] = {"Type": "Pass", "Result": count - 1, "ResultPath": "$.n", "End": True}
+        return {"StartAt": "P0", "States": states}
+
+    site = make_site({"short": passes(5), "long": passes(15)})
+    writes = {"count": 0}
+    transact = SQLStore._transact
+
+    def counted(self, work):
+        writes["count"] += 1
+        return transact(self, work)
+
+    monkeypatch.setattr(SQLStore, "_transact", counted)
+    made = {}
+    for flow_id in ("short", "long"):
+        writes["count"] = 0
+        done = run(site.flow(flow_id), {})
+        assert done["status"] == "SUCCEEDED"
+        made[flow_id] = writes["count"]
+        entries = [e["description"] for e in log(site.flow(flow_id), done["action_id"])]
+        assert [e for e in entries if e.startswith("P1 ")] == ["P1 entered", "P1 left"]  # every entry is kept
+    assert (made["long"] - made["short"]) / 10 == 1
