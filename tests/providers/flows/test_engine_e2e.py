@@ -55,6 +55,7 @@ def wait_until(predicate, timeout: float = 30, what: str = "condition") -> Any:
 
 def test_a_run_killed_during_a_child_and_between_states_finishes_with_one_child_per_state(
         tmp_path, monkeypatch):
+    """Also: the flow's file changes while the server is down; the run goes on with the definition it began with."""
     port = support.free_port()
     monkeypatch.setattr(support, "free_port", lambda: port)  # the same URL after each restart
     origin = f"http://127.0.0.1:{port}"
@@ -83,6 +84,11 @@ def test_a_run_killed_during_a_child_and_between_states_finishes_with_one_child_
         wait_until(lambda: [s["name"] for s in states_of(flow, run_id)][-1:] == ["Pause"], timeout=60,
                    what="the Wait state")
         server.kill()
+        changed = {"StartAt": "First", "States": {  # "Second" is gone: the Wait now leads to "Other"
+            **{k: v for k, v in definition["States"].items() if k != "Second"},
+            "Pause": {"Type": "Wait", "Seconds": 4, "Next": "Other"},
+            "Other": {"Type": "Pass", "Result": "other", "ResultPath": "$.other", "End": True}}}
+        flows_dir(tmp_path, {"durable": changed})
         server.start()
 
         done = flow.wait_for(run_id, ["SUCCEEDED", "FAILED"], timeout=60)
@@ -91,6 +97,8 @@ def test_a_run_killed_during_a_child_and_between_states_finishes_with_one_child_
         assert output["first"]["action_id"] == first
         assert output["first"]["details"] == {"hello": "first"} and output["second"]["details"] == {"hello": "second"}
         assert [s["name"] for s in done["details"]["states"]] == ["First", "Note", "Pause", "Second"]
+        assert done["details"]["flow_version"] == 1
+        assert Api(f"{origin}/flows", token).get("/durable").json()["flow_version"] == 2
         children = Api(f"{origin}/hello", token).get("/actions", params={
             "status": "ACTIVE,INACTIVE,SUCCEEDED,FAILED"}).json()
         children = children["actions"] if isinstance(children, dict) else children
