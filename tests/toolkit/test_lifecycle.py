@@ -609,6 +609,48 @@ def test_the_log_refuses_writes_once_the_action_ended(tmp_path):
     assert contexts[1].cancelled
 
 
+def test_log_and_write_commits_log_lines_with_the_providers_rows_while_the_run_owns_its_action(tmp_path):
+    import sqlalchemy as sa
+
+    from toolkit import ActionCancelled
+    from toolkit.store import create_tables
+
+    metadata = sa.MetaData()
+    notes = sa.Table("test_log_and_write_notes", metadata, sa.Column("note", sa.String(16), primary_key=True))
+    provider = ActionProvider(title="Writer", input_schema={"type": "object"})
+    contexts = []
+    release = threading.Event()
+
+    def note(ctx, text):
+        return lambda cursor: cursor.execute(f"INSERT INTO test_log_and_write_notes (note) VALUES "
+                                             f"({ctx.store.placeholder})", (text,))
+
+    @provider.run
+    def run(body, ctx):
+        contexts.append(ctx)
+        create_tables(ctx.store.engine, metadata)
+        ctx.log_and_write([(ctx.clock(), "one", {"n": 1}), (ctx.clock(), "two", None)], then=note(ctx, "first"))
+        release.wait(5)
+        ctx.log_and_write([(ctx.clock(), "three", None)], then=note(ctx, "late"))  # cancelled meanwhile
+        return {}
+
+    client = provider_client(provider, tmp_path)
+    action = client.run({})["action_id"]
+    wait_for(lambda: contexts)
+    wait_for(lambda: len(client.log(action, limit=10)["entries"]) == 3)
+    client.cancel(action)
+    release.set()
+    time.sleep(0.3)
+    entries = client.log(action, limit=10)["entries"]
+    assert [(e["description"], e.get("details")) for e in entries][:3] == [
+        ("Action started", None), ("one", {"n": 1}), ("two", None)]
+    assert "three" not in [e["description"] for e in entries]
+    with contexts[0].store.engine.connect() as conn:
+        assert list(conn.execute(sa.select(notes.c.note)).scalars()) == ["first"]
+    with pytest.raises(ActionCancelled):
+        contexts[0].log_and_write([(0.0, "after", None)])
+
+
 def test_a_retry_the_schema_would_now_refuse_still_gets_its_action(tmp_path, monkeypatch):
     from toolkit import BadActionRequest
 
