@@ -454,7 +454,7 @@ def _stored_definition(engine: Any, run_id: str, flow: "DeployedFlow") -> Any:
     from .language import validate
 
     stored = engine_store.definition(engine, run_id)
-    if stored is None:
+    if stored is None or stored[1] == flow.source:  # none kept (an older run), or the flow is as it was
         return flow.definition
     key = json.dumps(stored[1], sort_keys=True)
     definition = _definitions.get(key)
