@@ -1072,6 +1072,8 @@ class Runtime:
                 provider.cancel_callback(updated, self.hook_context(identity))
             except Exception:
                 logger.exception("cancel hook of %s failed for action %s", provider.name, action_id)
+            else:  # the hook may have changed the details (what it cancelled in turn): answer with them
+                updated = self.store.get(action_id) or updated
         return updated
 
     def release(self, provider: "ActionProvider", identity: "Identity", action_id: str) -> Action:

@@ -418,6 +418,8 @@ def test_a_timer_made_with_cancel_running_cancels_its_running_run_when_cancelled
     assert running["status"] == "ACTIVE"
     response = site.api.post(f"/timers/{timer['action_id']}/cancel", headers=site.headers)
     assert response.status_code == 200 and response.json["details"]["code"] == "ActionCancelled"
+    # The cancel answer already shows what the timer cancelled in turn, as /status does from then on.
+    assert response.json["details"]["last_runs"][0]["status"] == "FAILED"
     cancelled = site.status(running["action_id"], "/hello")
     assert (cancelled["status"], cancelled["details"]["code"]) == ("FAILED", "ActionCancelled")
     after = site.status(timer["action_id"])
