@@ -57,6 +57,9 @@ def display(rel: str) -> str:
 
 def join(rel: str, *more: str) -> str:
     """Join relative paths (``""`` is the root)."""
+    if len(more) == 1:  # the common case, without a generator
+        other = more[0]
+        return f"{rel}/{other}" if rel and other else rel or other
     return "/".join(p for p in (rel, *more) if p)
 
 

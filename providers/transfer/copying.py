@@ -24,13 +24,13 @@ from providers.collections import paths
 
 from . import checksums
 from .control import Control, Throttle
-from .errors import ItemError, Mismatch, Side, Stopped, on_destination, on_source
+from .errors import ItemError, Mismatch, Side, Stopped, destination_error, on_destination, on_source
 from .planning import FileTask
 from .progress import Counters, Progress, Report
 from .request import TransferRequest
 from .state import Done
 from .storage import FileStat, LocalDisk, ReadsBack, Storage, capable, has_descriptor, kernel_copy, reads_back, reads_into
-from .storage import reports_written, settable_times
+from .storage import reports_written, settable_times, whole_files
 
 __all__ = ["Copying", "Settings", "lanes"]
 
@@ -120,6 +120,11 @@ class Copying:
         self._local = threading.local()
         self._remaining = 0
         self._all_done = threading.Event()
+        # Files up to this size go whole (one read, one write, one read back) when both storages can
+        # (:class:`~providers.transfer.storage.WholeFiles`); 0: never.
+        self.whole_limit = 0
+        if whole_files(src) and whole_files(dst) and not settings.max_bytes_per_second:
+            self.whole_limit = min(SMALL_FILE_BYTES - 1, settings.chunk_size)
 
     # --- the threads --------------------------------------------------------------------------------------------
 
@@ -205,8 +210,9 @@ class Copying:
         expected = task.item.external_checksum
         for attempt in range(1, MAX_TRIES + 1):
             try:
-                digest, written, verified = self._copy(
-                    task, worker, hashing=self.request.verify_checksum or expected is not None)
+                hashing = self.request.verify_checksum or expected is not None
+                done = self._copy_whole(task, worker, hashing) if task.size <= self.whole_limit else None
+                digest, written, verified = done or self._copy(task, worker, hashing=hashing)
             except Mismatch:
                 pass  # caught before the file got its name
             else:
@@ -230,6 +236,8 @@ class Copying:
                                     None if final is None else final.mtime, digest))
 
     def _in_sync(self, task: FileTask, worker: _Worker) -> bool:
+        if self.request.sync_level == 3 and task.size <= self.whole_limit:
+            return self._in_sync_whole(task, worker)
         current = on_destination(worker.dst.stat, task.src, task.dst, task.dst)
         if current is None or current.kind != "file":
             return False
@@ -246,6 +254,73 @@ class Copying:
             return True
         return (self._hash(worker, worker.src, task.src, on_source, task)
                 == self._hash(worker, worker.dst, task.dst, on_destination, task))
+
+    def _in_sync_whole(self, task: FileTask, worker: _Worker) -> bool:
+        """``sync_level: checksum`` for a small file between two storages that read whole files: both read
+        in one call each and hashed (a destination of another size, or none, is not in sync: nothing to hash)."""
+        try:
+            theirs = worker.dst.read_whole(task.dst, task.size)  # type: ignore[attr-defined]
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except (Stopped, ActionCancelled):
+            raise
+        except Exception as exc:
+            raise destination_error(exc, task.src, task.dst) from exc
+        if theirs is None:
+            return False
+        ours = on_source(worker.src.read_whole, task.src, task.dst, task.src, task.size)  # type: ignore[attr-defined]
+        if ours is None:
+            return False  # the source changed since it was listed: copied (and looked at) again
+        algorithm = self.request.checksum_algorithm
+        ours_digest = checksums.new(algorithm)
+        ours_digest.update(ours)
+        theirs_digest = checksums.new(algorithm)
+        theirs_digest.update(theirs)
+        self.counters.add(bytes_checksummed=2 * task.size)
+        return ours_digest.hexdigest() == theirs_digest.hexdigest()
+
+    def _copy_whole(self, task: FileTask, worker: _Worker,
+                    hashing: bool) -> tuple[str | None, FileStat | None, bool] | None:
+        """:meth:`_copy` for a small file between two storages that read and write whole files: one read, one
+        write, one read back (before the file gets its name). None if the source is no longer a file of the
+        size it was listed with (:meth:`_copy` then streams it, and reports what is wrong)."""
+        self.control.checkpoint()
+        data = on_source(worker.src.read_whole, task.src, task.dst, task.src, task.size)  # type: ignore[attr-defined]
+        if data is None:
+            return None
+        algorithm = self.request.checksum_algorithm
+        hexdigest = None
+        if hashing:
+            digest = checksums.new(algorithm)
+            digest.update(data)
+            hexdigest = digest.hexdigest()
+        expected = task.item.external_checksum
+        if expected is not None:
+            if task.item.checksum_algorithm != algorithm:
+                external = checksums.new(task.item.checksum_algorithm)
+                external.update(data)
+                given = external.hexdigest()
+            else:
+                given = hexdigest
+            if given != expected:
+                raise ItemError("ChecksumMismatch", f"The source's {task.item.checksum_algorithm} is not the "
+                                "external_checksum given", task.src, task.dst)
+        verify = None
+        if self.request.verify_checksum and hexdigest is not None:
+            counters = self.counters
+
+            def verify(back: bytes) -> bool:
+                check = checksums.new(algorithm)
+                check.update(back)
+                counters.add(bytes_checksummed=len(back))
+                return check.hexdigest() == hexdigest
+
+        written = on_destination(worker.dst.write_whole, task.src, task.dst,  # type: ignore[attr-defined]
+                                 task.dst, self.token, data, verify)
+        self.counters.add(bytes_transferred=task.size)  # a copy that failed its check was transferred all the same
+        if written is None:
+            raise Mismatch()
+        return hexdigest, written, verify is not None
 
     def _hash(self, worker: _Worker, storage: Storage, rel: str, side: Side, task: FileTask) -> str:
         digest = checksums.new(self.request.checksum_algorithm)

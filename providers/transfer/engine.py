@@ -86,7 +86,6 @@ class Transfer:
             copying = Copying(self.ctx, self.request, self.settings, self.control, self.counters, self.report,
                               self.progress, previous, src, dst, self.token, self._adopt)
             copying.run(plan.tasks)
-            self.progress.flush()
             if self.control.reason == "deadline":
                 raise self._fail(copying.errors, "DeadlineExceeded", "The transfer did not finish before its deadline.")
             self.ctx.check()
@@ -95,16 +94,23 @@ class Transfer:
             details = self.details("SUCCEEDED")
         except ActionCancelled:
             self.control.stop()
+            self.progress.flush()
             self._remove_partials(dst)
             raise  # records stay: the process may be stopping, and the action may run again elsewhere
         except ActionFailed:
-            self.records.clear()
+            self._clear_records()
             self._remove_partials(dst)
             raise
         finally:
             self._close()
-        self.records.clear()
+        self._clear_records()
         return details
+
+    def _clear_records(self) -> None:
+        """The action ended: what it recorded goes (files not yet recorded are never written down)."""
+        self.progress.drop()
+        if self.records.written or self.ctx.attempt > 1:
+            self.records.clear()
 
     def _remove_partials(self, dst: Storage) -> None:
         """What this action's attempts left half-written (an earlier, killed one's too) goes when it ends."""

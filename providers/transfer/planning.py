@@ -16,7 +16,7 @@ from providers.collections.paths import PathOutsideCollection
 
 from .errors import ItemError, destination_error, outside, source_error
 from .request import Item, TransferRequest
-from .storage import FileStat, LocalDisk, Storage, capable
+from .storage import FileStat, Storage, local_disk
 
 __all__ = ["FileTask", "Plan", "Planner", "excluded_by"]
 
@@ -151,13 +151,10 @@ class Planner:
                 self.dst.confine(directory)
             except PathOutsideCollection as exc:
                 self.errors.append(destination_error(exc, None, directory))
-        if capable(self.dst, LocalDisk):
-            for task in self.plan.tasks:
-                self.check()
-                try:
-                    self.dst.confine(task.dst)
-                except PathOutsideCollection as exc:
-                    self.errors.append(destination_error(exc, task.src, task.dst))
+        if local_disk(self.dst):
+            by_destination = self._by_destination
+            for rel, exc in self.dst.confine_files([task.dst for task in self.plan.tasks], self.check):
+                self.errors.append(destination_error(exc, by_destination[rel].src, rel))
 
     def _unauthorized(self, authorize: Authorize) -> list[ItemError]:
         """Access rules, on where each file really is: a link must not lead to what a rule does not cover."""

@@ -211,6 +211,11 @@ class Progress:
             self.flush()  # what the details count as done is recorded first
             self.ctx.progress(details=self.report.details("ACTIVE"), display_status=self.report.display_status())
 
+    def drop(self) -> None:
+        """Forget the files not recorded yet (the action ended: no rerun will look for them)."""
+        with self._lock:
+            self._pending = []
+
     def flush(self) -> None:
         self._last_flush = time.monotonic()
         with self._lock:

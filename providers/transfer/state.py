@@ -31,6 +31,7 @@ done_table = sa.Table(
 )
 
 KEEP_SECONDS = 31 * 86400
+_MARKERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # parameter markers of the drivers' paramstyles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,13 @@ class DoneRecords:
     def __init__(self, engine: sa.Engine, action_id: str) -> None:
         self.engine = engine
         self.action_id = action_id
+        self.written = False  # whether this object added any row (clear has nothing to do otherwise)
         ensure_schema(engine)
+        marker = _MARKERS.get(engine.dialect.paramstyle)
+        # The driver's own executemany, without a bind step per value: a third of the time for many rows.
+        self._insert = None if marker is None else (
+            f"INSERT INTO {done_table.name} (action_id, path, size, mtime, checksum, recorded_at) "
+            f"VALUES ({', '.join([marker] * 6)})")
 
     def load(self) -> dict[str, Done]:
         with self.engine.connect() as conn:
@@ -68,10 +75,16 @@ class DoneRecords:
         ]
         if not rows:
             return
+        self.written = True
         with self.engine.begin() as conn:
             try:
                 with conn.begin_nested():
-                    conn.execute(sa.insert(done_table), rows)
+                    if self._insert is not None:
+                        conn.exec_driver_sql(self._insert, [
+                            (r["action_id"], r["path"], r["size"], r["mtime"], r["checksum"], r["recorded_at"])
+                            for r in rows])
+                    else:
+                        conn.execute(sa.insert(done_table), rows)
             except IntegrityError:
                 # A file recopied by a later attempt replaces its earlier row.
                 for row in rows:

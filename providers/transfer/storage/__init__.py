@@ -29,14 +29,17 @@ from .base import (
     ReportsWritten,
     SettableTimes,
     Storage,
+    WholeFiles,
     Writer,
     capable,
     has_descriptor,
     kernel_copy,
+    local_disk,
     reads_back,
     reads_into,
     reports_written,
     settable_times,
+    whole_files,
 )
 from .fsspec import FsspecStorage
 from .local import LocalStorage
@@ -59,15 +62,18 @@ __all__ = [
     "SFTPStorage",
     "SettableTimes",
     "Storage",
+    "WholeFiles",
     "Writer",
     "capable",
     "has_descriptor",
     "kernel_copy",
+    "local_disk",
     "open_storage",
     "reads_back",
     "reads_into",
     "reports_written",
     "settable_times",
+    "whole_files",
 ]
 
 #: The module (in this package) whose ``connect(collection)`` opens a protocol's storage; fsspec for the rest.

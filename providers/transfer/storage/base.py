@@ -18,7 +18,9 @@ What a backend may offer besides, found by ``isinstance`` against the runtime-ch
 :func:`capable` and the functions after it, which ask once per class):
 
 * on the storage: :class:`SettableTimes` (``preserve_timestamp`` applies), :class:`LocalDisk` (files on this
-  machine: the engine confines every destination file while planning and copies disk to disk on per-core lanes);
+  machine: the engine confines every destination file while planning and copies disk to disk on per-core lanes),
+  :class:`WholeFiles` (a small file read, or written and read back, in one call each: the engine's way for small
+  files between two such storages);
 * on a reader: :class:`ReadsInto` (no copy of each chunk), :class:`HasDescriptor` (an OS file descriptor: the
   source side of a kernel copy);
 * on a writer: :class:`KernelCopy` (``copy_file_range``/``sendfile`` from a descriptor), :class:`ReadsBack` (what
@@ -48,15 +50,18 @@ __all__ = [
     "ReportsWritten",
     "SettableTimes",
     "Storage",
+    "WholeFiles",
     "Writer",
     "capable",
     "has_descriptor",
     "kernel_copy",
+    "local_disk",
     "reads_back",
     "reads_into",
     "reports_written",
     "settable_times",
     "temp_name",
+    "whole_files",
 ]
 
 
@@ -133,6 +138,27 @@ class LocalDisk(Protocol):
         """The resolved path of ``rel`` on this machine's disk (refused if it leads outside the root)."""
         ...
 
+    def confine_files(self, rels: list[str],
+                      check: Callable[[], None] | None = None) -> list[tuple[str, PathOutsideCollection]]:
+        """:meth:`Storage.confine` for each of ``rels``: those refused, with why; ``check`` between folders."""
+        ...
+
+
+@runtime_checkable
+class WholeFiles(Protocol):
+    def read_whole(self, rel: str, size: int) -> bytes | None:
+        """The regular file ``rel`` whole, if it holds ``size`` bytes; None if it is not a regular file of that
+        size (it is then read as a stream, which says what is wrong, if anything). Errors as :meth:`open_read`."""
+        ...
+
+    def write_whole(self, rel: str, token: str, data: bytes,
+                    verify: Callable[[bytes], bool] | None) -> FileStat | None:
+        """Write ``data`` as :meth:`Storage.open_write` and commit would, in one call: nothing appears under
+        ``rel`` before it is complete. With ``verify``, what was written is read back before the file gets its
+        name and given to ``verify``; if that answers False the file is dropped and None returned. Otherwise
+        the size and time of the file written."""
+        ...
+
 
 _capabilities: dict[tuple[type, type], bool] = {}
 
@@ -170,6 +196,14 @@ def reports_written(writer: object) -> TypeGuard[ReportsWritten]:
 
 def settable_times(storage: object) -> TypeGuard[SettableTimes]:
     return capable(storage, SettableTimes)
+
+
+def local_disk(storage: object) -> TypeGuard[LocalDisk]:
+    return capable(storage, LocalDisk)
+
+
+def whole_files(storage: object) -> TypeGuard[WholeFiles]:
+    return capable(storage, WholeFiles)
 
 
 def temp_name(name: str, token: str) -> str:

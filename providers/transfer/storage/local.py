@@ -28,6 +28,9 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC
 _DIRECTORY_CACHE = 64
+# O_NONBLOCK: opening a FIFO swapped in for a file must not hang (it changes nothing for a regular file).
+_LIST_FOLDER_FROM = 16  # confine_files lists a folder when it holds this many of the files, else looks at each
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
 
 
 class _LocalReader:
@@ -370,6 +373,47 @@ class LocalStorage(Storage):
         if stat_module.S_ISLNK(st.st_mode):
             self._through_link(real_folder, paths.name(rel), rel)
 
+    def confine_files(self, rels: list[str],
+                      check: Callable[[], None] | None = None) -> list[tuple[str, PathOutsideCollection]]:
+        """:meth:`confine` for many files, with the paths refused and why. A folder holding many of them is listed
+        once (links known from the listing's entry types) rather than each file looked at."""
+        refused: list[tuple[str, PathOutsideCollection]] = []
+        by_folder: dict[str, list[str]] = {}
+        for rel in rels:
+            try:
+                self.checked(rel)
+            except PathOutsideCollection as exc:
+                refused.append((rel, exc))
+                continue
+            by_folder.setdefault(paths.parent(rel), []).append(rel)
+        for folder, members in by_folder.items():
+            if check is not None:
+                check()
+            if len(members) < _LIST_FOLDER_FROM:
+                for rel in members:
+                    try:
+                        self.confine(rel)
+                    except PathOutsideCollection as exc:
+                        refused.append((rel, exc))
+                continue
+            try:
+                fd, real_folder = self._find(folder)
+                with os.scandir(fd) as listing:
+                    links = {entry.name for entry in listing if entry.is_symlink()}
+            except PathOutsideCollection as exc:
+                refused.extend((rel, exc) for rel in members)
+                continue
+            except OSError:
+                continue  # nothing there (yet), or unreadable: as confine, nothing it could lead to
+            for rel in members:
+                name = paths.name(rel)
+                if name in links:
+                    try:
+                        self._through_link(real_folder, name, rel)
+                    except PathOutsideCollection as exc:
+                        refused.append((rel, exc))
+        return refused
+
     def local_path(self, rel: str) -> str:
         return self.real(rel)
 
@@ -573,8 +617,7 @@ class LocalStorage(Storage):
                 os.close(below.fd)
 
     def open_read(self, rel: str, chunk_size: int = 0) -> _LocalReader:
-        # O_NONBLOCK: opening a FIFO swapped in for a file must not hang (it changes nothing for a regular file).
-        fd = self._open_in(rel, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = self._open_in(rel, _READ_FLAGS)
         try:
             st = os.fstat(fd)
             if not stat_module.S_ISREG(st.st_mode):
@@ -583,6 +626,36 @@ class LocalStorage(Storage):
             os.close(fd)
             raise
         return _LocalReader(fd)
+
+    def read_whole(self, rel: str, size: int) -> bytes | None:
+        """The regular file ``rel`` in one read, if it holds ``size`` bytes (a regular file's read answers less
+        than asked only at its end: asking one byte more finds the end in the same call); else None."""
+        fd = self._open_in(rel, _READ_FLAGS)
+        try:
+            st = os.fstat(fd)
+            if st.st_size != size or not stat_module.S_ISREG(st.st_mode):
+                return None
+            data = os.read(fd, size + 1)
+        finally:
+            os.close(fd)
+        return data if len(data) == size else None
+
+    def write_whole(self, rel: str, token: str, data: bytes,
+                    verify: Callable[[bytes], bool] | None) -> FileStat | None:
+        """``data`` written as :meth:`open_write` writes a file; with ``verify``, read back from the disk's copy
+        (the same descriptor, before the file has a name) and checked first."""
+        writer = self.open_write(rel, token, 0)
+        try:
+            if data:
+                writer.write(data)
+            if verify is not None and not verify(os.pread(writer.fd, len(data) + 1, 0)):
+                writer.abort()
+                return None
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.written
 
     def open_write(self, rel: str, token: str, chunk_size: int) -> _LocalWriter:
         # A link where the file goes is replaced, never written through.
