@@ -51,6 +51,7 @@ from .folders import remove_partials
 from .permissions import Permissions, permission_errors
 from .progress import conclude
 from .request import INPUT_SCHEMA, normalize_request
+from .state import Uploads
 from .storage import LocalStorage, open_storage
 
 __all__ = ["OPEN_STORAGE", "Permissions", "permission_errors", "provider", "settings_from"]
@@ -189,11 +190,11 @@ def cancelled(action: Action, ctx: HookContext) -> None:
     """Partial files of an attempt whose process died (kill -9) have no run left to remove them: go now."""
     if action.details.get("DATA_TYPE") != "task":
         return
-    threading.Thread(target=_remove_partials, args=(action, dict(ctx.config)), daemon=True,
+    threading.Thread(target=_remove_partials, args=(action, dict(ctx.config), ctx.store.engine), daemon=True,
                      name=f"aptk-transfer-partials-{action.action_id[:12]}").start()
 
 
-def _remove_partials(action: Action, config: Mapping[str, Any]) -> None:
+def _remove_partials(action: Action, config: Mapping[str, Any], engine: Any) -> None:
     try:
         request = normalize_request(action.body)
         destination = _find(_collections(config), request.destination_endpoint, "destination_endpoint_id")
@@ -202,7 +203,7 @@ def _remove_partials(action: Action, config: Mapping[str, Any]) -> None:
         logger.exception("action %s: cannot look for its partial files", action.action_id)
         return
     try:
-        removed = remove_partials(storage, request, action.action_id[:12])
+        removed = remove_partials(storage, request, action.action_id[:12], Uploads(engine, action.action_id))
         if removed:
             logger.info("action %s: removed %d partial file(s) after its cancel", action.action_id, removed)
     finally:

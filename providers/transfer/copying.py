@@ -28,9 +28,9 @@ from .errors import ItemError, Mismatch, Side, Stopped, destination_error, on_de
 from .planning import FileTask
 from .progress import Counters, Progress, Report
 from .request import TransferRequest
-from .state import Done
+from .state import Done, Uploads
 from .storage import FileStat, LocalDisk, ReadsBack, Storage, capable, has_descriptor, kernel_copy, reads_back, reads_into
-from .storage import reports_written, settable_times, whole_files
+from .storage import begins_uploads, reports_written, settable_times, whole_files
 
 __all__ = ["Copying", "Settings", "lanes"]
 
@@ -101,7 +101,8 @@ class Copying:
 
     def __init__(self, ctx: RunContext, request: TransferRequest, settings: Settings, control: Control,
                  counters: Counters, report: Report, progress: Progress, previous: dict[str, Done],
-                 src: Storage, dst: Storage, token: str, adopt: Callable[[Storage], None]) -> None:
+                 src: Storage, dst: Storage, token: str, adopt: Callable[[Storage], None],
+                 uploads: Uploads | None = None) -> None:
         self.ctx = ctx
         self.request = request
         self.settings = settings
@@ -114,6 +115,7 @@ class Copying:
         self.dst = dst
         self.token = token
         self.adopt = adopt  # closes the storages a thread forks when the transfer ends
+        self.uploads = uploads  # multipart uploads begun and not ended, recorded so that a crash leaves none
         self.throttle = Throttle(settings.max_bytes_per_second, control.event)
         self.errors: list[ItemError] = []
         self._lock = threading.Lock()
@@ -299,7 +301,7 @@ class Copying:
             if task.item.checksum_algorithm != algorithm:
                 external = checksums.new(task.item.checksum_algorithm)
                 external.update(data)
-                given = external.hexdigest()
+                given: str | None = external.hexdigest()
             else:
                 given = hexdigest
             if given != expected:
@@ -367,6 +369,9 @@ class Copying:
         except BaseException:
             reader.close()
             raise
+        if self.uploads is not None and begins_uploads(writer):
+            uploads = self.uploads
+            writer.on_upload = lambda upload_id: uploads.begun(task.dst, upload_id)
         digest = checksums.new(self.request.checksum_algorithm) if hashing else None
         expected = task.item.external_checksum
         external = None  # the external_checksum's own algorithm, when it is another
@@ -420,6 +425,8 @@ class Copying:
                 reader.close()
             except Exception:
                 pass
+            if self.uploads is not None and begins_uploads(writer) and writer.upload_id is not None:
+                self.uploads.ended(writer.upload_id)  # completed or aborted
         return hexdigest, writer.written if reports_written(writer) else None, verified
 
     def _read_back(self, task: FileTask, worker: _Worker, writer: ReadsBack, hexdigest: str) -> None:

@@ -27,12 +27,12 @@ from providers.collections import Collection, CollectionError
 from .control import Control
 from .copying import Copying, Settings
 from .errors import ItemError, failure
-from .folders import delete_extra, make_folders, remove_partials
+from .folders import abort_uploads, delete_extra, make_folders, remove_partials
 from .planning import FileTask, Plan, Planner
 from .progress import Counters, Progress, Report
 from .request import SYNC_NAMES, TransferRequest
-from .state import Done, DoneRecords
-from .storage import OpenStorage, Storage, open_storage
+from .state import Done, DoneRecords, Uploads
+from .storage import OpenStorage, Storage, aborts_uploads, open_storage
 
 __all__ = ["FileTask", "ItemError", "Settings", "Transfer", "sync_level_name"]
 
@@ -60,6 +60,7 @@ class Transfer:
         self.report = Report(ctx.action_id, request, source, destination, self.counters)
         self.control = Control(ctx, request.deadline, self.report.details)
         self.records = DoneRecords(ctx.store.engine, ctx.action_id)
+        self.uploads = Uploads(ctx.store.engine, ctx.action_id)
         self.progress = Progress(ctx, self.report, self.records)
         self._storages: list[Storage] = []  # every storage opened or forked, closed at the end
         self._storages_lock = threading.Lock()
@@ -84,13 +85,15 @@ class Transfer:
                              self._fail)
             make_folders(dst, plan, self.control.checkpoint_planning, self._fail)
             copying = Copying(self.ctx, self.request, self.settings, self.control, self.counters, self.report,
-                              self.progress, previous, src, dst, self.token, self._adopt)
+                              self.progress, previous, src, dst, self.token, self._adopt, self.uploads)
             copying.run(plan.tasks)
             if self.control.reason == "deadline":
                 raise self._fail(copying.errors, "DeadlineExceeded", "The transfer did not finish before its deadline.")
             self.ctx.check()
             if copying.errors:
                 raise self._fail(copying.errors)
+            if aborts_uploads(dst):
+                abort_uploads(dst, self.uploads)  # an upload an attempt that died had begun
             details = self.details("SUCCEEDED")
         except ActionCancelled:
             self.control.stop()
@@ -115,7 +118,7 @@ class Transfer:
     def _remove_partials(self, dst: Storage) -> None:
         """What this action's attempts left half-written (an earlier, killed one's too) goes when it ends."""
         try:
-            removed = remove_partials(dst, self.request, self.token)
+            removed = remove_partials(dst, self.request, self.token, self.uploads)
         except Exception:  # pragma: no cover - best effort
             logger.exception("removing partial files failed")
             return

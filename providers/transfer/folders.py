@@ -13,10 +13,11 @@ from .errors import ItemError, destination_error
 from .planning import Plan, excluded_by
 from .progress import Counters
 from .request import TransferRequest
-from .storage import Storage
+from .state import Uploads
+from .storage import Storage, aborts_uploads
 from .storage.base import temp_name
 
-__all__ = ["delete_extra", "make_folders", "remove_partials"]
+__all__ = ["abort_uploads", "delete_extra", "make_folders", "remove_partials"]
 
 logger = logging.getLogger("providers.transfer")
 
@@ -78,9 +79,25 @@ def delete_extra(ctx: RunContext, request: TransferRequest, dst: Storage, plan: 
             ctx.log(f"Deleted {len(extra)} item(s) under {item.destination_path} not in the source.")
 
 
-def remove_partials(dst: Storage, request: TransferRequest, token: str) -> int:
+def abort_uploads(dst: Storage, uploads: Uploads) -> int:
+    """Abort the multipart uploads recorded for the action (begun by an attempt that died); how many."""
+    aborted = 0
+    for rel, upload_id in uploads.load():
+        try:
+            if aborts_uploads(dst):
+                dst.abort_upload(rel, upload_id)
+                aborted += 1
+            uploads.ended(upload_id)
+        except Exception:
+            logger.exception("aborting the upload of %s failed", rel)
+    return aborted
+
+
+def remove_partials(dst: Storage, request: TransferRequest, token: str, uploads: Uploads | None = None) -> int:
     """Remove the partial files (``.<name>.aptk-<token>.part``) this transfer's attempts left in its destination,
-    a killed one's too; how many. Best effort: what cannot be listed or removed is logged and left."""
+    a killed one's too, and abort the multipart uploads recorded in ``uploads``; how many. Best effort: what
+    cannot be listed or removed is logged and left."""
+    aborted = 0 if uploads is None else abort_uploads(dst, uploads)
     suffix = temp_name("", token)[1:]  # ".aptk-<token>.part"
     found: list[str] = []
     for item in request.items:
@@ -112,4 +129,4 @@ def remove_partials(dst: Storage, request: TransferRequest, token: str) -> int:
             pass
         except Exception:
             logger.exception("removing the partial file %s failed", rel)
-    return removed
+    return removed + aborted

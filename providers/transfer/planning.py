@@ -153,8 +153,8 @@ class Planner:
                 self.errors.append(destination_error(exc, None, directory))
         if local_disk(self.dst):
             by_destination = self._by_destination
-            for rel, exc in self.dst.confine_files([task.dst for task in self.plan.tasks], self.check):
-                self.errors.append(destination_error(exc, by_destination[rel].src, rel))
+            for rel, refused in self.dst.confine_files([task.dst for task in self.plan.tasks], self.check):
+                self.errors.append(destination_error(refused, by_destination[rel].src, rel))
 
     def _unauthorized(self, authorize: Authorize) -> list[ItemError]:
         """Access rules, on where each file really is: a link must not lead to what a rule does not cover."""

@@ -99,3 +99,41 @@ class DoneRecords:
     def purge_stale(self) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.delete(done_table).where(done_table.c.recorded_at < time.time() - KEEP_SECONDS))
+
+
+uploads_table = sa.Table(
+    "aptk_transfer_uploads",
+    metadata,
+    sa.Column("action_id", sa.String(64), primary_key=True),
+    sa.Column("upload_id", sa.String(1024), primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+)
+
+
+class Uploads:
+    """The multipart uploads (S3) an action has begun and not yet completed or aborted: invisible in a listing,
+    they are what a killed attempt leaves behind, aborted when the action ends (:func:`folders.remove_partials`).
+    A row is written as an upload begins, before its first part, and goes once it is completed or aborted."""
+
+    def __init__(self, engine: sa.Engine, action_id: str) -> None:
+        self.engine = engine
+        self.action_id = action_id
+        ensure_schema(engine)
+
+    def begun(self, path: str, upload_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(uploads_table), [{"action_id": self.action_id, "upload_id": upload_id,
+                                                     "path": path, "started_at": time.time()}])
+
+    def ended(self, upload_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(uploads_table).where(uploads_table.c.action_id == self.action_id,
+                                                        uploads_table.c.upload_id == upload_id))
+
+    def load(self) -> list[tuple[str, str]]:
+        """(path, upload id) of every upload recorded for the action."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(uploads_table.c.path, uploads_table.c.upload_id)
+                                .where(uploads_table.c.action_id == self.action_id))
+            return [(r.path, r.upload_id) for r in rows]

@@ -246,3 +246,62 @@ def test_partial_files_go_when_an_action_ends_unfinished(make_site, tmp_path, re
     wait_for(lambda: not partials(), timeout=5)
     time.sleep(0.2)
     assert partials() == [] and (out / ".someone-else.aptk-000000000000.part").exists()
+
+
+@pytest.mark.parametrize("ending", ["cancel", "rerun"])
+def test_multipart_uploads_go_when_an_action_ends(make_site, tmp_path, s3_location, monkeypatch, ending):
+    # An upload to S3 too big for one request goes up in parts: invisible, but kept (and billed) until completed
+    # or aborted. One a killed attempt began is aborted when the action ends: cancelled, or finished by a rerun;
+    # the one being written when a cancel comes is aborted as it stops. Other uploads are left alone.
+    from providers.transfer.state import Uploads
+    from toolkit.server import get_toolkit
+
+    from .conftest import wait_for
+
+    remote = Remote("s3", s3_location, monkeypatch)
+    site = make_site([local_collection("local", tmp_path / "local"), remote.collection],
+                     APTK_TRANSFER_MAX_BYTES_PER_SECOND=4 << 20 if ending == "cancel" else 0,
+                     APTK_TRANSFER_THREADS=1)
+    make_tree(tmp_path / "local", {"up/big.bin": 12 << 20, "up/small.txt": b"small"})
+    bucket, prefix = s3_location.path.split("/", 1)
+
+    def uploads():
+        found = remote.fs.list_multipart_uploads(bucket)
+        return sorted((u["Key"][len(prefix) + 1:], u["UploadId"]) for u in found if u["Key"].startswith(prefix + "/"))
+
+    def begin(key):
+        return remote.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=f"{prefix}/{key}")["UploadId"]
+
+    foreign = begin("out/foreign.bin")  # not this action's
+    client = site.transfer()
+    engine = get_toolkit(site.app).runtime.store.engine
+    if ending == "cancel":
+        action = client.run(body("local", "s3", ("/up", "/out", True)))["action_id"]
+        wait_for(lambda: len(uploads()) == 2, timeout=20)  # the big file's, begun by the running transfer
+        killed = begin("out/big.bin")  # as an earlier attempt, killed mid-upload, left it
+        Uploads(engine, action).begun("out/big.bin", killed)
+        assert len(uploads()) == 3
+        client.cancel(action)
+        final = client.wait(action, timeout=30, max_interval=0.2)
+        assert final["status"] == "FAILED"
+        wait_for(lambda: uploads() == [("out/foreign.bin", foreign)], timeout=10)
+    else:
+        # A rerun after a crash: the attempt that died had begun an upload; the rerun copies everything and, as
+        # the action succeeds, aborts it.
+        from providers.transfer import engine as transfer_engine
+
+        action_ids = []
+        real_run = transfer_engine.Transfer.run
+
+        def run_after_a_crash(self):
+            action_ids.append(self.ctx.action_id)
+            self.uploads.begun("out/big.bin", begin("out/big.bin"))  # what the attempt that died recorded
+            return real_run(self)
+
+        monkeypatch.setattr(transfer_engine.Transfer, "run", run_after_a_crash)
+        final = client.run(body("local", "s3", ("/up", "/out", True)), wait=True, timeout=60)
+        assert final["status"] == "SUCCEEDED", final
+        assert remote.tree("out")["big.bin"] == (tmp_path / "local" / "up" / "big.bin").read_bytes()
+        assert uploads() == [("out/foreign.bin", foreign)]
+        action = action_ids[0]
+    assert Uploads(engine, action).load() == []

@@ -17,6 +17,8 @@ import importlib
 from providers.collections import Collection
 
 from .base import (
+    AbortsUploads,
+    BeginsUploads,
     Entry,
     FileStat,
     HasDescriptor,
@@ -31,6 +33,8 @@ from .base import (
     Storage,
     WholeFiles,
     Writer,
+    aborts_uploads,
+    begins_uploads,
     capable,
     has_descriptor,
     kernel_copy,
@@ -46,7 +50,9 @@ from .local import LocalStorage
 from .sftp import SFTPStorage
 
 __all__ = [
+    "AbortsUploads",
     "BACKENDS",
+    "BeginsUploads",
     "Entry",
     "FileStat",
     "FsspecStorage",
@@ -64,6 +70,8 @@ __all__ = [
     "Storage",
     "WholeFiles",
     "Writer",
+    "aborts_uploads",
+    "begins_uploads",
     "capable",
     "has_descriptor",
     "kernel_copy",

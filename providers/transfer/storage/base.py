@@ -23,9 +23,10 @@ What a backend may offer besides, found by ``isinstance`` against the runtime-ch
   files between two such storages);
 * on a reader: :class:`ReadsInto` (no copy of each chunk), :class:`HasDescriptor` (an OS file descriptor: the
   source side of a kernel copy);
-* on a writer: :class:`KernelCopy` (``copy_file_range``/``sendfile`` from a descriptor), :class:`ReadsBack` (what
-  was written can be verified before it gets its name), :class:`ReportsWritten` (size and time of the committed
-  file, sparing a ``stat``).
+* on a writer: :class:`BeginsUploads` (a multipart upload, recorded as it begins so that it can be aborted
+  after a crash; the storage then :class:`AbortsUploads`), :class:`KernelCopy` (``copy_file_range``/``sendfile``
+  from a descriptor), :class:`ReadsBack` (what was written can be verified before it gets its name),
+  :class:`ReportsWritten` (size and time of the committed file, sparing a ``stat``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from providers.collections import Collection
 from providers.collections.paths import PathOutsideCollection
 
 __all__ = [
+    "AbortsUploads",
+    "BeginsUploads",
     "Entry",
     "FileStat",
     "HasDescriptor",
@@ -52,6 +55,8 @@ __all__ = [
     "Storage",
     "WholeFiles",
     "Writer",
+    "aborts_uploads",
+    "begins_uploads",
     "capable",
     "has_descriptor",
     "kernel_copy",
@@ -145,6 +150,23 @@ class LocalDisk(Protocol):
 
 
 @runtime_checkable
+class BeginsUploads(Protocol):
+    """A writer whose file goes up as a multipart upload (S3): invisible until complete, and left behind, taking
+    space, by a process killed meanwhile. ``on_upload(upload_id)``, when set, is called as the upload begins,
+    before its first part; ``upload_id`` is then that upload's."""
+
+    on_upload: Callable[[str], None] | None
+    upload_id: str | None
+
+
+@runtime_checkable
+class AbortsUploads(Protocol):
+    def abort_upload(self, rel: str, upload_id: str) -> None:
+        """Abort the multipart upload ``upload_id`` of ``rel`` (one already completed or aborted: nothing)."""
+        ...
+
+
+@runtime_checkable
 class WholeFiles(Protocol):
     def read_whole(self, rel: str, size: int) -> bytes | None:
         """The regular file ``rel`` whole, if it holds ``size`` bytes; None if it is not a regular file of that
@@ -196,6 +218,14 @@ def reports_written(writer: object) -> TypeGuard[ReportsWritten]:
 
 def settable_times(storage: object) -> TypeGuard[SettableTimes]:
     return capable(storage, SettableTimes)
+
+
+def begins_uploads(writer: object) -> TypeGuard[BeginsUploads]:
+    return capable(writer, BeginsUploads)
+
+
+def aborts_uploads(storage: object) -> TypeGuard[AbortsUploads]:
+    return capable(storage, AbortsUploads)
 
 
 def local_disk(storage: object) -> TypeGuard[LocalDisk]:

@@ -1,6 +1,7 @@
 """Any fsspec filesystem (``s3://`` and other object stores): whole objects, no links, no settable times.
 
-Objects appear whole when their upload completes (an aborted multipart upload leaves nothing); there are no
+Objects appear whole when their upload completes (an aborted multipart upload leaves nothing; one a killed process
+left is recorded as it began and aborted when the action ends); there are no
 links, no empty directories and no settable modification times (``preserve_timestamp`` cannot apply to S3; its
 ``LastModified`` is the upload time). The filesystem is thread-safe: :meth:`Storage.fork` is the same object.
 """
@@ -41,6 +42,19 @@ def _mtime(value: Any) -> float | None:
 class _FsspecWriter:
     def __init__(self, fs: Any, path: str, block_size: int) -> None:
         self.file = fs.open(path, "wb", block_size=block_size)
+        self.on_upload: Callable[[str], None] | None = None
+        self.upload_id: str | None = None
+        initiate = getattr(self.file, "_initiate_upload", None)
+        if initiate is not None:
+            def initiate_upload() -> None:  # s3fs: a multipart upload begins, before its first part
+                initiate()
+                upload = getattr(self.file, "mpu", None)
+                if isinstance(upload, dict) and upload.get("UploadId"):
+                    self.upload_id = upload["UploadId"]
+                    if self.on_upload is not None:
+                        self.on_upload(upload["UploadId"])
+
+            self.file._initiate_upload = initiate_upload
 
     def write(self, data: bytes | memoryview) -> None:
         self.file.write(bytes(data) if isinstance(data, memoryview) else data)
@@ -160,6 +174,16 @@ class FsspecStorage(Storage):
     def protocol_has_dirs(self) -> bool:
         protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
         return not any(p in OBJECT_STORES for p in protocols)
+
+    def abort_upload(self, rel: str, upload_id: str) -> None:
+        abort = getattr(self.fs, "abort_mpu", None)
+        if abort is None:
+            return
+        bucket, key, _version = self.fs.split_path(self.full(rel))
+        try:
+            abort(bucket, key, upload_id)
+        except FileNotFoundError:
+            pass  # completed or aborted already
 
     def remove(self, rel: str, kind: str) -> None:
         self.checked(rel)
