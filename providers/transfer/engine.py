@@ -32,7 +32,7 @@ from .planning import FileTask, Plan, Planner
 from .progress import Counters, Progress, Report
 from .request import SYNC_NAMES, TransferRequest
 from .state import Done, DoneRecords, Uploads
-from .storage import OpenStorage, Storage, aborts_uploads, open_storage
+from .storage import AbortsUploads, OpenStorage, Storage, capable, open_storage
 
 __all__ = ["FileTask", "ItemError", "Settings", "Transfer", "sync_level_name"]
 
@@ -92,7 +92,7 @@ class Transfer:
             self.ctx.check()
             if copying.errors:
                 raise self._fail(copying.errors)
-            if aborts_uploads(dst):
+            if capable(dst, AbortsUploads):
                 abort_uploads(dst, self.uploads)  # an upload an attempt that died had begun
             details = self.details("SUCCEEDED")
         except ActionCancelled:
