@@ -123,8 +123,8 @@ class Copying:
         self._remaining = 0
         self._all_done = threading.Event()
         # Files up to this size go whole (one read, one write, one read back) when both storages can
-        # (:class:`~providers.transfer.storage.WholeFiles`); 0: never.
-        self.whole_limit = 0
+        # (:class:`~providers.transfer.storage.WholeFiles`); -1: never.
+        self.whole_limit = -1
         if whole_files(src) and whole_files(dst) and not settings.max_bytes_per_second:
             self.whole_limit = min(SMALL_FILE_BYTES - 1, settings.chunk_size)
 

@@ -328,6 +328,40 @@ def test_symbolic_links_leading_outside_are_refused_before_any_byte_moves(site, 
     assert status["status"] == "SUCCEEDED" and (dst / "z.txt").read_bytes() == b"z"
 
 
+@pytest.mark.parametrize("files", [3, 40])
+def test_a_destination_file_that_is_a_link_outside_is_refused_in_a_folder_of_few_or_many(site, tmp_path, files):
+    # A destination folder holding many of the files is listed once (links known from the listing) rather than
+    # each file looked at; either way a file whose name there is a link leading outside is refused in planning.
+    src, dst = site.roots["src"], site.roots["dst"]
+    secret = tmp_path / "secret"
+    make_tree(secret, {"victim": b"keep"})
+    make_tree(src, {f"tree/f{i:02}.txt": b"new" for i in range(files)})
+    make_tree(dst, {f"copy/f{i:02}.txt": b"old" for i in range(files) if i != 1})
+    (dst / "copy" / "f01.txt").symlink_to(secret / "victim")
+    status = site.transfer().run(body("src", "dst", ("/tree", "/copy", True)), wait=True)
+    assert status["status"] == "FAILED", status
+    assert status["details"]["code"] == "PathOutsideCollection"
+    assert [e["destination_path"] for e in status["details"]["errors"]] == ["/copy/f01.txt"]
+    assert status["details"]["bytes_transferred"] == 0
+    assert (secret / "victim").read_bytes() == b"keep" and (dst / "copy" / "f00.txt").read_bytes() == b"old"
+
+
+def test_a_small_file_that_grew_since_it_was_listed_is_copied_whole(make_site):
+    # Small files go in one read; one that is no longer the size it was listed with is streamed instead.
+    class GrowsWhenRead(LocalStorage):
+        def read_whole(self, rel, size):
+            if rel.endswith("grows.txt"):
+                with open(self.local_path(rel), "ab") as f:
+                    f.write(b" and more")
+            return super().read_whole(rel, size)
+
+    site = make_site(**local_storage(GrowsWhenRead))
+    make_tree(site.roots["src"], {"d/grows.txt": b"some", "d/same.txt": b"same"})
+    status = site.transfer().run(body("src", "dst", ("/d", "/d", True)), wait=True)
+    assert status["status"] == "SUCCEEDED", status
+    assert tree(site.roots["dst"] / "d") == {"grows.txt": b"some and more", "same.txt": b"same"}
+
+
 class BeforeFolders(LocalStorage):
     """Local storage that runs ``hook`` once, when the first destination folder is made (after planning)."""
 
