@@ -261,9 +261,9 @@ class Copying:
         """``sync_level: checksum`` for a small file between two storages that read whole files: both read
         in one call each and hashed (a destination of another size, or none, is not in sync: nothing to hash)."""
         try:
-            theirs = worker.dst.read_whole(task.dst, task.size)  # type: ignore[attr-defined]
-        except (FileNotFoundError, NotADirectoryError):
-            return False
+            theirs = worker.dst.read_whole(task.dst, task.size, only_compared=True)  # type: ignore[attr-defined]
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, BlockingIOError):
+            return False  # nothing there, or not a file: copied (and what is in the way reported then)
         except (Stopped, ActionCancelled):
             raise
         except Exception as exc:

@@ -362,6 +362,27 @@ def test_a_small_file_that_grew_since_it_was_listed_is_copied_whole(make_site):
     assert tree(site.roots["dst"] / "d") == {"grows.txt": b"some and more", "same.txt": b"same"}
 
 
+def test_a_checksum_rerun_copies_over_what_is_not_the_same_file(site):
+    # Each side read once: a destination of another size, a pipe in the file's place, or nothing there, is not in
+    # sync (nothing hashed on that side); the same bytes are. A folder in the file's place is in the way.
+    src, dst = site.roots["src"], site.roots["dst"]
+    make_tree(src, {"d/same.txt": b"same", "d/other.txt": b"1234", "d/gone.txt": b"g", "d/pipe.txt": b"",
+                    "e/folder.txt": b"f"})
+    make_tree(dst, {"d/same.txt": b"same", "d/other.txt": b"12345", "e/folder.txt/inside": b"x"})
+    os.mkfifo(dst / "d" / "pipe.txt")
+    client = site.transfer()
+    status = client.run(body("src", "dst", ("/d", "/d", True), sync_level="checksum"), wait=True)
+    details = status["details"]
+    assert status["status"] == "SUCCEEDED", status
+    assert tree(dst / "d") == tree(src / "d") and (dst / "d" / "pipe.txt").is_file()
+    assert (details["files_transferred"], details["files_skipped"]) == (3, 1)
+    assert details["bytes_checksummed"] == 8 + 5  # same.txt on both sides; the three copied, read back
+    status = client.run(body("src", "dst", ("/e", "/e", True), sync_level="checksum"), wait=True)
+    assert status["status"] == "FAILED", status
+    assert [(e["code"], e["destination_path"]) for e in status["details"]["errors"]] == [
+        ("DestinationTypeConflict", "/e/folder.txt")]
+
+
 class BeforeFolders(LocalStorage):
     """Local storage that runs ``hook`` once, when the first destination folder is made (after planning)."""
 

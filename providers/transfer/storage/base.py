@@ -168,9 +168,11 @@ class AbortsUploads(Protocol):
 
 @runtime_checkable
 class WholeFiles(Protocol):
-    def read_whole(self, rel: str, size: int) -> bytes | None:
+    def read_whole(self, rel: str, size: int, *, only_compared: bool = False) -> bytes | None:
         """The regular file ``rel`` whole, if it holds ``size`` bytes; None if it is not a regular file of that
-        size (it is then read as a stream, which says what is wrong, if anything). Errors as :meth:`open_read`."""
+        size (it is then read as a stream, which says what is wrong, if anything). Errors as :meth:`open_read`.
+        ``only_compared``: the bytes will only be compared with a regular file's (what is not one may be found
+        out by reading it, or raise)."""
         ...
 
     def write_whole(self, rel: str, token: str, data: bytes,

@@ -381,11 +381,11 @@ class LocalStorage(Storage):
         by_folder: dict[str, list[str]] = {}
         for rel in rels:
             try:
-                self.checked(rel)
+                folder = self.checked(rel).rpartition("/")[0]
             except PathOutsideCollection as exc:
                 refused.append((rel, exc))
                 continue
-            by_folder.setdefault(paths.parent(rel), []).append(rel)
+            by_folder.setdefault(folder, []).append(rel)
         for folder, members in by_folder.items():
             if check is not None:
                 check()
@@ -406,7 +406,7 @@ class LocalStorage(Storage):
             except OSError:
                 continue  # nothing there (yet), or unreadable: as confine, nothing it could lead to
             for rel in members:
-                name = paths.name(rel)
+                name = rel.rpartition("/")[2]
                 if name in links:
                     try:
                         self._through_link(real_folder, name, rel)
@@ -441,7 +441,8 @@ class LocalStorage(Storage):
 
     def _in_folder(self, rel: str) -> tuple[int, str]:
         """The open folder of ``rel`` and its name there (``rel`` checked first: never ``..``)."""
-        return self._dir(paths.parent(self.checked(rel))), paths.name(rel)
+        folder, _, name = self.checked(rel).rpartition("/")  # a checked path: its parent is one too
+        return self._lookup(folder)[0], name
 
     def _open_in(self, rel: str, flags: int) -> int:
         dir_fd, name = self._in_folder(rel)
@@ -627,14 +628,19 @@ class LocalStorage(Storage):
             raise
         return _LocalReader(fd)
 
-    def read_whole(self, rel: str, size: int) -> bytes | None:
+    def read_whole(self, rel: str, size: int, *, only_compared: bool = False) -> bytes | None:
         """The regular file ``rel`` in one read, if it holds ``size`` bytes (a regular file's read answers less
-        than asked only at its end: asking one byte more finds the end in the same call); else None."""
+        than asked only at its end: asking one byte more finds the end in the same call); else None.
+
+        ``only_compared``: the bytes are only compared with a regular file's, so what ``rel`` is needs no
+        ``fstat`` unless it answers nothing: a folder fails the read (:class:`IsADirectoryError`), a pipe answers
+        nothing or :class:`BlockingIOError` (opened non-blocking), a device more bytes than asked."""
         fd = self._open_in(rel, _READ_FLAGS)
         try:
-            st = os.fstat(fd)
-            if st.st_size != size or not stat_module.S_ISREG(st.st_mode):
-                return None
+            if not only_compared or not size:
+                st = os.fstat(fd)
+                if st.st_size != size or not stat_module.S_ISREG(st.st_mode):
+                    return None
             data = os.read(fd, size + 1)
         finally:
             os.close(fd)
