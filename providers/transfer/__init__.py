@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Mapping
 
 from toolkit import Action, ActionFailed, ActionProvider, BadActionRequest, ConfigurationError, HookContext, RunContext
@@ -181,6 +182,8 @@ def finished(action: Action, ctx: HookContext) -> dict[str, Any] | None:
     if action.details.get("DATA_TYPE") != "task":
         return None
     details = dict(action.details)
+    if action.status.value == "FAILED" and details.get("code") in ENDED_WITHOUT_A_RUN:
+        _start_removing_partials(action, ctx, once_ended=True)
     return conclude(details, action.status.value, details.get("code"), details.get("description"),
                     now=action.completion_time)
 
@@ -190,11 +193,32 @@ def cancelled(action: Action, ctx: HookContext) -> None:
     """Partial files of an attempt whose process died (kill -9) have no run left to remove them: go now."""
     if action.details.get("DATA_TYPE") != "task":
         return
-    threading.Thread(target=_remove_partials, args=(action, dict(ctx.config), ctx.store.engine), daemon=True,
+    _start_removing_partials(action, ctx)
+
+
+#: How the toolkit ends a transfer whose run may be gone (its process died on its last attempt, or its deadline
+#: passed with no process running it): nothing else removes what its attempts left half-written.
+ENDED_WITHOUT_A_RUN = frozenset({"WorkerLost", "DeadlineExceeded"})
+
+
+def _start_removing_partials(action: Action, ctx: HookContext, once_ended: bool = False) -> None:
+    threading.Thread(target=_remove_partials, args=(action, dict(ctx.config), ctx.store, once_ended), daemon=True,
                      name=f"aptk-transfer-partials-{action.action_id[:12]}").start()
 
 
-def _remove_partials(action: Action, config: Mapping[str, Any], engine: Any) -> None:
+def _remove_partials(action: Action, config: Mapping[str, Any], store: Any, once_ended: bool = False) -> None:
+    """Remove the action's partial files and abort its uploads; with ``once_ended``, only once the store says
+    the action ended (a finish hook runs just before that is written, and the end may not be written at all if
+    another process took the action up meanwhile: its new attempt's files are then left alone)."""
+    if once_ended:
+        for _ in range(100):
+            current = store.get(action.action_id)
+            if current is None or current.status.value in ("SUCCEEDED", "FAILED"):
+                break
+            time.sleep(0.05)
+        if current is None or current.status.value != "FAILED":
+            return
+    engine = store.engine
     try:
         request = normalize_request(action.body)
         destination = _find(_collections(config), request.destination_endpoint, "destination_endpoint_id")

@@ -305,3 +305,53 @@ def test_multipart_uploads_go_when_an_action_ends(make_site, tmp_path, s3_locati
         assert uploads() == [("out/foreign.bin", foreign)]
         action = action_ids[0]
     assert Uploads(engine, action).load() == []
+
+
+@pytest.mark.parametrize("code", ["WorkerLost", "DeadlineExceeded"])
+@pytest.mark.parametrize("where", ["local", "sftp"])
+def test_partial_files_go_when_the_toolkit_ends_an_action_whose_run_is_gone(make_site, tmp_path, request,
+                                                                          monkeypatch, where, code):
+    # A process killed on the action's last attempt (or an action whose deadline passes with no process running
+    # it) is ended FAILED by the toolkit's sweep, with no run left to clean up: what its attempts half wrote goes
+    # all the same, and other actions' partial files stay.
+    import time
+
+    from providers.transfer import engine as transfer_engine
+    from toolkit.server import get_toolkit
+
+    from .conftest import local_storage, wait_for
+
+    monkeypatch.setattr(transfer_engine.Transfer, "_remove_partials", lambda self, dst: None)  # the run is gone
+    collections = [local_collection("local", tmp_path / "local")]
+    if where == "sftp":
+        remote = Remote("sftp", request.getfixturevalue("sftp_location"), monkeypatch)
+        collections.append(remote.collection)
+        out = remote.location.local / "out"
+        config = {}
+    else:
+        collections.append(local_collection("disk", tmp_path / "disk"))
+        out = tmp_path / "disk" / "out"
+        config = local_storage(anonymous_files=False)
+    site = make_site(collections, APTK_TRANSFER_MAX_BYTES_PER_SECOND=100_000, APTK_TRANSFER_THREADS=1,
+                     APTK_TRANSFER_CHUNK_BYTES=16384, **config)
+    make_tree(tmp_path / "local", {f"slow/{i}.bin": 100_000 for i in range(20)})
+    client = site.transfer()
+    action = client.run(body("local", collections[1]["name"], ("/slow", "/out", True)))["action_id"]
+    suffix = f".aptk-{action[:12]}.part"
+
+    def partials():
+        return sorted(p.name for p in out.rglob("*") if p.name.endswith(suffix)) if out.exists() else []
+
+    wait_for(lambda: partials(), timeout=10)
+    (out / f".19.bin{suffix}").write_bytes(b"left by a killed attempt")
+    (out / ".someone-else.aptk-000000000000.part").write_bytes(b"not this action's")
+    runtime = get_toolkit(site.app).runtime
+    if code == "WorkerLost":
+        runtime.store.update(action, where={}, runner="elsewhere:1:gone", heartbeat=time.time() - 3600, attempts=5)
+    else:
+        runtime.store.update(action, where={}, deadline=time.time() - 1)
+    runtime.sweep()
+    final = client.status(action)
+    assert (final["status"], final["details"]["code"]) == ("FAILED", code)
+    wait_for(lambda: not partials(), timeout=10)
+    assert (out / ".someone-else.aptk-000000000000.part").exists()
