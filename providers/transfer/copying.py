@@ -24,7 +24,7 @@ from providers.collections import paths
 
 from . import checksums
 from .control import Control, Throttle
-from .errors import ItemError, Mismatch, Side, Stopped, destination_error, on_destination, on_source
+from .errors import ItemError, Mismatch, Side, Stopped, destination_error, on_destination, on_source, source_error
 from .planning import FileTask
 from .progress import Counters, Progress, Report
 from .request import TransferRequest
@@ -270,9 +270,16 @@ class Copying:
             raise destination_error(exc, task.src, task.dst) from exc
         if theirs is None:
             return False
-        ours = on_source(worker.src.read_whole, task.src, task.dst, task.src, task.size)  # type: ignore[attr-defined]
+        try:  # only compared too: what is no longer a file of that size is copied, and looked at closely then
+            ours = worker.src.read_whole(task.src, task.size, only_compared=True)  # type: ignore[attr-defined]
+        except (IsADirectoryError, BlockingIOError):
+            return False
+        except (Stopped, ActionCancelled):
+            raise
+        except Exception as exc:
+            raise source_error(exc, task.src, task.dst) from exc
         if ours is None:
-            return False  # the source changed since it was listed: copied (and looked at) again
+            return False
         algorithm = self.request.checksum_algorithm
         ours_digest = checksums.new(algorithm)
         ours_digest.update(ours)
