@@ -23,7 +23,7 @@ __all__ = ["FileTask", "Plan", "Planner", "excluded_by"]
 Authorize = Callable[[str, str], "str | None"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # slots: one object each (less for the GC)
 class FileTask:
     item: Item
     src: str
