@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import time
+import logging
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
@@ -22,6 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from .documents import Action, Status
+
+_logger = logging.getLogger("toolkit.store")
 
 metadata = sa.MetaData()
 
@@ -133,6 +136,11 @@ class Store(Protocol):
     def ping(self) -> None: ...
 
 
+CHECKPOINT_COMMITS = 64
+"""SQLite files: a process checkpoints the WAL (on a thread of its own) after this many of its write transactions."""
+CHECKPOINT_BACKSTOP_PAGES = 10000
+"""SQLite files: the WAL size (pages) at which the committing writer checkpoints anyway (SQLite's default: 1000)."""
+
 PURGE_BATCH = 500
 """Expired actions deleted per transaction: a sweep never holds the database for long, whatever it has to purge."""
 
@@ -161,6 +169,9 @@ class SQLStore:
         self._group_pending: list[_GroupWrite] = []
         self._group_leading = False
         self._group_pid = os.getpid()
+        # WAL checkpoints (SQLite files): commits since the last one, and whether one runs now (see _checkpoint).
+        self._commits = 0
+        self._checkpointing = False
 
     def __repr__(self) -> str:
         return f"SQLStore({self.url.render_as_string(hide_password=True)!r})"
@@ -194,6 +205,10 @@ class SQLStore:
                 cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
+            if self._lock_path is not None:
+                # The store checkpoints on a thread of its own (_checkpoint); SQLite's own checkpoint, run by the
+                # committing writer while it holds the write lock, stays only as a backstop.
+                cursor.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_BACKSTOP_PAGES}")
             cursor.close()
 
         @sa.event.listens_for(engine, "begin")
@@ -283,6 +298,7 @@ class SQLStore:
         if self._group_pid != os.getpid():  # a fork: whatever the parent's threads were doing is not ours
             self._group_lock, self._group_pending, self._group_leading = threading.Lock(), [], False
             self._group_pid = os.getpid()
+            self._commits, self._checkpointing = 0, False
         with self._group_lock:
             self._group_pending.append(write)
             lead = not self._group_leading
@@ -303,13 +319,46 @@ class SQLStore:
                     following.turn.release()
                 else:
                     self._group_leading = False
+                checkpoint = self._commits >= CHECKPOINT_COMMITS and not self._checkpointing and (
+                    self._lock_path is not None)
+                if checkpoint:
+                    self._commits, self._checkpointing = 0, True
+        if checkpoint:
+            threading.Thread(target=self._checkpoint, name="aptk-checkpoint", daemon=True).start()
         return write.outcome()
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL's committed pages into the database file (a PASSIVE checkpoint), off the write path.
+
+        SQLite's automatic checkpoint runs in the writer whose commit crosses its threshold, while that writer
+        still holds the write lock: every writer of every process then waits for its page copies and fsyncs. A
+        passive checkpoint takes no write lock, so writers go on appending to the WAL meanwhile; durability is
+        the same (a commit is durable once it is in the WAL). Several processes may try at once: one runs, the
+        others find it busy and return.
+        """
+        try:
+            connection = self.engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                cursor.fetchall()
+                cursor.close()
+            finally:
+                connection.close()
+        except Exception as exc:  # the next one tries again; SQLite's backstop bounds the WAL meanwhile
+            _logger.warning("WAL checkpoint failed: %s", exc)
+        finally:
+            self._checkpointing = False
 
     def _commit_group(self, group: list["_GroupWrite"]) -> None:
         several = len(group) > 1
         try:
-            with self._write_lock, self._writer_turn():
-                with self._dbapi_transaction(self.sql, write=True) as cursor:
+            # The connection is checked out before the write lock is taken and returned after it is released:
+            # the lock, which every writer of every process queues for, covers the transaction and nothing else.
+            with contextlib.closing(self.engine.raw_connection()) as connection, self._write_lock, \
+                    self._writer_turn():
+                with self._dbapi_transaction(self.sql, write=True, connection=connection) as cursor:
+                    self._commits += 1
                     for write in group:
                         if not several:
                             write.result = write.work(cursor)
@@ -337,8 +386,12 @@ class SQLStore:
                     write.turn.release()
 
     @contextlib.contextmanager
-    def _dbapi_transaction(self, statements: "_Statements", write: bool) -> Iterator[Any]:
-        connection = self.engine.raw_connection()
+    def _dbapi_transaction(self, statements: "_Statements", write: bool, connection: Any = None) -> Iterator[Any]:
+        """A DBAPI cursor in a transaction (or, reading SQLite, in autocommit), on ``connection`` if given (the
+        caller returns it to the pool), else on one checked out from the pool here and returned at the end."""
+        owned = connection is None
+        if owned:
+            connection = self.engine.raw_connection()
         try:
             cursor = connection.cursor()
             try:
@@ -357,7 +410,8 @@ class SQLStore:
         except statements.dbapi_error as exc:
             raise self._translated(exc) from exc
         finally:
-            connection.close()  # back to the pool
+            if owned:
+                connection.close()  # back to the pool
 
     def _translated(self, exc: BaseException) -> BaseException:
         """A DBAPI error as the SQLAlchemy exception the rest of the store raises (IntegrityError, ...)."""

@@ -337,3 +337,40 @@ def test_a_request_loads_exactly_as_the_schema_loads_it(document):
     else:
         assert load_action_request(document) == expected
         assert load_action_request(document)["body"] is not document["body"]
+
+
+def test_the_wal_is_checkpointed_by_a_thread_of_the_store_not_by_a_writer_holding_the_lock(tmp_path, monkeypatch):
+    import shutil
+    import sqlite3
+
+    import toolkit.store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_COMMITS", 4)
+    store = SQLStore(f"sqlite:///{tmp_path / 'aptk.db'}")
+    store.create_schema()
+    checkpoints = []
+    checkpoint = store._checkpoint
+    monkeypatch.setattr(store, "_checkpoint", lambda: (checkpoints.append(threading.current_thread().name),
+                                                       checkpoint()))
+    with store.engine.connect() as conn:  # SQLite's own checkpoint is only a backstop far above its default
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == store_module.CHECKPOINT_BACKSTOP_PAGES
+    ids = []
+    for _ in range(4):
+        action = new_action()
+        store.create(action, log=(1.0, "ActionStarted", "Action started"), now=time.time())
+        ids.append(action.action_id)
+    deadline = time.monotonic() + 10
+    while (not checkpoints or store._checkpointing) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert checkpoints == ["aptk-checkpoint"]
+    # Checkpointed: the database file alone (without its WAL) holds the four actions, which SQLite's automatic
+    # checkpoint would not have copied there yet.
+    shutil.copy(tmp_path / "aptk.db", tmp_path / "alone.db")
+    alone = sqlite3.connect(tmp_path / "alone.db")
+    try:
+        found = {r[0] for r in alone.execute("SELECT action_id FROM aptk_actions")}
+    finally:
+        alone.close()
+    assert set(ids) <= found
+    assert all(store.get(i) is not None for i in ids)
+    store.dispose()
