@@ -336,8 +336,11 @@ class SQLStore:
         the same (a commit is durable once it is in the WAL). Several processes may try at once: one runs, the
         others find it busy and return.
         """
+        engine = self._engine
         try:
-            connection = self.engine.raw_connection()
+            if engine is None:  # disposed meanwhile: nothing to open again for this
+                return
+            connection = engine.raw_connection()
             try:
                 cursor = connection.cursor()
                 cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
