@@ -12,10 +12,10 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import threading
 import time
-import logging
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
