@@ -483,10 +483,10 @@ class Runtime:
         left = list(self._running.values())
         for ctx in left:
             ctx._event.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        for thread in self._background:
-            if thread is not threading.current_thread():
+        # A stop may come while start() is still starting them (a signal to a worker still booting): only
+        # threads that started can be waited for; the others see the stop flag as soon as they run.
+        for thread in [self._thread, *self._background]:
+            if thread is not None and thread.ident is not None and thread is not threading.current_thread():
                 thread.join(timeout=5)
         if self.runner_id and left:
             try:

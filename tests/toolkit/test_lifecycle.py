@@ -705,3 +705,37 @@ def test_a_stopped_runtime_is_not_started_again_by_a_late_request(tmp_path):
     client.close()  # stops the runtime, as a server's shutdown does
     client.status(action["action_id"])  # a request still answered after the stop
     assert not runtime._thread.is_alive()  # the actions handed over stay handed over
+
+
+def test_a_stop_that_comes_while_the_runtime_starts_its_threads_stops_it_cleanly(tmp_path, monkeypatch):
+    """A worker told to quit while it boots (gunicorn's SIGQUIT during start-up) stops a runtime whose threads are
+    not all started yet: that is not an error, and no thread keeps running afterwards."""
+    from toolkit.testing import close_app, provider_app
+
+    provider = ActionProvider(title="Booting", input_schema={"type": "object"})
+    provider.run(lambda body, ctx: {})
+    ticks = []
+
+    @provider.background
+    def tick(ctx):
+        while not ctx.stopping.wait(0.01):
+            ticks.append(1)
+
+    app, _ = provider_app(provider, tmp_path)
+    runtime = get_toolkit(app).runtime
+    real_start = threading.Thread.start
+
+    def start(thread):
+        if thread.name.startswith("aptk-") and thread.name != "aptk-maintenance":
+            runtime.stop()  # the signal arrives between the maintenance thread and the background ones
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    try:
+        runtime.start()  # raised "cannot join thread before it is started" from inside stop()
+    finally:
+        monkeypatch.undo()
+    time.sleep(0.1)
+    assert not runtime._thread.is_alive()
+    assert all(not thread.is_alive() for thread in runtime._background)
+    close_app(app)
