@@ -207,8 +207,17 @@ def _worker_started(worker: Any) -> None:
     # Ctrl-C reaches the whole process group; the master then stops each worker gracefully. A worker that
     # also handled SIGINT itself could deadlock in its own shutdown (seen with gthread workers).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if find_toolkit(worker.wsgi) is not None:  # an author's own app (--app) may hold no toolkit at all
+    if find_toolkit(worker.wsgi) is None:  # an author's own app (--app) may hold no toolkit at all
+        return
+    # A quit signal while the runtime starts would raise SystemExit wherever the main thread is (inside a lock,
+    # between two threads' starts), leaving the worker stuck in its own shutdown until the master's SIGKILL: the
+    # signals wait until the start is complete, then stop the worker as usual.
+    stopping = {signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGABRT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+    try:
         start_runtime(worker.wsgi)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def child_exit(server: Any, worker: Any) -> None:

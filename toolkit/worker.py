@@ -30,6 +30,7 @@ from typing import Any
 
 from gunicorn import http, util
 from gunicorn.http2 import negotiation
+from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import ThreadWorker
 
 from .server import DEFAULT_READ_TIMEOUT
@@ -190,6 +191,22 @@ class BufferingWorker(ThreadWorker):
     def _max_head(self) -> int:
         cfg = self.cfg
         return cfg.limit_request_line + cfg.limit_request_fields * (cfg.limit_request_field_size + 2) + 4
+
+    # --- signals ----------------------------------------------------------------------------------------------
+
+    def handle_quit(self, sig: Any, frame: Any) -> None:
+        """SIGQUIT (the master's quick stop, as after Ctrl-C): gthread shuts its thread pool down from inside the
+        signal handler. When the signal lands while this thread is inside the pool's ``submit`` (which holds the
+        pool's lock while it starts a thread), that shutdown waits forever for the lock this very thread holds,
+        and the worker hangs until the master kills it. Here the pool is shut down only when its lock is free;
+        otherwise the exit unwinds ``submit`` (releasing the lock) and the interpreter's own exit hook stops the
+        pool's threads."""
+        lock = getattr(self.tpool, "_shutdown_lock", None)
+        if lock is None or lock.acquire(blocking=False):
+            if lock is not None:
+                lock.release()
+            self.tpool.shutdown(wait=False)
+        Worker.handle_quit(self, sig, frame)
 
     # --- gthread hooks -----------------------------------------------------------------------------------------
 
