@@ -928,6 +928,30 @@ _created: weakref.WeakKeyDictionary[sa.Engine, weakref.WeakSet[sa.MetaData]] = w
 _created_lock = threading.Lock()
 
 
+def delete_orphans(engine: sa.Engine, column: sa.Column, *, batch: int = PURGE_BATCH, stopping: Any = None) -> int:
+    """Delete the rows of a provider's own table whose action is gone (released, or removed by expiry); how many.
+
+    ``column`` is the table's column holding the action id. The table is gone through once in that column's
+    order, ``batch`` rows looked at per transaction, so that a sweep never holds the database for long; it stops
+    early once ``stopping`` (an Event) is set. Rows of actions that still exist are kept.
+    """
+    table = column.table
+    known = sa.table("aptk_actions", sa.column("action_id"))
+    deleted = 0
+    after = ""
+    while stopping is None or not stopping.is_set():
+        with engine.begin() as conn:
+            ids = conn.execute(sa.select(column).where(column > after).order_by(column).limit(batch)).scalars().all()
+            if not ids:
+                break
+            after = ids[-1]
+            orphan = ~sa.exists().where(known.c.action_id == column)
+            deleted += conn.execute(table.delete().where(column.in_(ids), orphan)).rowcount
+        if len(ids) < batch:
+            break
+    return deleted
+
+
 def create_tables(engine: sa.Engine, tables: sa.MetaData, *, once: bool = True) -> None:
     """Create the tables of ``tables`` that are missing, tolerating other processes doing the same at once.
 

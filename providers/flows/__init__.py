@@ -66,7 +66,7 @@ def run_flow(flow: DeployedFlow, body: dict[str, Any], ctx: RunContext) -> dict[
 @provider.background
 def purge_run_records(ctx: BackgroundContext) -> None:
     """Every ``APTK_FLOWS_PURGE_INTERVAL`` seconds, delete the stored records of runs whose action is gone
-    (released, or removed by expiry), in batches of :data:`engine_store.PURGE_BATCH` per transaction."""
+    (released, or removed by expiry), in batches of :data:`toolkit.store.PURGE_BATCH` per transaction."""
     from . import engine_store
 
     interval = number(ctx.config, "APTK_FLOWS_PURGE_INTERVAL", DEFAULT_PURGE_INTERVAL, positive=True)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import sqlalchemy as sa
 
-from toolkit.store import create_tables
+from toolkit.store import PURGE_BATCH, create_tables, delete_orphans
 
 _metadata = sa.MetaData()
 runs_table = sa.Table(
@@ -40,9 +40,6 @@ definitions_table = sa.Table(
     sa.Column("definition", sa.Text, nullable=False),
 )
 """The definition each run started with, written once with its first record: the run walks that copy."""
-_actions = sa.table("aptk_actions", sa.column("action_id"))
-PURGE_BATCH = 500
-"""Records of released or expired runs deleted per transaction."""
 
 
 @dataclasses.dataclass
@@ -166,20 +163,6 @@ def purge_released(engine: sa.Engine, *, batch: int = PURGE_BATCH, stopping: Any
     most ``batch`` of each table per transaction; how many records. A run whose action still exists keeps its
     rows. Goes once through each table in run id order: each transaction looks at ``batch`` run ids."""
     create_tables(engine, _metadata)
-    gone = 0
-    for table in (runs_table, definitions_table):
-        after = ""
-        while stopping is None or not stopping.is_set():
-            with engine.begin() as conn:
-                ids = conn.execute(sa.select(table.c.run_id).where(table.c.run_id > after)
-                                   .order_by(table.c.run_id).limit(batch)).scalars().all()
-                if not ids:
-                    break
-                after = ids[-1]
-                orphan = ~sa.exists().where(_actions.c.action_id == table.c.run_id)
-                deleted = conn.execute(table.delete().where(table.c.run_id.in_(ids), orphan)).rowcount
-            if table is runs_table:
-                gone += deleted
-            if len(ids) < batch:
-                break
+    gone = delete_orphans(engine, runs_table.c.run_id, batch=batch, stopping=stopping)
+    delete_orphans(engine, definitions_table.c.run_id, batch=batch, stopping=stopping)
     return gone

@@ -16,13 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from toolkit.store import create_tables
+from toolkit.store import PURGE_BATCH, create_tables, delete_orphans
 
-PURGE_BATCH = 500
-"""Rows looked at (and deleted) per transaction by :func:`purge_released`."""
 
 metadata = sa.MetaData()
-_actions = sa.table("aptk_actions", sa.column("action_id"))
 answers = sa.Table(
     "forms_answers",
     metadata,
@@ -85,17 +82,4 @@ def purge_released(engine: sa.Engine, *, batch: int = PURGE_BATCH, stopping: Any
     """Delete the answers of forms whose action is gone (released, or removed by expiry), looking at ``batch`` rows
     per transaction in action id order; how many were deleted. Stops early once ``stopping`` (an Event) is set."""
     create_tables(engine, metadata)
-    deleted = 0
-    after = ""
-    while stopping is None or not stopping.is_set():
-        with engine.begin() as conn:
-            ids = conn.execute(sa.select(answers.c.action_id).where(answers.c.action_id > after)
-                               .order_by(answers.c.action_id).limit(batch)).scalars().all()
-            if not ids:
-                break
-            after = ids[-1]
-            orphan = ~sa.exists().where(_actions.c.action_id == answers.c.action_id)
-            deleted += conn.execute(answers.delete().where(answers.c.action_id.in_(ids), orphan)).rowcount
-        if len(ids) < batch:
-            break
-    return deleted
+    return delete_orphans(engine, answers.c.action_id, batch=batch, stopping=stopping)
