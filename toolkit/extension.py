@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, g, jsonify, request
 
 from .auth import TokenVerifier, verifier_from_config
-from .errors import ConfigurationError
 from . import health
+from .errors import ConfigurationError
 from .executor import Executor, ThreadExecutor, default_max_running_per_identity
 from .lifecycle import Runtime
 from .settings import check_database, check_settings, default_data_dir, make_data_dir
@@ -174,8 +174,6 @@ def _check_store(runtime: Runtime) -> None:
 
 def _add_operations_routes(app: Flask, state: ToolkitState) -> None:
     """``/healthz`` always; ``/metrics`` and the request metrics when ``APTK_METRICS`` is on."""
-    from . import health
-
     own_view: list[Any] = []
 
     def serve_health() -> Any:

@@ -127,6 +127,15 @@ class BackgroundContext:
     def clock(self) -> "Clock":
         return self.runtime.clock
 
+    def every(self, seconds: float, work: Callable[[], Any], what: str) -> None:
+        """Call ``work()`` every ``seconds`` until the process stops. A call that raises (the database away) is
+        logged as ``what`` failing and the next turn tries again."""
+        while not self.stopping.wait(seconds):
+            try:
+                work()
+            except Exception:
+                logger.exception("%s failed; trying again in %g s", what, seconds)
+
 
 @dataclasses.dataclass(frozen=True)
 class VariantContext:
@@ -902,11 +911,7 @@ class Runtime:
         """
         if status not in COMPLETED_STATES:
             raise ValueError(f"end() completes an action: SUCCEEDED or FAILED, not {status}")
-        action = self.store.get(action_id)
-        if action is None:
-            return None
-        where = {"status": Status.ACTIVE, "runner": None, "attempts": action.attempts}
-        return self._finish(action, where, status, _json_object(details), self.clock())
+        return self._settle_handed_over(action_id, status, details)
 
     def pause(self, action_id: str, details: dict[str, Any]) -> Action | None:
         """Pause (INACTIVE) an action its callback handed over, until someone calls ``/resume``.
@@ -916,11 +921,15 @@ class Runtime:
         and runs the callback again (``ctx.resumed``). None if the action is no longer ACTIVE in the provider's
         hands (cancelled, past its deadline, released).
         """
+        return self._settle_handed_over(action_id, Status.INACTIVE, details)
+
+    def _settle_handed_over(self, action_id: str, status: Status, details: dict[str, Any]) -> Action | None:
+        """Move a handed-over action (ACTIVE, no runner) to ``status``, compare-and-set on its attempt."""
         action = self.store.get(action_id)
         if action is None:
             return None
         where = {"status": Status.ACTIVE, "runner": None, "attempts": action.attempts}
-        return self._finish(action, where, Status.INACTIVE, _json_object(details), self.clock())
+        return self._finish(action, where, status, _json_object(details), self.clock())
 
     def hook_context(self, identity: "Identity") -> HookContext:
         """The context a check, cancel or resume hook gets for a request by ``identity``."""

@@ -69,15 +69,13 @@ def purge_run_records(ctx: BackgroundContext) -> None:
     (released, or removed by expiry), in batches of :data:`toolkit.store.PURGE_BATCH` per transaction."""
     from . import engine_store
 
-    interval = number(ctx.config, "APTK_FLOWS_PURGE_INTERVAL", DEFAULT_PURGE_INTERVAL, positive=True)
-    while not ctx.stopping.wait(interval):
-        try:
-            gone = engine_store.purge_released(ctx.store.engine, stopping=ctx.stopping)
-        except Exception:  # the database is away: the next sweep tries again
-            logger.exception("flow run records not purged; retrying in %g s", interval)
-            continue
+    def purge() -> None:
+        gone = engine_store.purge_released(ctx.store.engine, stopping=ctx.stopping)
         if gone:
             logger.info("deleted the records of %d released or expired flow runs", gone)
+
+    interval = number(ctx.config, "APTK_FLOWS_PURGE_INTERVAL", DEFAULT_PURGE_INTERVAL, positive=True)
+    ctx.every(interval, purge, "purging the records of released flow runs")
 
 
 def _origin() -> str | None:

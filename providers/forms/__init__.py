@@ -244,14 +244,12 @@ PURGE_INTERVAL = 300.0
 @provider.background
 def purge_answers(ctx: BackgroundContext) -> None:
     """Every :data:`PURGE_INTERVAL` seconds, delete the stored answers of forms whose action is gone."""
-    while not ctx.stopping.wait(PURGE_INTERVAL):
-        try:
-            gone = answers.purge_released(ctx.store.engine, stopping=ctx.stopping)
-        except Exception:  # the database is away: the next sweep tries again
-            logger.exception("answers of released forms not purged; retrying in %g s", PURGE_INTERVAL)
-            continue
+    def purge() -> None:
+        gone = answers.purge_released(ctx.store.engine, stopping=ctx.stopping)
         if gone:
             logger.info("deleted the answers of %d released or expired forms", gone)
+
+    ctx.every(PURGE_INTERVAL, purge, "purging the answers of released forms")
 
 
 @provider.run

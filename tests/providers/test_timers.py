@@ -6,13 +6,14 @@ hello provider served in the same app and a real SQLite store.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import socket
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -670,10 +671,23 @@ def remote_site(tmp_path, remote_url: str, token_url: str, **config: Any) -> Sit
     return Site(tmp_path, **{"APTK_CALL_CLIENTS": str(clients), "APTK_TIMERS_MAX_FAILURES": "2", **config})
 
 
-def test_a_remote_target_answering_503_is_retried_within_the_tick_over_http(tmp_path):
-    remote = RemoteProvider(unavailable=2)
+@contextlib.contextmanager
+def remote_and_site(tmp_path, *, unavailable: int = 0, **behaviour: Any) -> Iterator[tuple["RemoteProvider", Site]]:
+    """A remote provider over HTTP (``behaviour`` sets its attributes, e.g. ``grant=False``) and a timers site whose
+    client for it gets tokens at its token endpoint; both stopped afterwards."""
+    remote = RemoteProvider(unavailable=unavailable)
+    for name, value in behaviour.items():
+        setattr(remote, name, value)
     site = remote_site(tmp_path, remote.url, f"{remote.url}/token")
     try:
+        yield remote, site
+    finally:
+        site.runtime.stop()
+        remote.stop()
+
+
+def test_a_remote_target_answering_503_is_retried_within_the_tick_over_http(tmp_path):
+    with remote_and_site(tmp_path, unavailable=2) as (remote, site):
         timer = site.create(callback_url=f"{remote.url}/remote/run", interval=600)
         site.scheduler().run_due()
         assert len(remote.runs) == 3
@@ -681,9 +695,6 @@ def test_a_remote_target_answering_503_is_retried_within_the_tick_over_http(tmp_
         details = site.status(timer["action_id"])["details"]
         assert (details["runs"], details["failed"]) == (1, 0)
         assert details["last_runs"][0]["action_id"] == "r3"
-    finally:
-        site.runtime.stop()
-        remote.stop()
 
 
 def test_a_remote_target_refusing_connections_fails_its_ticks_and_then_the_timer(tmp_path):
@@ -708,10 +719,8 @@ def test_a_remote_target_refusing_connections_fails_its_ticks_and_then_the_timer
 
 
 def test_a_tick_without_credentials_pauses_the_timer_until_resumed_then_it_goes_on_from_its_next_tick(tmp_path):
-    remote = RemoteProvider(unavailable=0)
-    remote.grant = False  # the client's secret no longer works at the token endpoint
-    site = remote_site(tmp_path, remote.url, f"{remote.url}/token")
-    try:
+    # The client's secret no longer works at the token endpoint.
+    with remote_and_site(tmp_path, grant=False) as (remote, site):
         timer = site.create(callback_url=f"{remote.url}/remote/run", interval=60)
         timer_id = timer["action_id"]
         scheduler = site.scheduler()
@@ -749,32 +758,20 @@ def test_a_tick_without_credentials_pauses_the_timer_until_resumed_then_it_goes_
         assert (details["runs"], details["skipped"], details["failed"]) == (1, 3, 1)
         assert site.ticks(timer_id) == [("TickFailed", 0), ("TickSkipped", 1), ("TickSkipped", 2),
                                         ("TickSkipped", 3), ("TickRun", 4)]
-    finally:
-        site.runtime.stop()
-        remote.stop()
 
 
 def test_a_target_refusing_the_clients_tokens_pauses_the_timer_too(tmp_path):
-    remote = RemoteProvider(unavailable=0)
-    remote.reject_tokens = True
-    site = remote_site(tmp_path, remote.url, f"{remote.url}/token")
-    try:
+    with remote_and_site(tmp_path, reject_tokens=True) as (remote, site):
         timer = site.create(callback_url=f"{remote.url}/remote/run")
         site.scheduler().run_due()
         paused = site.status(timer["action_id"])
         assert (paused["status"], paused["details"]["code"]) == ("INACTIVE", "CredentialsRequired")
         assert "the provider refused the credentials: token revoked" in paused["details"]["description"]
         assert len(remote.runs) == 2  # a fresh token was tried once
-    finally:
-        site.runtime.stop()
-        remote.stop()
 
 
 def test_a_paused_timer_whose_stop_date_passed_ends_succeeded_when_resumed(tmp_path):
-    remote = RemoteProvider(unavailable=0)
-    remote.grant = False
-    site = remote_site(tmp_path, remote.url, f"{remote.url}/token")
-    try:
+    with remote_and_site(tmp_path, grant=False) as (remote, site):
         timer = site.create(callback_url=f"{remote.url}/remote/run", stop_after={"date": iso(T0 + 120)})
         site.scheduler().run_due()
         assert site.status(timer["action_id"])["status"] == "INACTIVE"
@@ -784,25 +781,16 @@ def test_a_paused_timer_whose_stop_date_passed_ends_succeeded_when_resumed(tmp_p
         assert resumed["details"]["reason"] == "The timer reached its stop_after date while it was paused."
         assert resumed["details"]["skipped"] == 2
         assert table.get(site.runtime.store.engine, timer["action_id"]).state == table.ENDED
-    finally:
-        site.runtime.stop()
-        remote.stop()
 
 
 def test_a_paused_timer_can_be_cancelled(tmp_path):
-    remote = RemoteProvider(unavailable=0)
-    remote.grant = False
-    site = remote_site(tmp_path, remote.url, f"{remote.url}/token")
-    try:
+    with remote_and_site(tmp_path, grant=False) as (remote, site):
         timer = site.create(callback_url=f"{remote.url}/remote/run")
         site.scheduler().run_due()
         cancelled = site.api.post(f"/timers/{timer['action_id']}/cancel", headers=site.headers).json
         assert (cancelled["status"], cancelled["details"]["code"]) == ("FAILED", "ActionCancelled")
         assert table.get(site.runtime.store.engine, timer["action_id"]).state == table.ENDED
         assert site.api.post(f"/timers/{timer['action_id']}/resume", headers=site.headers).status_code == 409
-    finally:
-        site.runtime.stop()
-        remote.stop()
 
 
 def test_a_flows_callback_body_is_checked_against_that_flows_input_schema(tmp_path):

@@ -151,3 +151,26 @@ def test_hand_over_of_an_action_that_ended_meanwhile_raises_cancelled(tmp_path, 
         time.sleep(0.01)
     assert outcome == ["ActionCancelled"]
     assert client.status(action_id)["status"] == "FAILED"
+
+
+def test_every_runs_work_at_its_interval_survives_a_failing_turn_and_stops_with_the_process(tmp_path, caplog):
+    import threading
+
+    from toolkit import BackgroundContext
+
+    calls: list[int] = []
+    stopping = threading.Event()
+
+    def work() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("database away")
+        if len(calls) == 3:
+            stopping.set()
+
+    context = BackgroundContext(runtime=None, stopping=stopping)  # type: ignore[arg-type]
+    worker = threading.Thread(target=context.every, args=(0.01, work, "sweeping"))
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive() and len(calls) == 3  # the failing first turn did not end the loop
+    assert "sweeping failed; trying again in 0.01 s" in caplog.text
