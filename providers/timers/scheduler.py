@@ -222,7 +222,7 @@ class Scheduler:
                        "skipped": timer.skipped + len(missed)}
             if not table.claim(self.engine, timer, fire, until, **claimed):
                 return None
-            self._log_skipped(timer, missed, now, "missed")
+            log_skipped(self.store, timer.timer_id, missed, now, "missed")
             return dataclasses.replace(timer, pending_index=fire, pending_until=until, **claimed), fire
         following = last + 1
         finished = not allowed(following)
@@ -232,7 +232,7 @@ class Scheduler:
             changes["state"] = table.ENDED
         if not table.advance(self.engine, timer, **changes):
             return None
-        self._log_skipped(timer, missed, now, "missed")
+        log_skipped(self.store, timer.timer_id, missed, now, "missed")
         after = dataclasses.replace(timer, **changes)
         if finished:
             self._end(after, Status.SUCCEEDED, "StopDateReached", "The timer reached its stop_after date.")
@@ -248,9 +248,6 @@ class Scheduler:
     def _retry_window(timer: table.Timer, interval: Interval, index: int, started: float) -> float:
         following = tick_time(timer.start, interval, index + 1)
         return max(0.0, min(RETRY_WINDOW_SECONDS, following - started))
-
-    def _log_skipped(self, timer: table.Timer, missed: list[int], now: float, why: str) -> None:
-        log_skipped(self.store, timer.timer_id, missed, now, why)
 
     # --- firing ---------------------------------------------------------------------------------------------
 

@@ -54,3 +54,10 @@ def digest_length(name: str) -> int:
 
 def new(name: str) -> Hash:
     return ALGORITHMS[name]()
+
+
+def of(name: str, data: bytes) -> str:
+    """The hex digest of ``data`` with the algorithm ``name`` (canonical): for contents read whole."""
+    digest = new(name)
+    digest.update(data)
+    return digest.hexdigest()

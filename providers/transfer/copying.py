@@ -281,12 +281,8 @@ class Copying:
         if ours is None:
             return False
         algorithm = self.request.checksum_algorithm
-        ours_digest = checksums.new(algorithm)
-        ours_digest.update(ours)
-        theirs_digest = checksums.new(algorithm)
-        theirs_digest.update(theirs)
         self.counters.add(bytes_checksummed=2 * task.size)
-        return ours_digest.hexdigest() == theirs_digest.hexdigest()
+        return checksums.of(algorithm, ours) == checksums.of(algorithm, theirs)
 
     def _copy_whole(self, task: FileTask, worker: _Worker,
                     hashing: bool) -> tuple[str | None, FileStat | None, bool] | None:
@@ -298,19 +294,11 @@ class Copying:
         if data is None:
             return None
         algorithm = self.request.checksum_algorithm
-        hexdigest = None
-        if hashing:
-            digest = checksums.new(algorithm)
-            digest.update(data)
-            hexdigest = digest.hexdigest()
+        hexdigest = checksums.of(algorithm, data) if hashing else None
         expected = task.item.external_checksum
         if expected is not None:
-            if task.item.checksum_algorithm != algorithm:
-                external = checksums.new(task.item.checksum_algorithm)
-                external.update(data)
-                given: str | None = external.hexdigest()
-            else:
-                given = hexdigest
+            given = hexdigest if task.item.checksum_algorithm == algorithm else checksums.of(
+                task.item.checksum_algorithm, data)
             if given != expected:
                 raise ItemError("ChecksumMismatch", f"The source's {task.item.checksum_algorithm} is not the "
                                 "external_checksum given", task.src, task.dst)
@@ -319,10 +307,8 @@ class Copying:
             counters = self.counters
 
             def verify(back: bytes) -> bool:
-                check = checksums.new(algorithm)
-                check.update(back)
                 counters.add(bytes_checksummed=len(back))
-                return check.hexdigest() == hexdigest
+                return checksums.of(algorithm, back) == hexdigest
 
         written = on_destination(worker.dst.write_whole, task.src, task.dst,  # type: ignore[attr-defined]
                                  task.dst, self.token, data, verify)

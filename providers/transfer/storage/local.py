@@ -28,8 +28,8 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC
 _DIRECTORY_CACHE = 64
-# O_NONBLOCK: opening a FIFO swapped in for a file must not hang (it changes nothing for a regular file).
 _LIST_FOLDER_FROM = 16  # confine_files lists a folder when it holds this many of the files, else looks at each
+# O_NONBLOCK: opening a FIFO swapped in for a file must not hang (it changes nothing for a regular file).
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
 
 
