@@ -23,6 +23,8 @@ worker_class = "toolkit.worker.BufferingWorker"
 timeout = 60
 graceful_timeout = 10
 accesslog = "-"
+# gunicorn's logger, building only the parts of each access line that access_log_format names.
+logger_class = "toolkit.accesslog.AccessLogger"
 
 # Every file of the server private to its user (the database, the dev signing key, the control socket).
 private_umask()

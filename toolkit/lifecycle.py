@@ -34,7 +34,9 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+from flask import has_request_context, request
 from marshmallow import ValidationError
+from werkzeug.sansio.utils import get_current_url
 
 from .authorization import require_manage, require_monitor, require_runnable
 from .documents import (
@@ -175,9 +177,7 @@ class RunContext:
         """The action's details as ``/status`` shows them: when this run started, what an earlier attempt
         reported (after a pause, without the pause's ``code``, ``description``, ``required_scope`` and
         ``resolution_url``); after :meth:`progress` with details, those details."""
-        self.origin = _request_origin()
-        """Where this run was started (or resumed) from: the root URL (``scheme://host[:port][/script root]``)
-        of the request, when this process runs it for a request; None when it is taken up after a crash."""
+        self._origin: tuple[str, str, str] | str | None = _request_origin()
         # Scheduling: set while the callback waits in the executor's queue (see Runtime._mark_queued).
         self._queue_lock = threading.Lock()
         self._submitted: float | None = None
@@ -185,6 +185,15 @@ class RunContext:
         self._marked = False
         self._done = threading.Event()  # set once the callback's outcome is recorded (or it will not run)
         self._handed_over = False
+
+    @property
+    def origin(self) -> str | None:
+        """Where this run was started (or resumed) from: the root URL (``scheme://host[:port][/script root]``)
+        of the request, when this process runs it for a request; None when it is taken up after a crash."""
+        origin = self._origin
+        if isinstance(origin, tuple):  # built when first asked for: few callbacks ever do
+            origin = self._origin = get_current_url(*origin).rstrip("/")
+        return origin
 
     def dependent_tokens(self) -> dict[str, dict[str, Any]]:
         """Tokens to call downstream services as the caller, by resource server (Globus Auth verifier).
@@ -298,11 +307,12 @@ class RunContext:
         return {"status": Status.ACTIVE, "runner": self._runtime.runner_id, "attempts": self.attempt}
 
 
-def _request_origin() -> str | None:
-    """The root URL of the HTTP request being served on this thread, if any."""
-    from flask import has_request_context, request
-
-    return request.root_url.rstrip("/") if has_request_context() else None
+def _request_origin() -> tuple[str, str, str] | None:
+    """What the root URL of the HTTP request being served on this thread is made of (scheme, host as checked
+    against the app's trusted hosts, root path), if there is one."""
+    if not has_request_context():
+        return None
+    return request.scheme, request.host, request.root_path
 
 
 def _json_object(value: Any) -> dict[str, Any]:

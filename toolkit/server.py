@@ -141,6 +141,7 @@ def serve(
                 "graceful_timeout": 10,
                 "timeout": 60,
                 "accesslog": "-",
+                "logger_class": "toolkit.accesslog.AccessLogger",
                 "post_worker_init": _worker_started,
                 "worker_exit": lambda server, worker: _stop_quietly(worker),
             }

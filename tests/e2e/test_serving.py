@@ -333,6 +333,17 @@ def test_keep_alive_and_pipelined_requests_still_work(start_server):
         sock.sendall(b"GET /hello/ HTTP/1.1\r\nHost: x\r\n\r\nGET /hello/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         both = _read_all(sock)
     assert both.count(b"HTTP/1.1 200 ") == 2, both[:500]
+    # One access line per request, in gunicorn's default format (toolkit.accesslog builds it); a line is written
+    # once its answer has gone out.
+    give_up = time.monotonic() + 10
+    while True:
+        lines = server.stdout_path.read_text().splitlines()
+        if sum('"GET /hello/ HTTP/1.1" 200 ' in entry for entry in lines) >= 7 or time.monotonic() > give_up:
+            break
+        time.sleep(0.05)
+    assert sum('"GET /hello/ HTTP/1.1" 200 ' in entry for entry in lines) == 7, lines[-10:]
+    assert any(entry.startswith("127.0.0.1 - - [") and '"POST /hello/run HTTP/1.1" 202 ' in entry
+               and entry.endswith('"python-requests/' + requests.__version__ + '"') for entry in lines), lines[-10:]
 
 
 # --- the data directory --------------------------------------------------------------------------------------

@@ -1,0 +1,81 @@
+"""gunicorn's logger for ``aptk serve``, with access lines that cost a fraction of gunicorn's own.
+
+For every request gunicorn builds all the atoms an access-log format may name, including one per request header,
+response header and WSGI environ variable (about fifty on an API request), escapes each, and formats the time
+stamp again. The default format uses nine. :class:`AccessLogger` hands gunicorn's formatting only the variables
+that the configured ``access_log_format`` names, and formats the time stamp once a second; the lines are the same.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import Any
+
+from gunicorn.glogging import Logger
+
+# What gunicorn's fixed atoms read from the environ ('u' reads Authorization for a Basic user name).
+_BASE_VARIABLES = ("REMOTE_ADDR", "REQUEST_METHOD", "RAW_URI", "SERVER_PROTOCOL", "PATH_INFO", "QUERY_STRING",
+                   "HTTP_REFERER", "HTTP_USER_AGENT", "HTTP_AUTHORIZATION")
+_KEYS = re.compile(r"%\(([^)]*)\)")
+_NAMED = re.compile(r"\{([^}]*)\}([ioe])")
+
+
+class _Answer:
+    """A response as gunicorn's atoms see it, with only the headers the format names."""
+
+    __slots__ = ("status", "sent", "headers")
+
+    def __init__(self, resp: Any, headers: list[tuple[str, str]]) -> None:
+        self.status = resp.status
+        self.sent = getattr(resp, "sent", None)
+        self.headers = headers
+
+
+class AccessLogger(Logger):
+    """gunicorn's :class:`~gunicorn.glogging.Logger`; its access lines hold the same text, built from only what
+    the format names (see the module's text)."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self._clock = threading.local()
+
+    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
+        keys, request_headers, response_headers, variables = self._named()
+        wanted = {name: environ[name] for name in _BASE_VARIABLES if name in environ}
+        for name in variables:
+            if name in environ:
+                wanted[name] = environ[name]
+        inbound = [(k, v) for k, v in getattr(req, "headers", ()) if k.lower() in request_headers] \
+            if request_headers else []
+        outbound = [(k, v) for k, v in resp.headers if k.lower() in response_headers] if response_headers else []
+        atoms = super().atoms(_Answer(resp, outbound), inbound, wanted, request_time)
+        return {key: atoms[key] for key in keys if key in atoms}  # gunicorn escapes each one it gets
+
+    def _named(self) -> tuple[tuple[str, ...], frozenset[str], frozenset[str], tuple[str, ...]]:
+        """The atoms the access format names (``{...}`` ones in lowercase, as gunicorn looks them up), and the
+        request headers, response headers and environ variables among them (headers in lowercase, as gunicorn
+        matches them; variables as given, matched either way)."""
+        access_format = self.cfg.access_log_format
+        cached = getattr(self, "_named_for", None)
+        if cached is not None and cached[0] == access_format:
+            return cached[1]
+        keys = tuple({k.lower() if k.startswith("{") else k: None for k in _KEYS.findall(access_format)})
+        found: dict[str, set[str]] = {"i": set(), "o": set(), "e": set()}
+        for key in keys:
+            match = _NAMED.fullmatch(key)
+            if match:
+                found[match[2]].add(match[1])
+        variables = tuple(sorted({v.upper() for v in found["e"]} | found["e"]))
+        named = (keys, frozenset(found["i"]), frozenset(found["o"]), variables)
+        self._named_for = (access_format, named)
+        return named
+
+    def now(self) -> str:
+        """The time stamp of an access line: formatted once a second (per thread)."""
+        second = int(time.time())
+        clock = self._clock
+        if getattr(clock, "second", None) != second:
+            clock.second, clock.text = second, super().now()
+        return clock.text
