@@ -280,21 +280,24 @@ class SQLStore:
         """A context with a DBAPI cursor for reads."""
         return self._dbapi_transaction(self.sql, write=False)
 
-    def _transact(self, work: Callable[[Any], Any]) -> Any:
+    def _transact(self, work: Callable[[Any], Any], *, rerunnable: bool = True) -> Any:
         """Run ``work(cursor)`` in a write transaction; what it returns, once that is committed.
 
         On SQLite, which has one writer at a time, the writes that threads of this process have waiting are
         committed together (group commit): the first thread to arrive leads, takes every write queued so far,
-        runs each in a savepoint of one transaction (a write that fails is rolled back alone and its error raised
-        in its own thread), commits, and only then hands each thread its result; the next waiting thread then
-        leads the next group. No result is handed out before the commit that made it durable: if the commit
-        fails, every write of the group fails with that error and none of them is in the database. Elsewhere
-        (PostgreSQL) each write is its own transaction: that database lets writers proceed side by side.
+        runs them in one transaction, commits, and only then hands each thread its result; the next waiting
+        thread then leads the next group. A write that fails is undone alone and its error raised in its own
+        thread: a group of ``rerunnable`` writes (``work`` has no effect but on the cursor, so it may run again
+        after a rollback) runs them one after the other and, should one fail, rolls back and runs the group again
+        with each write in a savepoint; other groups use savepoints from the start. No result is handed out
+        before the commit that made it durable: if the commit fails, every write of the group fails with that
+        error and none of them is in the database. Elsewhere (PostgreSQL) each write is its own transaction:
+        that database lets writers proceed side by side.
         """
         if not self._sqlite:
             with self._dbapi_transaction(self.sql, write=True) as cursor:
                 return work(cursor)
-        write = _GroupWrite(work)
+        write = _GroupWrite(work, rerunnable)
         if self._group_pid != os.getpid():  # a fork: whatever the parent's threads were doing is not ours
             self._group_lock, self._group_pending, self._group_leading = threading.Lock(), [], False
             self._group_pid = os.getpid()
@@ -360,6 +363,16 @@ class SQLStore:
             # the lock, which every writer of every process queues for, covers the transaction and nothing else.
             with contextlib.closing(self.engine.raw_connection()) as connection, self._write_lock, \
                     self._writer_turn():
+                if several and all(write.rerunnable for write in group):
+                    try:
+                        with self._dbapi_transaction(self.sql, write=True, connection=connection) as cursor:
+                            self._commits += 1
+                            for write in group:
+                                write.result = write.work(cursor)
+                        return
+                    except Exception:  # rolled back: find the write that failed, in savepoints, below
+                        for write in group:
+                            write.result = None
                 with self._dbapi_transaction(self.sql, write=True, connection=connection) as cursor:
                     self._commits += 1
                     for write in group:
@@ -608,7 +621,7 @@ class SQLStore:
                 then(cursor)
             return True
 
-        return bool(self._transact(write))
+        return bool(self._transact(write, rerunnable=then is None))
 
     def log_page(self, action_id: str, after: int, limit: int) -> list[LogEntry]:
         with self._read() as conn:
@@ -766,10 +779,11 @@ def _plain(value: Any) -> Any:
 class _GroupWrite:
     """One thread's write in a group commit: its work, then its result or error once the group is committed."""
 
-    __slots__ = ("work", "turn", "leads", "result", "error")
+    __slots__ = ("work", "rerunnable", "turn", "leads", "result", "error")
 
-    def __init__(self, work: Callable[[Any], Any]) -> None:
+    def __init__(self, work: Callable[[Any], Any], rerunnable: bool) -> None:
         self.work = work
+        self.rerunnable = rerunnable
         # Released when the write is done, or when its thread is to lead the next group: a bare lock, the
         # cheapest way to wake one waiting thread (an Event costs a Condition's bookkeeping on every wake-up).
         self.turn = threading.Lock()

@@ -192,6 +192,90 @@ def test_writes_waiting_together_are_committed_together_and_a_failing_one_alone_
     store.dispose()
 
 
+def _group_of(store, works):
+    """Run ``works`` (cursor -> result) as one group commit: they queue behind a write that holds the lock."""
+    holding, release = threading.Event(), threading.Event()
+    results = {}
+
+    def blocker(cursor):
+        holding.set()
+        release.wait(10)
+        return "first"
+
+    def run(n, work, rerunnable):
+        try:
+            results[n] = store._transact(work, rerunnable=rerunnable)
+        except Exception as exc:
+            results[n] = exc
+
+    first = threading.Thread(target=run, args=("first", blocker, True))
+    first.start()
+    assert holding.wait(10)
+    others = [threading.Thread(target=run, args=(n, work, rerunnable)) for n, (work, rerunnable) in enumerate(works)]
+    for queued, thread in enumerate(others, 1):  # one after the other: the group runs them in this order
+        thread.start()
+        deadline = time.time() + 10
+        while len(store._group_pending) < queued and time.time() < deadline:
+            time.sleep(0.005)
+    release.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    return results
+
+
+def _traced(store):
+    statements = []
+
+    @sa.event.listens_for(store.engine, "connect")
+    def _trace(dbapi_connection, record):
+        dbapi_connection.set_trace_callback(statements.append)
+
+    store.engine.dispose()
+    return statements
+
+
+def _logging(code, fail=False):
+    def work(cursor):
+        cursor.execute("INSERT INTO aptk_action_log (action_id, time, code, description) VALUES ('g', 0, ?, '')",
+                       (code,))
+        if fail:
+            cursor.execute("INSERT INTO aptk_action_roles VALUES ('x', 'r', 'p')")
+            cursor.execute("INSERT INTO aptk_action_roles VALUES ('x', 'r', 'p')")
+        return code
+    return work
+
+
+def test_a_group_of_writes_that_all_succeed_runs_without_savepoints(tmp_path):
+    store = SQLStore(f"sqlite:///{tmp_path / 'aptk.db'}")
+    store.create_schema()
+    statements = _traced(store)
+    results = _group_of(store, [(_logging(f"C{n}"), True) for n in range(4)])
+    assert [results[n] for n in range(4)] == ["C0", "C1", "C2", "C3"]
+    assert not [s for s in statements if "SAVEPOINT" in s], statements
+    assert sorted(log_codes(store, "g")) == ["C0", "C1", "C2", "C3"]
+    store.dispose()
+
+
+def test_a_write_that_may_not_run_twice_runs_once_in_a_group_where_another_fails(tmp_path):
+    store = SQLStore(f"sqlite:///{tmp_path / 'aptk.db'}")
+    store.create_schema()
+    ran = []
+
+    def once(cursor):
+        ran.append(1)
+        return _logging("ONCE")(cursor)
+
+    for rerunnable in (True, False):
+        ran.clear()
+        results = _group_of(store, [(_logging("A"), True), (once, rerunnable), (_logging("BAD", fail=True), True)])
+        assert results[0] == "A" and results[1] == "ONCE"
+        assert isinstance(results[2], sa.exc.IntegrityError)
+        # A write that may run again ran twice (the group was redone in savepoints); one that may not, once.
+        assert len(ran) == (2 if rerunnable else 1)
+    assert sorted(log_codes(store, "g")) == ["A", "A", "ONCE", "ONCE"]
+    store.dispose()
+
+
 def test_a_full_disk_in_a_group_fails_exactly_the_writes_that_are_not_in_the_database(tmp_path):
     store = SQLStore(f"sqlite:///{tmp_path / 'aptk.db'}")
     store.create_schema()
