@@ -923,70 +923,79 @@ class _Statements:
         values.pop(_EXPIRES_POSITION)
         return Action(*values)
 
-    def _conditions(self, where: dict[str, Any], values: list[Any], shape: list[Any]) -> list[str]:
-        conditions = []
+    @staticmethod
+    def _where(where: dict[str, Any], values: list[Any]) -> tuple[Any, ...]:
+        """Add the values of the conditions ``where`` to ``values``; the conditions' shape (a cache key)."""
+        shape: list[tuple[str, int | None]] = []
         for name, expected in where.items():
-            column = actions.c[name].name  # KeyError for a column that does not exist
             if isinstance(expected, (set, frozenset, list, tuple)):
                 items = sorted(_plain(v) for v in expected)
-                conditions.append(f"{self._q(column)} IN ({', '.join(self.mark for _ in items)})")
                 values.extend(items)
-                shape.append((name, "in", len(items)))
+                shape.append((name, len(items)))
             elif expected is None:
-                conditions.append(f"{self._q(column)} IS NULL")
-                shape.append((name, "null"))
+                shape.append((name, None))
             else:
-                conditions.append(f"{self._q(column)} = {self.mark}")
                 values.append(_plain(expected))
-                shape.append((name, "eq"))
+                shape.append((name, 0))
+        return tuple(shape)
+
+    def _conditions(self, shape: tuple[Any, ...]) -> list[str]:
+        conditions = []
+        for name, kind in shape:
+            column = self._q(actions.c[name].name)  # KeyError for a column that does not exist
+            if kind is None:
+                conditions.append(f"{column} IS NULL")
+            elif kind == 0:
+                conditions.append(f"{column} = {self.mark}")
+            else:
+                conditions.append(f"{column} IN ({', '.join(self.mark for _ in range(kind))})")
         return conditions
 
     def update(self, action_id: str, where: dict[str, Any], changes: dict[str, Any]) -> tuple[str, list[Any]]:
-        """A compare-and-set UPDATE of one action (RETURNING its row where the database can)."""
+        """A compare-and-set UPDATE of one action (RETURNING its row where the database can).
+
+        The statement's text depends only on which columns change and on the shape of the conditions: it is
+        built once per shape; each call only gathers the values."""
         values: list[Any] = []
-        shape: list[Any] = []
-        sets = []
         for name, value in changes.items():
-            column = actions.c[name]
-            sets.append(f"{self._q(column.name)} = {self.mark}")
             values.append(self.json_value(value) if name in _JSON_COLUMNS else _plain(value))
-            shape.append((name, "set"))
+        expires: str | None = None
         if "completion_time" in changes or "release_after" in changes:
             if "completion_time" in changes and changes["completion_time"] is None:
-                sets.append("expires_at = NULL")
-                shape.append(("expires_at", "null"))
+                expires = "null"
             else:
-                parts = []
+                expires = "sum"
                 for name in ("completion_time", "release_after"):
                     if name in changes:
-                        parts.append(self.mark)
                         values.append(changes[name])
-                    else:
-                        parts.append(self._q(name))
-                sets.append(f"expires_at = {parts[0]} + {parts[1]}")
-                shape.append(("expires_at", "sum"))
         values.append(action_id)
-        conditions = self._conditions(where, values, shape)
-        key = tuple(shape)
+        key = (tuple(changes), expires, self._where(where, values))
         statement = self._updates.get(key)
         if statement is None:
-            where_sql = " AND ".join([f"action_id = {self.mark}", *conditions])
-            statement = f"UPDATE aptk_actions SET {', '.join(sets)} WHERE {where_sql}"
-            if self.returning:
-                statement += f" RETURNING {self.columns}"
-            self._updates[key] = statement
+            statement = self._updates[key] = self._update_text(*key)
         return statement, values
+
+    def _update_text(self, changed: tuple[str, ...], expires: str | None, where: tuple[Any, ...]) -> str:
+        sets = [f"{self._q(actions.c[name].name)} = {self.mark}" for name in changed]
+        if expires == "null":
+            sets.append("expires_at = NULL")
+        elif expires == "sum":
+            parts = [self.mark if name in changed else self._q(name) for name in ("completion_time", "release_after")]
+            sets.append(f"expires_at = {parts[0]} + {parts[1]}")
+        where_sql = " AND ".join([f"action_id = {self.mark}", *self._conditions(where)])
+        statement = f"UPDATE aptk_actions SET {', '.join(sets)} WHERE {where_sql}"
+        if self.returning:
+            statement += f" RETURNING {self.columns}"
+        return statement
 
     def owned(self, action_id: str, where: dict[str, Any]) -> tuple[str, list[Any]]:
         """SELECT of the action while it still matches ``where``, locking its row where the database can."""
         values: list[Any] = [action_id]
-        shape: list[Any] = []
-        conditions = self._conditions(where, values, shape)
-        key = tuple(shape)
+        key = self._where(where, values)
         statement = self._owned.get(key)
         if statement is None:
             statement = (f"SELECT action_id FROM aptk_actions WHERE "
-                         f"{' AND '.join([f'action_id = {self.mark}', *conditions])}")
+                         f"{' AND '.join([f'action_id = {self.mark}', *self._conditions(key)])}")
             if not self.text_json:
                 statement += " FOR UPDATE"
             self._owned[key] = statement

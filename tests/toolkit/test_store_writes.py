@@ -458,3 +458,21 @@ def test_the_wal_is_checkpointed_by_a_thread_of_the_store_not_by_a_writer_holdin
     assert set(ids) <= found
     assert all(store.get(i) is not None for i in ids)
     store.dispose()
+
+
+def test_an_update_statement_is_built_once_per_shape_and_unknown_columns_are_refused(store):
+    action = new_action()
+    store.create(action, log=(1.0, "ActionStarted", "Action started"), now=time.time())
+    sql = store.sql
+    sql._updates.clear()
+    for n in range(3):
+        assert store.update(action.action_id, where={"status": {Status.ACTIVE, Status.INACTIVE}, "runner": None},
+                            display_status=f"step {n}") is None  # runner is set: the condition does not hold
+        assert store.update(action.action_id, where={"status": {Status.ACTIVE, Status.INACTIVE}, "attempts": 1},
+                            display_status=f"step {n}").display_status == f"step {n}"
+    assert len(sql._updates) == 2
+    with pytest.raises(KeyError):
+        store.update(action.action_id, where={"no_such_column": 1}, display_status="x")
+    with pytest.raises(KeyError):
+        store.update(action.action_id, where={"status": Status.ACTIVE}, no_such_column="x")
+    assert store.get(action.action_id).display_status == "step 2"
