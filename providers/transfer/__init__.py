@@ -47,6 +47,7 @@ from providers.collections import (
 )
 from providers.collections.paths import PathOutsideCollection
 
+from .copying import default_processes
 from .engine import Settings, Transfer
 from .folders import remove_partials
 from .permissions import Permissions, permission_errors
@@ -111,6 +112,8 @@ def settings_from(config: Mapping[str, Any]) -> Settings:
         threads=number(config, "APTK_TRANSFER_THREADS", 8, kind=int, minimum=1),
         chunk_size=number(config, "APTK_TRANSFER_CHUNK_BYTES", 8 * 1024 * 1024, kind=int, minimum=4096),
         max_bytes_per_second=number(config, "APTK_TRANSFER_MAX_BYTES_PER_SECOND", 0.0),
+        processes=number(config, "APTK_TRANSFER_PROCESSES", default_processes(), kind=int),
+        process_files=number(config, "APTK_TRANSFER_PROCESS_FILES", 1000, kind=int, minimum=1),
     )
 
 
