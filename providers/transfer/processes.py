@@ -12,8 +12,8 @@ A worker touches nothing but the two local storages, ``hashlib`` and its two pip
 lock a thread of the parent might have held when it forked. It does only the common case: a file whose source is
 no longer a regular file of the listed size, any error, or a checksum that keeps differing, is answered
 ``FALLBACK`` and copied again by the parent the ordinary way, which says what is wrong. A transfer that stops
-(cancel, deadline, a failed file) sends no further batch and closes the pipes: a worker ends after the batch in
-hand (at most :data:`BATCH_BYTES`), and is killed if it has not within :data:`STOP_SECONDS`. A worker that dies
+(cancel, deadline, a failed file) kills its workers at once: a file one was writing has no name yet (or its hidden
+temporary one, removed as the transfer ends), and every file under its name is whole. A worker that dies
 (killed, out of memory) leaves its unanswered files to the parent, which copies them itself. When the parent
 dies, its workers find their pipe closed and end after their batch.
 """
@@ -28,7 +28,6 @@ import select
 import signal
 import struct
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from . import checksums
@@ -46,7 +45,7 @@ logger = logging.getLogger("providers.transfer")
 
 BATCH_FILES = 64
 BATCH_BYTES = 4 << 20
-STOP_SECONDS = 2.0  # a worker still busy this long after the transfer stopped is killed
+POLL_SECONDS = 0.1  # how often a thread waiting for a worker's answer looks whether the transfer stopped
 IN_FLIGHT = 2  # batches handed to a worker before its first answer: it never waits for the parent
 
 COPIED, SKIPPED, FALLBACK, MISMATCH = 0, 1, 2, 3
@@ -287,6 +286,8 @@ class ProcessLane:
                     break
                 if stopped.is_set():
                     break
+                if not self._ready(results_fd):
+                    break  # stopped while the worker was busy
                 answers = self._answers(results_fd)
                 if answers is None:
                     alive = False
@@ -299,7 +300,7 @@ class ProcessLane:
         finally:
             os.close(tasks_fd)  # the worker ends after its batch in hand
             if stopped.is_set() or not alive:
-                self._stop(pid, results_fd)
+                self._stop(pid)
             else:
                 self._reap(pid)
             os.close(results_fd)
@@ -330,6 +331,15 @@ class ProcessLane:
                 return
             for task in self.tasks[found[0]:found[1]]:
                 copying.one(task)
+
+    def _ready(self, fd: int) -> bool:
+        """Wait until the worker answers (True) or the transfer stops (False)."""
+        stopped = self.copying.control.event
+        while not stopped.is_set():
+            readable, _, _ = select.select([fd], [], [], POLL_SECONDS)
+            if readable:
+                return True
+        return False
 
     def _answers(self, fd: int) -> list[tuple[Any, ...]] | None:
         header = _read_exactly(fd, _LENGTH.size)
@@ -375,26 +385,12 @@ class ProcessLane:
         except ChildProcessError:
             pass
 
-    def _stop(self, pid: int, results_fd: int) -> None:
-        """The worker ends after its batch in hand, or is killed after :data:`STOP_SECONDS`."""
-        deadline = time.monotonic() + STOP_SECONDS
-        while True:
-            done, _status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return
-            left = deadline - time.monotonic()
-            if left <= 0:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self._reap(pid)
-                return
-            readable, _, _ = select.select([results_fd], [], [], min(left, 0.05))
-            if readable:
-                try:
-                    if not os.read(results_fd, 1 << 16):
-                        self._reap(pid)  # its end closed: it is exiting
-                        return
-                except OSError:
-                    pass
+    def _stop(self, pid: int) -> None:
+        """The transfer stopped (or the worker is gone): the worker is killed at once, whatever file it is in. A
+        file it was writing has no name yet (or only its hidden temporary one, which the transfer removes as it
+        ends); one it finished is complete under its name."""
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._reap(pid)
