@@ -113,7 +113,7 @@ def settings_from(config: Mapping[str, Any]) -> Settings:
         chunk_size=number(config, "APTK_TRANSFER_CHUNK_BYTES", 8 * 1024 * 1024, kind=int, minimum=4096),
         max_bytes_per_second=number(config, "APTK_TRANSFER_MAX_BYTES_PER_SECOND", 0.0),
         processes=number(config, "APTK_TRANSFER_PROCESSES", default_processes(), kind=int),
-        process_files=number(config, "APTK_TRANSFER_PROCESS_FILES", 1000, kind=int, minimum=1),
+        process_files=number(config, "APTK_TRANSFER_PROCESS_FILES", 4000, kind=int, minimum=1),
     )
 
 

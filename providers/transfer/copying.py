@@ -83,7 +83,7 @@ class Settings:
     chunk_size: int = 8 * 1024 * 1024
     max_bytes_per_second: float = 0.0
     processes: int = dataclasses.field(default_factory=lambda: default_processes())
-    process_files: int = 1000
+    process_files: int = 4000
 
 
 def default_processes() -> int:
@@ -205,7 +205,7 @@ class Copying:
             return
         with self._lock:
             self._remaining -= files
-            if self._remaining == 0:
+            if self._remaining <= 0:
                 self._all_done.set()
 
     def one(self, task: FileTask) -> None:

@@ -31,7 +31,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from . import checksums
-from .errors import Stopped
+from .errors import ItemError, Stopped
 from .planning import FileTask
 from .state import Done
 from .storage import FileStat, LocalStorage
@@ -292,11 +292,12 @@ class ProcessLane:
                 if answers is None:
                     alive = False
                     break
-                self._book(in_flight.pop(0), answers)
-        except BaseException:
+                self._book(in_flight[0], answers)  # if booking fails, the batch counts as done with below
+                in_flight.pop(0)
+        except Exception as exc:  # a bug: the transfer fails naming it rather than finishing without these files
             logger.exception("transfer %s: a worker process's driver failed", copying.token)
-            copying.control.stop()
-            raise
+            task = self.tasks[in_flight[0][0]] if in_flight else self.tasks[0]
+            copying.failed_item(ItemError("TransferError", f"{type(exc).__name__}: {exc}", task.src, task.dst))
         finally:
             os.close(tasks_fd)  # the worker ends after its batch in hand
             if stopped.is_set() or not alive:

@@ -239,3 +239,17 @@ def test_a_checksum_mismatch_in_a_worker_is_recopied_then_fails_the_item(make_si
         assert details["code"] == "ChecksumMismatch" and details["faults"] == 3
         assert [e["destination_path"] for e in details["errors"]] == ["/v/bad.dat"]
         assert not (site.roots["dst"] / "v" / "bad.dat").exists()
+
+
+def test_a_failure_while_booking_a_workers_answers_fails_the_transfer_naming_it(make_site, forks, monkeypatch):
+    def broken(self, found, answers):
+        raise RuntimeError("booking went wrong")
+
+    monkeypatch.setattr(processes.ProcessLane, "_book", broken)
+    site = make_site(**PROCESSES)
+    make_tree(site.roots["src"], {f"b/{i:03}.dat": 100 for i in range(100)})
+    status = site.transfer().run(body("src", "dst", ("/b", "/b", True)), wait=True, timeout=20)
+    assert status["status"] == "FAILED"
+    assert status["details"]["code"] == "TransferError"
+    assert "booking went wrong" in status["details"]["errors"][0]["error"]
+    assert all(gone(pid) for pid in forks) and not transfer_threads()
