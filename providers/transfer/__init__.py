@@ -21,6 +21,8 @@ Settings (app config or environment):
 ``APTK_TRANSFER_THREADS``               files copied at once per transfer                                 ``8``
 ``APTK_TRANSFER_CHUNK_BYTES``           bytes read and written at a time (memory: threads x chunk)        8 MiB
 ``APTK_TRANSFER_MAX_BYTES_PER_SECOND``  bandwidth limit per transfer (0: none)                            ``0``
+``APTK_TRANSFER_PROCESSES``             worker processes for many small files disk to disk (0: none)      cores, <= 8
+``APTK_TRANSFER_PROCESS_FILES``         small files from which a transfer uses them                       ``4000``
 ======================================  ================================================================  ==========
 
 Checksums (``checksum_algorithm``, and an item's ``external_checksum``): MD5, ADLER32, SHA1, SHA256 (default),

@@ -253,3 +253,18 @@ def test_a_failure_while_booking_a_workers_answers_fails_the_transfer_naming_it(
     assert status["details"]["code"] == "TransferError"
     assert "booking went wrong" in status["details"]["errors"][0]["error"]
     assert all(gone(pid) for pid in forks) and not transfer_threads()
+
+
+def test_the_readme_gives_the_defaults_the_settings_have(monkeypatch):
+    from pathlib import Path
+
+    from providers.transfer import settings_from
+    from providers.transfer.copying import default_processes
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    settings = settings_from({})
+    assert settings.process_files == 4000
+    assert "| `APTK_TRANSFER_PROCESS_FILES` |" in readme and "| `4000` |" in readme
+    assert settings.processes == default_processes() == min(8, len(os.sched_getaffinity(0)))
+    assert "| `APTK_TRANSFER_PROCESSES` |" in readme and "at most `8` |" in readme
+    assert settings_from({"APTK_TRANSFER_PROCESSES": "0"}).processes == 0
