@@ -108,7 +108,7 @@ class Provider:
                                   "transfer_items": [{"source_path": source, "destination_path": destination,
                                                       "recursive": True}], **options})
         if status["status"] not in ("SUCCEEDED", "FAILED"):
-            status = self.client.wait(status["action_id"], timeout=3600, max_interval=0.02)
+            status = self.client.wait(status["action_id"], timeout=3600, initial_interval=0.02, max_interval=0.02)
         elapsed = time.perf_counter() - started
         if status["status"] != "SUCCEEDED":
             raise SystemExit(f"transfer failed: {json.dumps(status['details'], indent=1)}")

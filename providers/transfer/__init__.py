@@ -21,6 +21,8 @@ Settings (app config or environment):
 ``APTK_TRANSFER_THREADS``               files copied at once per transfer                                 ``8``
 ``APTK_TRANSFER_CHUNK_BYTES``           bytes read and written at a time (memory: threads x chunk)        8 MiB
 ``APTK_TRANSFER_MAX_BYTES_PER_SECOND``  bandwidth limit per transfer (0: none)                            ``0``
+``APTK_TRANSFER_PROCESSES``             worker processes for many small files disk to disk (0: none)      cores, <= 8
+``APTK_TRANSFER_PROCESS_FILES``         small files from which a transfer uses them                       ``4000``
 ======================================  ================================================================  ==========
 
 Checksums (``checksum_algorithm``, and an item's ``external_checksum``): MD5, ADLER32, SHA1, SHA256 (default),
@@ -47,6 +49,7 @@ from providers.collections import (
 )
 from providers.collections.paths import PathOutsideCollection
 
+from .copying import default_processes
 from .engine import Settings, Transfer
 from .folders import remove_partials
 from .permissions import Permissions, permission_errors
@@ -111,6 +114,8 @@ def settings_from(config: Mapping[str, Any]) -> Settings:
         threads=number(config, "APTK_TRANSFER_THREADS", 8, kind=int, minimum=1),
         chunk_size=number(config, "APTK_TRANSFER_CHUNK_BYTES", 8 * 1024 * 1024, kind=int, minimum=4096),
         max_bytes_per_second=number(config, "APTK_TRANSFER_MAX_BYTES_PER_SECOND", 0.0),
+        processes=number(config, "APTK_TRANSFER_PROCESSES", default_processes(), kind=int),
+        process_files=number(config, "APTK_TRANSFER_PROCESS_FILES", 4000, kind=int, minimum=1),
     )
 
 

@@ -26,6 +26,7 @@ from . import checksums
 from .control import Control, Throttle
 from .errors import ItemError, Mismatch, Side, Stopped, destination_error, on_destination, on_source, source_error
 from .planning import FileTask
+from .processes import ProcessLane, eligible, stat_in_sync
 from .progress import Counters, Progress, Report
 from .request import TransferRequest
 from .state import Done, Uploads
@@ -74,11 +75,24 @@ def lanes(tasks: list[FileTask], src: Storage, dst: Storage, threads: int,
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """How a transfer copies: files at once (APTK_TRANSFER_THREADS), bytes at a time (APTK_TRANSFER_CHUNK_BYTES),
-    bandwidth (APTK_TRANSFER_MAX_BYTES_PER_SECOND, 0 for no limit)."""
+    bandwidth (APTK_TRANSFER_MAX_BYTES_PER_SECOND, 0 for no limit), worker processes for many small files disk to
+    disk (APTK_TRANSFER_PROCESSES, 0 for none) from how many such files (APTK_TRANSFER_PROCESS_FILES); see
+    :mod:`~providers.transfer.processes`."""
 
     threads: int = 8
     chunk_size: int = 8 * 1024 * 1024
     max_bytes_per_second: float = 0.0
+    processes: int = dataclasses.field(default_factory=lambda: default_processes())
+    process_files: int = 4000
+
+
+def default_processes() -> int:
+    """APTK_TRANSFER_PROCESSES when not set: the cores this process may run on, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 def _same_time(a: float | None, b: float | None) -> bool:
@@ -125,8 +139,31 @@ class Copying:
         # Files up to this size go whole (one read, one write, one read back) when both storages can
         # (:class:`~providers.transfer.storage.WholeFiles`); -1: never.
         self.whole_limit = -1
-        if whole_files(src) and whole_files(dst) and not settings.max_bytes_per_second:
-            self.whole_limit = min(SMALL_FILE_BYTES - 1, settings.chunk_size)
+        if whole_files(src) and whole_files(dst):
+            self.whole_limit = min(SMALL_FILE_BYTES - 1, self.chunk_size())
+        self.max_tries = MAX_TRIES
+        self.process_lane: ProcessLane | None = None
+
+    def chunk_size(self) -> int:
+        """Bytes read and written at a time: APTK_TRANSFER_CHUNK_BYTES, under a bandwidth limit at most a quarter
+        of a second's worth (at least 64 KiB)."""
+        chunk, rate = self.settings.chunk_size, self.settings.max_bytes_per_second
+        return max(64 * 1024, min(chunk, int(rate / 4))) if rate else chunk
+
+    def _for_processes(self, tasks: list[FileTask]) -> tuple[list[FileTask], list[FileTask]]:
+        """The files worker processes copy (small, disk to disk, not finished by an earlier attempt, no
+        external checksum), and the rest; none when fewer than ``process_files`` (the fork costs more)."""
+        settings = self.settings
+        if settings.processes < 1 or self.whole_limit < 0 or not eligible(self.src, self.dst):
+            return [], tasks
+        limit, previous = self.whole_limit, self.previous
+        pooled = [t for t in tasks if t.size <= limit and t.item.external_checksum is None and t.dst not in previous]
+        if not pooled or len(pooled) < settings.process_files:
+            return [], tasks
+        if len(pooled) == len(tasks):
+            return pooled, []
+        chosen = {id(t) for t in pooled}
+        return pooled, [t for t in tasks if id(t) not in chosen]
 
     # --- the threads --------------------------------------------------------------------------------------------
 
@@ -135,7 +172,11 @@ class Copying:
             return
         self._remaining = len(tasks)
         pools = []
+        pooled, tasks = self._for_processes(tasks)
         try:
+            if pooled:
+                self.process_lane = ProcessLane(self, pooled, self.settings.processes)
+                self.process_lane.start()
             for threads, batches in lanes(tasks, self.src, self.dst, self.settings.threads,
                                           hashing_only=self.request.sync_level == 3):
                 pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=f"aptk-transfer-{self.token}")
@@ -151,29 +192,38 @@ class Copying:
         finally:
             for pool in pools:
                 pool.shutdown(wait=True, cancel_futures=True)
+            if self.process_lane is not None:
+                self.process_lane.join()
 
     def _batch(self, batch: list[FileTask]) -> None:
         for task in batch:
-            self._one(task)
+            self.one(task)
 
-    def _one(self, task: FileTask) -> None:
+    def finish(self, files: int) -> None:
+        """``files`` are done with (copied, skipped, failed, or left when the transfer stopped)."""
+        if not files:
+            return
+        with self._lock:
+            self._remaining -= files
+            if self._remaining <= 0:
+                self._all_done.set()
+
+    def one(self, task: FileTask) -> None:
+        """Copy one file here (whatever happens, it is done with after)."""
         try:
             if not self.control.stopped:
                 self.transfer_file(task)
         except Stopped:
             pass
         except ItemError as exc:
-            self._failed(exc)
+            self.failed_item(exc)
         except Exception as exc:  # a bug, or an error the storage did not classify
             logger.exception("transfer of %s failed", task.src)
-            self._failed(ItemError("TransferError", f"{type(exc).__name__}: {exc}", task.src, task.dst))
+            self.failed_item(ItemError("TransferError", f"{type(exc).__name__}: {exc}", task.src, task.dst))
         finally:
-            with self._lock:
-                self._remaining -= 1
-                if self._remaining == 0:
-                    self._all_done.set()
+            self.finish(1)
 
-    def _failed(self, error: ItemError) -> None:
+    def failed_item(self, error: ItemError) -> None:
         if error.skippable and self.request.skip_source_errors:
             self.report.skip(error)
             self.counters.add(files_skipped=1)
@@ -210,7 +260,7 @@ class Copying:
             self.counters.add(files_skipped=1)
             return
         expected = task.item.external_checksum
-        for attempt in range(1, MAX_TRIES + 1):
+        for attempt in range(1, self.max_tries + 1):
             try:
                 hashing = self.request.verify_checksum or expected is not None
                 done = self._copy_whole(task, worker, hashing) if task.size <= self.whole_limit else None
@@ -223,12 +273,9 @@ class Copying:
                 if self._hash(worker, dst, task.dst, on_destination, task) == digest:
                     break
             self.counters.add(faults=1)
-            self.ctx.log(f"Checksum mismatch after writing {paths.display(task.dst)} (attempt {attempt}); "
-                         "copying it again.")
+            self.mismatch_logged(task, attempt)
         else:
-            raise ItemError("ChecksumMismatch",
-                            f"The destination's checksum differed from the source's after {MAX_TRIES} attempts",
-                            task.src, task.dst)
+            raise self.mismatch_error(task)
         if self.request.preserve_timestamp and task.mtime is not None and settable_times(dst):
             on_destination(dst.set_mtime, task.src, task.dst, task.dst, task.mtime)
             written = None
@@ -237,22 +284,24 @@ class Copying:
         self.progress.finished(Done(task.dst, task.size if final is None else final.size,
                                     None if final is None else final.mtime, digest))
 
+    def mismatch_logged(self, task: FileTask, attempt: int) -> None:
+        self.ctx.log(f"Checksum mismatch after writing {paths.display(task.dst)} (attempt {attempt}); "
+                     "copying it again.")
+
+    def mismatch_error(self, task: FileTask) -> ItemError:
+        return ItemError("ChecksumMismatch",
+                         f"The destination's checksum differed from the source's after {self.max_tries} attempts",
+                         task.src, task.dst)
+
     def _in_sync(self, task: FileTask, worker: _Worker) -> bool:
         if self.request.sync_level == 3 and task.size <= self.whole_limit:
             return self._in_sync_whole(task, worker)
         current = on_destination(worker.dst.stat, task.src, task.dst, task.dst)
-        if current is None or current.kind != "file":
-            return False
         level = self.request.sync_level
-        if level == 0:
-            return True
-        if level == 2:
-            if task.mtime is None or current.mtime is None:
-                return current.size == task.size
-            return int(task.mtime) <= int(current.mtime)
-        if current.size != task.size:
+        assert level is not None
+        if not stat_in_sync(level, task, current):
             return False
-        if level == 1:
+        if level != 3:
             return True
         return (self._hash(worker, worker.src, task.src, on_source, task)
                 == self._hash(worker, worker.dst, task.dst, on_destination, task))
@@ -313,6 +362,7 @@ class Copying:
         written = on_destination(worker.dst.write_whole, task.src, task.dst,  # type: ignore[attr-defined]
                                  task.dst, self.token, data, verify)
         self.counters.add(bytes_transferred=task.size)  # a copy that failed its check was transferred all the same
+        self.throttle.consume(task.size)
         if written is None:
             raise Mismatch()
         return hexdigest, written, verify is not None
@@ -352,9 +402,7 @@ class Copying:
     def _copy(self, task: FileTask, worker: _Worker, *, hashing: bool) -> tuple[str | None, FileStat | None, bool]:
         """Copy one file: its checksum (when ``hashing``), what was written (when the storage says), and whether
         it was verified already (read back before it got its name; :class:`Mismatch` if that failed)."""
-        chunk = self.settings.chunk_size
-        if self.settings.max_bytes_per_second:
-            chunk = max(64 * 1024, min(chunk, int(self.settings.max_bytes_per_second / 4)))
+        chunk = self.chunk_size()
         reader = on_source(worker.src.open_read, task.src, task.dst, task.src, self.settings.chunk_size)
         try:
             writer = on_destination(worker.dst.open_write, task.src, task.dst, task.dst, self.token,

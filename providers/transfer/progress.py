@@ -198,6 +198,12 @@ class Progress:
         with self._lock:
             self._pending.append(done)
 
+    def finished_many(self, done: list[Done]) -> None:
+        """:meth:`finished` for several files at once."""
+        if done:
+            with self._lock:
+                self._pending.extend(done)
+
     def started(self) -> None:
         self.ctx.progress(details=self.report.details("ACTIVE"), display_status="starting")
         self._last_progress = time.monotonic()

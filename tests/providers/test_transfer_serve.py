@@ -70,7 +70,24 @@ def servers():
         server.kill()
 
 
-def test_a_transfer_killed_with_its_server_resumes_without_recopying_finished_files(tmp_path, servers):
+def _group(pgid: int) -> list[int]:
+    """The processes of a process group."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("processes", [{}, {"APTK_TRANSFER_PROCESSES": "2", "APTK_TRANSFER_PROCESS_FILES": "10"}],
+                         ids=["threads", "worker-processes"])
+def test_a_transfer_killed_with_its_server_resumes_without_recopying_finished_files(tmp_path, servers, processes):
     src, dst, data = tmp_path / "src", tmp_path / "dst", tmp_path / "data"
     src.mkdir()
     dst.mkdir()
@@ -80,7 +97,7 @@ def test_a_transfer_killed_with_its_server_resumes_without_recopying_finished_fi
     collections = tmp_path / "collections.json"
     collections.write_text(json.dumps([{"name": "src", "url": str(src)}, {"name": "dst", "url": str(dst)}]))
     env = {"APTK_COLLECTIONS_FILE": str(collections), "APTK_LEASE_SECONDS": "2",
-           "APTK_TRANSFER_MAX_BYTES_PER_SECOND": str(1_500_000), "APTK_TRANSFER_THREADS": "2"}
+           "APTK_TRANSFER_MAX_BYTES_PER_SECOND": str(1_500_000), "APTK_TRANSFER_THREADS": "2", **processes}
     server = servers(data, **env).start()
     token = server.token(USER)
     action = server.run(token, "transfer", {
@@ -91,6 +108,8 @@ def test_a_transfer_killed_with_its_server_resumes_without_recopying_finished_fi
     while server.status(token, "transfer", action)["details"].get("files_transferred", 0) < 8:
         assert time.monotonic() < give_up
         time.sleep(0.05)
+    # The master, its worker, and (copying the small files) the worker's worker processes.
+    assert len(_group(server.process.pid)) == (4 if processes else 2)
     server.kill()  # kill -9, master and worker
 
     with sqlite3.connect(data / "aptk.db") as db:

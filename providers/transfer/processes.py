@@ -1,0 +1,397 @@
+"""Many small files disk to disk, copied by forked worker processes: each copies, hashes and verifies a batch of
+files at a time and answers one compact line per file, so that the work runs on every core instead of queueing
+for the interpreter lock.
+
+A transfer uses them when both collections are local disk, there is no bandwidth limit, and at least
+``APTK_TRANSFER_PROCESS_FILES`` of its files are small enough to go whole (one read, one write, one read back);
+``APTK_TRANSFER_PROCESSES`` of them (0: never). Each worker is forked once per transfer and inherits the planned
+files, so what goes down its pipe is a batch's range (two numbers) and what comes back per file is its outcome,
+checksum, size and modification time.
+
+A worker touches nothing but the two local storages, ``hashlib`` and its two pipes: no database, no logging, no
+lock a thread of the parent might have held when it forked. It does only the common case: a file whose source is
+no longer a regular file of the listed size, any error, or a checksum that keeps differing, is answered
+``FALLBACK`` and copied again by the parent the ordinary way, which says what is wrong. A transfer that stops
+(cancel, deadline, a failed file) kills its workers at once: a file one was writing has no name yet (or its hidden
+temporary one, removed as the transfer ends), and every file under its name is whole. A worker that dies
+(killed, out of memory) leaves its unanswered files to the parent, which copies them itself. When the parent
+dies, its workers find their pipe closed and end after their batch.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import pickle
+import select
+import signal
+import struct
+import threading
+from typing import TYPE_CHECKING, Any
+
+from . import checksums
+from .errors import ItemError, Stopped
+from .planning import FileTask
+from .state import Done
+from .storage import FileStat, LocalStorage
+
+if TYPE_CHECKING:
+    from .copying import Copying
+
+__all__ = ["BATCH_BYTES", "BATCH_FILES", "FALLBACK", "ProcessLane", "eligible"]
+
+logger = logging.getLogger("providers.transfer")
+
+BATCH_FILES = 64
+BATCH_BYTES = 4 << 20
+POLL_SECONDS = 0.1  # how often a thread waiting for a worker's answer looks whether the transfer stopped
+IN_FLIGHT = 2  # batches handed to a worker before its first answer: it never waits for the parent
+
+COPIED, SKIPPED, FALLBACK, MISMATCH = 0, 1, 2, 3
+_RANGE = struct.Struct("<II")
+_LENGTH = struct.Struct("<I")
+
+
+def eligible(src: object, dst: object) -> bool:
+    """Whether a transfer between these storages may use worker processes (local disk, known to be safe to use
+    in a forked process)."""
+    return isinstance(src, LocalStorage) and isinstance(dst, LocalStorage) and hasattr(os, "fork")
+
+
+class _Job:
+    """What a worker needs: everything inherited at the fork."""
+
+    def __init__(self, tasks: list[FileTask], src: LocalStorage, dst: LocalStorage, token: str, algorithm: str,
+                 sync_level: int | None, verify: bool, preserve_timestamp: bool, max_tries: int) -> None:
+        self.tasks = tasks
+        self.src = src
+        self.dst = dst
+        self.token = token
+        self.algorithm = algorithm
+        self.sync_level = sync_level
+        self.verify = verify
+        self.preserve_timestamp = preserve_timestamp
+        self.max_tries = max_tries
+
+
+def stat_in_sync(level: int, task: FileTask, current: FileStat | None) -> bool:
+    """Whether the destination as ``stat`` found it (``current``) is in sync with ``task``'s source at
+    ``sync_level`` 0 (exists), 1 (same size) or 2 (not older); at 3 (checksum) whether hashing is needed at all
+    (False: of another size, or not a file)."""
+    if current is None or current.kind != "file":
+        return False
+    if level == 0:
+        return True
+    if level == 2:
+        if task.mtime is None or current.mtime is None:
+            return current.size == task.size
+        return int(task.mtime) <= int(current.mtime)
+    return current.size == task.size
+
+
+# --- in the worker ----------------------------------------------------------------------------------------------
+
+def _file(job: _Job, src: LocalStorage, dst: LocalStorage, task: FileTask) -> tuple[Any, ...]:
+    """One file: (outcome, checksum, size, mtime, bytes transferred, bytes checksummed, faults)."""
+    algorithm = job.algorithm
+    of = checksums.of
+    checksummed = 0
+    level = job.sync_level
+    if level == 3:
+        try:
+            theirs = dst.read_whole(task.dst, task.size, only_compared=True)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, BlockingIOError):
+            theirs = None
+        if theirs is not None:
+            ours = src.read_whole(task.src, task.size, only_compared=True)
+            if ours is None:
+                return (FALLBACK,)
+            checksummed = 2 * task.size
+            if of(algorithm, ours) == of(algorithm, theirs):
+                return (SKIPPED, None, 0, None, 0, checksummed, 0)
+    elif level is not None and stat_in_sync(level, task, dst.stat(task.dst)):
+        return (SKIPPED, None, 0, None, 0, 0, 0)
+    data = src.read_whole(task.src, task.size)
+    if data is None:
+        return (FALLBACK,)
+    hexdigest = of(algorithm, data) if job.verify else None
+    verify = None
+    if hexdigest is not None:
+        def verify(back: bytes) -> bool:
+            return of(algorithm, back) == hexdigest
+    transferred = faults = 0
+    while True:
+        written = dst.write_whole(task.dst, job.token, data, verify)
+        transferred += task.size
+        if verify is not None:
+            checksummed += task.size
+        if written is not None:
+            break
+        faults += 1  # read back differently: written again
+        if faults == job.max_tries:
+            return (MISMATCH, None, 0, None, transferred, checksummed, faults)
+    if job.preserve_timestamp and task.mtime is not None:
+        dst.set_mtime(task.dst, task.mtime)
+        written = dst.stat(task.dst)
+    size, mtime = (task.size, None) if written is None else (written.size, written.mtime)
+    return (COPIED, hexdigest, size, mtime, transferred, checksummed, faults)
+
+
+def _read_exactly(fd: int, n: int) -> bytes | None:
+    data = b""
+    while len(data) < n:
+        piece = os.read(fd, n - len(data))
+        if not piece:
+            return None
+        data += piece
+    return data
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _worker_main(job: _Job, tasks_fd: int, results_fd: int) -> None:
+    src, dst = job.src.fork(), job.dst.fork()
+    while True:
+        header = _read_exactly(tasks_fd, _RANGE.size)
+        if header is None:
+            return  # the parent is done with us (or gone)
+        start, end = _RANGE.unpack(header)
+        answers = []
+        for task in job.tasks[start:end]:
+            try:
+                answers.append(_file(job, src, dst, task))
+            except Exception:
+                answers.append((FALLBACK,))
+        payload = pickle.dumps(answers, pickle.HIGHEST_PROTOCOL)
+        _write_all(results_fd, _LENGTH.pack(len(payload)) + payload)
+
+
+def _fork_worker(job: _Job) -> tuple[int, int, int]:
+    """Start one worker: its pid, the parent's end of its task pipe and of its result pipe."""
+    tasks_r, tasks_w = os.pipe()
+    results_r, results_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: never returns
+        code = 0
+        try:
+            gc.disable()  # nothing inherited is ever finalized here (a database connection, say)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a terminal's ^C is its
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            keep = sorted((tasks_r, results_w))
+            os.closerange(3, keep[0])  # other transfers' pipes included: their workers must see theirs close
+            os.closerange(keep[0] + 1, keep[1])
+            os.closerange(keep[1] + 1, 1 << 20)
+            _worker_main(job, tasks_r, results_w)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(tasks_r)
+    os.close(results_w)
+    return pid, tasks_w, results_r
+
+
+# --- in the parent ----------------------------------------------------------------------------------------------
+
+def batches(tasks: list[FileTask], files: int = BATCH_FILES, size: int = BATCH_BYTES) -> list[tuple[int, int]]:
+    """``tasks`` cut into ranges of at most ``files`` files and (beyond the first file) ``size`` bytes."""
+    ranges = []
+    start, total = 0, 0
+    for i, task in enumerate(tasks):
+        if i > start and (i - start >= files or total + task.size > size):
+            ranges.append((start, i))
+            start, total = i, 0
+        total += task.size
+    if start < len(tasks):
+        ranges.append((start, len(tasks)))
+    return ranges
+
+
+class ProcessLane:
+    """The small files of one transfer, shared out in batches among ``processes`` workers, each driven by a
+    thread of the parent that hands it batches and books what it answers."""
+
+    def __init__(self, copying: "Copying", tasks: list[FileTask], processes: int) -> None:
+        self.copying = copying
+        self.tasks = tasks
+        request = copying.request
+        self.job = _Job(tasks, copying.src, copying.dst, copying.token,  # type: ignore[arg-type]
+                        request.checksum_algorithm, request.sync_level, request.verify_checksum,
+                        request.preserve_timestamp, copying.max_tries)
+        rate = copying.settings.max_bytes_per_second
+        self.ranges = batches(tasks, size=min(BATCH_BYTES, copying.chunk_size()) if rate else BATCH_BYTES)
+        self.processes = max(1, min(processes, len(self.ranges)))
+        self._next = 0
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.pids: list[int] = []  # the workers started (tests look)
+
+    def _take(self) -> tuple[int, int] | None:
+        with self._lock:
+            if self._next >= len(self.ranges):
+                return None
+            found = self.ranges[self._next]
+            self._next += 1
+            return found
+
+    def start(self) -> None:
+        for n in range(self.processes):
+            try:
+                worker = _fork_worker(self.job)
+            except OSError as exc:  # no more processes: the threads that started do it all, or the parent
+                logger.warning("transfer %s: could not start a worker process: %s", self.copying.token, exc)
+                worker = None
+            thread = threading.Thread(target=self._drive, args=(worker,), daemon=True,
+                                      name=f"aptk-transfer-{self.copying.token}-p{n}")
+            if worker is not None:
+                self.pids.append(worker[0])
+            self._threads.append(thread)
+            thread.start()
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join()
+
+    def _drive(self, worker: tuple[int, int, int] | None) -> None:
+        copying = self.copying
+        stopped = copying.control.event
+        in_flight: list[tuple[int, int]] = []
+        if worker is None:
+            self._by_hand(in_flight)
+            return
+        pid, tasks_fd, results_fd = worker
+        alive = True
+        try:
+            while True:
+                while alive and len(in_flight) < IN_FLIGHT and not stopped.is_set():
+                    found = self._take()
+                    if found is None:
+                        break
+                    in_flight.append(found)
+                    try:
+                        copying.throttle.consume(sum(t.size for t in self.tasks[found[0]:found[1]]))
+                    except Stopped:
+                        break
+                    try:
+                        _write_all(tasks_fd, _RANGE.pack(*found))
+                    except OSError:  # the worker is gone
+                        alive = False
+                        break
+                if not in_flight or not alive:
+                    break
+                if stopped.is_set():
+                    break
+                if not self._ready(results_fd):
+                    break  # stopped while the worker was busy
+                answers = self._answers(results_fd)
+                if answers is None:
+                    alive = False
+                    break
+                self._book(in_flight[0], answers)  # if booking fails, the batch counts as done with below
+                in_flight.pop(0)
+        except Exception as exc:  # a bug: the transfer fails naming it rather than finishing without these files
+            logger.exception("transfer %s: a worker process's driver failed", copying.token)
+            task = self.tasks[in_flight[0][0]] if in_flight else self.tasks[0]
+            copying.failed_item(ItemError("TransferError", f"{type(exc).__name__}: {exc}", task.src, task.dst))
+        finally:
+            os.close(tasks_fd)  # the worker ends after its batch in hand
+            if stopped.is_set() or not alive:
+                self._stop(pid)
+            else:
+                self._reap(pid)
+            os.close(results_fd)
+            if not alive and not stopped.is_set():
+                logger.warning("transfer %s: worker process %d died; its files are copied in this process",
+                               copying.token, pid)
+                self._by_hand(in_flight)
+            else:
+                copying.finish(sum(end - start for start, end in in_flight) + self._left_if_stopped())
+
+    def _left_if_stopped(self) -> int:
+        """Once stopped, the files never handed out are done with (by the first thread to ask)."""
+        if not self.copying.control.stopped:
+            return 0
+        with self._lock:
+            left = sum(end - start for start, end in self.ranges[self._next:])
+            self._next = len(self.ranges)
+        return left
+
+    def _by_hand(self, in_flight: list[tuple[int, int]]) -> None:
+        """The files a dead worker did not answer, and then the rest, copied in this thread."""
+        copying = self.copying
+        pending = list(in_flight)
+        in_flight.clear()
+        while True:
+            found = pending.pop(0) if pending else self._take()
+            if found is None:
+                return
+            for task in self.tasks[found[0]:found[1]]:
+                copying.one(task)
+
+    def _ready(self, fd: int) -> bool:
+        """Wait until the worker answers (True) or the transfer stops (False)."""
+        stopped = self.copying.control.event
+        while not stopped.is_set():
+            readable, _, _ = select.select([fd], [], [], POLL_SECONDS)
+            if readable:
+                return True
+        return False
+
+    def _answers(self, fd: int) -> list[tuple[Any, ...]] | None:
+        header = _read_exactly(fd, _LENGTH.size)
+        if header is None:
+            return None
+        payload = _read_exactly(fd, _LENGTH.unpack(header)[0])
+        return None if payload is None else pickle.loads(payload)
+
+    def _book(self, found: tuple[int, int], answers: list[tuple[Any, ...]]) -> None:
+        copying = self.copying
+        tasks = self.tasks[found[0]:found[1]]
+        transferred = skipped = transferred_bytes = checksummed = faults = 0
+        done: list[Done] = []
+        again: list[FileTask] = []
+        for task, answer in zip(tasks, answers, strict=True):
+            outcome = answer[0]
+            if outcome == FALLBACK:
+                again.append(task)
+                continue
+            transferred_bytes += answer[4]
+            checksummed += answer[5]
+            if answer[6]:
+                faults += answer[6]
+                for attempt in range(1, answer[6] + 1):
+                    copying.mismatch_logged(task, attempt)
+            if outcome == COPIED:
+                transferred += 1
+                done.append(Done(task.dst, answer[2], answer[3], answer[1]))
+            elif outcome == SKIPPED:
+                skipped += 1
+            else:
+                copying.failed_item(copying.mismatch_error(task))
+        copying.counters.add(files_transferred=transferred, files_skipped=skipped,
+                             bytes_transferred=transferred_bytes, bytes_checksummed=checksummed, faults=faults)
+        copying.progress.finished_many(done)
+        copying.finish(len(tasks) - len(again))
+        for task in again:
+            copying.one(task)
+
+    def _reap(self, pid: int) -> None:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+    def _stop(self, pid: int) -> None:
+        """The transfer stopped (or the worker is gone): the worker is killed at once, whatever file it is in. A
+        file it was writing has no name yet (or only its hidden temporary one, which the transfer removes as it
+        ends); one it finished is complete under its name."""
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._reap(pid)
