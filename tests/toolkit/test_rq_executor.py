@@ -557,3 +557,15 @@ def test_a_callers_token_is_sealed_once_and_opened_once(deployment, monkeypatch)
     assert [worker.unseal(sealed) for _ in range(3)] == ["token-a"] * 3
     assert len(opened) == 1
     assert worker.unseal(sealed[:-4] + "AAAA") is None  # tampered with: no token
+
+
+def test_the_rq_extra_parses_redis_replies_with_hiredis(deployment):
+    from redis._parsers import _HiredisParser
+
+    executor = deployment.runtime.executor
+    assert isinstance(executor, RQExecutor)
+    connection = executor.connection.connection_pool.get_connection()
+    try:
+        assert isinstance(connection._parser, _HiredisParser)
+    finally:
+        executor.connection.connection_pool.release(connection)
