@@ -753,21 +753,19 @@ class Runtime:
         """Run a queued action's callback here (a queue worker's job): claim it from the queue (a compare-and-set
         on its attempt), run it, record the outcome. A job whose action is no longer queued does nothing."""
         self.start()
-        action = self.store.get(action_id)
-        if action is None or action.status is not Status.ACTIVE or action.runner != QUEUED_RUNNER \
-                or action.attempts != attempt:
-            return "stale"
-        where = {"status": Status.ACTIVE, "runner": QUEUED_RUNNER, "attempts": attempt}
+        # The claim is the first look at the action: one write, no read before it (it answers the action).
         now = self.clock()
-        provider = self.providers.get(action.provider)
-        if provider is None:
-            details = {**action.details, "code": "ProviderUnavailable",
-                       "description": f"No worker serves provider {action.provider!r}."}
-            self._finish(action, where, Status.FAILED, details, now)
-            return "unknown provider"
-        claimed = self.store.update(action_id, where=where, runner=self.runner_id, heartbeat=now)
+        claimed = self.store.update(action_id, where={"status": Status.ACTIVE, "runner": QUEUED_RUNNER,
+                                                      "attempts": attempt}, runner=self.runner_id, heartbeat=now)
         if claimed is None:
             return "stale"
+        provider = self.providers.get(claimed.provider)
+        if provider is None:
+            details = {**claimed.details, "code": "ProviderUnavailable",
+                       "description": f"No worker serves provider {claimed.provider!r}."}
+            self._finish(claimed, {"status": Status.ACTIVE, "runner": self.runner_id, "attempts": attempt},
+                         Status.FAILED, details, now)
+            return "unknown provider"
         identity = Identity(id=claimed.creator_id, principals=frozenset(claimed.principals), scopes=frozenset(),
                             token=token)
         ctx = RunContext(self, provider, claimed, resumed, identity)

@@ -28,6 +28,7 @@ import functools
 import hashlib
 import logging
 import signal
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -44,6 +45,8 @@ logger = logging.getLogger("toolkit.rq")
 QUEUED_RUNNER = "queue"
 """The runner of an action whose job waits in the queue (no process owns it yet)."""
 DEFAULT_QUEUE = "aptk"
+PERFORM = "toolkit.rq_executor.perform"
+"""The function of every job the toolkit puts on its queues."""
 QUEUE_INDEX = "aptk:queues:{}"
 """Sorted set of a base queue's sub-queues, scored by when a job was last put on each."""
 QUEUE_MEMORY_SECONDS = 7 * 86400
@@ -54,6 +57,8 @@ RESULT_SECONDS = 10
 """A finished job's hash and result stay this long in Redis (then expire): cheaper for RQ than deleting them."""
 HEARTBEAT_SECONDS = 5.0
 """A worker's own heartbeat outside jobs is sent at most this often (RQ keeps its key for worker_ttl + 60 s)."""
+SEALED_TOKENS = 256
+"""Tokens whose sealed form an API process (and whose clear form a worker) keeps at hand."""
 QUEUE_REFRESH_SECONDS = 1.0
 """A busy worker looks up its sub-queues, and whether `rq suspend` was given, at most this often."""
 
@@ -140,18 +145,37 @@ class RQExecutor:
     def seal(self, token: str | None) -> str | None:
         if token is None or self._fernet is None:
             return None
-        return str(self._fernet.encrypt(token.encode()).decode())
+        return self._sealed(token)
 
     def unseal(self, sealed: str | None) -> str | None:
         if sealed is None or self._fernet is None:
             return None
+        return self._unsealed(sealed)
+
+    # A caller's runs carry the same token until it is refreshed: it is sealed once (by each API process), and
+    # opened once (by each worker), not once per job.
+
+    @functools.cached_property
+    def _sealed(self) -> Callable[[str], str]:
+        @functools.lru_cache(maxsize=SEALED_TOKENS)
+        def sealed(token: str) -> str:
+            return str(self._fernet.encrypt(token.encode()).decode())
+
+        return sealed
+
+    @functools.cached_property
+    def _unsealed(self) -> Callable[[str], str | None]:
         from cryptography.fernet import InvalidToken
 
-        try:
-            return str(self._fernet.decrypt(sealed.encode()).decode())
-        except InvalidToken:
-            logger.warning("a queued token cannot be unsealed (hosts with different APTK_REQUEST_KEY?)")
-            return None
+        @functools.lru_cache(maxsize=SEALED_TOKENS)
+        def unsealed(sealed: str) -> str | None:
+            try:
+                return str(self._fernet.decrypt(sealed.encode()).decode())
+            except InvalidToken:
+                logger.warning("a queued token cannot be unsealed (hosts with different APTK_REQUEST_KEY?)")
+                return None
+
+        return unsealed
 
     def enqueue(self, action_id: str, attempt: int, *, provider: str, identity: str, resumed: bool,
                 token: str | None) -> None:
@@ -160,7 +184,7 @@ class RQExecutor:
         try:
             pipe = self.connection.pipeline()
             self._queue(name).enqueue_call(
-                "toolkit.rq_executor.perform", args=(action_id, attempt, resumed, self.seal(token)),
+                PERFORM, args=(action_id, attempt, resumed, self.seal(token)),
                 job_id=job_id(action_id, attempt), timeout=-1, result_ttl=RESULT_SECONDS, failure_ttl=86400,
                 description=f"action {action_id} attempt {attempt}", pipeline=pipe,
             )
@@ -224,7 +248,11 @@ class _NoTimeout:
 
 def _worker_class(threaded: bool = False) -> Any:
     from rq import Queue
-    from rq.worker import SimpleWorker
+    from rq.executions import Execution
+    from rq.job import JobStatus
+    from rq.job_lifecycle import format_exc_info
+    from rq.utils import now, utcformat
+    from rq.worker import SimpleWorker, WorkerStatus
 
     class QueueWorker(SimpleWorker):
         """RQ's in-process worker, listening on every sub-queue of its base queues in turn."""
@@ -259,6 +287,55 @@ def _worker_class(threaded: bool = False) -> Any:
                 super().heartbeat(None, pipeline=pipe)
                 pipe.execute()
             self.aptk_last_heartbeat = time.monotonic()
+
+        def set_state(self, state: str, pipeline: Any = None) -> None:
+            # RQ writes the worker's state before every dequeue and after every job, nearly always unchanged; on
+            # its own it is written only when it changes (only this worker writes it).
+            if pipeline is None and state == self._state:
+                return
+            super().set_state(state, pipeline=pipeline)
+
+        def execute_job(self, job: Any, queue: Any) -> None:
+            if job.func_name != PERFORM:  # a job someone else put on the queue: RQ's own way
+                super().execute_job(job, queue)
+                return
+            # RQ's bookkeeping around a job, in two round trips instead of seven, and without what a toolkit job
+            # never has: dependents (RQ WATCHes and reads them after every job), callbacks, retries, repeats, an
+            # expiry to lift, a result anyone reads (the outcome is the action's, in the store). Kept: the execution
+            # record, the started and finished registries, the job's status and the worker's state and counters,
+            # so that `rq info`, RQ's clean-up of dead workers' jobs and the failed registry see toolkit jobs as
+            # any other. The two are pipelines, not transactions: RQ's records of a job are bookkeeping (whether
+            # the action runs, and who runs it, is settled in the store), and a transaction costs the client a
+            # second reply to read for every command.
+            with self.connection.pipeline(transaction=False) as pipe:
+                execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name)
+                self.execution = execution
+                self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+                job.prepare_for_execution(self.name, pipeline=pipe)
+                if len(self.queues) == 1:  # RQ dequeues a single queue through its intermediate list
+                    pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+                pipe.execute()
+            try:
+                job.perform()
+            except BaseException:  # as RQ's perform_job: the job is failed, the worker goes on
+                exc_info = sys.exc_info()
+                job.ended_at = now()
+                self.handle_exception(job, *exc_info)
+                self.handle_job_failure(job=job, queue=queue, started_job_registry=queue.started_job_registry,
+                                        exc_string=format_exc_info(exc_info), execution=execution)
+                self.set_state(WorkerStatus.IDLE)
+                return
+            job.ended_at = now()
+            job._status = JobStatus.FINISHED
+            with self.connection.pipeline(transaction=False) as pipe:
+                self.increment_successful_job_count(pipeline=pipe)
+                self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+                pipe.hset(job.key, mapping={"status": JobStatus.FINISHED.value, "ended_at": utcformat(job.ended_at)})
+                queue.finished_job_registry.add(job, RESULT_SECONDS, pipeline=pipe)
+                pipe.expire(job.key, RESULT_SECONDS)  # (RQ's cleanup also expires dependents' keys: none here)
+                self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                self.set_state(WorkerStatus.IDLE, pipeline=pipe)
+                pipe.execute()
 
         def check_for_suspension(self, burst: bool) -> None:
             # `rq suspend` is looked for at most every QUEUE_REFRESH_SECONDS, not before every job.

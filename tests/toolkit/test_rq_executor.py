@@ -452,3 +452,120 @@ def test_healthz_checks_the_queue(deployment, redis_server):
         assert (down.status_code, down.get_json()["checks"]) == (503, {"store": "ok", "queue": "failing"})
     finally:
         redis_server.start()
+
+
+def _commands(connection: Any) -> dict[str, int]:
+    return {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in connection.info("commandstats").items()}
+
+
+def test_a_worker_keeps_rqs_records_of_a_job_in_few_redis_commands(deployment):
+    """The worker's bookkeeping of a toolkit job: two pipelines around the callback, nothing for dependents or
+    results it never has, the worker's state written only when it changes; RQ's records of the job stay whole."""
+    from redis import Redis
+    from rq import Queue, Worker
+    from rq.registry import FinishedJobRegistry, StartedJobRegistry
+
+    client = deployment.client()
+    ids = [client.run({}, request_id=f"r{i}")["action_id"] for i in range(30)]
+    connection = Redis.from_url(deployment.redis_url)
+    connection.config_resetstat()
+    deployment.worker_app_run()
+    calls = _commands(connection)
+    assert all(client.status(action_id)["status"] == "SUCCEEDED" for action_id in ids)
+    per_job = sum(calls.values()) / len(ids)
+    assert per_job <= 26, calls  # RQ's own way: 42
+    # None per job (a few at the worker's start and end): transactions, dependents, results, expiries to lift.
+    assert all(calls.get(command, 0) <= 5 for command in ("multi", "watch", "smembers", "xadd", "persist")), calls
+    assert calls["hset"] <= 5 * len(ids) + 10, calls  # execution, busy, started, finished, idle
+    # What `rq info` and RQ's registries show of them.
+    name = Queue.all(connection=connection)[-1].name
+    queue = Queue(name, connection=connection)
+    finished = FinishedJobRegistry(queue=queue)
+    assert sorted(finished.get_job_ids()) == sorted(f"aptk-{action_id}-1" for action_id in ids)
+    assert StartedJobRegistry(queue=queue).get_job_ids() == []
+    job = queue.fetch_job(f"aptk-{ids[0]}-1")
+    assert job is not None and job.get_status() == "finished" and job.ended_at is not None
+    assert 0 < connection.ttl(job.key) <= 10
+    assert not connection.keys("rq:execution:*") and not connection.keys("rq:worker:*:executions")
+    for worker in Worker.all(connection=connection):
+        assert worker.successful_job_count == len(ids) and worker.get_state() == "idle"
+
+
+def test_a_toolkit_job_that_raises_goes_to_rqs_failed_registry_and_the_worker_goes_on(deployment):
+    from redis import Redis
+    from rq import Queue
+    from rq.registry import FailedJobRegistry
+
+    from toolkit.rq_executor import PERFORM
+
+    connection = Redis.from_url(deployment.redis_url)
+    queue = Queue("aptk", connection=connection)
+    broken = queue.enqueue_call(PERFORM, args=("no such action",), job_id="broken")  # perform's arguments wrong
+    client = deployment.client()
+    action_id = client.run({}, request_id="r")["action_id"]
+    deployment.worker_app_run()
+    assert FailedJobRegistry(queue=queue).get_job_ids() == ["broken"]
+    broken.refresh()
+    assert broken.get_status() == "failed" and "TypeError" in (broken.latest_result().exc_string or "")
+    assert client.status(action_id)["status"] == "SUCCEEDED"
+
+
+def test_other_jobs_on_the_queue_take_rqs_own_way(deployment):
+    from redis import Redis
+    from rq import Queue
+
+    connection = Redis.from_url(deployment.redis_url)
+    queue = Queue("aptk", connection=connection)
+    job = queue.enqueue_call("os.path.join", args=("a", "b"), result_ttl=60)
+    deployment.worker_app_run()
+    job.refresh()
+    assert job.get_status() == "finished" and job.return_value() == "a/b"  # its result is kept, as RQ does
+
+
+def test_a_worker_claims_a_queued_action_without_reading_it_first(deployment, monkeypatch):
+    """The claim's compare-and-set is the worker's first and only look at the action before the callback."""
+    client = deployment.client()
+    action_id = client.run({}, request_id="r")["action_id"]
+    app = create_app(deployment.config, providers=[("/slow", slow), ("/fragile", fragile)],
+                     verifier=deployment.authority.verifier)
+    runtime = get_toolkit(app).runtime
+    reads: list[str] = []
+    original = runtime.store.get
+    monkeypatch.setattr(runtime.store, "get", lambda aid, *a, **k: reads.append(aid) or original(aid, *a, **k))
+    try:
+        assert runtime.perform_queued(action_id, 1, resumed=False, token=None) == "ran"
+        assert runtime.perform_queued(action_id, 1, resumed=False, token=None) == "stale"  # delivered twice
+        assert runtime.perform_queued("no-such-action", 1, resumed=False, token=None) == "stale"
+    finally:
+        close_app(app)
+    assert reads == []
+    assert client.status(action_id)["status"] == "SUCCEEDED"
+
+
+def test_a_callers_token_is_sealed_once_and_opened_once(deployment, monkeypatch):
+    from cryptography.fernet import Fernet
+
+    executor = deployment.runtime.executor
+    assert isinstance(executor, RQExecutor)
+    sealed = executor.seal("token-a")
+    assert sealed is not None and "token-a" not in sealed
+    assert executor.seal("token-a") == sealed and executor.seal("token-b") != sealed
+    worker = RQExecutor(executor.connection, key=executor._key)
+    opened: list[bytes] = []
+    original = Fernet.decrypt
+    monkeypatch.setattr(Fernet, "decrypt", lambda self, data, *a: opened.append(data) or original(self, data, *a))
+    assert [worker.unseal(sealed) for _ in range(3)] == ["token-a"] * 3
+    assert len(opened) == 1
+    assert worker.unseal(sealed[:-4] + "AAAA") is None  # tampered with: no token
+
+
+def test_the_rq_extra_parses_redis_replies_with_hiredis(deployment):
+    from redis._parsers import _HiredisParser
+
+    executor = deployment.runtime.executor
+    assert isinstance(executor, RQExecutor)
+    connection = executor.connection.connection_pool.get_connection()
+    try:
+        assert isinstance(connection._parser, _HiredisParser)
+    finally:
+        executor.connection.connection_pool.release(connection)
