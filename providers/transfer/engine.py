@@ -45,22 +45,27 @@ logger = logging.getLogger("providers.transfer")
 #: of 700, and what existed before is frozen (``gc.freeze``): the objects of a plan are not traversed again and
 #: again, a full collection no longer walks the whole server (90-150 ms measured for a transfer of 10,000 files),
 #: and worker processes share the parent's memory without copying every page a collection would have touched.
+#: A process that froze what it built at boot (an ``aptk serve`` worker) keeps that freeze: there only the
+#: threshold is raised, since unfreezing after the transfer would undo the boot's freeze too.
 GC_THRESHOLD = 20_000
 _gc_lock = threading.Lock()
 _gc_users = 0
 _gc_saved: tuple[int, int, int] | None = None
+_gc_froze = False
 
 
 @contextlib.contextmanager
 def quiet_gc() -> Iterator[None]:
     """Garbage collection held back while at least one transfer runs in this process; restored after the
     last."""
-    global _gc_users, _gc_saved
+    global _gc_users, _gc_saved, _gc_froze
     with _gc_lock:
         _gc_users += 1
         if _gc_users == 1:
             _gc_saved = gc.get_threshold()
-            gc.freeze()
+            _gc_froze = gc.get_freeze_count() == 0
+            if _gc_froze:
+                gc.freeze()
             gc.set_threshold(max(GC_THRESHOLD, _gc_saved[0]), *_gc_saved[1:])
     try:
         yield
@@ -69,7 +74,8 @@ def quiet_gc() -> Iterator[None]:
             _gc_users -= 1
             if _gc_users == 0 and _gc_saved is not None:
                 gc.set_threshold(*_gc_saved)
-                gc.unfreeze()
+                if _gc_froze:
+                    gc.unfreeze()
                 _gc_saved = None
 
 

@@ -268,3 +268,24 @@ def test_the_readme_gives_the_defaults_the_settings_have(monkeypatch):
     assert settings.processes == default_processes() == min(8, len(os.sched_getaffinity(0)))
     assert "| `APTK_TRANSFER_PROCESSES` |" in readme and "at most `8` |" in readme
     assert settings_from({"APTK_TRANSFER_PROCESSES": "0"}).processes == 0
+
+
+def test_transfers_hold_the_collector_back_and_keep_a_freeze_made_at_boot():
+    import gc
+
+    from providers.transfer.engine import GC_THRESHOLD, quiet_gc
+
+    saved = gc.get_threshold()
+    gc.unfreeze()
+    try:
+        with quiet_gc():
+            assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] >= GC_THRESHOLD
+        assert gc.get_freeze_count() == 0 and gc.get_threshold() == saved
+        gc.freeze()  # as an `aptk serve` worker does at boot
+        frozen = gc.get_freeze_count()
+        with quiet_gc():
+            assert gc.get_threshold()[0] >= GC_THRESHOLD
+        assert gc.get_freeze_count() >= frozen and gc.get_threshold() == saved
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)
