@@ -556,9 +556,9 @@ def test_a_state_costs_one_write_its_log_entries_committed_with_its_record(make_
     writes = {"count": 0}
     transact = SQLStore._transact
 
-    def counted(self, work):
+    def counted(self, work, **options):
         writes["count"] += 1
-        return transact(self, work)
+        return transact(self, work, **options)
 
     monkeypatch.setattr(SQLStore, "_transact", counted)
     made = {}
