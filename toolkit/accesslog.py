@@ -40,6 +40,7 @@ class AccessLogger(Logger):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         self._clock = threading.local()
+        self._named_for: tuple[str, tuple[Any, ...]] | None = None
 
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
         keys, request_headers, response_headers, variables = self._named()
@@ -58,7 +59,7 @@ class AccessLogger(Logger):
         request headers, response headers and environ variables among them (headers in lowercase, as gunicorn
         matches them; variables as given, matched either way)."""
         access_format = self.cfg.access_log_format
-        cached = getattr(self, "_named_for", None)
+        cached = self._named_for
         if cached is not None and cached[0] == access_format:
             return cached[1]
         keys = tuple({k.lower() if k.startswith("{") else k: None for k in _KEYS.findall(access_format)})

@@ -334,11 +334,13 @@ class ProcessLane:
                 copying.one(task)
 
     def _ready(self, fd: int) -> bool:
-        """Wait until the worker answers (True) or the transfer stops (False)."""
+        """Wait until the worker answers or goes away (True) or the transfer stops (False). ``poll``, not
+        ``select``: a server with many connections hands out descriptors past select's limit of 1024."""
         stopped = self.copying.control.event
+        waiting = select.poll()
+        waiting.register(fd, select.POLLIN)
         while not stopped.is_set():
-            readable, _, _ = select.select([fd], [], [], POLL_SECONDS)
-            if readable:
+            if waiting.poll(POLL_SECONDS * 1000):
                 return True
         return False
 

@@ -6,6 +6,7 @@ transfer."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import threading
 import time
@@ -288,3 +289,23 @@ def test_transfers_hold_the_collector_back_and_keep_a_freeze_made_at_boot():
     finally:
         gc.unfreeze()
         gc.set_threshold(*saved)
+
+
+def test_worker_pipes_past_descriptor_1024_work_as_in_a_busy_server(make_site, forks):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip("the descriptor limit is below 2048")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    held = []
+    try:
+        while not held or held[-1] < 1100:  # as a server's open connections would
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        site = make_site(**PROCESSES)
+        make_tree(site.roots["src"], {f"many/{i:03}.dat": 500 for i in range(100)})
+        status = site.transfer().run(body("src", "dst", ("/many", "/copy", True), verify_checksum=True), wait=True)
+        assert status["status"] == "SUCCEEDED", status
+        assert status["details"]["files_transferred"] == 100 and len(forks) == 2
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
