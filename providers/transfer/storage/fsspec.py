@@ -66,8 +66,10 @@ class _FsspecWriter:
         discard = getattr(self.file, "discard", None)
         try:
             if discard is not None:
-                discard()
-                self.file.closed = True  # an aborted upload must not be completed by close()
+                try:
+                    discard()
+                finally:  # an aborted upload must never be completed by close(), nor when the file is collected
+                    self.file.closed = True
             else:
                 self.file.close()
         except Exception:
