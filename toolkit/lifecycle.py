@@ -31,7 +31,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from flask import has_request_context, request
@@ -320,6 +319,17 @@ def _json_object(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TypeError(f"details must be a dict, not {type(value).__name__}")
     return json.loads(json.dumps(value, allow_nan=False))
+
+
+def new_action_id() -> str:
+    """A new action's id: a UUID of version 7 (RFC 9562) in 32 hex digits, 48 bits of Unix time in milliseconds
+    and then 74 random bits. Ids made one after the other sort together, so that the indexes keyed on them grow
+    at one end instead of being written at a random place each time; the time they tell is the action's
+    ``start_time``, which its status shows anyway."""
+    random = int.from_bytes(os.urandom(10), "big")
+    value = ((time.time_ns() // 1_000_000) & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (random >> 68) << 64 \
+        | 0b10 << 62 | (random & 0x3FFF_FFFF_FFFF_FFFF)
+    return f"{value:032x}"
 
 
 def request_hash(document: dict[str, Any], key: bytes | None = None) -> str:
@@ -971,7 +981,7 @@ class Runtime:
             raise
         self.start()
         action = Action(
-            action_id=uuid.uuid4().hex,
+            action_id=new_action_id(),
             provider=provider.name,
             request_id=request["request_id"],
             request_hash=request_hash(document, self.request_key),

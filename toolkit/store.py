@@ -28,6 +28,15 @@ _logger = logging.getLogger("toolkit.store")
 
 metadata = sa.MetaData()
 
+LIVE_CONDITION = "status IN ('ACTIVE', 'INACTIVE')"
+"""The condition of the partial indexes of unfinished actions. SQLite uses such an index only for a query that
+has this very term (:func:`_live`), whatever else it says about the status."""
+_LIVE = sa.text(LIVE_CONDITION)
+_EXPIRING = sa.text("expires_at IS NOT NULL")
+_REPLACED_INDEXES = ("aptk_actions_status_heartbeat", "aptk_actions_status_deadline", "aptk_actions_status_runner",
+                     "aptk_actions_expires_at")
+"""Full indexes of earlier versions that the partial ones above replace (dropped by ``create_schema``)."""
+
 actions = sa.Table(
     "aptk_actions",
     metadata,
@@ -53,11 +62,14 @@ actions = sa.Table(
     sa.Column("heartbeat", sa.Float),
     sa.Column("principals", sa.JSON, nullable=False),
     sa.UniqueConstraint("provider", "creator_id", "request_id", name="aptk_actions_request"),
-    sa.Index("aptk_actions_status_heartbeat", "status", "heartbeat"),
-    sa.Index("aptk_actions_status_deadline", "status", "deadline"),
-    # Recovery of a host's dead processes looks for the ACTIVE actions of their runner ids.
-    sa.Index("aptk_actions_status_runner", "status", "runner"),
-    sa.Index("aptk_actions_expires_at", "expires_at"),
+    # The sweeps look for stale heartbeats and passed deadlines, and recovery of a host's dead processes for the
+    # ACTIVE actions of their runner ids: among unfinished actions only. Ended ones (nearly every row, in time)
+    # stay out of these indexes, so that ending an action takes it out of them instead of moving it within.
+    sa.Index("aptk_actions_live_heartbeat", "status", "heartbeat", sqlite_where=_LIVE, postgresql_where=_LIVE),
+    sa.Index("aptk_actions_live_deadline", "status", "deadline", sqlite_where=_LIVE, postgresql_where=_LIVE),
+    sa.Index("aptk_actions_live_runner", "status", "runner", sqlite_where=_LIVE, postgresql_where=_LIVE),
+    # An action has no expiry until it ends (the purge's comparison implies IS NOT NULL).
+    sa.Index("aptk_actions_expiry", "expires_at", sqlite_where=_EXPIRING, postgresql_where=_EXPIRING),
     # /actions pages walk this order: (start_time, action_id) never changes once an action exists.
     sa.Index("aptk_actions_listing", "provider", "start_time", "action_id"),
 )
@@ -482,12 +494,16 @@ class SQLStore:
     def create_schema(self) -> None:
         """Create the tables if they are missing; safe to call from several processes at once."""
         create_tables(self.engine, metadata, once=False)
-        # Indexes added after a database was created: tables that existed already do not have them.
+        # Indexes added after a database was created: tables that existed already do not have them. The full
+        # indexes the partial ones replace go once their successors are there (an older process still serving
+        # meanwhile finds its rows either way).
         for attempt in range(5):
             try:
                 with self.engine.begin() as conn:
                     for index in _LATER_INDEXES:
                         index.create(conn, checkfirst=True)
+                    for name in _REPLACED_INDEXES:
+                        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
                 break
             except (OperationalError, ProgrammingError, IntegrityError):
                 if attempt == 4:  # another process created it between our check and our CREATE
@@ -743,7 +759,9 @@ class SQLStore:
         which = [actions.c.provider.in_(exact)] + [
             actions.c.provider.like(_escape_like(n) + "%", escape="\\") for n in names if n.endswith("/")
         ]
-        query = sa.select(actions).where(actions.c.status.in_([s.value for s in statuses]), sa.or_(*which))
+        statuses = list(statuses)
+        query = sa.select(actions).where(actions.c.status.in_([s.value for s in statuses]), *_live(statuses),
+                                         sa.or_(*which))
         if heartbeat_before is not None:
             query = query.where(actions.c.runner.is_not(None), actions.c.heartbeat < heartbeat_before)
         if deadline_before is not None:
@@ -812,7 +830,16 @@ _SELECT_BY_REQUEST = sa.select(actions).where(
     actions.c.creator_id == sa.bindparam("creator_id"),
     actions.c.request_id == sa.bindparam("request_id"),
 )
-_LATER_INDEXES = [i for i in actions.indexes if i.name in ("aptk_actions_listing", "aptk_actions_status_runner")]
+_LATER_INDEXES = sorted((i for i in actions.indexes if i.name != "aptk_actions_request"), key=lambda i: str(i.name))
+
+
+def _live(statuses: Iterable[Status]) -> list[Any]:
+    """The term that lets SQLite use the partial indexes of unfinished actions, if ``statuses`` are all such
+    (it adds nothing to the query's meaning)."""
+    return [sa.text(LIVE_CONDITION)] if {s.value for s in statuses} <= _LIVE_STATUSES else []
+
+
+_LIVE_STATUSES = {Status.ACTIVE.value, Status.INACTIVE.value}
 
 
 def _log_row(action_id: str, log: LogRecord) -> dict[str, Any]:

@@ -739,3 +739,21 @@ def test_a_stop_that_comes_while_the_runtime_starts_its_threads_stops_it_cleanly
     assert not runtime._thread.is_alive()
     assert all(not thread.is_alive() for thread in runtime._background)
     close_app(app)
+
+
+def test_action_ids_are_uuid7_in_the_order_actions_were_created(tmp_path):
+    """Ids sort by creation (the indexes keyed on them grow at one end) and say no more than the start time."""
+    gate = Gate(synchronous=True)
+    gate.go.set()
+    client = provider_client(gate.provider, tmp_path)
+    ids = []
+    for _ in range(5):
+        ids.append(client.run({})["action_id"])
+        time.sleep(0.002)  # a millisecond apart at least: within one, the order is random
+    assert ids == sorted(ids)
+    parsed = [uuid.UUID(hex=i) for i in ids]
+    assert {(u.version, u.variant) for u in parsed} == {(7, uuid.RFC_4122)}
+    started = client.status(ids[0])["start_time"]
+    millis = int(ids[0][:12], 16)
+    assert abs(dt.datetime.fromisoformat(started).timestamp() * 1000 - millis) < 1000
+    assert len(set(i[13:] for i in ids)) == 5  # the random part differs

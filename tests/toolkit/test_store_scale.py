@@ -79,7 +79,7 @@ def test_removing_an_index_makes_the_plan_check_fail(tmp_path):
     store = SQLStore(f"sqlite:///{tmp_path / 'plans.db'}")
     store.create_schema()
     with store.engine.begin() as conn:
-        conn.exec_driver_sql("DROP INDEX aptk_actions_expires_at")
+        conn.exec_driver_sql("DROP INDEX aptk_actions_expiry")
         plan = [row[-1] for row in conn.exec_driver_sql(
             "EXPLAIN QUERY PLAN SELECT action_id FROM aptk_actions WHERE expires_at <= 5 ORDER BY expires_at LIMIT 500")]
     store.dispose()
@@ -111,6 +111,68 @@ def test_no_statement_of_the_store_scans_a_whole_table_on_postgresql(postgres_se
              and not bounded(p.split("Query Text:", 1)[1].split("\n", 1)[0])]
     assert len(ours) >= 15
     assert scans == []
+
+
+OLD_FULL_INDEXES = {
+    "aptk_actions_status_heartbeat": "status, heartbeat", "aptk_actions_status_deadline": "status, deadline",
+    "aptk_actions_status_runner": "status, runner", "aptk_actions_expires_at": "expires_at",
+}
+PARTIAL = {"aptk_actions_live_heartbeat", "aptk_actions_live_deadline", "aptk_actions_live_runner",
+           "aptk_actions_expiry"}
+
+
+def as_older_version(store: SQLStore) -> None:
+    """Make the store's database look as an earlier version left it: full indexes, none of the partial ones."""
+    store.create_schema()
+    with store.engine.begin() as conn:
+        for name in PARTIAL:
+            conn.exec_driver_sql(f"DROP INDEX {name}")
+        for name, columns in OLD_FULL_INDEXES.items():
+            conn.exec_driver_sql(f"CREATE INDEX {name} ON aptk_actions ({columns})")
+
+
+def test_partial_indexes_replace_an_older_databases_full_ones_on_sqlite(tmp_path):
+    store = SQLStore(f"sqlite:///{tmp_path / 'old.db'}")
+    as_older_version(store)
+    store.create_schema()
+    with store.engine.connect() as conn:
+        indexes = {row[1]: row[4] for row in conn.exec_driver_sql("PRAGMA index_list(aptk_actions)")}
+    store.dispose()
+    assert not set(OLD_FULL_INDEXES) & set(indexes)
+    assert {name: indexes.get(name) for name in PARTIAL} == {name: 1 for name in PARTIAL}  # 1: partial
+
+
+def test_partial_indexes_replace_an_older_databases_full_ones_on_postgresql(postgres_server):
+    store = SQLStore(postgres_server.create_database(f"aptk_{uuid.uuid4().hex[:12]}"))
+    as_older_version(store)
+    store.create_schema()
+    with store.engine.connect() as conn:
+        indexes = dict(conn.exec_driver_sql(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'aptk_actions'").all())
+    store.dispose()
+    assert not set(OLD_FULL_INDEXES) & set(indexes)
+    assert all(" WHERE " in indexes[name] for name in PARTIAL), indexes
+
+
+def test_ended_actions_leave_the_indexes_of_unfinished_ones(tmp_path):
+    """A finished action is in none of the live indexes, an active one in each (ANALYZE counts their entries)."""
+    app, authority = provider_app(hello, tmp_path / "data", prefix="/hello")
+    try:
+        client = TestClient(app, "/hello", authority.token(scopes=[hello.globus_auth_scope]), authority)
+        for n in range(3):
+            client.run({"echo_string": "a"}, wait=True, request_id=f"done{n}")
+        client.wait(client.run({"echo_string": "z", "sleep_time": 30})["action_id"], until=["ACTIVE"])
+        store = get_toolkit(app).runtime.store
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE aptk_actions")
+            entries = {idx: int(stat.split()[0]) for idx, stat in conn.exec_driver_sql(
+                "SELECT idx, stat FROM sqlite_stat1 WHERE tbl = 'aptk_actions'")}
+    finally:
+        close_app(app)
+    assert entries["aptk_actions_listing"] == 4  # every action
+    assert {name: entries.get(name, 0) for name in PARTIAL} == {
+        "aptk_actions_live_heartbeat": 1, "aptk_actions_live_deadline": 1, "aptk_actions_live_runner": 1,
+        "aptk_actions_expiry": 3}
 
 
 # --- expiry in bounded batches -----------------------------------------------------------------------------------
