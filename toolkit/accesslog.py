@@ -4,13 +4,20 @@ For every request gunicorn builds all the atoms an access-log format may name, i
 response header and WSGI environ variable (about fifty on an API request), escapes each, and formats the time
 stamp again. The default format uses nine. :class:`AccessLogger` hands gunicorn's formatting only the variables
 that the configured ``access_log_format`` names, and formats the time stamp once a second; the lines are the same.
+
+Where the access log is gunicorn's own file or stream handler (``--access-logfile``), a line is written to its
+stream directly, under the handler's lock, as the handler would write it: the logging module's record, filters
+and formatter (a third of a line's cost) are skipped. Any other set-up (a log configuration, syslog, filters,
+another formatter or handler) goes through :mod:`logging` as with gunicorn's logger.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
+import traceback
 from typing import Any
 
 from gunicorn.glogging import Logger
@@ -41,6 +48,40 @@ class AccessLogger(Logger):
         super().__init__(cfg)
         self._clock = threading.local()
         self._named_for: tuple[str, tuple[Any, ...]] | None = None
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        handler = self._plain_handler()
+        if handler is None:
+            super().access(resp, req, environ, request_time)
+            return
+        try:
+            text = self.cfg.access_log_format % self.atoms_wrapper_class(self.atoms(resp, req, environ, request_time))
+            handler.acquire()
+            try:
+                handler.stream.write(text + handler.terminator)
+                handler.stream.flush()
+            finally:
+                handler.release()
+        except Exception:
+            self.error(traceback.format_exc())
+
+    def _plain_handler(self) -> logging.StreamHandler | None:  # type: ignore[type-arg]
+        """The access log's handler, if it is gunicorn's own stream or file handler writing each message as it
+        is, with nothing else that could see or change a record (otherwise None: logging does the work)."""
+        if not self.access_log_enabled:
+            return None
+        log = self.access_log
+        handlers = log.handlers
+        if len(handlers) != 1 or log.filters or log.disabled or not log.isEnabledFor(logging.INFO):
+            return None
+        handler = handlers[0]
+        formatter = handler.formatter
+        if type(handler) not in (logging.StreamHandler, logging.FileHandler) or not getattr(handler, "_gunicorn", False) \
+                or handler.filters or handler.level > logging.INFO or handler.stream is None \
+                or type(formatter) is not logging.Formatter or formatter._fmt != "%(message)s" \
+                or type(formatter._style) is not logging.PercentStyle:
+            return None
+        return handler
 
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
         keys, request_headers, response_headers, variables = self._named()

@@ -94,3 +94,59 @@ def test_access_lines_reach_the_access_log(tmp_path):
         handler.flush()
     written = (tmp_path / "access.log").read_text()
     assert '"POST /hello/run?x=1 HTTP/1.1" 202 321' in written
+
+
+def alone(logger: AccessLogger, monkeypatch) -> logging.Handler:
+    """Leave gunicorn's handler alone on the access log (pytest's log capture may add its own); return it."""
+    ours = [h for h in logger.access_log.handlers if getattr(h, "_gunicorn", False)]
+    monkeypatch.setattr(logger.access_log, "handlers", ours)
+    return ours[0]
+
+
+def written_by(logger_class: type[Logger], path, monkeypatch) -> str:
+    config = Config()
+    config.set("accesslog", str(path))
+    logger = logger_class(config)
+    alone(logger, monkeypatch)
+    logger.now = lambda: "[03/Dec/2026:10:00:00 +0000]"  # type: ignore[method-assign]
+    logger.access(Answer(), Asked(), ENVIRON, TOOK)
+    logger.access(Answer(), Asked(), ENVIRON, TOOK)
+    for handler in logger.access_log.handlers:
+        handler.close()
+    return path.read_text()
+
+
+def test_a_plain_access_log_gets_gunicorns_lines_without_a_log_record(tmp_path, monkeypatch):
+    expected = written_by(Logger, tmp_path / "gunicorn.log", monkeypatch)
+    monkeypatch.setattr(logging.Logger, "info", lambda *a, **k: pytest.fail("went through logging"))
+    assert written_by(AccessLogger, tmp_path / "ours.log", monkeypatch) == expected
+    assert expected.count("\n") == 2
+
+
+def test_a_filter_on_the_access_log_still_sees_every_line(tmp_path, monkeypatch):
+    config = Config()
+    config.set("accesslog", str(tmp_path / "access.log"))
+    logger = AccessLogger(config)
+    alone(logger, monkeypatch)
+    seen: list[str] = []
+    keep_none = logging.Filter("nothing-matches")
+    logger.access_log.addFilter(lambda record: seen.append(record.getMessage()) or keep_none.filter(record))
+    try:
+        logger.access(Answer(), Asked(), ENVIRON, TOOK)
+    finally:
+        logger.access_log.filters.clear()
+    for handler in logger.access_log.handlers:
+        handler.close()
+    assert len(seen) == 1 and '"POST /hello/run?x=1 HTTP/1.1" 202' in seen[0]
+    assert (tmp_path / "access.log").read_text() == ""  # the filter dropped it
+
+
+def test_another_formatter_on_the_access_log_is_used(tmp_path, monkeypatch):
+    config = Config()
+    config.set("accesslog", str(tmp_path / "access.log"))
+    logger = AccessLogger(config)
+    handler = alone(logger, monkeypatch)
+    handler.setFormatter(logging.Formatter("ACCESS %(levelname)s %(message)s"))
+    logger.access(Answer(), Asked(), ENVIRON, TOOK)
+    handler.close()
+    assert (tmp_path / "access.log").read_text().startswith('ACCESS INFO 10.0.0.7 - user [')
