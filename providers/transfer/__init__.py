@@ -51,7 +51,7 @@ from providers.collections.paths import PathOutsideCollection
 
 from .copying import default_processes
 from .engine import Settings, Transfer
-from .folders import remove_partials
+from .folders import partial_token, remove_partials
 from .permissions import Permissions, permission_errors
 from .progress import conclude
 from .request import INPUT_SCHEMA, normalize_request
@@ -208,7 +208,7 @@ ENDED_WITHOUT_A_RUN = frozenset({"WorkerLost", "DeadlineExceeded"})
 
 def _start_removing_partials(action: Action, ctx: HookContext, once_ended: bool = False) -> None:
     threading.Thread(target=_remove_partials, args=(action, dict(ctx.config), ctx.store, once_ended), daemon=True,
-                     name=f"aptk-transfer-partials-{action.action_id[:12]}").start()
+                     name=f"aptk-transfer-partials-{partial_token(action.action_id)}").start()
 
 
 def _remove_partials(action: Action, config: Mapping[str, Any], store: Any, once_ended: bool = False) -> None:
@@ -232,7 +232,7 @@ def _remove_partials(action: Action, config: Mapping[str, Any], store: Any, once
         logger.exception("action %s: cannot look for its partial files", action.action_id)
         return
     try:
-        removed = remove_partials(storage, request, action.action_id[:12], Uploads(engine, action.action_id))
+        removed = remove_partials(storage, request, partial_token(action.action_id), Uploads(engine, action.action_id))
         if removed:
             logger.info("action %s: removed %d partial file(s) after its cancel", action.action_id, removed)
     finally:

@@ -29,7 +29,7 @@ from providers.collections import Collection, CollectionError
 from .control import Control
 from .copying import Copying, Settings
 from .errors import ItemError, failure
-from .folders import abort_uploads, delete_extra, make_folders, remove_partials
+from .folders import abort_uploads, delete_extra, make_folders, partial_token, remove_partials
 from .planning import FileTask, Plan, Planner
 from .progress import Counters, Progress, Report
 from .request import SYNC_NAMES, TransferRequest
@@ -95,7 +95,7 @@ class Transfer:
         self.settings = settings
         self.authorize = authorize
         self.open_storage = open_storage
-        self.token = ctx.action_id[:12]
+        self.token = partial_token(ctx.action_id)
         self.counters = Counters(request.delete_destination_extra)
         self.report = Report(ctx.action_id, request, source, destination, self.counters)
         self.control = Control(ctx, request.deadline, self.report.details)

@@ -93,6 +93,13 @@ def abort_uploads(dst: Storage, uploads: Uploads) -> int:
     return aborted
 
 
+def partial_token(action_id: str) -> str:
+    """The part of a transfer's partial-file names that says which action wrote them: 12 random hex digits of its
+    id. Ids of version 7 begin with the time (actions started in the same millisecond share it), so theirs are
+    the last 12; earlier (version 4) ids keep their first 12, under which their partial files were written."""
+    return action_id[-12:] if action_id[12:13] == "7" else action_id[:12]
+
+
 def remove_partials(dst: Storage, request: TransferRequest, token: str, uploads: Uploads | None = None) -> int:
     """Remove the partial files (``.<name>.aptk-<token>.part``) this transfer's attempts left in its destination,
     a killed one's too, and abort the multipart uploads recorded in ``uploads``; how many. Best effort: what

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 import tracemalloc
+import uuid
 from pathlib import Path
 
 import pytest
@@ -981,3 +982,14 @@ def test_the_readme_flow_runs_with_globus_uuids_by_changing_only_urls(make_site,
     reader = site.transfer(USER).run(body(collections[1]["id"], "instrument", ("/shared/run1", "/back", True)),
                                      wait=True)
     assert reader["status"] == "SUCCEEDED", reader
+
+
+def test_actions_started_in_the_same_millisecond_name_their_partial_files_apart():
+    from providers.transfer.folders import partial_token
+    from toolkit.lifecycle import new_action_id
+
+    ids = [new_action_id() for _ in range(50)]
+    assert len({i[:12] for i in ids}) < 50  # the time leads: some share it
+    assert len({partial_token(i) for i in ids}) == 50
+    older = uuid.uuid4().hex  # an id of an earlier version: its files were named by its first 12 digits
+    assert partial_token(older) == older[:12]

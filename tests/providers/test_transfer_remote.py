@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from providers.transfer.folders import partial_token
+
 from .conftest import body, local_collection, make_tree, tree
 
 FILES = {
@@ -230,7 +232,7 @@ def test_partial_files_go_when_an_action_ends_unfinished(make_site, tmp_path, re
         options["deadline"] = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=3)).isoformat()
     client = site.transfer()
     action = client.run(body("local", destination, ("/slow", "/out", True), **options))["action_id"]
-    suffix = f".aptk-{action[:12]}.part"
+    suffix = f".aptk-{partial_token(action)}.part"
 
     def partials():
         return sorted(p.name for p in out.rglob("*") if p.name.endswith(suffix)) if out.exists() else []
@@ -337,7 +339,7 @@ def test_partial_files_go_when_the_toolkit_ends_an_action_whose_run_is_gone(make
     make_tree(tmp_path / "local", {f"slow/{i}.bin": 100_000 for i in range(20)})
     client = site.transfer()
     action = client.run(body("local", collections[1]["name"], ("/slow", "/out", True)))["action_id"]
-    suffix = f".aptk-{action[:12]}.part"
+    suffix = f".aptk-{partial_token(action)}.part"
 
     def partials():
         return sorted(p.name for p in out.rglob("*") if p.name.endswith(suffix)) if out.exists() else []
