@@ -1,6 +1,7 @@
 """How actions move between states: progress, cancel, pause and resume, deadlines, expiry, recovery."""
 
 import datetime as dt
+import os
 import socket
 import subprocess
 import sys
@@ -757,3 +758,19 @@ def test_action_ids_are_uuid7_in_the_order_actions_were_created(tmp_path):
     millis = int(ids[0][:12], 16)
     assert abs(dt.datetime.fromisoformat(started).timestamp() * 1000 - millis) < 1000
     assert len(set(i[13:] for i in ids)) == 5  # the random part differs
+
+
+def test_a_forked_process_draws_other_random_bits_for_its_ids():
+    from toolkit.lifecycle import new_action_id
+
+    new_action_id()  # this thread now holds random bytes a child would inherit
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, new_action_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert len(child) == 32 and child[13:] != new_action_id()[13:]
