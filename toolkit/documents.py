@@ -197,6 +197,14 @@ def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
     return f"{text[:limit]}... ({length} {unit})"
 
 
+_NUMBER = "[0-9]{1,8}"  # at most 99,999,999 of a unit: within what a duration can hold, however combined
+_SECONDS = rf"{_NUMBER}(?:\.[0-9]{{1,6}})?S"
+_TIME = rf"T(?:{_NUMBER}H(?:{_NUMBER}M)?(?:{_SECONDS})?|{_NUMBER}M(?:{_SECONDS})?|{_SECONDS})"
+DURATION_PATTERN = rf"^P(?:{_NUMBER}W|{_NUMBER}D(?:{_TIME})?|{_TIME})$"
+"""The ISO 8601 durations an action's ``release_after`` is given in, as its OpenAPI schema says: weeks, or days,
+hours, minutes and seconds (years and months have no fixed length)."""
+
+
 def parse_duration(text: str) -> dt.timedelta:
     """Parse an ISO 8601 duration (``P30D``, ``PT1H30M``); years and months are not allowed."""
     try:
@@ -281,7 +289,7 @@ class ActionRequestSchema(Schema):
     monitor_by = fields.List(Principal(), validate=validate.Length(max=100))
     manage_by = fields.List(Principal(), validate=validate.Length(max=100))
     deadline = fields.AwareDateTime(default_timezone=UTC)
-    release_after = Duration(metadata={"type": "string", "format": "duration"})
+    release_after = Duration(metadata={"type": "string", "format": "duration", "pattern": DURATION_PATTERN})
 
 
 _action_request_schema = ActionRequestSchema()
