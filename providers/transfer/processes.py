@@ -35,6 +35,7 @@ from .errors import ItemError, Stopped
 from .planning import FileTask
 from .state import Done
 from .storage import FileStat, LocalStorage
+from .storage.local import DirectFiles
 
 if TYPE_CHECKING:
     from .copying import Copying
@@ -92,7 +93,11 @@ def stat_in_sync(level: int, task: FileTask, current: FileStat | None) -> bool:
 
 # --- in the worker ----------------------------------------------------------------------------------------------
 
-def _file(job: _Job, src: LocalStorage, dst: LocalStorage, task: FileTask) -> tuple[Any, ...]:
+def _direct(storage: LocalStorage) -> "DirectFiles | LocalStorage":
+    return DirectFiles(storage) if DirectFiles.suits(storage) else storage
+
+
+def _file(job: _Job, src: "DirectFiles | LocalStorage", dst: "DirectFiles | LocalStorage", task: FileTask) -> tuple[Any, ...]:
     """One file: (outcome, checksum, size, mtime, bytes transferred, bytes checksummed, faults)."""
     algorithm = job.algorithm
     of = checksums.of
@@ -155,7 +160,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _worker_main(job: _Job, tasks_fd: int, results_fd: int) -> None:
-    src, dst = job.src.fork(), job.dst.fork()
+    src, dst = _direct(job.src.fork()), _direct(job.dst.fork())
     while True:
         header = _read_exactly(tasks_fd, _RANGE.size)
         if header is None:
