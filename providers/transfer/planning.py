@@ -128,9 +128,17 @@ class Planner:
     def _folder(self, item: Item) -> None:
         self.plan.dirs.add(item.dst)
         self.plan.source_dirs += 1
+        cut = len(item.src) + 1 if item.src else 0
+        prefix = f"{item.dst}/" if item.dst else ""
+        by_destination, tasks = self._by_destination, self.plan.tasks
         for entry in self.src.walk(item.src, prune=excluded_by(self.request), check=self.check):
-            under = entry.rel[len(item.src) + 1:] if item.src else entry.rel
-            target = paths.join(item.dst, under)
+            under = entry.rel[cut:]
+            target = prefix + under if under else item.dst  # the folder itself: an error reading it
+            stat = entry.stat
+            if stat is not None and stat.kind == "file" and target not in by_destination:
+                task = by_destination[target] = FileTask(item, entry.rel, target, stat.size, stat.mtime)
+                tasks.append(task)  # _add, inlined for the common case
+                continue
             if entry.stat is None:
                 self.errors.append(source_error(entry.error or OSError("unreadable"), entry.rel, target))
             elif entry.stat.kind == "dir":

@@ -182,6 +182,7 @@ class _Frame:
 
 
 _WALK_OPEN_FOLDERS = 64  # descriptors a walk keeps open at most, however deep it goes
+_WALK_CHECK_EVERY = 64  # a walk calls its check once per so many files in a row (and at every other entry)
 
 
 class LocalStorage(Storage):
@@ -563,11 +564,26 @@ class LocalStorage(Storage):
                         open_count -= 1
                     below = frame
                     continue
-                name, st = frame.entries[frame.index]
-                frame.index += 1
+                entries, index = frame.entries, frame.index
+                prefix = f"{frame.rel}/" if frame.rel else ""
+                while index < len(entries) and stat_module.S_ISREG(entries[index][1].st_mode):
+                    # The common case, a regular file, in a loop of its own: no link to resolve, nothing to open.
+                    name, st = entries[index]
+                    index += 1
+                    frame.index = index
+                    if check is not None and not index % _WALK_CHECK_EVERY:
+                        check()
+                    child = prefix + name
+                    found = FileStat("file", st.st_size, st.st_mtime)
+                    if prune is None or not prune(child, found):
+                        yield Entry(child, found)
+                if index >= len(entries):
+                    continue
+                name, st = entries[index]
+                frame.index = index + 1
                 if check is not None:
                     check()
-                child = paths.join(frame.rel, name)
+                child = prefix + name
                 via_link = False
                 try:
                     if stat_module.S_ISLNK(st.st_mode):
