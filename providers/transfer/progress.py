@@ -20,6 +20,10 @@ __all__ = ["Counters", "Progress", "Report", "conclude"]
 
 PROGRESS_SECONDS = 1.0
 FLUSH_SECONDS = 0.5
+#: Finished files are first recorded once the copy has run this long: writing (and then deleting) a record of
+#: each costs about as much as copying a small file again, so a transfer that ends sooner writes none, and a crash
+#: loses at most this much of its work.
+FIRST_FLUSH_SECONDS = 1.0
 
 
 def _iso(epoch: float) -> str:
@@ -207,6 +211,7 @@ class Progress:
     def started(self) -> None:
         self.ctx.progress(details=self.report.details("ACTIVE"), display_status="starting")
         self._last_progress = time.monotonic()
+        self._last_flush = self._last_progress + FIRST_FLUSH_SECONDS - FLUSH_SECONDS
 
     def tick(self, stopping: bool) -> None:
         now = time.monotonic()

@@ -347,3 +347,96 @@ def test_small_files_disk_to_disk_are_copied_on_every_core_and_hashed_on_one_thr
         assert lanes(small, local.storage, local.storage, threads=2)[0][0] == 2  # never more than the setting
     finally:
         local.close()
+
+
+def _direct(tmp_path: Path) -> tuple[Path, Path, Any]:
+    from providers.transfer.storage.local import DirectFiles
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "d").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"secret")
+    storage = LocalStorage(_collection("local", f"file://{root}"), str(root))
+    return root, outside, DirectFiles(storage)
+
+
+def test_direct_files_read_and_write_whole_files_as_the_storage_does(tmp_path):
+    root, _outside, direct = _direct(tmp_path)
+    try:
+        (root / "d" / "a.dat").write_bytes(b"a" * 100)
+        assert direct.read_whole("d/a.dat", 100) == b"a" * 100
+        assert direct.read_whole("d/a.dat", 99) is None  # not the size listed: None, as read_whole answers
+        assert direct.read_whole("d/a.dat", 101, only_compared=True) is None
+        with pytest.raises(FileNotFoundError):
+            direct.read_whole("d/none.dat", 1)
+        (root / "d" / "sub").mkdir()
+        with pytest.raises(IsADirectoryError):
+            direct.read_whole("d/sub", 4, only_compared=True)
+
+        written = direct.write_whole("d/new.dat", "tok", b"new" * 10, lambda back: back == b"new" * 10)
+        assert (written.kind, written.size) == ("file", 30)
+        assert (root / "d" / "new.dat").read_bytes() == b"new" * 10
+        assert written.mtime == (root / "d" / "new.dat").stat().st_mtime
+
+        (root / "d" / "old.dat").write_bytes(b"old contents")
+        assert direct.write_whole("d/old.dat", "tok", b"replaced", None).size == 8
+        assert (root / "d" / "old.dat").read_bytes() == b"replaced"
+
+        # Read back differently: None, and nothing under the name, nothing half-written left.
+        assert direct.write_whole("d/bad.dat", "tok", b"x" * 10, lambda back: False) is None
+        assert direct.write_whole("d/old.dat", "tok", b"y" * 10, lambda back: False) is None
+        assert not (root / "d" / "bad.dat").exists()
+        assert (root / "d" / "old.dat").read_bytes() == b"replaced"
+        assert sorted(p.name for p in (root / "d").iterdir()) == ["a.dat", "new.dat", "old.dat", "sub"]
+    finally:
+        direct.close()
+        direct.storage.close()
+
+
+def test_direct_files_resolve_links_as_the_storage_does_and_replace_a_link_written_over(tmp_path):
+    root, outside, direct = _direct(tmp_path)
+    try:
+        (root / "d" / "real.dat").write_bytes(b"inside")
+        (root / "d" / "in.dat").symlink_to(root / "d" / "real.dat")
+        (root / "d" / "out.dat").symlink_to(outside / "secret.txt")
+        assert direct.read_whole("d/in.dat", 6) == b"inside"
+        with pytest.raises(PathOutsideCollection):
+            direct.read_whole("d/out.dat", 6)
+        (root / "away").symlink_to(outside)
+        with pytest.raises(PathOutsideCollection):
+            direct.read_whole("away/secret.txt", 6)
+        with pytest.raises(PathOutsideCollection):
+            direct.write_whole("away/new.dat", "tok", b"x", None)
+        with pytest.raises(PathOutsideCollection):
+            direct.read_whole("d/../../outside/secret.txt", 6)
+
+        assert direct.write_whole("d/out.dat", "tok", b"written", None).size == 7  # the link is replaced
+        assert not (root / "d" / "out.dat").is_symlink()
+        assert (root / "d" / "out.dat").read_bytes() == b"written"
+        assert (outside / "secret.txt").read_bytes() == b"secret"
+        assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    finally:
+        direct.close()
+        direct.storage.close()
+
+
+def test_direct_files_open_each_folder_once_and_hold_a_bounded_number(tmp_path, monkeypatch):
+    from providers.transfer.storage import local
+
+    root, _outside, direct = _direct(tmp_path)
+    opened: list[str] = []
+    open_folder = LocalStorage.open_folder
+    monkeypatch.setattr(LocalStorage, "open_folder", lambda self, rel: opened.append(rel) or open_folder(self, rel))
+    monkeypatch.setattr(local, "_FOLDERS_HELD", 3)
+    try:
+        for i in range(5):
+            (root / f"f{i}").mkdir()
+            for j in range(20):
+                assert direct.write_whole(f"f{i}/{j}.dat", "tok", b"%d" % j, None) is not None
+                assert direct.read_whole(f"f{i}/{j}.dat", len(b"%d" % j)) == b"%d" % j
+        assert opened == [f"f{i}" for i in range(5)]
+        assert len(direct._folders) == 3
+    finally:
+        direct.close()
+        direct.storage.close()
+    assert not direct._folders
