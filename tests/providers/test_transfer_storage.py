@@ -440,3 +440,62 @@ def test_direct_files_open_each_folder_once_and_hold_a_bounded_number(tmp_path, 
         direct.close()
         direct.storage.close()
     assert not direct._folders
+
+
+@pytest.mark.parametrize("way", ["linkat", "proc"])
+def test_a_nameless_file_gets_its_name_by_descriptor_or_through_proc(tmp_path, monkeypatch, way):
+    import errno
+    import os
+
+    from providers.transfer.storage import local
+
+    if not local._anonymous_files[0]:
+        pytest.skip("no O_TMPFILE here")
+    if way == "proc":
+        monkeypatch.setattr(local, "_linkat", [None])
+    elif local._libc_linkat() is None:
+        pytest.skip("no linkat here")
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        for name in ("a.dat", "b.dat"):
+            fd = os.open(".", os.O_RDWR | local._TMPFILE, 0o666, dir_fd=folder)
+            os.write(fd, name.encode())
+            local.link_anonymous(fd, folder, name)
+            with pytest.raises(FileExistsError):
+                local.link_anonymous(fd, folder, "a.dat")
+            os.close(fd)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {"a.dat": b"a.dat", "b.dat": b"b.dat"}
+        with pytest.raises(OSError) as caught:
+            local.link_anonymous(12345, folder, "c.dat")  # no such descriptor
+        assert caught.value.errno in (errno.EBADF, errno.ENOENT)
+    finally:
+        os.close(folder)
+
+
+def test_a_refused_linkat_falls_back_through_proc_from_then_on(tmp_path, monkeypatch):
+    import ctypes
+    import errno
+    import os
+
+    from providers.transfer.storage import local
+
+    if not local._anonymous_files[0]:
+        pytest.skip("no O_TMPFILE here")
+    calls = []
+
+    def refused(*args):
+        calls.append(args)
+        ctypes.set_errno(errno.EPERM)
+        return -1
+
+    monkeypatch.setattr(local, "_linkat", [refused])
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        for name in ("a.dat", "b.dat"):
+            fd = os.open(".", os.O_RDWR | local._TMPFILE, 0o666, dir_fd=folder)
+            local.link_anonymous(fd, folder, name)
+            os.close(fd)
+    finally:
+        os.close(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.dat", "b.dat"]
+    assert len(calls) == 1 and local._linkat == [None]

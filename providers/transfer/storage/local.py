@@ -14,7 +14,8 @@ import dataclasses
 import errno
 import os
 import stat as stat_module
-from typing import Callable, Iterator
+import sys
+from typing import Any, Callable, Iterator
 
 from providers.collections import Collection, CollectionError, paths
 from providers.collections.paths import PathOutsideCollection
@@ -51,6 +52,51 @@ class _LocalReader:
 
 _TMPFILE = getattr(os, "O_TMPFILE", 0)
 _anonymous_files = [bool(_TMPFILE) and os.path.isdir("/proc/self/fd")]  # cleared if the system says no
+_AT_EMPTY_PATH = 0x1000
+_linkat: list[Any] = []  # libc's linkat once looked up, or None where it cannot name a file by its descriptor
+
+
+def _libc_linkat() -> Any:
+    """libc's ``linkat``, or None (not Linux, no libc found)."""
+    if not _linkat:
+        found = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                function = ctypes.CDLL(None, use_errno=True).linkat
+                function.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int)
+                function.restype = ctypes.c_int
+                found = function
+            except (OSError, AttributeError, ImportError):
+                found = None
+        _linkat.append(found)
+    return _linkat[0]
+
+
+def link_anonymous(fd: int, dir_fd: int, name: str) -> None:
+    """Give the nameless file ``fd`` (``O_TMPFILE``) the name ``name`` in the folder ``dir_fd``:
+    ``linkat(fd, "", AT_EMPTY_PATH)`` where the system allows it (half the time of the usual way, which resolves
+    ``/proc/self/fd/N``), else through ``/proc``. :class:`FileExistsError` if something has that name."""
+    linkat = _libc_linkat()
+    if linkat is not None:
+        if linkat(fd, b"", dir_fd, os.fsencode(name), _AT_EMPTY_PATH) == 0:
+            return
+        code = ctypes_errno()
+        if code == errno.EEXIST:
+            raise FileExistsError(code, os.strerror(code), name)
+        if code not in (errno.EPERM, errno.EINVAL, errno.ENOENT, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(code, os.strerror(code), name)
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+        _linkat[0] = None  # refused where the usual way works (a kernel that wants a privilege): that from now on
+        return
+    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+
+
+def ctypes_errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
 
 
 class _LocalWriter:
@@ -107,7 +153,7 @@ class _LocalWriter:
             offset += n
 
     def _link(self, name: str) -> None:
-        os.link(f"/proc/self/fd/{self.fd}", name, dst_dir_fd=self.dir_fd, follow_symlinks=True)
+        link_anonymous(self.fd, self.dir_fd, name)
 
     def commit(self) -> None:
         st = os.fstat(self.fd)
@@ -791,16 +837,15 @@ class DirectFiles:
             if verify is not None and not verify(os.pread(fd, len(data) + 1, 0)):
                 return None
             st = os.fstat(fd)
-            where = f"/proc/self/fd/{fd}"
             try:
-                os.link(where, name, dst_dir_fd=dir_fd, follow_symlinks=True)
+                link_anonymous(fd, dir_fd, name)
             except FileExistsError:  # something is there: named temporarily, then renamed over it
                 temp = temp_name(name, token)
                 try:
                     os.unlink(temp, dir_fd=dir_fd)
                 except FileNotFoundError:
                     pass
-                os.link(where, temp, dst_dir_fd=dir_fd, follow_symlinks=True)
+                link_anonymous(fd, dir_fd, temp)
                 try:
                     os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 except BaseException:
