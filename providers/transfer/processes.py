@@ -40,7 +40,7 @@ from .storage.local import DirectFiles
 if TYPE_CHECKING:
     from .copying import Copying
 
-__all__ = ["BATCH_BYTES", "BATCH_FILES", "FALLBACK", "ProcessLane", "eligible"]
+__all__ = ["BATCH_BYTES", "BATCH_FILES", "FALLBACK", "ProcessLane", "Shares", "eligible"]
 
 logger = logging.getLogger("providers.transfer")
 
@@ -217,6 +217,36 @@ def batches(tasks: list[FileTask], files: int = BATCH_FILES, size: int = BATCH_B
     return ranges
 
 
+class Shares:
+    """Batches shared out among ``workers``: each takes from the front of a region of its own (the plan lists a
+    folder's files together, so workers copy in folders of their own rather than queue for one folder's lock in the
+    kernel), then, its region done, from the back of the region with the most left. Not thread-safe."""
+
+    def __init__(self, ranges: list[tuple[int, int]], workers: int) -> None:
+        self.ranges = ranges
+        share = len(ranges) / workers
+        self._regions = [[round(n * share), round((n + 1) * share)] for n in range(workers)]
+
+    def take(self, n: int) -> tuple[int, int] | None:
+        region = self._regions[n]
+        if region[0] >= region[1]:
+            region = max(self._regions, key=lambda r: r[1] - r[0])
+            if region[0] >= region[1]:
+                return None
+            region[1] -= 1
+            return self.ranges[region[1]]
+        region[0] += 1
+        return self.ranges[region[0] - 1]
+
+    def drain(self) -> list[tuple[int, int]]:
+        """Every batch not taken yet (none are left after)."""
+        left = []
+        for region in self._regions:
+            left.extend(self.ranges[region[0]:region[1]])
+            region[0] = region[1]
+        return left
+
+
 class ProcessLane:
     """The small files of one transfer, shared out in batches among ``processes`` workers, each driven by a
     thread of the parent that hands it batches and books what it answers."""
@@ -231,18 +261,14 @@ class ProcessLane:
         rate = copying.settings.max_bytes_per_second
         self.ranges = batches(tasks, size=min(BATCH_BYTES, copying.chunk_size()) if rate else BATCH_BYTES)
         self.processes = max(1, min(processes, len(self.ranges)))
-        self._next = 0
+        self._shares = Shares(self.ranges, self.processes)
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.pids: list[int] = []  # the workers started (tests look)
 
-    def _take(self) -> tuple[int, int] | None:
+    def _take(self, n: int) -> tuple[int, int] | None:
         with self._lock:
-            if self._next >= len(self.ranges):
-                return None
-            found = self.ranges[self._next]
-            self._next += 1
-            return found
+            return self._shares.take(n)
 
     def start(self) -> None:
         for n in range(self.processes):
@@ -251,7 +277,7 @@ class ProcessLane:
             except OSError as exc:  # no more processes: the threads that started do it all, or the parent
                 logger.warning("transfer %s: could not start a worker process: %s", self.copying.token, exc)
                 worker = None
-            thread = threading.Thread(target=self._drive, args=(worker,), daemon=True,
+            thread = threading.Thread(target=self._drive, args=(n, worker), daemon=True,
                                       name=f"aptk-transfer-{self.copying.token}-p{n}")
             if worker is not None:
                 self.pids.append(worker[0])
@@ -262,19 +288,19 @@ class ProcessLane:
         for thread in self._threads:
             thread.join()
 
-    def _drive(self, worker: tuple[int, int, int] | None) -> None:
+    def _drive(self, n: int, worker: tuple[int, int, int] | None) -> None:
         copying = self.copying
         stopped = copying.control.event
         in_flight: list[tuple[int, int]] = []
         if worker is None:
-            self._by_hand(in_flight)
+            self._by_hand(n, in_flight)
             return
         pid, tasks_fd, results_fd = worker
         alive = True
         try:
             while True:
                 while alive and len(in_flight) < IN_FLIGHT and not stopped.is_set():
-                    found = self._take()
+                    found = self._take(n)
                     if found is None:
                         break
                     in_flight.append(found)
@@ -313,7 +339,7 @@ class ProcessLane:
             if not alive and not stopped.is_set():
                 logger.warning("transfer %s: worker process %d died; its files are copied in this process",
                                copying.token, pid)
-                self._by_hand(in_flight)
+                self._by_hand(n, in_flight)
             else:
                 copying.finish(sum(end - start for start, end in in_flight) + self._left_if_stopped())
 
@@ -322,17 +348,16 @@ class ProcessLane:
         if not self.copying.control.stopped:
             return 0
         with self._lock:
-            left = sum(end - start for start, end in self.ranges[self._next:])
-            self._next = len(self.ranges)
+            left = sum(end - start for start, end in self._shares.drain())
         return left
 
-    def _by_hand(self, in_flight: list[tuple[int, int]]) -> None:
+    def _by_hand(self, n: int, in_flight: list[tuple[int, int]]) -> None:
         """The files a dead worker did not answer, and then the rest, copied in this thread."""
         copying = self.copying
         pending = list(in_flight)
         in_flight.clear()
         while True:
-            found = pending.pop(0) if pending else self._take()
+            found = pending.pop(0) if pending else self._take(n)
             if found is None:
                 return
             for task in self.tasks[found[0]:found[1]]:

@@ -309,3 +309,20 @@ def test_worker_pipes_past_descriptor_1024_work_as_in_a_busy_server(make_site, f
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_each_worker_takes_batches_from_a_region_of_its_own_then_from_the_fullest():
+    ranges = [(i, i + 1) for i in range(10)]
+    shares = processes.Shares(ranges, 3)
+    assert [shares.take(0), shares.take(1), shares.take(2)] == [(0, 1), (3, 4), (7, 8)]
+    # Regions [0, 3), [3, 7), [7, 10): worker 0 finishes its own, then takes from the end of the fullest.
+    assert [shares.take(0), shares.take(0), shares.take(0)] == [(1, 2), (2, 3), (6, 7)]
+    assert shares.take(0) == (5, 6)
+    assert shares.drain() == [(4, 5), (8, 9), (9, 10)]
+    assert [shares.take(n) for n in range(3)] == [None, None, None]
+    taken = []
+    shares = processes.Shares(ranges, 4)
+    while (found := shares.take(len(taken) % 4)) is not None:
+        taken.append(found)
+    assert sorted(taken) == ranges  # every batch once, whoever takes it
+    assert processes.Shares(ranges[:1], 1).take(0) == (0, 1)
