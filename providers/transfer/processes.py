@@ -143,6 +143,38 @@ def _file(job: _Job, src: "DirectFiles | LocalStorage", dst: "DirectFiles | Loca
     return (COPIED, hexdigest, size, mtime, transferred, checksummed, faults)
 
 
+def _batch(job: _Job, src: "DirectFiles | LocalStorage", dst: "DirectFiles | LocalStorage",
+           tasks: list[FileTask]) -> tuple[tuple[int, int, int, int, int], list[tuple[int, int, int]],
+                                           list[tuple[int, str | None, int, float | None]]]:
+    """A batch's answer, compact (the parent books it in a few steps, whatever its size): the totals (files
+    copied, skipped, bytes transferred, checksummed, faults); (index, outcome, faults) of each file that is not
+    simply copied or skipped (FALLBACK, MISMATCH, or copied after faults); (index, checksum, size, mtime) of each
+    file copied."""
+    copied = skipped = transferred = checksummed = faults = 0
+    unusual: list[tuple[int, int, int]] = []
+    done: list[tuple[int, str | None, int, float | None]] = []
+    for i, task in enumerate(tasks):
+        try:
+            answer = _file(job, src, dst, task)
+        except Exception:
+            answer = (FALLBACK,)
+        outcome = answer[0]
+        if outcome == FALLBACK:
+            unusual.append((i, FALLBACK, 0))
+            continue
+        transferred += answer[4]
+        checksummed += answer[5]
+        if answer[6] or outcome == MISMATCH:
+            faults += answer[6]
+            unusual.append((i, outcome, answer[6]))
+        if outcome == COPIED:
+            copied += 1
+            done.append((i, answer[1], answer[2], answer[3]))
+        elif outcome == SKIPPED:
+            skipped += 1
+    return (copied, skipped, transferred, checksummed, faults), unusual, done
+
+
 def _read_exactly(fd: int, n: int) -> bytes | None:
     data = b""
     while len(data) < n:
@@ -166,13 +198,7 @@ def _worker_main(job: _Job, tasks_fd: int, results_fd: int) -> None:
         if header is None:
             return  # the parent is done with us (or gone)
         start, end = _RANGE.unpack(header)
-        answers = []
-        for task in job.tasks[start:end]:
-            try:
-                answers.append(_file(job, src, dst, task))
-            except Exception:
-                answers.append((FALLBACK,))
-        payload = pickle.dumps(answers, pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps(_batch(job, src, dst, job.tasks[start:end]), pickle.HIGHEST_PROTOCOL)
         _write_all(results_fd, _LENGTH.pack(len(payload)) + payload)
 
 
@@ -374,40 +400,32 @@ class ProcessLane:
                 return True
         return False
 
-    def _answers(self, fd: int) -> list[tuple[Any, ...]] | None:
+    def _answers(self, fd: int) -> Any:
         header = _read_exactly(fd, _LENGTH.size)
         if header is None:
             return None
         payload = _read_exactly(fd, _LENGTH.unpack(header)[0])
         return None if payload is None else pickle.loads(payload)
 
-    def _book(self, found: tuple[int, int], answers: list[tuple[Any, ...]]) -> None:
+    def _book(self, found: tuple[int, int], answer: Any) -> None:
         copying = self.copying
         tasks = self.tasks[found[0]:found[1]]
-        transferred = skipped = transferred_bytes = checksummed = faults = 0
-        done: list[Done] = []
+        (copied, skipped, transferred_bytes, checksummed, faults), unusual, done = answer
         again: list[FileTask] = []
-        for task, answer in zip(tasks, answers, strict=True):
-            outcome = answer[0]
+        for i, outcome, attempts in unusual:
+            task = tasks[i]
             if outcome == FALLBACK:
                 again.append(task)
                 continue
-            transferred_bytes += answer[4]
-            checksummed += answer[5]
-            if answer[6]:
-                faults += answer[6]
-                for attempt in range(1, answer[6] + 1):
-                    copying.mismatch_logged(task, attempt)
-            if outcome == COPIED:
-                transferred += 1
-                done.append(Done(task.dst, answer[2], answer[3], answer[1]))
-            elif outcome == SKIPPED:
-                skipped += 1
-            else:
+            for attempt in range(1, attempts + 1):
+                copying.mismatch_logged(task, attempt)
+            if outcome == MISMATCH:
                 copying.failed_item(copying.mismatch_error(task))
-        copying.counters.add(files_transferred=transferred, files_skipped=skipped,
+        copying.counters.add(files_transferred=copied, files_skipped=skipped,
                              bytes_transferred=transferred_bytes, bytes_checksummed=checksummed, faults=faults)
-        copying.progress.finished_many(done)
+        if done:
+            copying.progress.finished_later(lambda: [Done(tasks[i].dst, size, mtime, checksum)
+                                                     for i, checksum, size, mtime in done])
         copying.finish(len(tasks) - len(again))
         for task in again:
             copying.one(task)
