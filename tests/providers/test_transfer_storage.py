@@ -499,3 +499,80 @@ def test_a_refused_linkat_falls_back_through_proc_from_then_on(tmp_path, monkeyp
         os.close(folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.dat", "b.dat"]
     assert len(calls) == 1 and local._linkat == [None]
+
+
+def test_walk_runs_finds_what_walk_finds_with_runs_of_files_at_once(tmp_path):
+    import os
+
+    root, outside, direct = _direct(tmp_path)
+    direct.close()
+    storage = direct.storage
+    for i in range(40):
+        (root / "d" / f"f{i:02}.dat").write_bytes(b"x" * i)
+    (root / "d" / "m").mkdir()
+    (root / "d" / "m" / "inner.dat").write_bytes(b"inner")
+    (root / "d" / "f20.link").symlink_to(root / "d" / "f20.dat")
+    (root / "d" / "g.link").symlink_to(root / "d" / "m")
+    (root / "d" / "out.link").symlink_to(outside / "secret.txt")
+    (root / "d" / "dangling").symlink_to(root / "nowhere")
+    os.mkfifo(root / "d" / "pipe")
+    (root / "d" / "z").mkdir()
+
+    def flat(found):
+        out = []
+        for entry in found:
+            if isinstance(entry, list):
+                out.extend((rel, "file", size, mtime) for rel, size, mtime in entry)
+            elif entry.stat is None:
+                out.append((entry.rel, type(entry.error).__name__))
+            else:
+                out.append((entry.rel, entry.stat.kind, entry.stat.size, entry.stat.mtime))
+        return out
+
+    try:
+        runs = list(storage.walk_runs("d"))
+        assert any(isinstance(r, list) and len(r) > 1 for r in runs)
+        assert flat(runs) == flat(storage.walk("d"))
+        checks = []
+        assert flat(storage.walk_runs("d", check=lambda: checks.append(1))) == flat(runs)
+        assert checks
+    finally:
+        storage.close()
+
+
+def test_planning_with_and_without_runs_gives_the_same_plan(tmp_path):
+    from providers.transfer.planning import Planner
+    from providers.transfer.request import normalize_request
+
+    root, _outside, direct = _direct(tmp_path)
+    direct.close()
+    src = direct.storage
+    for i in range(30):
+        (root / "d" / f"s{i % 3}").mkdir(exist_ok=True)
+        (root / "d" / f"s{i % 3}" / f"{i:02}.dat").write_bytes(b"y" * i)
+    (root / "d" / "s0" / "one.link").symlink_to(root / "d" / "s1" / "01.dat")
+    dst_root = tmp_path / "dst"
+    dst_root.mkdir()
+    dst = LocalStorage(_collection("dst", f"file://{dst_root}"), str(dst_root))
+
+    def plan(src_storage, **request):
+        body = {"source_endpoint_id": "src", "destination_endpoint_id": "dst",
+                "transfer_items": [{"source_path": "/d", "destination_path": "/copy", "recursive": True},
+                                   {"source_path": "/d/s1", "destination_path": "/copy/s1", "recursive": True}],
+                **request}
+        found = Planner(normalize_request(body), src_storage, dst, lambda: None, None).run()
+        return ([(t.src, t.dst, t.size, t.mtime) for t in found.tasks], sorted(found.dirs), found.source_dirs,
+                sorted((e.code, e.source or "", e.destination or "") for e in found.fatal))
+
+    class Plain(LocalStorage):
+        walk_runs = None  # the planner walks entry by entry
+
+    plain = Plain(_collection("plain", f"file://{root}"), str(root))
+    try:
+        with_runs, without = plan(src), plan(plain)
+        assert with_runs == without
+        assert len(with_runs[0]) == 31 and with_runs[3]  # the second item's files are duplicates: fatal
+        assert with_runs[3][0][0] == "DuplicateDestination"
+    finally:
+        for storage in (src, dst, plain):
+            storage.close()
