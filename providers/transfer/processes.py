@@ -28,10 +28,11 @@ import select
 import signal
 import struct
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from . import checksums
-from .errors import ItemError, Stopped
+from .errors import ItemError
 from .planning import FileTask
 from .state import Done
 from .storage import FileStat, LocalStorage
@@ -46,7 +47,7 @@ logger = logging.getLogger("providers.transfer")
 
 BATCH_FILES = 64
 BATCH_BYTES = 4 << 20
-POLL_SECONDS = 0.1  # how often a thread waiting for a worker's answer looks whether the transfer stopped
+POLL_SECONDS = 0.1  # how often the thread waiting for the workers' answers looks whether the transfer stopped
 IN_FLIGHT = 2  # batches handed to a worker before its first answer: it never waits for the parent
 
 COPIED, SKIPPED, FALLBACK, MISMATCH = 0, 1, 2, 3
@@ -273,9 +274,23 @@ class Shares:
         return left
 
 
+class _Driven:
+    """A worker as the parent drives it: its pipes and the batches it has not answered yet."""
+
+    def __init__(self, n: int, pid: int, tasks_fd: int, results_fd: int) -> None:
+        self.n = n
+        self.pid = pid
+        self.tasks_fd = tasks_fd
+        self.results_fd = results_fd
+        self.in_flight: list[tuple[int, int]] = []  # handed to it, or held (below)
+        self.alive = True
+        self.held: tuple[int, int] | None = None  # a batch the bandwidth limit holds back until held_until
+        self.held_until = 0.0
+
+
 class ProcessLane:
-    """The small files of one transfer, shared out in batches among ``processes`` workers, each driven by a
-    thread of the parent that hands it batches and books what it answers."""
+    """The small files of one transfer, shared out in batches among ``processes`` workers, all driven by one
+    thread of the parent that hands them batches and books what they answer."""
 
     def __init__(self, copying: "Copying", tasks: list[FileTask], processes: int) -> None:
         self.copying = copying
@@ -297,77 +312,128 @@ class ProcessLane:
             return self._shares.take(n)
 
     def start(self) -> None:
+        workers: list[_Driven] = []
         for n in range(self.processes):
             try:
-                worker = _fork_worker(self.job)
-            except OSError as exc:  # no more processes: the threads that started do it all, or the parent
+                pid, tasks_fd, results_fd = _fork_worker(self.job)
+            except OSError as exc:  # no more processes: the workers that started do it all, or the parent
                 logger.warning("transfer %s: could not start a worker process: %s", self.copying.token, exc)
-                worker = None
-            thread = threading.Thread(target=self._drive, args=(n, worker), daemon=True,
-                                      name=f"aptk-transfer-{self.copying.token}-p{n}")
-            if worker is not None:
-                self.pids.append(worker[0])
-            self._threads.append(thread)
-            thread.start()
+                self._thread(self._by_hand, n, [])
+                continue
+            self.pids.append(pid)
+            workers.append(_Driven(n, pid, tasks_fd, results_fd))
+        if workers:
+            self._thread(self._drive, workers)
+
+    def _thread(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True,
+                                  name=f"aptk-transfer-{self.copying.token}-p{len(self._threads)}")
+        self._threads.append(thread)
+        thread.start()
 
     def join(self) -> None:
-        for thread in self._threads:
+        for thread in self._threads:  # a driver may add a thread while it runs: seen here, being later
             thread.join()
 
-    def _drive(self, n: int, worker: tuple[int, int, int] | None) -> None:
+    def _drive(self, workers: list["_Driven"]) -> None:
+        """Hand every worker batches and book what they answer, on this one thread (fewer threads of the parent
+        to wake and to pass the interpreter lock between); a worker that dies leaves its files to a thread that
+        copies them in this process."""
         copying = self.copying
         stopped = copying.control.event
-        in_flight: list[tuple[int, int]] = []
-        if worker is None:
-            self._by_hand(n, in_flight)
-            return
-        pid, tasks_fd, results_fd = worker
-        alive = True
+        live = {driven.results_fd: driven for driven in workers}
+        waiting = select.poll()  # poll, not select: a busy server has descriptors past select's limit of 1024
+        for fd in live:
+            waiting.register(fd, select.POLLIN)
+        current: _Driven | None = None
         try:
-            while True:
-                while alive and len(in_flight) < IN_FLIGHT and not stopped.is_set():
-                    found = self._take(n)
+            for driven in workers:
+                current = driven
+                self._feed(driven)
+                if not driven.in_flight or not driven.alive:
+                    self._retire(driven, live, waiting)
+            while live and not stopped.is_set():
+                now = time.monotonic()
+                held = [driven.held_until for driven in live.values() if driven.held is not None]
+                timeout = min([POLL_SECONDS, *(max(0.0, until - now) for until in held)])
+                for fd, _event in waiting.poll(timeout * 1000):
+                    found = live.get(fd)
                     if found is None:
+                        continue
+                    current = driven = found
+                    answer = self._answers(fd)
+                    if answer is None:
+                        driven.alive = False
+                    else:
+                        self._book(driven.in_flight[0], answer)  # if booking fails, the batch is done with below
+                        driven.in_flight.pop(0)
+                        self._feed(driven)
+                    if not driven.in_flight or not driven.alive:
+                        self._retire(driven, live, waiting)
+                    if stopped.is_set():
                         break
-                    in_flight.append(found)
-                    try:
-                        copying.throttle.consume(sum(t.size for t in self.tasks[found[0]:found[1]]))
-                    except Stopped:
-                        break
-                    try:
-                        _write_all(tasks_fd, _RANGE.pack(*found))
-                    except OSError:  # the worker is gone
-                        alive = False
-                        break
-                if not in_flight or not alive:
-                    break
-                if stopped.is_set():
-                    break
-                if not self._ready(results_fd):
-                    break  # stopped while the worker was busy
-                answers = self._answers(results_fd)
-                if answers is None:
-                    alive = False
-                    break
-                self._book(in_flight[0], answers)  # if booking fails, the batch counts as done with below
-                in_flight.pop(0)
+                if held:  # batches held back by the bandwidth limit whose time has come
+                    for driven in list(live.values()):
+                        if driven.held is not None and driven.held_until <= time.monotonic():
+                            current = driven
+                            self._feed(driven)
         except Exception as exc:  # a bug: the transfer fails naming it rather than finishing without these files
-            logger.exception("transfer %s: a worker process's driver failed", copying.token)
-            task = self.tasks[in_flight[0][0]] if in_flight else self.tasks[0]
+            logger.exception("transfer %s: the worker processes' driver failed", copying.token)
+            task = self.tasks[current.in_flight[0][0]] if current is not None and current.in_flight else self.tasks[0]
             copying.failed_item(ItemError("TransferError", f"{type(exc).__name__}: {exc}", task.src, task.dst))
         finally:
-            os.close(tasks_fd)  # the worker ends after its batch in hand
-            if stopped.is_set() or not alive:
-                self._stop(pid)
+            for driven in list(live.values()):
+                self._retire(driven, live, waiting)
+            copying.finish(self._left_if_stopped())
+
+    def _feed(self, driven: "_Driven") -> None:
+        """Hand the worker batches until it has IN_FLIGHT (it never waits for the parent), none are left, or the
+        transfer stops."""
+        copying = self.copying
+        stopped = copying.control.event
+        throttle = copying.throttle
+        while driven.alive and not stopped.is_set():
+            found = driven.held
+            if found is not None:  # held back by the bandwidth limit: sent once its time has come
+                if driven.held_until > time.monotonic():
+                    return
+                driven.held = None
             else:
-                self._reap(pid)
-            os.close(results_fd)
-            if not alive and not stopped.is_set():
-                logger.warning("transfer %s: worker process %d died; its files are copied in this process",
-                               copying.token, pid)
-                self._by_hand(n, in_flight)
-            else:
-                copying.finish(sum(end - start for start, end in in_flight) + self._left_if_stopped())
+                if len(driven.in_flight) >= IN_FLIGHT:
+                    return
+                found = self._take(driven.n)
+                if found is None:
+                    return
+                driven.in_flight.append(found)
+                if throttle.rate > 0:
+                    until = throttle.reserve(sum(t.size for t in self.tasks[found[0]:found[1]]))
+                    if until > time.monotonic():
+                        driven.held, driven.held_until = found, until
+                        return
+            try:
+                _write_all(driven.tasks_fd, _RANGE.pack(*found))
+            except OSError:  # the worker is gone
+                driven.alive = False
+
+    def _retire(self, driven: "_Driven", live: dict[int, "_Driven"], waiting: Any) -> None:
+        """Done with a worker: it ends (its pipe closed after its last batch), or is killed at once (stopped, or
+        gone); the files it did not answer are done with, or, if it died, copied by a thread of this process."""
+        copying = self.copying
+        live.pop(driven.results_fd, None)
+        waiting.unregister(driven.results_fd)
+        os.close(driven.tasks_fd)  # the worker ends after its batch in hand
+        stopped = copying.control.event.is_set()
+        if stopped or not driven.alive:
+            self._stop(driven.pid)
+        else:
+            self._reap(driven.pid)
+        os.close(driven.results_fd)
+        if not driven.alive and not stopped:
+            logger.warning("transfer %s: worker process %d died; its files are copied in this process",
+                           copying.token, driven.pid)
+            self._thread(self._by_hand, driven.n, driven.in_flight)
+        else:
+            copying.finish(sum(end - start for start, end in driven.in_flight))
 
     def _left_if_stopped(self) -> int:
         """Once stopped, the files never handed out are done with (by the first thread to ask)."""
@@ -388,17 +454,6 @@ class ProcessLane:
                 return
             for task in self.tasks[found[0]:found[1]]:
                 copying.one(task)
-
-    def _ready(self, fd: int) -> bool:
-        """Wait until the worker answers or goes away (True) or the transfer stops (False). ``poll``, not
-        ``select``: a server with many connections hands out descriptors past select's limit of 1024."""
-        stopped = self.copying.control.event
-        waiting = select.poll()
-        waiting.register(fd, select.POLLIN)
-        while not stopped.is_set():
-            if waiting.poll(POLL_SECONDS * 1000):
-                return True
-        return False
 
     def _answers(self, fd: int) -> Any:
         header = _read_exactly(fd, _LENGTH.size)
