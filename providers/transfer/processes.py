@@ -98,7 +98,8 @@ def _direct(storage: LocalStorage) -> "DirectFiles | LocalStorage":
     return DirectFiles(storage) if DirectFiles.suits(storage) else storage
 
 
-def _file(job: _Job, src: "DirectFiles | LocalStorage", dst: "DirectFiles | LocalStorage", task: FileTask) -> tuple[Any, ...]:
+def _file(job: _Job, src: "DirectFiles | LocalStorage", dst: "DirectFiles | LocalStorage",
+          task: FileTask) -> tuple[Any, ...]:
     """One file: (outcome, checksum, size, mtime, bytes transferred, bytes checksummed, faults)."""
     algorithm = job.algorithm
     of = checksums.of
