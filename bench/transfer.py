@@ -14,11 +14,13 @@ Three ratios (provider time / baseline time), each from alternating runs (baseli
    ``sha256sum`` of the copy.
 
 Printed: the best and the median time of each, and their ratios, with the load average before and after (other
-work on the machine skews both sides, not the same way). The provider runs in this process behind the real HTTP
-API (``toolkit.testing``: token checks, validation, the SQLite store, progress writes), local collection to local
-collection, with its default settings. A transfer's time runs from ``POST /run`` until ``/status`` says SUCCEEDED
-(polled every 20 ms). The source is read once before timing; ``sync`` runs (untimed) before each measurement;
-every copy goes to a new folder.
+work on the machine skews both sides, not the same way); then the same for the CPU time each side used (user +
+system, from ``getrusage`` of this process and its reaped children: for the provider, the server's threads, its
+worker processes and the bench's own polls), which a busy machine changes much less than wall time. The provider
+runs in this process behind the real HTTP API (``toolkit.testing``: token checks, validation, the SQLite store,
+progress writes), local collection to local collection, with its default settings. A transfer's time runs from
+``POST /run`` until ``/status`` says SUCCEEDED (polled every 20 ms). The source is read once before timing; ``sync``
+runs (untimed) before each measurement; every copy goes to a new folder.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -83,11 +86,24 @@ def settle() -> None:
     subprocess.run(["sync"], check=False)
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its children reaped so far: a baseline command's, or a
+    transfer's (the server's threads, its worker processes, and the bench's own polls)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+CPU: list[float] = []  # the CPU time of the last measurement (appended by timed() and Provider.run)
+
+
 def timed(command: list[str]) -> float:
     settle()
+    cpu = cpu_seconds()
     started = time.perf_counter()
     subprocess.run(command, check=True)
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    CPU.append(cpu_seconds() - cpu)
+    return elapsed
 
 
 class Provider:
@@ -103,6 +119,7 @@ class Provider:
 
     def run(self, source: str, destination: str, **options) -> tuple[float, dict]:
         settle()
+        cpu = cpu_seconds()
         started = time.perf_counter()
         status = self.client.run({"source_endpoint_id": "src", "destination_endpoint_id": "dst",
                                   "transfer_items": [{"source_path": source, "destination_path": destination,
@@ -110,6 +127,7 @@ class Provider:
         if status["status"] not in ("SUCCEEDED", "FAILED"):
             status = self.client.wait(status["action_id"], timeout=3600, initial_interval=0.02, max_interval=0.02)
         elapsed = time.perf_counter() - started
+        CPU.append(cpu_seconds() - cpu)
         if status["status"] != "SUCCEEDED":
             raise SystemExit(f"transfer failed: {json.dumps(status['details'], indent=1)}")
         return elapsed, status["details"]
@@ -147,6 +165,7 @@ def main() -> None:
           f"load average before {os.getloadavg()[0]:.1f}", flush=True)
     provider = None
     rows: list[tuple[str, list[float], str, list[float]]] = []
+    cpu_rows: list[tuple[list[float], list[float]]] = []  # CPU seconds of each row's runs: baseline, provider
     try:
         make_data(src, 1, 1, args.small_files, args.small_kib)
         make_large(src / "big", args.large_mib)
@@ -157,15 +176,18 @@ def main() -> None:
         small = f"{args.small_files} x {args.small_kib} KiB"
 
         cp, ours = [], []
+        mark = len(CPU)
         for run in range(args.repeat):
             cp.append(timed(["cp", "-r", str(src / "small"), str(base / f"small-{run}")]))
             elapsed, details = provider.run("/small", f"/small-{run}", verify_checksum=True)
             assert details["files_transferred"] == args.small_files, details
             ours.append(elapsed)
         rows.append((f"{small}: cp -r", cp, "transfer, verified", ours))
+        cpu_rows.append((CPU[mark::2], CPU[mark + 1::2]))
 
         if rsync:
             base_rsync, ours = [], []
+            mark = len(CPU)
             for _ in range(args.repeat):
                 base_rsync.append(timed([rsync, "-r", "-c", f"{src / 'small'}/", f"{base / 'small-0'}/"]))
                 elapsed, details = provider.run("/small", "/small-0", sync_level="checksum")
@@ -174,20 +196,25 @@ def main() -> None:
                 ours.append(elapsed)
             rows.append((f"{small}, nothing changed: rsync -r -c", base_rsync, "transfer, sync_level checksum",
                          ours))
+            cpu_rows.append((CPU[mark::2], CPU[mark + 1::2]))
 
         cp_sum, ours = [], []
+        mark = len(CPU)
         for run in range(args.repeat):
             copy = base / f"big-{run}"
             copy.mkdir()
             settle()
+            cpu = cpu_seconds()
             started = time.perf_counter()
             subprocess.run(["cp", str(src / "big" / "one.bin"), str(copy / "one.bin")], check=True)
             subprocess.run(["sha256sum", str(copy / "one.bin")], check=True, stdout=subprocess.DEVNULL)
             cp_sum.append(time.perf_counter() - started)
+            CPU.append(cpu_seconds() - cpu)
             elapsed, details = provider.run("/big", f"/big-{run}", verify_checksum=True)
             assert details["bytes_checksummed"] == args.large_mib << 20, details  # the copy, re-read
             ours.append(elapsed)
         rows.append((f"{args.large_mib} MiB file: cp + sha256sum", cp_sum, "transfer, verified", ours))
+        cpu_rows.append((CPU[mark::2], CPU[mark + 1::2]))
     finally:
         if provider is not None:
             provider.stop()
@@ -200,6 +227,12 @@ def main() -> None:
     for baseline, b_times, ours_label, o_times in rows:
         b_best, b_median = summary(b_times)
         o_best, o_median = summary(o_times)
+        print(f"{baseline:<{width}}  {b_best:6.2f} {b_median:6.2f}   {ours_label:<30} {o_best:6.2f} {o_median:6.2f}   "
+              f"{o_best / b_best:5.2f}x {o_median / b_median:5.2f}x")
+    print("\nCPU seconds (user + system; the provider's: the server process, its worker processes, the bench's polls):")
+    for (baseline, _b, ours_label, _o), (b_cpu, o_cpu) in zip(rows, cpu_rows, strict=True):
+        b_best, b_median = summary(b_cpu)
+        o_best, o_median = summary(o_cpu)
         print(f"{baseline:<{width}}  {b_best:6.2f} {b_median:6.2f}   {ours_label:<30} {o_best:6.2f} {o_median:6.2f}   "
               f"{o_best / b_best:5.2f}x {o_median / b_median:5.2f}x")
     print(f"\n{args.repeat} alternating runs each; load average after {os.getloadavg()[0]:.1f} "

@@ -75,9 +75,15 @@ class Throttle:
     def consume(self, amount: int) -> None:
         if self.rate <= 0:
             return
-        with self._lock:
-            now = time.monotonic()
-            self._next = max(self._next, now) + amount / self.rate
-            delay = self._next - now - 0.05
+        delay = self.reserve(amount) - time.monotonic()
         if delay > 0 and self.stop.wait(delay):
             raise Stopped()
+
+    def reserve(self, amount: int) -> float:
+        """Count ``amount`` bytes against the budget now; the ``time.monotonic()`` from which they may go (for a
+        caller that cannot wait: it holds them until then)."""
+        if self.rate <= 0:
+            return 0.0
+        with self._lock:
+            self._next = max(self._next, time.monotonic()) + amount / self.rate
+            return self._next - 0.05

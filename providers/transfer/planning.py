@@ -128,9 +128,29 @@ class Planner:
     def _folder(self, item: Item) -> None:
         self.plan.dirs.add(item.dst)
         self.plan.source_dirs += 1
-        for entry in self.src.walk(item.src, prune=excluded_by(self.request), check=self.check):
-            under = entry.rel[len(item.src) + 1:] if item.src else entry.rel
-            target = paths.join(item.dst, under)
+        cut = len(item.src) + 1 if item.src else 0
+        prefix = f"{item.dst}/" if item.dst else ""
+        by_destination, tasks = self._by_destination, self.plan.tasks
+        prune = excluded_by(self.request)
+        walk_runs = getattr(self.src, "walk_runs", None) if prune is None else None
+        for entry in (walk_runs(item.src, check=self.check) if walk_runs is not None
+                      else self.src.walk(item.src, prune=prune, check=self.check)):
+            if type(entry) is list:  # a run of regular files (walk_runs): one object each, the task
+                for rel, size, mtime in entry:
+                    target = prefix + rel[cut:]
+                    if target in by_destination:
+                        self._add(FileTask(item, rel, target, size, mtime))  # says it is a duplicate
+                        continue
+                    task = by_destination[target] = FileTask(item, rel, target, size, mtime)
+                    tasks.append(task)
+                continue
+            under = entry.rel[cut:]
+            target = prefix + under if under else item.dst  # the folder itself: an error reading it
+            stat = entry.stat
+            if stat is not None and stat.kind == "file" and target not in by_destination:
+                task = by_destination[target] = FileTask(item, entry.rel, target, stat.size, stat.mtime)
+                tasks.append(task)  # _add, inlined for the common case
+                continue
             if entry.stat is None:
                 self.errors.append(source_error(entry.error or OSError("unreadable"), entry.rel, target))
             elif entry.stat.kind == "dir":

@@ -28,24 +28,26 @@ import select
 import signal
 import struct
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from . import checksums
-from .errors import ItemError, Stopped
+from .errors import ItemError
 from .planning import FileTask
 from .state import Done
 from .storage import FileStat, LocalStorage
+from .storage.local import DirectFiles
 
 if TYPE_CHECKING:
     from .copying import Copying
 
-__all__ = ["BATCH_BYTES", "BATCH_FILES", "FALLBACK", "ProcessLane", "eligible"]
+__all__ = ["BATCH_BYTES", "BATCH_FILES", "FALLBACK", "ProcessLane", "Shares", "eligible"]
 
 logger = logging.getLogger("providers.transfer")
 
 BATCH_FILES = 64
 BATCH_BYTES = 4 << 20
-POLL_SECONDS = 0.1  # how often a thread waiting for a worker's answer looks whether the transfer stopped
+POLL_SECONDS = 0.1  # how often the thread waiting for the workers' answers looks whether the transfer stopped
 IN_FLIGHT = 2  # batches handed to a worker before its first answer: it never waits for the parent
 
 COPIED, SKIPPED, FALLBACK, MISMATCH = 0, 1, 2, 3
@@ -92,7 +94,12 @@ def stat_in_sync(level: int, task: FileTask, current: FileStat | None) -> bool:
 
 # --- in the worker ----------------------------------------------------------------------------------------------
 
-def _file(job: _Job, src: LocalStorage, dst: LocalStorage, task: FileTask) -> tuple[Any, ...]:
+def _direct(storage: LocalStorage) -> "DirectFiles | LocalStorage":
+    return DirectFiles(storage) if DirectFiles.suits(storage) else storage
+
+
+def _file(job: _Job, src: "DirectFiles | LocalStorage", dst: "DirectFiles | LocalStorage",
+          task: FileTask) -> tuple[Any, ...]:
     """One file: (outcome, checksum, size, mtime, bytes transferred, bytes checksummed, faults)."""
     algorithm = job.algorithm
     of = checksums.of
@@ -138,6 +145,38 @@ def _file(job: _Job, src: LocalStorage, dst: LocalStorage, task: FileTask) -> tu
     return (COPIED, hexdigest, size, mtime, transferred, checksummed, faults)
 
 
+def _batch(job: _Job, src: "DirectFiles | LocalStorage", dst: "DirectFiles | LocalStorage",
+           tasks: list[FileTask]) -> tuple[tuple[int, int, int, int, int], list[tuple[int, int, int]],
+                                           list[tuple[int, str | None, int, float | None]]]:
+    """A batch's answer, compact (the parent books it in a few steps, whatever its size): the totals (files
+    copied, skipped, bytes transferred, checksummed, faults); (index, outcome, faults) of each file that is not
+    simply copied or skipped (FALLBACK, MISMATCH, or copied after faults); (index, checksum, size, mtime) of each
+    file copied."""
+    copied = skipped = transferred = checksummed = faults = 0
+    unusual: list[tuple[int, int, int]] = []
+    done: list[tuple[int, str | None, int, float | None]] = []
+    for i, task in enumerate(tasks):
+        try:
+            answer = _file(job, src, dst, task)
+        except Exception:
+            answer = (FALLBACK,)
+        outcome = answer[0]
+        if outcome == FALLBACK:
+            unusual.append((i, FALLBACK, 0))
+            continue
+        transferred += answer[4]
+        checksummed += answer[5]
+        if answer[6] or outcome == MISMATCH:
+            faults += answer[6]
+            unusual.append((i, outcome, answer[6]))
+        if outcome == COPIED:
+            copied += 1
+            done.append((i, answer[1], answer[2], answer[3]))
+        elif outcome == SKIPPED:
+            skipped += 1
+    return (copied, skipped, transferred, checksummed, faults), unusual, done
+
+
 def _read_exactly(fd: int, n: int) -> bytes | None:
     data = b""
     while len(data) < n:
@@ -155,19 +194,13 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _worker_main(job: _Job, tasks_fd: int, results_fd: int) -> None:
-    src, dst = job.src.fork(), job.dst.fork()
+    src, dst = _direct(job.src.fork()), _direct(job.dst.fork())
     while True:
         header = _read_exactly(tasks_fd, _RANGE.size)
         if header is None:
             return  # the parent is done with us (or gone)
         start, end = _RANGE.unpack(header)
-        answers = []
-        for task in job.tasks[start:end]:
-            try:
-                answers.append(_file(job, src, dst, task))
-            except Exception:
-                answers.append((FALLBACK,))
-        payload = pickle.dumps(answers, pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps(_batch(job, src, dst, job.tasks[start:end]), pickle.HIGHEST_PROTOCOL)
         _write_all(results_fd, _LENGTH.pack(len(payload)) + payload)
 
 
@@ -212,9 +245,53 @@ def batches(tasks: list[FileTask], files: int = BATCH_FILES, size: int = BATCH_B
     return ranges
 
 
+class Shares:
+    """Batches shared out among ``workers``: each takes from the front of a region of its own (the plan lists a
+    folder's files together, so workers copy in folders of their own rather than queue for one folder's lock in the
+    kernel), then, its region done, from the back of the region with the most left. Not thread-safe."""
+
+    def __init__(self, ranges: list[tuple[int, int]], workers: int) -> None:
+        self.ranges = ranges
+        share = len(ranges) / workers
+        self._regions = [[round(n * share), round((n + 1) * share)] for n in range(workers)]
+
+    def take(self, n: int) -> tuple[int, int] | None:
+        region = self._regions[n]
+        if region[0] >= region[1]:
+            region = max(self._regions, key=lambda r: r[1] - r[0])
+            if region[0] >= region[1]:
+                return None
+            region[1] -= 1
+            return self.ranges[region[1]]
+        region[0] += 1
+        return self.ranges[region[0] - 1]
+
+    def drain(self) -> list[tuple[int, int]]:
+        """Every batch not taken yet (none are left after)."""
+        left = []
+        for region in self._regions:
+            left.extend(self.ranges[region[0]:region[1]])
+            region[0] = region[1]
+        return left
+
+
+class _Driven:
+    """A worker as the parent drives it: its pipes and the batches it has not answered yet."""
+
+    def __init__(self, n: int, pid: int, tasks_fd: int, results_fd: int) -> None:
+        self.n = n
+        self.pid = pid
+        self.tasks_fd = tasks_fd
+        self.results_fd = results_fd
+        self.in_flight: list[tuple[int, int]] = []  # handed to it, or held (below)
+        self.alive = True
+        self.held: tuple[int, int] | None = None  # a batch the bandwidth limit holds back until held_until
+        self.held_until = 0.0
+
+
 class ProcessLane:
-    """The small files of one transfer, shared out in batches among ``processes`` workers, each driven by a
-    thread of the parent that hands it batches and books what it answers."""
+    """The small files of one transfer, shared out in batches among ``processes`` workers, all driven by one
+    thread of the parent that hands them batches and books what they answer."""
 
     def __init__(self, copying: "Copying", tasks: list[FileTask], processes: int) -> None:
         self.copying = copying
@@ -226,158 +303,185 @@ class ProcessLane:
         rate = copying.settings.max_bytes_per_second
         self.ranges = batches(tasks, size=min(BATCH_BYTES, copying.chunk_size()) if rate else BATCH_BYTES)
         self.processes = max(1, min(processes, len(self.ranges)))
-        self._next = 0
+        self._shares = Shares(self.ranges, self.processes)
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.pids: list[int] = []  # the workers started (tests look)
 
-    def _take(self) -> tuple[int, int] | None:
+    def _take(self, n: int) -> tuple[int, int] | None:
         with self._lock:
-            if self._next >= len(self.ranges):
-                return None
-            found = self.ranges[self._next]
-            self._next += 1
-            return found
+            return self._shares.take(n)
 
     def start(self) -> None:
+        workers: list[_Driven] = []
         for n in range(self.processes):
             try:
-                worker = _fork_worker(self.job)
-            except OSError as exc:  # no more processes: the threads that started do it all, or the parent
+                pid, tasks_fd, results_fd = _fork_worker(self.job)
+            except OSError as exc:  # no more processes: the workers that started do it all, or the parent
                 logger.warning("transfer %s: could not start a worker process: %s", self.copying.token, exc)
-                worker = None
-            thread = threading.Thread(target=self._drive, args=(worker,), daemon=True,
-                                      name=f"aptk-transfer-{self.copying.token}-p{n}")
-            if worker is not None:
-                self.pids.append(worker[0])
-            self._threads.append(thread)
-            thread.start()
+                self._thread(self._by_hand, n, [])
+                continue
+            self.pids.append(pid)
+            workers.append(_Driven(n, pid, tasks_fd, results_fd))
+        if workers:
+            self._thread(self._drive, workers)
+
+    def _thread(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True,
+                                  name=f"aptk-transfer-{self.copying.token}-p{len(self._threads)}")
+        self._threads.append(thread)
+        thread.start()
 
     def join(self) -> None:
-        for thread in self._threads:
+        for thread in self._threads:  # a driver may add a thread while it runs: seen here, being later
             thread.join()
 
-    def _drive(self, worker: tuple[int, int, int] | None) -> None:
+    def _drive(self, workers: list["_Driven"]) -> None:
+        """Hand every worker batches and book what they answer, on this one thread (fewer threads of the parent
+        to wake and to pass the interpreter lock between); a worker that dies leaves its files to a thread that
+        copies them in this process."""
         copying = self.copying
         stopped = copying.control.event
-        in_flight: list[tuple[int, int]] = []
-        if worker is None:
-            self._by_hand(in_flight)
-            return
-        pid, tasks_fd, results_fd = worker
-        alive = True
+        live = {driven.results_fd: driven for driven in workers}
+        waiting = select.poll()  # poll, not select: a busy server has descriptors past select's limit of 1024
+        for fd in live:
+            waiting.register(fd, select.POLLIN)
+        current: _Driven | None = None
         try:
-            while True:
-                while alive and len(in_flight) < IN_FLIGHT and not stopped.is_set():
-                    found = self._take()
+            for driven in workers:
+                current = driven
+                self._feed(driven)
+                if not driven.in_flight or not driven.alive:
+                    self._retire(driven, live, waiting)
+            while live and not stopped.is_set():
+                now = time.monotonic()
+                held = [driven.held_until for driven in live.values() if driven.held is not None]
+                timeout = min([POLL_SECONDS, *(max(0.0, until - now) for until in held)])
+                for fd, _event in waiting.poll(timeout * 1000):
+                    found = live.get(fd)
                     if found is None:
+                        continue
+                    current = driven = found
+                    answer = self._answers(fd)
+                    if answer is None:
+                        driven.alive = False
+                    else:
+                        self._book(driven.in_flight[0], answer)  # if booking fails, the batch is done with below
+                        driven.in_flight.pop(0)
+                        self._feed(driven)
+                    if not driven.in_flight or not driven.alive:
+                        self._retire(driven, live, waiting)
+                    if stopped.is_set():
                         break
-                    in_flight.append(found)
-                    try:
-                        copying.throttle.consume(sum(t.size for t in self.tasks[found[0]:found[1]]))
-                    except Stopped:
-                        break
-                    try:
-                        _write_all(tasks_fd, _RANGE.pack(*found))
-                    except OSError:  # the worker is gone
-                        alive = False
-                        break
-                if not in_flight or not alive:
-                    break
-                if stopped.is_set():
-                    break
-                if not self._ready(results_fd):
-                    break  # stopped while the worker was busy
-                answers = self._answers(results_fd)
-                if answers is None:
-                    alive = False
-                    break
-                self._book(in_flight[0], answers)  # if booking fails, the batch counts as done with below
-                in_flight.pop(0)
+                if held:  # batches held back by the bandwidth limit whose time has come
+                    for driven in list(live.values()):
+                        if driven.held is not None and driven.held_until <= time.monotonic():
+                            current = driven
+                            self._feed(driven)
         except Exception as exc:  # a bug: the transfer fails naming it rather than finishing without these files
-            logger.exception("transfer %s: a worker process's driver failed", copying.token)
-            task = self.tasks[in_flight[0][0]] if in_flight else self.tasks[0]
+            logger.exception("transfer %s: the worker processes' driver failed", copying.token)
+            task = self.tasks[current.in_flight[0][0]] if current is not None and current.in_flight else self.tasks[0]
             copying.failed_item(ItemError("TransferError", f"{type(exc).__name__}: {exc}", task.src, task.dst))
         finally:
-            os.close(tasks_fd)  # the worker ends after its batch in hand
-            if stopped.is_set() or not alive:
-                self._stop(pid)
+            for driven in list(live.values()):
+                self._retire(driven, live, waiting)
+            copying.finish(self._left_if_stopped())
+
+    def _feed(self, driven: "_Driven") -> None:
+        """Hand the worker batches until it has IN_FLIGHT (it never waits for the parent), none are left, or the
+        transfer stops."""
+        copying = self.copying
+        stopped = copying.control.event
+        throttle = copying.throttle
+        while driven.alive and not stopped.is_set():
+            found = driven.held
+            if found is not None:  # held back by the bandwidth limit: sent once its time has come
+                if driven.held_until > time.monotonic():
+                    return
+                driven.held = None
             else:
-                self._reap(pid)
-            os.close(results_fd)
-            if not alive and not stopped.is_set():
-                logger.warning("transfer %s: worker process %d died; its files are copied in this process",
-                               copying.token, pid)
-                self._by_hand(in_flight)
-            else:
-                copying.finish(sum(end - start for start, end in in_flight) + self._left_if_stopped())
+                if len(driven.in_flight) >= IN_FLIGHT:
+                    return
+                found = self._take(driven.n)
+                if found is None:
+                    return
+                driven.in_flight.append(found)
+                if throttle.rate > 0:
+                    until = throttle.reserve(sum(t.size for t in self.tasks[found[0]:found[1]]))
+                    if until > time.monotonic():
+                        driven.held, driven.held_until = found, until
+                        return
+            try:
+                _write_all(driven.tasks_fd, _RANGE.pack(*found))
+            except OSError:  # the worker is gone
+                driven.alive = False
+
+    def _retire(self, driven: "_Driven", live: dict[int, "_Driven"], waiting: Any) -> None:
+        """Done with a worker: it ends (its pipe closed after its last batch), or is killed at once (stopped, or
+        gone); the files it did not answer are done with, or, if it died, copied by a thread of this process."""
+        copying = self.copying
+        live.pop(driven.results_fd, None)
+        waiting.unregister(driven.results_fd)
+        os.close(driven.tasks_fd)  # the worker ends after its batch in hand
+        stopped = copying.control.event.is_set()
+        if stopped or not driven.alive:
+            self._stop(driven.pid)
+        else:
+            self._reap(driven.pid)
+        os.close(driven.results_fd)
+        if not driven.alive and not stopped:
+            logger.warning("transfer %s: worker process %d died; its files are copied in this process",
+                           copying.token, driven.pid)
+            self._thread(self._by_hand, driven.n, driven.in_flight)
+        else:
+            copying.finish(sum(end - start for start, end in driven.in_flight))
 
     def _left_if_stopped(self) -> int:
         """Once stopped, the files never handed out are done with (by the first thread to ask)."""
         if not self.copying.control.stopped:
             return 0
         with self._lock:
-            left = sum(end - start for start, end in self.ranges[self._next:])
-            self._next = len(self.ranges)
+            left = sum(end - start for start, end in self._shares.drain())
         return left
 
-    def _by_hand(self, in_flight: list[tuple[int, int]]) -> None:
+    def _by_hand(self, n: int, in_flight: list[tuple[int, int]]) -> None:
         """The files a dead worker did not answer, and then the rest, copied in this thread."""
         copying = self.copying
         pending = list(in_flight)
         in_flight.clear()
         while True:
-            found = pending.pop(0) if pending else self._take()
+            found = pending.pop(0) if pending else self._take(n)
             if found is None:
                 return
             for task in self.tasks[found[0]:found[1]]:
                 copying.one(task)
 
-    def _ready(self, fd: int) -> bool:
-        """Wait until the worker answers or goes away (True) or the transfer stops (False). ``poll``, not
-        ``select``: a server with many connections hands out descriptors past select's limit of 1024."""
-        stopped = self.copying.control.event
-        waiting = select.poll()
-        waiting.register(fd, select.POLLIN)
-        while not stopped.is_set():
-            if waiting.poll(POLL_SECONDS * 1000):
-                return True
-        return False
-
-    def _answers(self, fd: int) -> list[tuple[Any, ...]] | None:
+    def _answers(self, fd: int) -> Any:
         header = _read_exactly(fd, _LENGTH.size)
         if header is None:
             return None
         payload = _read_exactly(fd, _LENGTH.unpack(header)[0])
         return None if payload is None else pickle.loads(payload)
 
-    def _book(self, found: tuple[int, int], answers: list[tuple[Any, ...]]) -> None:
+    def _book(self, found: tuple[int, int], answer: Any) -> None:
         copying = self.copying
         tasks = self.tasks[found[0]:found[1]]
-        transferred = skipped = transferred_bytes = checksummed = faults = 0
-        done: list[Done] = []
+        (copied, skipped, transferred_bytes, checksummed, faults), unusual, done = answer
         again: list[FileTask] = []
-        for task, answer in zip(tasks, answers, strict=True):
-            outcome = answer[0]
+        for i, outcome, attempts in unusual:
+            task = tasks[i]
             if outcome == FALLBACK:
                 again.append(task)
                 continue
-            transferred_bytes += answer[4]
-            checksummed += answer[5]
-            if answer[6]:
-                faults += answer[6]
-                for attempt in range(1, answer[6] + 1):
-                    copying.mismatch_logged(task, attempt)
-            if outcome == COPIED:
-                transferred += 1
-                done.append(Done(task.dst, answer[2], answer[3], answer[1]))
-            elif outcome == SKIPPED:
-                skipped += 1
-            else:
+            for attempt in range(1, attempts + 1):
+                copying.mismatch_logged(task, attempt)
+            if outcome == MISMATCH:
                 copying.failed_item(copying.mismatch_error(task))
-        copying.counters.add(files_transferred=transferred, files_skipped=skipped,
+        copying.counters.add(files_transferred=copied, files_skipped=skipped,
                              bytes_transferred=transferred_bytes, bytes_checksummed=checksummed, faults=faults)
-        copying.progress.finished_many(done)
+        if done:
+            copying.progress.finished_later(lambda: [Done(tasks[i].dst, size, mtime, checksum)
+                                                     for i, checksum, size, mtime in done])
         copying.finish(len(tasks) - len(again))
         for task in again:
             copying.one(task)

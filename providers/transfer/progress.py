@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from toolkit import RunContext
 
@@ -20,6 +20,10 @@ __all__ = ["Counters", "Progress", "Report", "conclude"]
 
 PROGRESS_SECONDS = 1.0
 FLUSH_SECONDS = 0.5
+#: Finished files are first recorded once the copy has run this long: writing (and then deleting) a record of
+#: each costs about as much as copying a small file again, so a transfer that ends sooner writes none, and a crash
+#: loses at most this much of its work.
+FIRST_FLUSH_SECONDS = 1.0
 
 
 def _iso(epoch: float) -> str:
@@ -190,6 +194,7 @@ class Progress:
         self.records = records
         self._lock = threading.Lock()
         self._pending: list[Done] = []
+        self._later: list[Callable[[], list[Done]]] = []
         self._last_progress = 0.0
         self._last_flush = time.monotonic()
 
@@ -204,9 +209,16 @@ class Progress:
             with self._lock:
                 self._pending.extend(done)
 
+    def finished_later(self, make: Callable[[], list[Done]]) -> None:
+        """:meth:`finished_many` for files whose records ``make`` builds, if they are ever written (a transfer that
+        ends within :data:`FIRST_FLUSH_SECONDS` builds none)."""
+        with self._lock:
+            self._later.append(make)
+
     def started(self) -> None:
         self.ctx.progress(details=self.report.details("ACTIVE"), display_status="starting")
         self._last_progress = time.monotonic()
+        self._last_flush = self._last_progress + FIRST_FLUSH_SECONDS - FLUSH_SECONDS
 
     def tick(self, stopping: bool) -> None:
         now = time.monotonic()
@@ -221,10 +233,14 @@ class Progress:
         """Forget the files not recorded yet (the action ended: no rerun will look for them)."""
         with self._lock:
             self._pending = []
+            self._later = []
 
     def flush(self) -> None:
         self._last_flush = time.monotonic()
         with self._lock:
             batch, self._pending = self._pending, []
+            later, self._later = self._later, []
+        for make in later:
+            batch.extend(make())
         if batch:
             self.records.add(batch)

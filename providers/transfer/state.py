@@ -31,6 +31,7 @@ done_table = sa.Table(
 )
 
 KEEP_SECONDS = 31 * 86400
+_COLUMNS = ("action_id", "path", "size", "mtime", "checksum", "recorded_at")
 _MARKERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # parameter markers of the drivers' paramstyles
 
 
@@ -68,26 +69,21 @@ class DoneRecords:
 
     def add(self, records: Iterable[Done]) -> None:
         now = time.time()
-        rows = [
-            {"action_id": self.action_id, "path": r.path, "size": r.size, "mtime": r.mtime, "checksum": r.checksum,
-             "recorded_at": now}
-            for r in records
-        ]
-        if not rows:
+        action_id = self.action_id
+        values = [(action_id, r.path, r.size, r.mtime, r.checksum, now) for r in records]
+        if not values:
             return
         self.written = True
         with self.engine.begin() as conn:
             try:
                 with conn.begin_nested():
                     if self._insert is not None:
-                        conn.exec_driver_sql(self._insert, [
-                            (r["action_id"], r["path"], r["size"], r["mtime"], r["checksum"], r["recorded_at"])
-                            for r in rows])
+                        conn.exec_driver_sql(self._insert, values)
                     else:
-                        conn.execute(sa.insert(done_table), rows)
+                        conn.execute(sa.insert(done_table), [dict(zip(_COLUMNS, v, strict=True)) for v in values])
             except IntegrityError:
                 # A file recopied by a later attempt replaces its earlier row.
-                for row in rows:
+                for row in [dict(zip(_COLUMNS, v, strict=True)) for v in values]:
                     conn.execute(sa.delete(done_table).where(
                         done_table.c.action_id == self.action_id, done_table.c.path == row["path"]))
                     conn.execute(sa.insert(done_table), [row])

@@ -85,6 +85,44 @@ def test_many_small_files_with_progress_while_active(make_site):
     assert final["details"]["files_transferred"] == 150
 
 
+def test_finished_files_are_recorded_once_the_copy_has_run_a_second(make_site, monkeypatch):
+    """Records for a rerun after a crash cost about what recopying costs: a transfer that ends within a second
+    writes none; a longer one writes them from its first second on, before its progress says they are done."""
+    from providers.transfer import progress as progress_module
+    from providers.transfer.state import DoneRecords
+
+    calls: list[tuple[float, int]] = []
+    started: list[float] = []
+    add, begin = DoneRecords.add, progress_module.Progress.started
+
+    def recording_add(self, records):
+        records = list(records)
+        calls.append((time.monotonic(), len(records)))
+        add(self, records)
+
+    def recording_started(self):
+        started.append(time.monotonic())
+        begin(self)
+
+    monkeypatch.setattr(DoneRecords, "add", recording_add)
+    monkeypatch.setattr(progress_module.Progress, "started", recording_started)
+    site = make_site()
+    make_tree(site.roots["src"], {f"quick/{i:03}.dat": 4096 for i in range(200)})
+    final = site.transfer().run(body("src", "dst", ("/quick", "/quick", True)), wait=True)
+    assert final["status"] == "SUCCEEDED" and final["details"]["files_transferred"] == 200
+    assert calls == []
+
+    slow = make_site(APTK_TRANSFER_MAX_BYTES_PER_SECOND=100_000, APTK_TRANSFER_THREADS=1)
+    make_tree(slow.roots["src"], {f"slow/{i:03}.dat": 4096 for i in range(60)})
+    client = slow.transfer()
+    started.clear()
+    action = client.run(body("src", "dst", ("/slow", "/slow", True)))["action_id"]
+    seen = wait_for(lambda: (s := client.status(action))["details"].get("files_transferred", 0) > 0 and s, timeout=10)
+    assert calls and sum(n for _, n in calls) >= seen["details"]["files_transferred"]
+    assert calls[0][0] - started[-1] >= progress_module.FIRST_FLUSH_SECONDS - 0.05
+    assert client.wait(action, timeout=30, max_interval=0.2)["status"] == "SUCCEEDED"
+
+
 def test_memory_stays_bounded_whatever_the_file_size(make_site):
     site = make_site(APTK_TRANSFER_CHUNK_BYTES=1 << 20, APTK_TRANSFER_THREADS=1)
     big = site.roots["src"] / "big.bin"

@@ -309,3 +309,51 @@ def test_worker_pipes_past_descriptor_1024_work_as_in_a_busy_server(make_site, f
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_each_worker_takes_batches_from_a_region_of_its_own_then_from_the_fullest():
+    ranges = [(i, i + 1) for i in range(10)]
+    shares = processes.Shares(ranges, 3)
+    assert [shares.take(0), shares.take(1), shares.take(2)] == [(0, 1), (3, 4), (7, 8)]
+    # Regions [0, 3), [3, 7), [7, 10): worker 0 finishes its own, then takes from the end of the fullest.
+    assert [shares.take(0), shares.take(0), shares.take(0)] == [(1, 2), (2, 3), (6, 7)]
+    assert shares.take(0) == (5, 6)
+    assert shares.drain() == [(4, 5), (8, 9), (9, 10)]
+    assert [shares.take(n) for n in range(3)] == [None, None, None]
+    taken = []
+    shares = processes.Shares(ranges, 4)
+    while (found := shares.take(len(taken) % 4)) is not None:
+        taken.append(found)
+    assert sorted(taken) == ranges  # every batch once, whoever takes it
+    assert processes.Shares(ranges[:1], 1).take(0) == (0, 1)
+
+
+def test_files_copied_by_workers_are_recorded_for_a_rerun_once_the_copy_has_run_a_second(make_site, monkeypatch,
+                                                                                         forks):
+    import hashlib
+
+    from providers.transfer.state import DoneRecords
+
+    recorded = []
+    add = DoneRecords.add
+
+    def recording(self, records):
+        records = list(records)
+        recorded.extend(records)
+        add(self, records)
+
+    monkeypatch.setattr(DoneRecords, "add", recording)
+    site = make_site(**PROCESSES, APTK_TRANSFER_MAX_BYTES_PER_SECOND=100_000)
+    written = make_tree(site.roots["src"], {f"paced/{i:03}.dat": 4096 for i in range(60)})
+    client = site.transfer()
+    action = client.run(body("src", "dst", ("/paced", "/paced", True)))["action_id"]
+    wait_for(lambda: recorded, timeout=10)
+    assert client.status(action)["status"] == "ACTIVE"
+    assert client.wait(action, timeout=30, max_interval=0.2)["status"] == "SUCCEEDED"
+    assert recorded and len({r.path for r in recorded}) == len(recorded)
+    for record in recorded:
+        data = (site.roots["dst"] / record.path).read_bytes()
+        assert (record.size, record.checksum) == (len(data), hashlib.sha256(data).hexdigest())
+        assert written[record.path] == data
+        assert record.mtime == (site.roots["dst"] / record.path).stat().st_mtime
+    assert len(forks) == 2

@@ -347,3 +347,232 @@ def test_small_files_disk_to_disk_are_copied_on_every_core_and_hashed_on_one_thr
         assert lanes(small, local.storage, local.storage, threads=2)[0][0] == 2  # never more than the setting
     finally:
         local.close()
+
+
+def _direct(tmp_path: Path) -> tuple[Path, Path, Any]:
+    from providers.transfer.storage.local import DirectFiles
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "d").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"secret")
+    storage = LocalStorage(_collection("local", f"file://{root}"), str(root))
+    return root, outside, DirectFiles(storage)
+
+
+def test_direct_files_read_and_write_whole_files_as_the_storage_does(tmp_path):
+    root, _outside, direct = _direct(tmp_path)
+    try:
+        (root / "d" / "a.dat").write_bytes(b"a" * 100)
+        assert direct.read_whole("d/a.dat", 100) == b"a" * 100
+        assert direct.read_whole("d/a.dat", 99) is None  # not the size listed: None, as read_whole answers
+        assert direct.read_whole("d/a.dat", 101, only_compared=True) is None
+        with pytest.raises(FileNotFoundError):
+            direct.read_whole("d/none.dat", 1)
+        (root / "d" / "sub").mkdir()
+        with pytest.raises(IsADirectoryError):
+            direct.read_whole("d/sub", 4, only_compared=True)
+
+        written = direct.write_whole("d/new.dat", "tok", b"new" * 10, lambda back: back == b"new" * 10)
+        assert (written.kind, written.size) == ("file", 30)
+        assert (root / "d" / "new.dat").read_bytes() == b"new" * 10
+        assert written.mtime == (root / "d" / "new.dat").stat().st_mtime
+
+        (root / "d" / "old.dat").write_bytes(b"old contents")
+        assert direct.write_whole("d/old.dat", "tok", b"replaced", None).size == 8
+        assert (root / "d" / "old.dat").read_bytes() == b"replaced"
+
+        # Read back differently: None, and nothing under the name, nothing half-written left.
+        assert direct.write_whole("d/bad.dat", "tok", b"x" * 10, lambda back: False) is None
+        assert direct.write_whole("d/old.dat", "tok", b"y" * 10, lambda back: False) is None
+        assert not (root / "d" / "bad.dat").exists()
+        assert (root / "d" / "old.dat").read_bytes() == b"replaced"
+        assert sorted(p.name for p in (root / "d").iterdir()) == ["a.dat", "new.dat", "old.dat", "sub"]
+    finally:
+        direct.close()
+        direct.storage.close()
+
+
+def test_direct_files_resolve_links_as_the_storage_does_and_replace_a_link_written_over(tmp_path):
+    root, outside, direct = _direct(tmp_path)
+    try:
+        (root / "d" / "real.dat").write_bytes(b"inside")
+        (root / "d" / "in.dat").symlink_to(root / "d" / "real.dat")
+        (root / "d" / "out.dat").symlink_to(outside / "secret.txt")
+        assert direct.read_whole("d/in.dat", 6) == b"inside"
+        with pytest.raises(PathOutsideCollection):
+            direct.read_whole("d/out.dat", 6)
+        (root / "away").symlink_to(outside)
+        with pytest.raises(PathOutsideCollection):
+            direct.read_whole("away/secret.txt", 6)
+        with pytest.raises(PathOutsideCollection):
+            direct.write_whole("away/new.dat", "tok", b"x", None)
+        with pytest.raises(PathOutsideCollection):
+            direct.read_whole("d/../../outside/secret.txt", 6)
+
+        assert direct.write_whole("d/out.dat", "tok", b"written", None).size == 7  # the link is replaced
+        assert not (root / "d" / "out.dat").is_symlink()
+        assert (root / "d" / "out.dat").read_bytes() == b"written"
+        assert (outside / "secret.txt").read_bytes() == b"secret"
+        assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    finally:
+        direct.close()
+        direct.storage.close()
+
+
+def test_direct_files_open_each_folder_once_and_hold_a_bounded_number(tmp_path, monkeypatch):
+    from providers.transfer.storage import local
+
+    root, _outside, direct = _direct(tmp_path)
+    opened: list[str] = []
+    open_folder = LocalStorage.open_folder
+    monkeypatch.setattr(LocalStorage, "open_folder", lambda self, rel: opened.append(rel) or open_folder(self, rel))
+    monkeypatch.setattr(local, "_FOLDERS_HELD", 3)
+    try:
+        for i in range(5):
+            (root / f"f{i}").mkdir()
+            for j in range(20):
+                assert direct.write_whole(f"f{i}/{j}.dat", "tok", b"%d" % j, None) is not None
+                assert direct.read_whole(f"f{i}/{j}.dat", len(b"%d" % j)) == b"%d" % j
+        assert opened == [f"f{i}" for i in range(5)]
+        assert len(direct._folders) == 3
+    finally:
+        direct.close()
+        direct.storage.close()
+    assert not direct._folders
+
+
+@pytest.mark.parametrize("way", ["linkat", "proc"])
+def test_a_nameless_file_gets_its_name_by_descriptor_or_through_proc(tmp_path, monkeypatch, way):
+    import errno
+    import os
+
+    from providers.transfer.storage import local
+
+    if not local._anonymous_files[0]:
+        pytest.skip("no O_TMPFILE here")
+    if way == "proc":
+        monkeypatch.setattr(local, "_linkat", [None])
+    elif local._libc_linkat() is None:
+        pytest.skip("no linkat here")
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        for name in ("a.dat", "b.dat"):
+            fd = os.open(".", os.O_RDWR | local._TMPFILE, 0o666, dir_fd=folder)
+            os.write(fd, name.encode())
+            local.link_anonymous(fd, folder, name)
+            with pytest.raises(FileExistsError):
+                local.link_anonymous(fd, folder, "a.dat")
+            os.close(fd)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {"a.dat": b"a.dat", "b.dat": b"b.dat"}
+        with pytest.raises(OSError) as caught:
+            local.link_anonymous(12345, folder, "c.dat")  # no such descriptor
+        assert caught.value.errno in (errno.EBADF, errno.ENOENT)
+    finally:
+        os.close(folder)
+
+
+def test_a_refused_linkat_falls_back_through_proc_from_then_on(tmp_path, monkeypatch):
+    import ctypes
+    import errno
+    import os
+
+    from providers.transfer.storage import local
+
+    if not local._anonymous_files[0]:
+        pytest.skip("no O_TMPFILE here")
+    calls = []
+
+    def refused(*args):
+        calls.append(args)
+        ctypes.set_errno(errno.EPERM)
+        return -1
+
+    monkeypatch.setattr(local, "_linkat", [refused])
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        for name in ("a.dat", "b.dat"):
+            fd = os.open(".", os.O_RDWR | local._TMPFILE, 0o666, dir_fd=folder)
+            local.link_anonymous(fd, folder, name)
+            os.close(fd)
+    finally:
+        os.close(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.dat", "b.dat"]
+    assert len(calls) == 1 and local._linkat == [None]
+
+
+def test_walk_runs_finds_what_walk_finds_with_runs_of_files_at_once(tmp_path):
+    import os
+
+    root, outside, direct = _direct(tmp_path)
+    direct.close()
+    storage = direct.storage
+    for i in range(40):
+        (root / "d" / f"f{i:02}.dat").write_bytes(b"x" * i)
+    (root / "d" / "m").mkdir()
+    (root / "d" / "m" / "inner.dat").write_bytes(b"inner")
+    (root / "d" / "f20.link").symlink_to(root / "d" / "f20.dat")
+    (root / "d" / "g.link").symlink_to(root / "d" / "m")
+    (root / "d" / "out.link").symlink_to(outside / "secret.txt")
+    (root / "d" / "dangling").symlink_to(root / "nowhere")
+    os.mkfifo(root / "d" / "pipe")
+    (root / "d" / "z").mkdir()
+
+    def flat(found):
+        out = []
+        for entry in found:
+            if isinstance(entry, list):
+                out.extend((rel, "file", size, mtime) for rel, size, mtime in entry)
+            elif entry.stat is None:
+                out.append((entry.rel, type(entry.error).__name__))
+            else:
+                out.append((entry.rel, entry.stat.kind, entry.stat.size, entry.stat.mtime))
+        return out
+
+    try:
+        runs = list(storage.walk_runs("d"))
+        assert any(isinstance(r, list) and len(r) > 1 for r in runs)
+        assert flat(runs) == flat(storage.walk("d"))
+        checks = []
+        assert flat(storage.walk_runs("d", check=lambda: checks.append(1))) == flat(runs)
+        assert checks
+    finally:
+        storage.close()
+
+
+def test_planning_with_and_without_runs_gives_the_same_plan(tmp_path):
+    from providers.transfer.planning import Planner
+    from providers.transfer.request import normalize_request
+
+    root, _outside, direct = _direct(tmp_path)
+    direct.close()
+    src = direct.storage
+    for i in range(30):
+        (root / "d" / f"s{i % 3}").mkdir(exist_ok=True)
+        (root / "d" / f"s{i % 3}" / f"{i:02}.dat").write_bytes(b"y" * i)
+    (root / "d" / "s0" / "one.link").symlink_to(root / "d" / "s1" / "01.dat")
+    dst_root = tmp_path / "dst"
+    dst_root.mkdir()
+    dst = LocalStorage(_collection("dst", f"file://{dst_root}"), str(dst_root))
+
+    def plan(src_storage, **request):
+        body = {"source_endpoint_id": "src", "destination_endpoint_id": "dst",
+                "transfer_items": [{"source_path": "/d", "destination_path": "/copy", "recursive": True},
+                                   {"source_path": "/d/s1", "destination_path": "/copy/s1", "recursive": True}],
+                **request}
+        found = Planner(normalize_request(body), src_storage, dst, lambda: None, None).run()
+        return ([(t.src, t.dst, t.size, t.mtime) for t in found.tasks], sorted(found.dirs), found.source_dirs,
+                sorted((e.code, e.source or "", e.destination or "") for e in found.fatal))
+
+    class Plain(LocalStorage):
+        walk_runs = None  # the planner walks entry by entry
+
+    plain = Plain(_collection("plain", f"file://{root}"), str(root))
+    try:
+        with_runs, without = plan(src), plan(plain)
+        assert with_runs == without
+        assert len(with_runs[0]) == 31 and with_runs[3]  # the second item's files are duplicates: fatal
+        assert with_runs[3][0][0] == "DuplicateDestination"
+    finally:
+        for storage in (src, dst, plain):
+            storage.close()

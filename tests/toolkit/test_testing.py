@@ -130,3 +130,17 @@ def test_the_readme_test_example_passes(tmp_path):
     result = run_pytest(tmp_path, "test_greeter.py")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_the_in_process_client_ignores_the_environments_proxies_and_netrc(tmp_path, monkeypatch):
+    """Nothing from the environment applies to an app called in-process: a .netrc entry for its host must not
+    replace the client's bearer token, nor a proxy setting matter."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine testserver login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    with provider_client(hello, tmp_path / "data") as client:
+        assert client.session.trust_env is False
+        assert client.run({"echo_string": "hi"}, wait=True, timeout=10)["status"] == "SUCCEEDED"

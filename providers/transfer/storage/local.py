@@ -14,14 +14,15 @@ import dataclasses
 import errno
 import os
 import stat as stat_module
-from typing import Callable, Iterator
+import sys
+from typing import Any, Callable, Iterator
 
 from providers.collections import Collection, CollectionError, paths
 from providers.collections.paths import PathOutsideCollection
 
 from .base import Entry, FileStat, Storage, temp_name
 
-__all__ = ["LocalStorage", "connect"]
+__all__ = ["DirectFiles", "LocalStorage", "connect"]
 
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -51,6 +52,51 @@ class _LocalReader:
 
 _TMPFILE = getattr(os, "O_TMPFILE", 0)
 _anonymous_files = [bool(_TMPFILE) and os.path.isdir("/proc/self/fd")]  # cleared if the system says no
+_AT_EMPTY_PATH = 0x1000
+_linkat: list[Any] = []  # libc's linkat once looked up, or None where it cannot name a file by its descriptor
+
+
+def _libc_linkat() -> Any:
+    """libc's ``linkat``, or None (not Linux, no libc found)."""
+    if not _linkat:
+        found = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                function = ctypes.CDLL(None, use_errno=True).linkat
+                function.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int)
+                function.restype = ctypes.c_int
+                found = function
+            except (OSError, AttributeError, ImportError):
+                found = None
+        _linkat.append(found)
+    return _linkat[0]
+
+
+def link_anonymous(fd: int, dir_fd: int, name: str) -> None:
+    """Give the nameless file ``fd`` (``O_TMPFILE``) the name ``name`` in the folder ``dir_fd``:
+    ``linkat(fd, "", AT_EMPTY_PATH)`` where the system allows it (half the time of the usual way, which resolves
+    ``/proc/self/fd/N``), else through ``/proc``. :class:`FileExistsError` if something has that name."""
+    linkat = _libc_linkat()
+    if linkat is not None:
+        if linkat(fd, b"", dir_fd, os.fsencode(name), _AT_EMPTY_PATH) == 0:
+            return
+        code = ctypes_errno()
+        if code == errno.EEXIST:
+            raise FileExistsError(code, os.strerror(code), name)
+        if code not in (errno.EPERM, errno.EINVAL, errno.ENOENT, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(code, os.strerror(code), name)
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+        _linkat[0] = None  # refused where the usual way works (a kernel that wants a privilege): that from now on
+        return
+    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+
+
+def ctypes_errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
 
 
 class _LocalWriter:
@@ -107,7 +153,7 @@ class _LocalWriter:
             offset += n
 
     def _link(self, name: str) -> None:
-        os.link(f"/proc/self/fd/{self.fd}", name, dst_dir_fd=self.dir_fd, follow_symlinks=True)
+        link_anonymous(self.fd, self.dir_fd, name)
 
     def commit(self) -> None:
         st = os.fstat(self.fd)
@@ -182,6 +228,7 @@ class _Frame:
 
 
 _WALK_OPEN_FOLDERS = 64  # descriptors a walk keeps open at most, however deep it goes
+_WALK_CHECK_EVERY = 64  # a walk calls its check once per so many files in a row (and at every other entry)
 
 
 class LocalStorage(Storage):
@@ -435,6 +482,11 @@ class LocalStorage(Storage):
             return self._through_link(real_folder, name, rel)
         return paths.join(real_folder, name)
 
+    def open_folder(self, rel: str) -> int:
+        """A descriptor of its own (the caller closes it) of the folder ``rel``, found as every path is (checked,
+        links resolved and confined): for a caller that opens many files in one folder itself."""
+        return os.dup(self._lookup(self.checked(rel))[0])
+
     def _dir(self, rel: str) -> int:
         """An open descriptor of the folder ``rel``, checked to be inside the root."""
         return self._lookup(self.checked(rel))[0]
@@ -482,6 +534,16 @@ class LocalStorage(Storage):
         relative to its parent, so a walk costs one step per entry however deep the tree (and ``check`` is called
         at each, to stop it). At most a few dozen folders are held open; one closed on the way down is found
         again through ``..`` of its subfolder (checked to be the same folder) or, failing that, from the root."""
+        return self._walk(rel, follow_links, prune, check, False)  # type: ignore[return-value]
+
+    def walk_runs(self, rel: str, *,
+                  check: Callable[[], None] | None = None) -> Iterator[Entry | list[tuple[str, int, float]]]:
+        """:meth:`walk` (links followed, nothing pruned), each run of regular files of a folder given at once as
+        a list of (path, size, mtime): a planner of many files makes one object per file rather than three."""
+        return self._walk(rel, True, None, check, True)
+
+    def _walk(self, rel: str, follow_links: bool, prune: Callable[[str, FileStat], bool] | None,
+              check: Callable[[], None] | None, runs: bool) -> Iterator[Entry | list[tuple[str, int, float]]]:
         try:
             fd, real = self._lookup(self.checked(rel))
             fd = os.dup(fd)
@@ -558,11 +620,36 @@ class LocalStorage(Storage):
                         open_count -= 1
                     below = frame
                     continue
-                name, st = frame.entries[frame.index]
-                frame.index += 1
+                entries, index = frame.entries, frame.index
+                prefix = f"{frame.rel}/" if frame.rel else ""
+                if runs:
+                    stop = index
+                    while stop < len(entries) and stat_module.S_ISREG(entries[stop][1].st_mode):
+                        stop += 1
+                    if stop > index:
+                        run = entries[index:stop]
+                        frame.index = index = stop
+                        if check is not None:
+                            check()
+                        yield [(prefix + name, st.st_size, st.st_mtime) for name, st in run]
+                while index < len(entries) and stat_module.S_ISREG(entries[index][1].st_mode):
+                    # The common case, a regular file, in a loop of its own: no link to resolve, nothing to open.
+                    name, st = entries[index]
+                    index += 1
+                    frame.index = index
+                    if check is not None and not index % _WALK_CHECK_EVERY:
+                        check()
+                    child = prefix + name
+                    found = FileStat("file", st.st_size, st.st_mtime)
+                    if prune is None or not prune(child, found):
+                        yield Entry(child, found)
+                if index >= len(entries):
+                    continue
+                name, st = entries[index]
+                frame.index = index + 1
                 if check is not None:
                     check()
-                child = paths.join(frame.rel, name)
+                child = prefix + name
                 via_link = False
                 try:
                     if stat_module.S_ISLNK(st.st_mode):
@@ -690,6 +777,106 @@ class LocalStorage(Storage):
     def set_mtime(self, rel: str, mtime: float) -> None:
         dir_fd, name = self._in_folder(rel)
         os.utime(name or ".", (mtime, mtime), dir_fd=dir_fd, follow_symlinks=False)
+
+
+_FOLDERS_HELD = 256  # folders a DirectFiles keeps open at most
+
+
+class DirectFiles:
+    """Whole small files of one storage read and written with as few system calls as the guarantees allow, for a
+    caller that handles many of them (a worker process): each folder is found once, as every path is (checked,
+    links resolved and confined), and held open; a file is opened relative to it, never through a link (one is
+    handed to the storage's own methods, which resolve and check it); a new file is written without a name
+    (``O_TMPFILE``), read back through the same descriptor when asked, and linked into place. Same answers and
+    errors as :meth:`LocalStorage.read_whole` and :meth:`LocalStorage.write_whole`."""
+
+    def __init__(self, storage: LocalStorage) -> None:
+        self.storage = storage
+        self._folders: dict[str, int] = {}
+
+    @staticmethod
+    def suits(storage: LocalStorage) -> bool:
+        """Whether ``storage`` reads and writes whole files as :class:`LocalStorage` does (a subclass that changes
+        either is used as it is)."""
+        kind = type(storage)
+        return (kind.read_whole is LocalStorage.read_whole and kind.write_whole is LocalStorage.write_whole
+                and kind.open_write is LocalStorage.open_write)
+
+    def _folder(self, rel: str) -> int:
+        fd = self._folders.get(rel)
+        if fd is None:
+            if len(self._folders) >= _FOLDERS_HELD:
+                os.close(self._folders.pop(next(iter(self._folders))))
+            fd = self._folders[rel] = self.storage.open_folder(rel)
+        return fd
+
+    def close(self) -> None:
+        while self._folders:
+            os.close(self._folders.popitem()[1])
+
+    def stat(self, rel: str) -> FileStat | None:
+        return self.storage.stat(rel)
+
+    def set_mtime(self, rel: str, mtime: float) -> None:
+        self.storage.set_mtime(rel, mtime)
+
+    def read_whole(self, rel: str, size: int, *, only_compared: bool = False) -> bytes | None:
+        folder, _, name = self.storage.checked(rel).rpartition("/")
+        if not name:
+            return self.storage.read_whole(rel, size, only_compared=only_compared)
+        try:
+            fd = os.open(name, _READ_FLAGS | _NOFOLLOW | _CLOEXEC, dir_fd=self._folder(folder))
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            return self.storage.read_whole(rel, size, only_compared=only_compared)  # a link: resolved there
+        try:
+            if not only_compared or not size:
+                st = os.fstat(fd)
+                if st.st_size != size or not stat_module.S_ISREG(st.st_mode):
+                    return None
+            data = os.read(fd, size + 1)
+        finally:
+            os.close(fd)
+        return data if len(data) == size else None
+
+    def write_whole(self, rel: str, token: str, data: bytes,
+                    verify: Callable[[bytes], bool] | None) -> FileStat | None:
+        folder, _, name = self.storage.checked(rel).rpartition("/")
+        if not name or not (self.storage.anonymous_files and _anonymous_files[0]):
+            return self.storage.write_whole(rel, token, data, verify)
+        dir_fd = self._folder(folder)
+        try:
+            fd = os.open(".", os.O_RDWR | _TMPFILE | _CLOEXEC, 0o666, dir_fd=dir_fd)
+        except OSError:  # the storage's writer finds out why, and remembers it
+            return self.storage.write_whole(rel, token, data, verify)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if verify is not None and not verify(os.pread(fd, len(data) + 1, 0)):
+                return None
+            st = os.fstat(fd)
+            try:
+                link_anonymous(fd, dir_fd, name)
+            except FileExistsError:  # something is there: named temporarily, then renamed over it
+                temp = temp_name(name, token)
+                try:
+                    os.unlink(temp, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    pass
+                link_anonymous(fd, dir_fd, temp)
+                try:
+                    os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                except BaseException:
+                    try:
+                        os.unlink(temp, dir_fd=dir_fd)
+                    except OSError:
+                        pass
+                    raise
+        finally:
+            os.close(fd)
+        return FileStat("file", st.st_size, st.st_mtime)
 
 
 class _LinkFound(Exception):
