@@ -311,6 +311,7 @@ def _worker_class(threaded: bool = False) -> Any:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.aptk_pending: list[Any] = []
+            self.aptk_jobs = 0
             # RQ hands its worker's serializer to every queue, job and registry it makes (a few per job), and each
             # checks it again against a typing Protocol (~20 us on Python 3.11); None is RQ's default too, taken
             # at once.
@@ -348,6 +349,7 @@ def _worker_class(threaded: bool = False) -> Any:
             super().set_state(state, pipeline=pipeline)
 
         def execute_job(self, job: Any, queue: Any) -> None:
+            self.aptk_jobs += 1  # (RQ counts finished jobs in Redis only)
             if job.func_name != PERFORM:  # a job someone else put on the queue: RQ's own way
                 super().execute_job(job, queue)
                 return
@@ -553,7 +555,7 @@ def _work_loop(executor: RQExecutor, queues: list[str], burst: bool, name: str |
                         max_jobs=None if max_jobs is None else max_jobs - done)
         except _redis_errors() as exc:
             logger.error("worker: Redis is unavailable (%s); reconnecting", exc)
-        done += worker.successful_job_count + worker.failed_job_count
+        done += worker.aptk_jobs
         if worker._stop_requested or stop.is_set() or (max_jobs is not None and done >= max_jobs):
             return
         if burst:
