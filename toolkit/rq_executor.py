@@ -293,13 +293,23 @@ class _NoTimeout:
 def _worker_class(threaded: bool = False) -> Any:
     from rq import Queue
     from rq.executions import Execution
-    from rq.job import JobStatus
+    from rq.job import Job, JobStatus
     from rq.job_lifecycle import format_exc_info
+    from rq.registry import StartedJobRegistry
     from rq.utils import now, utcformat
     from rq.worker import SimpleWorker, WorkerStatus
 
+    class QueueJob(Job):
+        @property
+        def started_job_registry(self) -> StartedJobRegistry:
+            # RQ makes this registry twice per job (its execution's start and end), checking the job's serializer
+            # again each time (see the worker's); the default serializer is the job's here.
+            return StartedJobRegistry(self.origin, connection=self.connection, job_class=self.__class__)
+
     class QueueWorker(SimpleWorker):
         """RQ's in-process worker, listening on every sub-queue of its base queues in turn."""
+
+        job_class = QueueJob
 
         aptk_bases: list[str] = []
         aptk_stop: threading.Event = threading.Event()
