@@ -171,7 +171,8 @@ class RQExecutor:
             from rq import Queue
 
             found = self._queues[name] = Queue(name, connection=self.connection)
-            found.serializer = None  # type: ignore[assignment]  # RQ's default, taken at once by each job made here (see the worker's)
+            # RQ's default serializer, which each job made here then takes at once (see the worker's).
+            found.serializer = None  # type: ignore[assignment]
         return found
 
     # --- the Executor protocol (a remote executor takes actions, not callables) -------------------------------
@@ -369,7 +370,7 @@ def _worker_class(threaded: bool = False) -> Any:
             # record, the started and finished registries, the job's status and the worker's state and counters,
             # so that `rq info`, RQ's clean-up of dead workers' jobs and the failed registry see toolkit jobs as
             # any other. RQ's own code writes them, on a pipeline that is not executed: its commands go to Redis
-            # as one call of a script (BATCH_SCRIPT), so that the client packs one command and reads one reply
+            # as one call of a script (REDIS_SCRIPT), so that the client packs one command and reads one reply
             # where it would nine or ten.
             with self.connection.pipeline(transaction=False) as pipe:
                 execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name)
