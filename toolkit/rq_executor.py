@@ -63,6 +63,47 @@ QUEUE_REFRESH_SECONDS = 1.0
 """A busy worker looks up its sub-queues, and whether `rq suspend` was given, at most this often."""
 
 
+REDIS_SCRIPT = """
+local i = 2
+while i <= #ARGV do
+  local count = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + count))
+  i = i + count + 1
+end
+for _, key in ipairs(KEYS) do
+  local id = redis.call('LPOP', key)
+  if id then
+    return {key, id, redis.call('HGETALL', ARGV[1] .. id)}
+  end
+end
+return false
+"""
+"""One call for what would be a pipeline, and then possibly a dequeue. ARGV: the prefix of RQ's job keys, then
+commands as [count, command, arguments...]..., run first; KEYS: queues, of which the first job waiting is popped
+and returned with its hash (as RQ's dequeue: LPOP, then HGETALL). One command for the client to pack and one reply
+to read instead of one per command (redis-py's share of a job's cost is per command); and Redis runs a script
+whole, as a transaction."""
+
+
+def _batch(pipe: Any) -> list[Any]:
+    """The commands queued on ``pipe`` (which is not executed but reset), as REDIS_SCRIPT's ARGV takes them."""
+    args: list[Any] = []
+    for command, _options in pipe.command_stack:
+        args.append(len(command))
+        args.extend(command)
+    pipe.reset()
+    return args
+
+
+def _run_script(connection: "Redis", commands: list[Any], queues: list[str] | None = None) -> Any:
+    from rq.job import Job
+
+    script = getattr(connection, "_aptk_script", None)
+    if script is None:
+        script = connection._aptk_script = connection.register_script(REDIS_SCRIPT)  # type: ignore[attr-defined]
+    return script(keys=queues or [], args=[Job.redis_job_namespace_prefix, *commands])
+
+
 class QueueUnavailable(Exception):
     """Redis could not take the job."""
 
@@ -130,6 +171,8 @@ class RQExecutor:
             from rq import Queue
 
             found = self._queues[name] = Queue(name, connection=self.connection)
+            # RQ's default serializer, which each job made here then takes at once (see the worker's).
+            found.serializer = None  # type: ignore[assignment]
         return found
 
     # --- the Executor protocol (a remote executor takes actions, not callables) -------------------------------
@@ -182,6 +225,8 @@ class RQExecutor:
         """Put the job of ``action_id``'s attempt on its caller's queue; QueueUnavailable if Redis cannot."""
         name = queue_name(self.queue, provider, identity)
         try:
+            # RQ's writes of the job (its hash, the queue's list and set) go to Redis as one script: all or none,
+            # as a transaction would, in one command.
             pipe = self.connection.pipeline()
             self._queue(name).enqueue_call(
                 PERFORM, args=(action_id, attempt, resumed, self.seal(token)),
@@ -189,7 +234,7 @@ class RQExecutor:
                 description=f"action {action_id} attempt {attempt}", pipeline=pipe,
             )
             pipe.zadd(QUEUE_INDEX.format(self.queue), {name: time.time()})
-            pipe.execute()
+            _run_script(self.connection, _batch(pipe))
         except _redis_errors() as exc:
             raise QueueUnavailable(str(exc)) from exc
 
@@ -249,13 +294,23 @@ class _NoTimeout:
 def _worker_class(threaded: bool = False) -> Any:
     from rq import Queue
     from rq.executions import Execution
-    from rq.job import JobStatus
+    from rq.job import Job, JobStatus
     from rq.job_lifecycle import format_exc_info
+    from rq.registry import StartedJobRegistry
     from rq.utils import now, utcformat
     from rq.worker import SimpleWorker, WorkerStatus
 
+    class QueueJob(Job):
+        @property
+        def started_job_registry(self) -> StartedJobRegistry:
+            # RQ makes this registry twice per job (its execution's start and end), checking the job's serializer
+            # again each time (see the worker's); the default serializer is the job's here.
+            return StartedJobRegistry(self.origin, connection=self.connection, job_class=self.__class__)
+
     class QueueWorker(SimpleWorker):
         """RQ's in-process worker, listening on every sub-queue of its base queues in turn."""
+
+        job_class = QueueJob
 
         aptk_bases: list[str] = []
         aptk_stop: threading.Event = threading.Event()
@@ -263,6 +318,15 @@ def _worker_class(threaded: bool = False) -> Any:
         aptk_refreshed = 0.0
         aptk_suspension_checked = 0.0
         death_penalty_class = _NoTimeout  # type: ignore[assignment]
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.aptk_pending: list[Any] = []
+            self.aptk_jobs = 0
+            # RQ hands its worker's serializer to every queue, job and registry it makes (a few per job), and each
+            # checks it again against a typing Protocol (~20 us on Python 3.11); None is RQ's default too, taken
+            # at once.
+            self.serializer = None  # type: ignore[assignment]
 
         def request_stop(self, signum: Any, frame: Any) -> None:
             # The signal handler stays bound to whichever worker installed it last, which may be one that a
@@ -296,6 +360,7 @@ def _worker_class(threaded: bool = False) -> Any:
             super().set_state(state, pipeline=pipeline)
 
         def execute_job(self, job: Any, queue: Any) -> None:
+            self.aptk_jobs += 1  # (RQ counts finished jobs in Redis only)
             if job.func_name != PERFORM:  # a job someone else put on the queue: RQ's own way
                 super().execute_job(job, queue)
                 return
@@ -304,9 +369,9 @@ def _worker_class(threaded: bool = False) -> Any:
             # expiry to lift, a result anyone reads (the outcome is the action's, in the store). Kept: the execution
             # record, the started and finished registries, the job's status and the worker's state and counters,
             # so that `rq info`, RQ's clean-up of dead workers' jobs and the failed registry see toolkit jobs as
-            # any other. The two are pipelines, not transactions: RQ's records of a job are bookkeeping (whether
-            # the action runs, and who runs it, is settled in the store), and a transaction costs the client a
-            # second reply to read for every command.
+            # any other. RQ's own code writes them, on a pipeline that is not executed: its commands go to Redis
+            # as one call of a script (REDIS_SCRIPT), so that the client packs one command and reads one reply
+            # where it would nine or ten.
             with self.connection.pipeline(transaction=False) as pipe:
                 execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name)
                 self.execution = execution
@@ -314,7 +379,7 @@ def _worker_class(threaded: bool = False) -> Any:
                 job.prepare_for_execution(self.name, pipeline=pipe)
                 if len(self.queues) == 1:  # RQ dequeues a single queue through its intermediate list
                     pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-                pipe.execute()
+                _run_script(self.connection, _batch(pipe))
             try:
                 job.perform()
             except BaseException:  # as RQ's perform_job: the job is failed, the worker goes on
@@ -335,12 +400,54 @@ def _worker_class(threaded: bool = False) -> Any:
                 pipe.expire(job.key, RESULT_SECONDS)  # (RQ's cleanup also expires dependents' keys: none here)
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
                 self.set_state(WorkerStatus.IDLE, pipeline=pipe)
-                pipe.execute()
+                # Sent with the next dequeue, which follows at once (see aptk_take), or when the worker stops.
+                self.aptk_pending = _batch(pipe)
+
+        def aptk_flush(self) -> None:
+            """Send the last job's records if they wait for a dequeue that is not coming."""
+            pending, self.aptk_pending = self.aptk_pending, []
+            if pending:
+                _run_script(self.connection, pending)
+
+        def aptk_take(self) -> Any:
+            """The last job's records and a dequeue in one call: the first job waiting on this worker's queues in
+            their order, as (job, queue) (None: every queue is empty). Several queues only: RQ dequeues a single
+            one through its intermediate list."""
+            queues = {q.key: q for q in self._ordered_queues}
+            if len(queues) < 2:
+                self.aptk_flush()
+                return None
+            while True:
+                pending, self.aptk_pending = self.aptk_pending, []
+                reply = _run_script(self.connection, pending, list(queues))
+                if not reply:
+                    return None
+                key, found, fields = (v.decode() if isinstance(v, bytes) else v for v in reply)
+                if not fields:  # its hash is gone: RQ passes over such a job
+                    continue
+                queue = queues[key]
+                job = self.job_class(found, connection=self.connection, serializer=self.serializer)
+                try:
+                    job.restore(dict(zip(fields[::2], fields[1::2], strict=True)))
+                except Exception as exc:  # as RQ's dequeue: the job and queue go with the error
+                    exc.job_id, exc.queue = found, queue  # type: ignore[attr-defined]
+                    raise
+                self.reorder_queues(reference_queue=queue)
+                job.redis_server_version = self.get_redis_server_version()
+                return job, queue
+
+        def teardown(self) -> None:
+            try:
+                self.aptk_flush()
+            except _redis_errors() as exc:
+                logger.warning("worker %s: the last job's records were not written (%s)", self.name, exc)
+            super().teardown()
 
         def check_for_suspension(self, burst: bool) -> None:
             # `rq suspend` is looked for at most every QUEUE_REFRESH_SECONDS, not before every job.
             if time.monotonic() - self.aptk_suspension_checked < QUEUE_REFRESH_SECONDS:
                 return
+            self.aptk_flush()  # (a suspended worker waits here)
             super().check_for_suspension(burst)
             self.aptk_suspension_checked = time.monotonic()
 
@@ -369,10 +476,13 @@ def _worker_class(threaded: bool = False) -> Any:
             while True:
                 try:
                     self.refresh_queues()
+                    taken = self.aptk_take()
                 except _redis_errors() as exc:
                     logger.error("worker %s: Redis is unavailable (%s); retrying", self.name, exc)
                     time.sleep(RECONNECT_SECONDS)
                     continue
+                if taken is not None:
+                    return taken
                 if timeout is None:  # burst: one pass over the queues without waiting
                     return super().dequeue_job_and_maintain_ttl(None, max_idle_time)
                 # Wait a second at most, so that a queue created meanwhile is listened on soon.
@@ -456,7 +566,7 @@ def _work_loop(executor: RQExecutor, queues: list[str], burst: bool, name: str |
                         max_jobs=None if max_jobs is None else max_jobs - done)
         except _redis_errors() as exc:
             logger.error("worker: Redis is unavailable (%s); reconnecting", exc)
-        done += worker.successful_job_count + worker.failed_job_count
+        done += worker.aptk_jobs
         if worker._stop_requested or stop.is_set() or (max_jobs is not None and done >= max_jobs):
             return
         if burst:

@@ -569,3 +569,76 @@ def test_the_rq_extra_parses_redis_replies_with_hiredis(deployment):
         assert isinstance(connection._parser, _HiredisParser)
     finally:
         executor.connection.connection_pool.release(connection)
+
+
+def _count_redis_calls(monkeypatch: Any) -> list[str]:
+    """Every command and pipeline a client of this process sends to Redis from now on (a script is one)."""
+    from redis import Redis
+    from redis.client import Pipeline
+
+    calls: list[str] = []
+    command, execute = Redis.execute_command, Pipeline.execute
+
+    def counted_command(self: Any, *args: Any, **options: Any) -> Any:
+        calls.append(str(args[0]))
+        return command(self, *args, **options)
+
+    def counted_execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.command_stack:
+            calls.append("pipeline")
+        return execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(Redis, "execute_command", counted_command)
+    monkeypatch.setattr(Pipeline, "execute", counted_execute)
+    return calls
+
+
+def test_a_busy_worker_sends_two_redis_calls_per_job(deployment, monkeypatch):
+    """Waiting jobs: one call takes the next job (the last one's records first, then pop and read), one writes
+    RQ's records of its start."""
+    client = deployment.client()
+    ids = [client.run({}, request_id=f"r{i}")["action_id"] for i in range(40)]
+    calls = _count_redis_calls(monkeypatch)
+    deployment.worker_app_run()
+    assert all(client.status(action_id)["status"] == "SUCCEEDED" for action_id in ids)
+    assert calls.count("EVALSHA") == 2 * len(ids) + 1, calls  # + the last take, which finds nothing
+    assert len(calls) <= 2 * len(ids) + 30, calls  # + the worker's start and end, RQ's look at empty queues
+    assert not {"HGETALL", "LPOP", "BLPOP"} & set(calls[:2 * len(ids)]), calls
+
+
+def test_the_api_enqueues_a_job_in_one_redis_call(deployment, monkeypatch):
+    client = deployment.client()
+    client.run({}, request_id="warm")
+    calls = _count_redis_calls(monkeypatch)
+    client.run({}, request_id="r")
+    assert calls == ["EVALSHA"]
+
+
+def test_a_worker_that_stops_after_a_job_writes_its_records(deployment):
+    """A job's records go with the next dequeue; a worker that stops first (here after max_jobs) still writes
+    them: the job is finished in RQ's records, the worker idle."""
+    from redis import Redis
+    from rq import Queue, Worker
+    from rq.registry import FinishedJobRegistry, StartedJobRegistry
+
+    client = deployment.client()
+    first, second = (client.run({}, request_id=f"r{i}")["action_id"] for i in range(2))
+    deployment.worker_app_run(max_jobs=1)
+    assert client.status(first)["status"] == "SUCCEEDED" and client.status(second)["status"] == "ACTIVE"
+    connection = Redis.from_url(deployment.redis_url)
+    queue = Queue([q for q in Queue.all(connection=connection) if q.name != "aptk"][0].name, connection=connection)
+    assert FinishedJobRegistry(queue=queue).get_job_ids() == [f"aptk-{first}-1"]
+    assert StartedJobRegistry(queue=queue).get_job_ids() == []
+    assert queue.fetch_job(f"aptk-{first}-1").get_status() == "finished"
+    assert queue.job_ids == [f"aptk-{second}-1"]
+    worker = Worker.all(connection=connection)
+    assert not worker or (worker[0].successful_job_count == 1 and worker[0].get_state() == "idle")
+
+
+def test_a_job_whose_hash_is_gone_is_passed_over(deployment):
+    client = deployment.client()
+    lost, kept = (client.run({}, request_id=f"r{i}")["action_id"] for i in range(2))
+    deployment.runtime.executor.connection.delete(f"rq:job:aptk-{lost}-1")
+    deployment.worker_app_run()
+    assert client.status(kept)["status"] == "SUCCEEDED"
+    assert client.status(lost)["status"] == "ACTIVE"  # left to the sweep, which enqueues it again after the lease
