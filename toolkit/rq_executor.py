@@ -244,12 +244,19 @@ class RQExecutor:
             return set()
         pipe = self.connection.pipeline()
         for action_id, attempt in jobs:
-            pipe.hget(f"rq:job:{job_id(action_id, attempt)}", "status")
-        statuses = pipe.execute()
+            pipe.hmget(f"rq:job:{job_id(action_id, attempt)}", "status", "origin")
+        found = pipe.execute()
         # Only asked about actions still queued after a lease: a job a worker has started claims its action
-        # within moments, so a "started" one here belongs to a worker that died before it could.
-        live = {b"queued", b"deferred", b"scheduled"}
-        return {job for job, status in zip(jobs, statuses, strict=True) if status in live}
+        # within moments, so a "started" one here belongs to a worker that died before it could. So does a
+        # "queued" one that is in no queue: a worker took it off and died before it wrote that it started.
+        live = {job for job, (status, _origin) in zip(jobs, found, strict=True) if status in (b"deferred", b"scheduled")}
+        queued = [(job, origin) for job, (status, origin) in zip(jobs, found, strict=True)
+                  if status == b"queued" and origin]
+        for (action_id, attempt), origin in queued:
+            pipe.lpos(f"rq:queue:{origin.decode()}", job_id(action_id, attempt))
+        positions = pipe.execute() if queued else []
+        live.update(job for (job, _origin), at in zip(queued, positions, strict=True) if at is not None)
+        return live
 
     def depth(self, queues: list[str] | None = None) -> int:
         """Jobs waiting in every sub-queue of ``queues`` (base names; default this executor's)."""

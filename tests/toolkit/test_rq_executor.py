@@ -175,6 +175,22 @@ def test_queued_actions_whose_jobs_wait_are_kept_not_requeued(deployment):
     assert deployment.runtime.store.get(action_id).heartbeat > time.time() - 1
 
 
+def test_a_job_a_dead_worker_took_off_its_queue_is_enqueued_again(deployment):
+    """A worker killed between taking a job off its queue and writing that it started leaves the job's hash
+    saying "queued" in no queue: after the lease, the sweep enqueues it again and it runs once."""
+    client = deployment.client()
+    action_id = client.run({}, request_id="r1")["action_id"]
+    redis = deployment.runtime.executor.connection
+    origin = redis.hget(f"rq:job:aptk-{action_id}-1", "origin").decode()
+    assert redis.lpop(f"rq:queue:{origin}") == f"aptk-{action_id}-1".encode()  # as the dead worker did
+    assert redis.hget(f"rq:job:aptk-{action_id}-1", "status") == b"queued"
+    deployment.worker_app_run()
+    assert client.status(action_id)["status"] == "ACTIVE"  # nothing to run: the job is in no queue
+    deployment.runtime.sweep(time.time() + 3)
+    deployment.worker_app_run()
+    assert client.status(action_id)["status"] == "SUCCEEDED"
+
+
 def test_cancel_reaches_a_callback_on_a_worker_within_a_second(deployment):
     deployment.start_worker()
     client = deployment.client()
