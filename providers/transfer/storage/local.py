@@ -34,6 +34,20 @@ _LIST_FOLDER_FROM = 16  # confine_files lists a folder when it holds this many o
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
 
 
+def _read_whole(fd: int, size: int, only_compared: bool) -> bytes | None:
+    """The bytes of the open file ``fd`` (closed here) if it is a regular file of ``size`` bytes; else None (see
+    :meth:`LocalStorage.read_whole` for ``only_compared``)."""
+    try:
+        if not only_compared or not size:
+            st = os.fstat(fd)
+            if st.st_size != size or not stat_module.S_ISREG(st.st_mode):
+                return None
+        data = os.read(fd, size + 1)
+    finally:
+        os.close(fd)
+    return data if len(data) == size else None
+
+
 class _LocalReader:
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -723,15 +737,7 @@ class LocalStorage(Storage):
         ``fstat`` unless it answers nothing: a folder fails the read (:class:`IsADirectoryError`), a pipe answers
         nothing or :class:`BlockingIOError` (opened non-blocking), a device more bytes than asked."""
         fd = self._open_in(rel, _READ_FLAGS)
-        try:
-            if not only_compared or not size:
-                st = os.fstat(fd)
-                if st.st_size != size or not stat_module.S_ISREG(st.st_mode):
-                    return None
-            data = os.read(fd, size + 1)
-        finally:
-            os.close(fd)
-        return data if len(data) == size else None
+        return _read_whole(fd, size, only_compared)
 
     def write_whole(self, rel: str, token: str, data: bytes,
                     verify: Callable[[bytes], bool] | None) -> FileStat | None:
@@ -830,15 +836,7 @@ class DirectFiles:
             if exc.errno != errno.ELOOP:
                 raise
             return self.storage.read_whole(rel, size, only_compared=only_compared)  # a link: resolved there
-        try:
-            if not only_compared or not size:
-                st = os.fstat(fd)
-                if st.st_size != size or not stat_module.S_ISREG(st.st_mode):
-                    return None
-            data = os.read(fd, size + 1)
-        finally:
-            os.close(fd)
-        return data if len(data) == size else None
+        return _read_whole(fd, size, only_compared)
 
     def write_whole(self, rel: str, token: str, data: bytes,
                     verify: Callable[[bytes], bool] | None) -> FileStat | None:
