@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import contextlib
 import dataclasses
 import errno
 import os
@@ -113,6 +114,33 @@ def ctypes_errno() -> int:
     return ctypes.get_errno()
 
 
+def _replace(temp: str, name: str, dir_fd: int) -> None:
+    """Rename ``temp`` over ``name`` in the folder ``dir_fd``."""
+    try:
+        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except IsADirectoryError:
+        raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the file", name) from None
+
+
+def _link_into_place(fd: int, dir_fd: int, name: str, temp: str) -> None:
+    """Give the nameless file ``fd`` the name ``name`` in the folder ``dir_fd``; if something has that name, the
+    file gets the name ``temp`` and is renamed over it (``temp`` is removed again if that fails)."""
+    try:
+        link_anonymous(fd, dir_fd, name)
+        return
+    except FileExistsError:
+        pass
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp, dir_fd=dir_fd)
+    link_anonymous(fd, dir_fd, temp)
+    try:
+        _replace(temp, name, dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=dir_fd)
+        raise
+
+
 class _LocalWriter:
     """Writes a new file that has no name until it is complete (``O_TMPFILE``, then linked into place), or,
     where the filesystem cannot, ``.<name>.aptk-<token>.part`` renamed into place. Either way the destination
@@ -166,32 +194,15 @@ class _LocalWriter:
             yield buffer[:n]
             offset += n
 
-    def _link(self, name: str) -> None:
-        link_anonymous(self.fd, self.dir_fd, name)
-
     def commit(self) -> None:
         st = os.fstat(self.fd)
         self.written = FileStat("file", st.st_size, st.st_mtime)
-        if not self.named:
-            try:
-                self._link(self.name)
-            except FileExistsError:
-                # Something is there already: give the file its temporary name, then rename it over.
-                try:
-                    os.unlink(self.temp, dir_fd=self.dir_fd)
-                except FileNotFoundError:
-                    pass
-                self._link(self.temp)
-                self.named = True
-            else:
-                self._release()
-                return
-        os.close(self.fd)
-        self.fd = -1
-        try:
-            os.replace(self.temp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-        except IsADirectoryError:
-            raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the file", self.name) from None
+        if self.named:
+            os.close(self.fd)
+            self.fd = -1
+            _replace(self.temp, self.name, self.dir_fd)
+        else:
+            _link_into_place(self.fd, self.dir_fd, self.name, self.temp)
         self._release()
 
     def _release(self) -> None:
@@ -855,23 +866,7 @@ class DirectFiles:
             if verify is not None and not verify(os.pread(fd, len(data) + 1, 0)):
                 return None
             st = os.fstat(fd)
-            try:
-                link_anonymous(fd, dir_fd, name)
-            except FileExistsError:  # something is there: named temporarily, then renamed over it
-                temp = temp_name(name, token)
-                try:
-                    os.unlink(temp, dir_fd=dir_fd)
-                except FileNotFoundError:
-                    pass
-                link_anonymous(fd, dir_fd, temp)
-                try:
-                    os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                except BaseException:
-                    try:
-                        os.unlink(temp, dir_fd=dir_fd)
-                    except OSError:
-                        pass
-                    raise
+            _link_into_place(fd, dir_fd, name, temp_name(name, token))
         finally:
             os.close(fd)
         return FileStat("file", st.st_size, st.st_mtime)
