@@ -119,6 +119,27 @@ def test_an_expired_request_id_can_be_used_again(client, clock, tmp_path):
     assert second["status"] == "SUCCEEDED"
 
 
+@pytest.mark.parametrize("duration", ["P99999999W", "P99999999DT99999999H99999999M99999999.999999S", "PT0.5S",
+                                      "P1Y", "P1M", "P1Y2M3D"])
+def test_release_after_the_openapi_schema_allows_is_accepted_and_years_or_months_are_not(client, duration):
+    """A client generating requests from the published schema never meets a 400 for release_after (nor a 500,
+    however large each unit); durations with years or months fail the schema and the run alike."""
+    import re
+
+    from toolkit.client import ClientError
+
+    schema = client.app.test_client().get("/provider/openapi.json").get_json()
+    pattern = schema["components"]["schemas"]["ActionRequest"]["properties"]["release_after"]["pattern"]
+    allowed = re.fullmatch(pattern, duration) is not None
+    assert allowed is ("Y" not in duration and "M" not in duration.split("T")[0])
+    try:
+        status = client.run({}, request_id=duration, release_after=duration)
+    except ClientError as exc:
+        assert not allowed and exc.status == 400 and "release_after" in exc.description
+    else:
+        assert allowed and status["status"] == "SUCCEEDED"
+
+
 def test_release_after_zero_still_answers_the_run(client):
     status = client.run({}, release_after="PT0S")
     assert status["status"] == "SUCCEEDED"
