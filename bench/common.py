@@ -37,3 +37,30 @@ def aptk_command() -> list[str]:
     """The ``aptk`` command installed next to this interpreter, or the module run by it."""
     script = Path(sys.executable).parent / "aptk"
     return [str(script)] if script.exists() else [sys.executable, "-m", "toolkit.cli"]
+
+
+def tree_usage(pid: int) -> tuple[float, int, int]:
+    """CPU seconds (user + system), voluntary and involuntary context switches of process ``pid`` and of every
+    live process under it, from ``/proc`` (Linux): a server's own cost, whichever of its processes and threads
+    spent it. Switches are counted per live thread (pools keep theirs); CPU includes ended threads."""
+    cpu, voluntary, involuntary = 0.0, 0, 0
+    tick = os.sysconf("SC_CLK_TCK")
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            with open(f"/proc/{current}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / tick
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches"):
+                            voluntary += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches"):
+                            involuntary += int(line.split()[1])
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    pending += [int(child) for child in f.read().split()]
+        except OSError:  # it ended meanwhile
+            continue
+    return cpu, voluntary, involuntary

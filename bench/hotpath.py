@@ -36,7 +36,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import BENCH_DIR, REPO, use_repo_venv  # noqa: E402
+from common import BENCH_DIR, REPO, tree_usage, use_repo_venv  # noqa: E402
 
 use_repo_venv()
 
@@ -76,6 +76,8 @@ class Target:
     token: str
     action_id: str = ""
     rates: dict[str, list[float]] = field(default_factory=lambda: {"status": [], "run": []})
+    # Per measured run: the server's CPU ms, voluntary and involuntary context switches per request.
+    costs: dict[str, list[tuple[float, float, float]]] = field(default_factory=lambda: {"status": [], "run": []})
 
     def median(self, kind: str) -> float:
         return statistics.median(self.rates[kind]) if self.rates[kind] else float("nan")
@@ -187,12 +189,20 @@ def wrk(url: str, script: str, args: argparse.Namespace, seconds: float) -> floa
 
 
 def measure(target: Target, kind: str, args: argparse.Namespace, seconds: float) -> float:
+    """Requests/s of one wrk run; the server's CPU and context switches per request go to ``target.costs``."""
+    before = tree_usage(target.server.proc.pid)
     if kind == "status":
-        return wrk(f"{target.server.base}/{target.action_id}/status", STATUS_LUA.format(token=target.token),
+        rate = wrk(f"{target.server.base}/{target.action_id}/status", STATUS_LUA.format(token=target.token),
                    args, seconds)
-    path = requests.utils.urlparse(target.server.base).path + "/run"
-    return wrk(target.server.base.rsplit("/hello", 1)[0] + path, RUN_LUA.format(token=target.token, path=path),
-               args, seconds)
+    else:
+        path = requests.utils.urlparse(target.server.base).path + "/run"
+        rate = wrk(target.server.base.rsplit("/hello", 1)[0] + path,
+                   RUN_LUA.format(token=target.token, path=path), args, seconds)
+    after = tree_usage(target.server.proc.pid)
+    requests_served = max(1.0, rate * max(1, round(seconds)))
+    target.costs[kind].append((1e3 * (after[0] - before[0]) / requests_served,
+                               (after[1] - before[1]) / requests_served, (after[2] - before[2]) / requests_served))
+    return rate
 
 
 def report(targets: list[Target], args: argparse.Namespace) -> dict:
@@ -214,6 +224,18 @@ def report(targets: list[Target], args: argparse.Namespace) -> dict:
             cells.append(cell)
         lines.append(f"| {target.label:44} | {cells[0]:>30} | {cells[1]:>30} |")
         summary[target.label] = {k: {"median": target.median(k), "all": target.rates[k]} for k in ("status", "run")}
+    lines += ["", "server CPU per request (ms) and context switches per request (voluntary + involuntary), medians; "
+              "a database server's own processes are not counted", ""]
+    lines.append(f"| {'':44} | {'status':>22} | {'run':>22} |")
+    for target in targets:
+        cells = []
+        for kind in ("status", "run"):
+            costs = target.costs[kind][-args.rounds:]  # the measured rounds, not the warm-up
+            cpu, vcs, ivcs = (statistics.median(c[i] for c in costs) for i in range(3))
+            cells.append(f"{cpu:5.2f} ms, {vcs:4.1f} + {ivcs:4.1f}")
+            summary[target.label][kind]["server_cpu_ms"] = cpu
+            summary[target.label][kind]["context_switches"] = [vcs, ivcs]
+        lines.append(f"| {target.label:44} | {cells[0]:>22} | {cells[1]:>22} |")
     if LOAD_CPU:
         lines.append("")
         lines.append(f"wrk's own CPU per request: {1e6 * statistics.median(LOAD_CPU):.0f} us median, "

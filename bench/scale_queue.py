@@ -39,6 +39,7 @@ use_repo_venv()
 import requests  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
+from common import tree_usage  # noqa: E402
 from run_status import _aptk_command, _free_port, _spawn  # noqa: E402
 
 RUN_LUA = """
@@ -119,7 +120,22 @@ class Deployment:
 
         self.token = mint_dev_token(load_dev_key(self.dir), str(uuid.uuid4()), scopes=[slow.globus_auth_scope])
 
-    def measure(self) -> tuple[float, list[float], int]:
+    def usage(self) -> dict[str, float]:
+        """CPU seconds so far of the API server, the workers and Redis (each with the processes under it)."""
+        spent = {"api": tree_usage(self.procs[0].pid)[0],
+                 "workers": sum(tree_usage(proc.pid)[0] for proc in self.procs[1:])}
+        if self.redis is not None and self.redis.process is not None:
+            spent["redis"] = tree_usage(self.redis.process.pid)[0]
+        return spent
+
+    def measure(self) -> tuple[float, list[float], int, dict[str, float]]:
+        """Throughput, start latencies, actions, and CPU ms per action of each part (until all have ended)."""
+        before = self.usage()
+        rate, latencies, count = self.load()
+        after = self.usage()
+        return rate, latencies, count, {part: 1e3 * (after[part] - before[part]) / max(1, count) for part in before}
+
+    def load(self) -> tuple[float, list[float], int]:
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
             f.write(RUN_LUA.format(token=self.token))
         try:
@@ -216,7 +232,7 @@ def main() -> None:
         postgres = start_postgres()
     configs = [("in-process threads", 0)] + [(f"rq, {n} worker{'s' * (n > 1)} x {args.concurrency}", n)
                                              for n in (int(w) for w in args.workers.split(","))]
-    results: dict[str, list[tuple[float, list[float], int]]] = {label: [] for label, _ in configs}
+    results: dict[str, list[tuple[float, list[float], int, dict[str, float]]]] = {label: [] for label, _ in configs}
     paced: dict[str, list[float]] = {label: [] for label, _ in configs}
     deployments: list[Deployment] = []
     try:
@@ -224,13 +240,14 @@ def main() -> None:
             deployments.append(Deployment(label, n, args, postgres))
         for round_ in range(args.rounds):
             for d in deployments if round_ % 2 == 0 else reversed(deployments):
-                rate, latencies, count = d.measure()
-                results[d.label].append((rate, latencies, count))
+                rate, latencies, count, cpu = d.measure()
+                results[d.label].append((rate, latencies, count, cpu))
                 calm = d.paced_latency()
                 paced[d.label] += calm
                 print(f"round {round_ + 1}: {d.label}: {count} actions, {rate:.0f}/s, start latency saturated p50 "
                       f"{percentile(latencies, 0.5) * 1000:.1f} ms p99 {percentile(latencies, 0.99) * 1000:.1f} ms, "
-                      f"paced p50 {percentile(calm, 0.5) * 1000:.1f} ms p99 {percentile(calm, 0.99) * 1000:.1f} ms",
+                      f"paced p50 {percentile(calm, 0.5) * 1000:.1f} ms p99 {percentile(calm, 0.99) * 1000:.1f} ms, "
+                      f"CPU ms/action {', '.join(f'{k} {v:.2f}' for k, v in cpu.items())}",
                       file=sys.stderr)
     finally:
         for d in deployments:
@@ -241,15 +258,19 @@ def main() -> None:
     print(f"run -> SUCCEEDED, {database}, aptk serve --workers 2, wrk {args.connections} connections "
           f"{args.seconds} s, medians of {args.rounds} rounds (one pass); enqueue-to-start latency of runs paced "
           f"at {args.paced_rate:g}/s\n")
-    print(f"| {'':22} | {'actions/s':>20} | {'start p50 ms':>12} | {'start p99 ms':>12} |")
-    print(f"|{'-' * 24}|{'-' * 22}|{'-' * 14}|{'-' * 14}|")
-    base = statistics.median(r for r, _, _ in results[configs[0][0]])
+    print(f"| {'':22} | {'actions/s':>20} | {'start p50 ms':>12} | {'start p99 ms':>12} | "
+          f"{'CPU ms/action: API + workers + Redis = total':>46} |")
+    print(f"|{'-' * 24}|{'-' * 22}|{'-' * 14}|{'-' * 14}|{'-' * 48}|")
+    base = statistics.median(r[0] for r in results[configs[0][0]])
     for label, _ in configs:
-        rate = statistics.median(r for r, _, _ in results[label])
+        rate = statistics.median(r[0] for r in results[label])
         latencies = paced[label]
         ratio = "" if label == configs[0][0] else f" ({rate / base:.2f}x)"
+        cpu = {part: statistics.median(r[3].get(part, 0.0) for r in results[label])
+               for part in ("api", "workers", "redis")}
+        split = f"{cpu['api']:.2f} + {cpu['workers']:.2f} + {cpu['redis']:.2f} = {sum(cpu.values()):.2f}"
         print(f"| {label:22} | {f'{rate:.0f}{ratio}':>20} | {percentile(latencies, 0.5) * 1000:12.1f} | "
-              f"{percentile(latencies, 0.99) * 1000:12.1f} |")
+              f"{percentile(latencies, 0.99) * 1000:12.1f} | {split:>46} |")
 
 
 if __name__ == "__main__":
