@@ -292,10 +292,37 @@ class SQLStore:
         return self._sql
 
     def _read_cursor(self) -> Any:
-        """A context with a DBAPI cursor for reads: on a SQLite file, on this thread's own reading connection."""
-        if self._lock_path is None:
-            return self._dbapi_transaction(self.sql, write=False)
-        return self._thread_read()
+        """A context with a DBAPI cursor for reads: on a SQLite file, on this thread's own reading connection; on
+        PostgreSQL, in autocommit (each read here is one statement, which sees one snapshot anyway)."""
+        if self._lock_path is not None:
+            return self._thread_read()
+        if not self._sqlite:
+            return self._statement_cursor()
+        return self._dbapi_transaction(self.sql, write=False)
+
+    @contextlib.contextmanager
+    def _statement_cursor(self) -> Iterator[Any]:
+        """PostgreSQL: a DBAPI cursor in autocommit, for work that is a single statement (a read, or a write
+        whose statement does all of it, see :class:`_Statements`): the statement is its own transaction, so it
+        costs one round trip to the server instead of three (BEGIN, the statement, COMMIT)."""
+        fairy = self.engine.raw_connection()
+        connection = fairy.dbapi_connection
+        try:
+            connection.autocommit = True
+            cursor = fairy.cursor()
+            try:
+                yield cursor
+            finally:
+                with contextlib.suppress(Exception):
+                    cursor.close()
+        except self.sql.dbapi_error as exc:
+            raise self._translated(exc) from exc
+        finally:
+            try:
+                connection.autocommit = False  # as the pool hands connections out
+            except Exception:  # a broken connection: the pool finds out on check-in and replaces it
+                fairy.invalidate()
+            fairy.close()  # back to the pool
 
     @contextlib.contextmanager
     def _thread_read(self) -> Iterator[Any]:
@@ -335,8 +362,9 @@ class SQLStore:
             self._reader_set.discard(reader)
         reader.close()
 
-    def _transact(self, work: Callable[[Any], Any], *, rerunnable: bool = True) -> Any:
-        """Run ``work(cursor)`` in a write transaction; what it returns, once that is committed.
+    def _transact(self, work: Callable[[Any], Any], *, rerunnable: bool = True, single: bool = False) -> Any:
+        """Run ``work(cursor)`` in a write transaction; what it returns, once that is committed. ``single``: all
+        ``work`` does is one statement, which PostgreSQL then runs as its own transaction (autocommit).
 
         On SQLite, which has one writer at a time, the writes that threads of this process have waiting are
         committed together (group commit): the first thread to arrive leads, takes every write queued so far,
@@ -350,6 +378,9 @@ class SQLStore:
         that database lets writers proceed side by side.
         """
         if not self._sqlite:
+            if single:
+                with self._statement_cursor() as cursor:
+                    return work(cursor)
             with self._dbapi_transaction(self.sql, write=True) as cursor:
                 return work(cursor)
         write = _GroupWrite(work, rerunnable)
@@ -554,14 +585,21 @@ class SQLStore:
         row = sql.action_values(self._row(action))
         roles = [(r["action_id"], r["role"], r["principal"]) for r in self._roles(action)]
         log_row = (action.action_id, log[0], log[1], log[2], sql.json_value(None))
-        def insert(cursor: Any) -> None:
-            cursor.execute(sql.insert_action, row)
-            cursor.executemany(sql.insert_role, roles)
-            cursor.execute(sql.insert_log, log_row)
+        if sql.one_statement:
+            statement = sql.create(len(roles))
+            values = (*row, *(value for role in roles for value in role), *log_row)
+
+            def insert(cursor: Any) -> None:
+                cursor.execute(statement, values)
+        else:
+            def insert(cursor: Any) -> None:
+                cursor.execute(sql.insert_action, row)
+                cursor.executemany(sql.insert_role, roles)
+                cursor.execute(sql.insert_log, log_row)
 
         for _ in range(3):
             try:
-                self._transact(insert)
+                self._transact(insert, single=sql.one_statement)
                 return action, True
             except IntegrityError:
                 existing = self.find_request(action.provider, action.creator_id, action.request_id)
@@ -606,6 +644,17 @@ class SQLStore:
         """Apply ``changes`` if the action still matches ``where``; the new action, or None if it did not."""
         sql = self.sql
         statement, values = sql.update(action_id, where, changes)
+        if sql.one_statement:
+            if log is not None:  # the log entry is written by the same statement, for the row it changed
+                statement = sql.logged(statement)
+                values += [log[0], log[1], log[2], sql.json_value(None)]
+
+            def changed(cursor: Any) -> Any:
+                cursor.execute(statement, values)
+                return cursor.fetchone()
+
+            row = self._transact(changed, single=True)
+            return None if row is None else sql.action(row)
 
         def change(cursor: Any) -> Any:
             cursor.execute(statement, values)
@@ -924,6 +973,13 @@ class _Statements:
         self.select_action = f"SELECT {self.columns} FROM aptk_actions WHERE action_id = {mark}"
         self._updates: dict[Any, str] = {}
         self._owned: dict[Any, str] = {}
+        # PostgreSQL: the hot writes as one statement each (data-modifying WITH), run in autocommit.
+        self.one_statement = dialect.name == "postgresql"
+        self._creates: dict[int, str] = {}
+        self._logged: dict[str, str] = {}
+        typed = [f"CAST({mark} AS {column.type.compile(dialect=dialect)})"
+                 for column in (action_log.c.time, action_log.c.code, action_log.c.description, action_log.c.details)]
+        self._log_values = ", ".join(typed)
         self._json_positions = [i for i, c in enumerate(_ACTION_COLUMNS) if c in _JSON_COLUMNS]
         self._status_position = _ACTION_COLUMNS.index("status")
 
@@ -1013,6 +1069,32 @@ class _Statements:
         statement = f"UPDATE aptk_actions SET {', '.join(sets)} WHERE {where_sql}"
         if self.returning:
             statement += f" RETURNING {self.columns}"
+        return statement
+
+    def create(self, roles: int) -> str:
+        """One statement that inserts an action, its ``roles`` role rows and its first log entry (values in that
+        order, as for insert_action, insert_role and insert_log)."""
+        statement = self._creates.get(roles)
+        if statement is None:
+            role_rows = ", ".join(f"({self.mark}, {self.mark}, {self.mark})" for _ in range(roles))
+            parts = [f"new_action AS ({self.insert_action} RETURNING action_id)"]
+            if roles:
+                parts.append(f"new_roles AS (INSERT INTO aptk_action_roles (action_id, role, principal) VALUES "
+                             f"{role_rows})")
+            parts.append(f"new_entry AS ({self.insert_log})")
+            statement = self._creates[roles] = f"WITH {', '.join(parts)} SELECT action_id FROM new_action"
+        return statement
+
+    def logged(self, update: str) -> str:
+        """``update`` (an UPDATE ... RETURNING of :meth:`update`) that also adds a log entry for the row it
+        changed, and none if it changed none; the entry's time, code, description and details follow the
+        update's values."""
+        statement = self._logged.get(update)
+        if statement is None:
+            statement = self._logged[update] = (
+                f"WITH changed AS ({update}), entry AS (INSERT INTO aptk_action_log (action_id, {self._q('time')}, "
+                f"code, description, details) SELECT action_id, {self._log_values} FROM changed) "
+                f"SELECT {self.columns} FROM changed")
         return statement
 
     def owned(self, action_id: str, where: dict[str, Any]) -> tuple[str, list[Any]]:

@@ -476,3 +476,87 @@ def test_an_update_statement_is_built_once_per_shape_and_unknown_columns_are_ref
     with pytest.raises(KeyError):
         store.update(action.action_id, where={"status": Status.ACTIVE}, no_such_column="x")
     assert store.get(action.action_id).display_status == "step 2"
+
+
+def test_a_create_that_loses_to_an_earlier_one_of_the_same_request_leaves_none_of_its_rows(store):
+    first = new_action(request_id="same")
+    assert store.create(first, log=(1.0, "ActionStarted", "Action started"), now=time.time()) == (first, True)
+    second = new_action(request_id="same", creator_id=first.creator_id)
+    found, created = store.create(second, log=(2.0, "ActionStarted", "Action started"), now=time.time())
+    assert (found, created) == (first, False)
+    with store.engine.connect() as conn:
+        for table in (actions, action_roles, action_log):
+            assert conn.execute(sa.select(sa.func.count()).select_from(table)
+                                .where(table.c.action_id == second.action_id)).scalar() == 0
+    assert log_codes(store, first.action_id) == ["ActionStarted"]
+    # The connection that met the conflict serves the next write as usual.
+    third = new_action()
+    assert store.create(third, log=(3.0, "ActionStarted", "Action started"), now=time.time())[1]
+    assert store.get(third.action_id) == third
+
+
+def _dsn(server, database: str) -> str:
+    return f"host=127.0.0.1 port={server.port} user={server.user} dbname={sa.engine.make_url(database).database}"
+
+
+def _statements_logged(server, database: str, work) -> list[str]:
+    """The statements PostgreSQL received for ``database`` while ``work()`` ran (its server log; the database
+    logs every statement of sessions opened after ``ALTER DATABASE ... SET log_statement = 'all'``), in order,
+    less the pool's pings (empty statements)."""
+    import psycopg
+
+    marker = uuid.uuid4().hex
+    with psycopg.connect(_dsn(server, database), autocommit=True) as marks:
+        marks.execute(f"SELECT 'start {marker}'")
+        work()
+        marks.execute(f"SELECT 'end {marker}'")
+    lines = (server.directory / "log").read_text(errors="replace").splitlines()
+    begin = next(i for i, line in enumerate(lines) if f"start {marker}" in line)
+    end = next(i for i, line in enumerate(lines) if f"end {marker}" in line)
+    statements = []
+    for line in lines[begin + 1:end]:
+        for tag in ("LOG:  statement: ", "LOG:  execute "):
+            if tag in line:
+                text = line.split(tag, 1)[1]
+                text = text.split(": ", 1)[1] if tag.endswith("execute ") else text
+                if text.strip(" ;"):
+                    statements.append(text)
+    return statements
+
+
+def test_on_postgresql_a_status_a_run_and_its_outcome_are_one_statement_each(postgres_server):
+    import psycopg
+
+    database = postgres_server.create_database(f"aptk_{uuid.uuid4().hex[:12]}")
+    with psycopg.connect(_dsn(postgres_server, database), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{sa.engine.make_url(database).database}" SET log_statement = \'all\'')
+    store = SQLStore(database)
+    store.create_schema()
+    action = new_action()
+    try:
+        store.get(action.action_id)  # the pool's first connection, opened before the count
+        results = {}
+
+        def work():
+            results["created"] = store.create(action, log=(1.0, "ActionStarted", "Action started"), now=time.time())
+            results["ended"] = store.update(
+                action.action_id, where={"status": Status.ACTIVE, "runner": "r"},
+                log=(2.0, "ActionSucceeded", "Action SUCCEEDED"), status=Status.SUCCEEDED, runner=None,
+                completion_time=10.0, release_after=5.0)
+            results["read"] = store.get(action.action_id)
+
+        statements = _statements_logged(postgres_server, database, work)
+        assert results["created"] == (action, True)
+        assert results["read"] == results["ended"] and results["ended"].status is Status.SUCCEEDED
+        # No BEGIN or COMMIT: each is one statement, its own transaction, one round trip to the server.
+        assert [s.split()[0] for s in statements] == ["WITH", "WITH", "SELECT"], statements
+        assert "INSERT INTO aptk_action_roles" in statements[0] and "INSERT INTO aptk_action_log" in statements[1]
+        assert log_codes(store, action.action_id) == ["ActionStarted", "ActionSucceeded"]
+        # The connections go back to the pool as it hands them out: in transactions, not autocommit.
+        fairy = store.engine.raw_connection()
+        try:
+            assert fairy.dbapi_connection.autocommit is False
+        finally:
+            fairy.close()
+    finally:
+        store.dispose()
