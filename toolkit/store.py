@@ -153,6 +153,10 @@ CHECKPOINT_COMMITS = 64
 CHECKPOINT_BACKSTOP_PAGES = 10000
 """SQLite files: the WAL size (pages) at which the committing writer checkpoints anyway (SQLite's default: 1000)."""
 
+PING_IDLE_SECONDS = 1.0
+"""Client-server databases: a pooled connection idle longer than this is pinged before it is handed out; one in use
+moments ago is not, unless a lost connection has been seen since (see ``SQLStore._watch_connections``)."""
+
 PURGE_BATCH = 500
 """Expired actions deleted per transaction: a sweep never holds the database for long, whatever it has to purge."""
 
@@ -187,6 +191,8 @@ class SQLStore:
         # Each thread's reading connection to a SQLite file (see _thread_read), and all of them, to close them.
         self._readers = threading.local()
         self._reader_set: weakref.WeakSet[_Reader] = weakref.WeakSet()
+        # Client-server databases: when this process last saw a connection lost (time.monotonic()).
+        self._lost_at = 0.0
 
     def __repr__(self) -> str:
         return f"SQLStore({self.url.render_as_string(hide_password=True)!r})"
@@ -205,8 +211,10 @@ class SQLStore:
     def _make_engine(self) -> sa.Engine:
         options = dict(self._engine_options)
         if self.url.get_backend_name() != "sqlite":
-            options.setdefault("pool_pre_ping", True)
-            return sa.create_engine(self.url, **options)
+            engine = sa.create_engine(self.url, **options)
+            if not options.get("pool_pre_ping"):
+                self._watch_connections(engine)
+            return engine
         options.setdefault("connect_args", {"timeout": 60, "check_same_thread": False})
         engine = sa.create_engine(self.url, **options)
 
@@ -232,6 +240,58 @@ class SQLStore:
             connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
+
+    def _watch_connections(self, engine: sa.Engine) -> None:
+        """Hand out only live connections, without a ping before every use.
+
+        A ping (SQLAlchemy's ``pool_pre_ping``) costs a round trip to the server at every checkout: as much as the
+        one statement of a status. Instead, a connection is pinged when it comes out of the pool only if it has
+        been idle longer than ``PING_IDLE_SECONDS``, or if a connection has been lost since it was last used (a
+        restarted server breaks them all): a dead one is replaced before anyone uses it. One in use moments ago,
+        with no loss seen since, is handed out as is; should the server have gone away in those moments, the
+        statement fails as one in flight would (a read is tried again on another connection, see
+        :meth:`_read_row`), and every other pooled connection is pinged before its next use.
+        """
+        dialect = engine.dialect
+
+        @sa.event.listens_for(engine, "connect")
+        def _connected(_dbapi_connection: Any, record: Any) -> None:
+            record.info["aptk_used"] = time.monotonic()
+
+        @sa.event.listens_for(engine, "checkin")
+        def _returned(_dbapi_connection: Any, record: Any) -> None:
+            record.info["aptk_used"] = time.monotonic()
+
+        @sa.event.listens_for(engine, "checkout")
+        def _handed_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+            used = record.info.get("aptk_used", 0.0)
+            if used > self._lost_at and time.monotonic() - used < PING_IDLE_SECONDS:
+                return
+            try:
+                dialect.do_ping(dbapi_connection)
+            except dialect.loaded_dbapi.Error as exc:
+                if dialect.is_disconnect(exc, dbapi_connection, None):
+                    self._lost_at = time.monotonic()
+                    raise sa.exc.DisconnectionError(str(exc)) from exc  # the pool opens another connection
+                raise
+
+        @sa.event.listens_for(engine, "handle_error")
+        def _failed(context: Any) -> None:
+            if context.is_disconnect:
+                self._lost_at = time.monotonic()
+
+    def _lost(self, exc: Any, fairy: Any, cursor: Any = None) -> bool:
+        """Whether ``exc`` (a DBAPI error on ``fairy``) says the connection is gone; if so it is dropped from the
+        pool, and the others are pinged before their next use."""
+        try:
+            gone = self.engine.dialect.is_disconnect(exc, fairy.dbapi_connection, cursor)
+        except Exception:  # pragma: no cover - a dialect's check failing: assume the worst
+            gone = True
+        if gone:
+            self._lost_at = time.monotonic()
+            with contextlib.suppress(Exception):
+                fairy.invalidate(exc)
+        return gone
 
     def _read(self) -> sa.Connection:
         return self.engine.connect().execution_options(aptk_read_only=True)
@@ -306,7 +366,7 @@ class SQLStore:
         whose statement does all of it, see :class:`_Statements`): the statement is its own transaction, so it
         costs one round trip to the server instead of three (BEGIN, the statement, COMMIT)."""
         fairy = self.engine.raw_connection()
-        connection = fairy.dbapi_connection
+        connection: Any = fairy.dbapi_connection
         try:
             connection.autocommit = True
             cursor = fairy.cursor()
@@ -316,12 +376,16 @@ class SQLStore:
                 with contextlib.suppress(Exception):
                     cursor.close()
         except self.sql.dbapi_error as exc:
-            raise self._translated(exc) from exc
+            translated = self._translated(exc)
+            if self._lost(exc, fairy) and isinstance(translated, sa.exc.DBAPIError):
+                translated.connection_invalidated = True
+            raise translated from exc
         finally:
-            try:
-                connection.autocommit = False  # as the pool hands connections out
-            except Exception:  # a broken connection: the pool finds out on check-in and replaces it
-                fairy.invalidate()
+            if fairy.dbapi_connection is not None:  # (None once invalidated)
+                try:
+                    connection.autocommit = False  # as the pool hands connections out
+                except Exception:  # a broken connection: not back into the pool
+                    fairy.invalidate()
             fairy.close()  # back to the pool
 
     @contextlib.contextmanager
@@ -510,7 +574,10 @@ class SQLStore:
                 with contextlib.suppress(Exception):
                     cursor.close()
         except statements.dbapi_error as exc:
-            raise self._translated(exc) from exc
+            translated = self._translated(exc)
+            if not self._sqlite and self._lost(exc, connection) and isinstance(translated, sa.exc.DBAPIError):
+                translated.connection_invalidated = True
+            raise translated from exc
         finally:
             if owned:
                 connection.close()  # back to the pool
@@ -621,10 +688,21 @@ class SQLStore:
 
     def get(self, action_id: str) -> Action | None:
         sql = self.sql
-        with self._read_cursor() as cursor:
-            cursor.execute(sql.select_action, (action_id,))
-            row = cursor.fetchone()
+        row = self._read_row(sql.select_action, (action_id,))
         return None if row is None else sql.action(row)
+
+    def _read_row(self, statement: str, values: tuple[Any, ...]) -> Any:
+        """The first row of one read statement (None: no row). A read that meets a lost connection is tried once
+        more, on another: it changes nothing, and the pool has by then dropped the dead one."""
+        for attempt in (1, 2):
+            try:
+                with self._read_cursor() as cursor:
+                    cursor.execute(statement, values)
+                    return cursor.fetchone()
+            except sa.exc.DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _conditions(self, where: dict[str, Any]) -> list[Any]:
         conditions = []
@@ -859,9 +937,7 @@ class SQLStore:
 
     def ping(self) -> None:
         """One indexed read of the actions table; raises if the database cannot be used."""
-        with self._read_cursor() as cursor:
-            cursor.execute("SELECT action_id FROM aptk_actions ORDER BY action_id LIMIT 1")
-            cursor.fetchall()
+        self._read_row("SELECT action_id FROM aptk_actions ORDER BY action_id LIMIT 1", ())
 
     def _delete_ids(self, ids: list[str], now: float) -> int:
         """Delete these expired actions with their roles and log."""

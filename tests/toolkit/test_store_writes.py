@@ -501,8 +501,8 @@ def _dsn(server, database: str) -> str:
 
 def _statements_logged(server, database: str, work) -> list[str]:
     """The statements PostgreSQL received for ``database`` while ``work()`` ran (its server log; the database
-    logs every statement of sessions opened after ``ALTER DATABASE ... SET log_statement = 'all'``), in order,
-    less the pool's pings (empty statements)."""
+    logs every statement of sessions opened after ``ALTER DATABASE ... SET log_statement = 'all'``), in order;
+    the pool's pings (empty statements) as ";"."""
     import psycopg
 
     marker = uuid.uuid4().hex
@@ -519,8 +519,7 @@ def _statements_logged(server, database: str, work) -> list[str]:
             if tag in line:
                 text = line.split(tag, 1)[1]
                 text = text.split(": ", 1)[1] if tag.endswith("execute ") else text
-                if text.strip(" ;"):
-                    statements.append(text)
+                statements.append(text if text.strip(" ;") else ";")  # ";": the pool's ping
     return statements
 
 
@@ -548,7 +547,8 @@ def test_on_postgresql_a_status_a_run_and_its_outcome_are_one_statement_each(pos
         statements = _statements_logged(postgres_server, database, work)
         assert results["created"] == (action, True)
         assert results["read"] == results["ended"] and results["ended"].status is Status.SUCCEEDED
-        # No BEGIN or COMMIT: each is one statement, its own transaction, one round trip to the server.
+        # No BEGIN or COMMIT: each is one statement, its own transaction, one round trip to the server; and no
+        # ping before them, the connection having been used moments before.
         assert [s.split()[0] for s in statements] == ["WITH", "WITH", "SELECT"], statements
         assert "INSERT INTO aptk_action_roles" in statements[0] and "INSERT INTO aptk_action_log" in statements[1]
         assert log_codes(store, action.action_id) == ["ActionStarted", "ActionSucceeded"]
@@ -560,3 +560,74 @@ def test_on_postgresql_a_status_a_run_and_its_outcome_are_one_statement_each(pos
             fairy.close()
     finally:
         store.dispose()
+
+
+def _logging_database(server) -> str:
+    import psycopg
+
+    database = server.create_database(f"aptk_{uuid.uuid4().hex[:12]}")
+    with psycopg.connect(_dsn(server, database), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{sa.engine.make_url(database).database}" SET log_statement = \'all\'')
+    return database
+
+
+def test_on_postgresql_an_idle_connection_is_pinged_before_use_and_a_busy_one_is_not(postgres_server, monkeypatch):
+    import toolkit.store
+
+    database = _logging_database(postgres_server)
+    store = SQLStore(database)
+    store.create_schema()
+    action = new_action()
+    store.create(action, log=(1.0, "ActionStarted", "Action started"), now=time.time())
+    try:
+        assert _statements_logged(postgres_server, database, lambda: store.get(action.action_id)) == [
+            store.sql.select_action.replace("%s", "$1")]
+        monkeypatch.setattr(toolkit.store, "PING_IDLE_SECONDS", 0.0)  # every connection counts as idle
+        statements = _statements_logged(postgres_server, database, lambda: store.get(action.action_id))
+        assert [s.split()[0] for s in statements] == [";", "SELECT"]
+    finally:
+        store.dispose()
+
+
+def test_on_postgresql_a_restart_costs_reads_nothing_and_fails_only_a_write_already_on_its_way(monkeypatch):
+    import toolkit.store
+    from tests.servers.postgres import start_postgres
+    from toolkit.errors import database_unavailable
+
+    server = start_postgres()  # its own: restarted below
+    store = SQLStore(server.create_database("aptk_restarts"))
+    try:
+        store.create_schema()
+        action = new_action()
+        store.create(action, log=(1.0, "ActionStarted", "Action started"), now=time.time())
+        # No connection counts as idle: only a loss seen makes the pool ping (the worst case for this test).
+        monkeypatch.setattr(toolkit.store, "PING_IDLE_SECONDS", 3600.0)
+        held = [store.engine.raw_connection() for _ in range(4)]  # the pool keeps several connections
+        for fairy in held:
+            fairy.close()
+        assert store.get(action.action_id) == action
+
+        server.restart()
+        assert store.get(action.action_id) == action  # on the dead connection, then again on a new one
+        more = [new_action() for _ in range(4)]
+        for other in more:  # the loss was seen: every pooled connection is pinged, and replaced, before use
+            assert store.create(other, log=(2.0, "ActionStarted", "Action started"), now=time.time())[1]
+
+        held = [store.engine.raw_connection() for _ in range(6)]  # all of them in use since the loss
+        for fairy in held:
+            fairy.close()
+        server.restart()
+        owner = {"status": Status.ACTIVE, "runner": "r"}
+        with pytest.raises(sa.exc.DBAPIError) as caught:  # sent on a connection the restart cut: a 503
+            store.update(action.action_id, where=owner, log=(3.0, "ActionSucceeded", "Action SUCCEEDED"),
+                         status=Status.SUCCEEDED, runner=None, completion_time=3.0)
+        assert database_unavailable(caught.value)
+        assert store.get(action.action_id) == action  # nothing of it was written
+        assert log_codes(store, action.action_id) == ["ActionStarted"]
+        done = store.update(action.action_id, where=owner, log=(3.0, "ActionSucceeded", "Action SUCCEEDED"),
+                            status=Status.SUCCEEDED, runner=None, completion_time=3.0)
+        assert done is not None and done.status is Status.SUCCEEDED
+        assert log_codes(store, action.action_id) == ["ActionStarted", "ActionSucceeded"]
+    finally:
+        store.dispose()
+        server.stop()
