@@ -50,7 +50,7 @@ PERFORM = "toolkit.rq_executor.perform"
 QUEUE_INDEX = "aptk:queues:{}"
 """Sorted set of a base queue's sub-queues, scored by when a job was last put on each."""
 QUEUE_MEMORY_SECONDS = 7 * 86400
-"""Workers stop listening on a sub-queue nobody has put a job on for this long."""
+"""A sub-queue nobody has put a job on for this long is forgotten once it is empty (see INDEX_SCRIPT)."""
 REDIS_RETRY_AFTER = 5
 RECONNECT_SECONDS = 1.0
 RESULT_SECONDS = 10
@@ -83,6 +83,23 @@ commands as [count, command, arguments...]..., run first; KEYS: queues, of which
 and returned with its hash (as RQ's dequeue: LPOP, then HGETALL). One command for the client to pack and one reply
 to read instead of one per command (redis-py's share of a job's cost is per command); and Redis runs a script
 whole, as a transaction."""
+
+
+INDEX_SCRIPT = """
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 1000)
+for _, name in ipairs(stale) do
+  if redis.call('LLEN', ARGV[3] .. name) == 0 then
+    redis.call('ZREM', KEYS[1], name)
+  else
+    redis.call('ZADD', KEYS[1], ARGV[2], name)
+  end
+end
+return redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+"""
+"""A base queue's sub-queues to listen on (KEYS: its index; ARGV: the horizon, now, RQ's queue key prefix). On the
+way, sub-queues nobody has put a job on since the horizon are forgotten if empty (the index does not grow with
+every caller ever seen), and listened on again if they still hold jobs (none waits forever behind a backlog older
+than the horizon). At most 1,000 such per call, so that Redis is never held for long."""
 
 
 def _batch(pipe: Any) -> list[Any]:
@@ -463,13 +480,17 @@ def _worker_class(threaded: bool = False) -> Any:
             # worker looks again at every wait (a second at most).
             if time.monotonic() - self.aptk_refreshed < QUEUE_REFRESH_SECONDS:
                 return
-            horizon = time.time() - QUEUE_MEMORY_SECONDS
+            now = time.time()
             known = {q.name: q for q in self._ordered_queues}
             names: list[str] = []
+            script = getattr(self.connection, "_aptk_index_script", None)
+            if script is None:
+                script = self.connection.register_script(INDEX_SCRIPT)
+                self.connection._aptk_index_script = script  # type: ignore[attr-defined]
             for base in self.aptk_bases:
                 names.append(base)
-                found: list[bytes] = self.connection.zrangebyscore(  # type: ignore[assignment]
-                    QUEUE_INDEX.format(base), horizon, "+inf")
+                found: list[bytes] = script(keys=[QUEUE_INDEX.format(base)], args=[
+                    now - QUEUE_MEMORY_SECONDS, now, Queue.redis_queue_namespace_prefix])
                 names += [n.decode() for n in found]
             ordered = [q for q in self._ordered_queues if q.name in names]
             ordered += [Queue(n, connection=self.connection, serializer=self.serializer) for n in names

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import pytest
 
 from toolkit.extension import get_toolkit
-from toolkit.rq_executor import QUEUED_RUNNER, RQExecutor, work
+from toolkit.rq_executor import INDEX_SCRIPT, QUEUED_RUNNER, RQExecutor, work
 from toolkit.server import create_app
 from toolkit.testing import TestClient, TokenAuthority, close_app
 
@@ -189,6 +189,29 @@ def test_a_job_a_dead_worker_took_off_its_queue_is_enqueued_again(deployment):
     deployment.runtime.sweep(time.time() + 3)
     deployment.worker_app_run()
     assert client.status(action_id)["status"] == "SUCCEEDED"
+
+
+def test_a_callers_queue_quiet_for_longer_than_the_horizon_is_still_served_and_forgotten_once_empty(deployment):
+    """The index of sub-queues forgets callers nobody has enqueued for in QUEUE_MEMORY_SECONDS: once their queue is
+    empty, so that it does not grow with every caller ever seen, and never while a job still waits in it."""
+    from toolkit.rq_executor import QUEUE_INDEX, QUEUE_MEMORY_SECONDS
+
+    client = deployment.client()
+    action_id = client.run({}, request_id="old")["action_id"]
+    redis = deployment.runtime.executor.connection
+    index = QUEUE_INDEX.format("aptk")
+    [waiting] = redis.zrange(index, 0, -1)
+    long_ago = time.time() - QUEUE_MEMORY_SECONDS - 3600
+    redis.zadd(index, {waiting: long_ago, b"aptk:gone-caller": long_ago, b"aptk:recent-caller": time.time() - 60})
+    deployment.worker_app_run()
+    assert client.status(action_id)["status"] == "SUCCEEDED"  # its job had waited past the horizon: still run
+    assert redis.zscore(index, waiting) > long_ago  # and its queue listened on again meanwhile
+    assert redis.zscore(index, b"aptk:gone-caller") is None  # empty and quiet past the horizon: forgotten
+    assert redis.zscore(index, b"aptk:recent-caller") is not None  # empty, but within it: kept
+    deployment.worker_app_run()  # a later look forgets the first one too, now empty, once it is old again
+    redis.zadd(index, {waiting: long_ago})
+    deployment.worker_app_run()
+    assert redis.zscore(index, waiting) is None
 
 
 def test_cancel_reaches_a_callback_on_a_worker_within_a_second(deployment):
@@ -488,7 +511,11 @@ def test_a_worker_keeps_rqs_records_of_a_job_in_few_redis_commands(deployment):
     deployment.worker_app_run()
     calls = _commands(connection)
     assert all(client.status(action_id)["status"] == "SUCCEEDED" for action_id in ids)
-    per_job = sum(calls.values()) / len(ids)
+    # Less what a worker does once a second or once at all rather than per job: the look-ups of its sub-queues
+    # (a script, one EVALSHA, that reads the index twice) and loading its scripts into Redis (a first EVALSHA
+    # that Redis refuses, then SCRIPT LOAD).
+    once = 3 * (calls.get("zrangebyscore", 0) // 2) + 2 * calls.get("script|load", 0)
+    per_job = (sum(calls.values()) - once) / len(ids)
     assert per_job <= 26, calls  # RQ's own way: 42
     # None per job (a few at the worker's start and end): transactions, dependents, results, expiries to lift.
     assert all(calls.get(command, 0) <= 5 for command in ("multi", "watch", "smembers", "xadd", "persist")), calls
@@ -595,8 +622,11 @@ def _count_redis_calls(monkeypatch: Any) -> list[str]:
     calls: list[str] = []
     command, execute = Redis.execute_command, Pipeline.execute
 
+    index_script = hashlib.sha1(INDEX_SCRIPT.encode()).hexdigest()
+
     def counted_command(self: Any, *args: Any, **options: Any) -> Any:
-        calls.append(str(args[0]))
+        # The look-up of a worker's sub-queues (once a second, not per job) apart from the other scripts.
+        calls.append("EVALSHA index" if args[:2] == ("EVALSHA", index_script) else str(args[0]))
         return command(self, *args, **options)
 
     def counted_execute(self: Any, *args: Any, **kwargs: Any) -> Any:
