@@ -112,13 +112,21 @@ def _batch(pipe: Any) -> list[Any]:
     return args
 
 
+def _script(connection: "Redis", source: str) -> Any:
+    """``source`` registered with ``connection`` (once per connection, which keeps it)."""
+    scripts: dict[str, Any] | None = getattr(connection, "_aptk_scripts", None)
+    if scripts is None:
+        scripts = connection._aptk_scripts = {}  # type: ignore[attr-defined]
+    script = scripts.get(source)
+    if script is None:
+        script = scripts[source] = connection.register_script(source)
+    return script
+
+
 def _run_script(connection: "Redis", commands: list[Any], queues: list[str] | None = None) -> Any:
     from rq.job import Job
 
-    script = getattr(connection, "_aptk_script", None)
-    if script is None:
-        script = connection._aptk_script = connection.register_script(REDIS_SCRIPT)  # type: ignore[attr-defined]
-    return script(keys=queues or [], args=[Job.redis_job_namespace_prefix, *commands])
+    return _script(connection, REDIS_SCRIPT)(keys=queues or [], args=[Job.redis_job_namespace_prefix, *commands])
 
 
 class QueueUnavailable(Exception):
@@ -483,10 +491,7 @@ def _worker_class(threaded: bool = False) -> Any:
             now = time.time()
             known = {q.name: q for q in self._ordered_queues}
             names: list[str] = []
-            script = getattr(self.connection, "_aptk_index_script", None)
-            if script is None:
-                script = self.connection.register_script(INDEX_SCRIPT)
-                self.connection._aptk_index_script = script  # type: ignore[attr-defined]
+            script = _script(self.connection, INDEX_SCRIPT)
             for base in self.aptk_bases:
                 names.append(base)
                 found: list[bytes] = script(keys=[QUEUE_INDEX.format(base)], args=[

@@ -376,10 +376,7 @@ class SQLStore:
                 with contextlib.suppress(Exception):
                     cursor.close()
         except self.sql.dbapi_error as exc:
-            translated = self._translated(exc)
-            if self._lost(exc, fairy) and isinstance(translated, sa.exc.DBAPIError):
-                translated.connection_invalidated = True
-            raise translated from exc
+            raise self._translated(exc, fairy) from exc
         finally:
             if fairy.dbapi_connection is not None:  # (None once invalidated)
                 try:
@@ -574,19 +571,20 @@ class SQLStore:
                 with contextlib.suppress(Exception):
                     cursor.close()
         except statements.dbapi_error as exc:
-            translated = self._translated(exc)
-            if not self._sqlite and self._lost(exc, connection) and isinstance(translated, sa.exc.DBAPIError):
-                translated.connection_invalidated = True
-            raise translated from exc
+            raise self._translated(exc, None if self._sqlite else connection) from exc
         finally:
             if owned:
                 connection.close()  # back to the pool
 
-    def _translated(self, exc: BaseException) -> BaseException:
-        """A DBAPI error as the SQLAlchemy exception the rest of the store raises (IntegrityError, ...)."""
+    def _translated(self, exc: BaseException, fairy: Any = None) -> BaseException:
+        """A DBAPI error as the SQLAlchemy exception the rest of the store raises (IntegrityError, ...); with the
+        pooled connection ``fairy`` it failed on (client-server databases), marked ``connection_invalidated`` if
+        it says the connection is gone (see :meth:`_lost`)."""
         base = self.sql.dbapi_error
         if isinstance(exc, base):
-            return sa.exc.DBAPIError.instance(None, None, exc, base, dialect=self.engine.dialect)  # type: ignore[arg-type]
+            gone = fairy is not None and self._lost(exc, fairy)
+            return sa.exc.DBAPIError.instance(None, None, exc, base, connection_invalidated=gone,  # type: ignore[arg-type]
+                                              dialect=self.engine.dialect)
         return exc
 
     def create_schema(self) -> None:

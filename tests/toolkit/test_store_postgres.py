@@ -163,3 +163,29 @@ def test_runs_of_a_process_of_this_host_that_is_gone_are_found_by_their_runner_a
     runtime.sweep()  # its heartbeat is fresh: only the dead process tells
     assert [e["code"] for e in client.log(action, limit=10)["entries"]] == ["ActionStarted", "ActionRecovered"]
     client.cancel(action)
+
+
+def test_after_a_postgresql_restart_the_next_requests_are_answered_without_a_503(tmp_path, monkeypatch):
+    """README, "PostgreSQL away": once the server is back, the next requests reconnect; a status read that meets
+    a connection the restart cut is tried again on a fresh one. Over HTTP (the app's routes), with every pooled
+    connection counting as busy, so that no idle ping hides the dead connections."""
+    import toolkit.store
+    from tests.servers.postgres import start_postgres
+
+    monkeypatch.setattr(toolkit.store, "PING_IDLE_SECONDS", 3600.0)
+    server = start_postgres()  # its own: restarted below
+    store = SQLStore(server.create_database("aptk_http_restart"))
+    app, authority = provider_app(hello, tmp_path / "host", prefix="/hello", store=store,
+                                  config={"APTK_REQUEST_KEY": HOSTS_KEY})
+    try:
+        client = client_for(app, authority)
+        done = client.run({"echo_string": "before"}, wait=True)
+        assert done["status"] == "SUCCEEDED"
+        server.restart()
+        assert client.status(done["action_id"])["status"] == "SUCCEEDED"  # no 503: read again on a new connection
+        after = client.run({"echo_string": "after"}, wait=True)  # the loss was seen: pooled ones pinged first
+        assert after["status"] == "SUCCEEDED" and after["details"] == {"hello": "after"}
+    finally:
+        get_toolkit(app).runtime.stop()
+        store.dispose()
+        server.stop()

@@ -523,12 +523,17 @@ def _statements_logged(server, database: str, work) -> list[str]:
     return statements
 
 
-def test_on_postgresql_a_status_a_run_and_its_outcome_are_one_statement_each(postgres_server):
+def _logging_database(server) -> str:
     import psycopg
 
-    database = postgres_server.create_database(f"aptk_{uuid.uuid4().hex[:12]}")
-    with psycopg.connect(_dsn(postgres_server, database), autocommit=True) as admin:
+    database = server.create_database(f"aptk_{uuid.uuid4().hex[:12]}")
+    with psycopg.connect(_dsn(server, database), autocommit=True) as admin:
         admin.execute(f'ALTER DATABASE "{sa.engine.make_url(database).database}" SET log_statement = \'all\'')
+    return database
+
+
+def test_on_postgresql_a_status_a_run_and_its_outcome_are_one_statement_each(postgres_server):
+    database = _logging_database(postgres_server)
     store = SQLStore(database)
     store.create_schema()
     action = new_action()
@@ -560,15 +565,6 @@ def test_on_postgresql_a_status_a_run_and_its_outcome_are_one_statement_each(pos
             fairy.close()
     finally:
         store.dispose()
-
-
-def _logging_database(server) -> str:
-    import psycopg
-
-    database = server.create_database(f"aptk_{uuid.uuid4().hex[:12]}")
-    with psycopg.connect(_dsn(server, database), autocommit=True) as admin:
-        admin.execute(f'ALTER DATABASE "{sa.engine.make_url(database).database}" SET log_statement = \'all\'')
-    return database
 
 
 def test_on_postgresql_an_idle_connection_is_pinged_before_use_and_a_busy_one_is_not(postgres_server, monkeypatch):
