@@ -148,13 +148,14 @@ class RequestFraming:
 
 
 class _Reading:
-    __slots__ = ("framing", "deadline", "large", "paused")
+    __slots__ = ("framing", "deadline", "large", "paused", "registered")
 
     def __init__(self, framing: RequestFraming, deadline: float) -> None:
         self.framing = framing
         self.deadline = deadline
         self.large = 0  # bytes drawn from the worker's budget
         self.paused = False
+        self.registered = False  # with the poller
 
 
 class BufferingWorker(ThreadWorker):
@@ -211,13 +212,7 @@ class BufferingWorker(ThreadWorker):
     # --- gthread hooks -----------------------------------------------------------------------------------------
 
     def enqueue_req(self, conn: Any) -> None:
-        if (
-            getattr(conn, "aptk_buffered", False)
-            or conn.is_http2
-            or self.cfg.is_ssl
-            or negotiation.prior_knowledge_allowed(self.cfg, conn.client)
-        ):
-            conn.aptk_buffered = False
+        if conn.is_http2 or self.cfg.is_ssl or negotiation.prior_knowledge_allowed(self.cfg, conn.client):
             super().enqueue_req(conn)
             return
         conn.close = partial(self._close, conn)
@@ -236,7 +231,11 @@ class BufferingWorker(ThreadWorker):
         # blocking) instead of after another trip through the poller. A whole request is dispatched at once.
         if self._read(conn, reading) or reading.paused or conn not in self._reading:
             return
+        self._listen(conn, reading)
+
+    def _listen(self, conn: Any, reading: _Reading) -> None:
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        reading.registered = True
 
     def _read(self, conn: Any, reading: _Reading) -> bool:
         """Read what has arrived; True when the connection left the reading stage (dispatched or dropped)."""
@@ -258,6 +257,7 @@ class BufferingWorker(ThreadWorker):
             return
         if not self._read(conn, reading) and reading.paused:
             self.poller.unregister(conn.sock)
+            reading.registered = False
 
     def _take(self, conn: Any, reading: _Reading, data: bytes) -> bool:
         """Add ``data``; True when the connection left the reading stage (dispatched)."""
@@ -286,16 +286,18 @@ class BufferingWorker(ThreadWorker):
             for conn, other in self._reading.items():
                 if other.paused and self._budget_used + READ_SIZE <= self.budget:
                     other.paused = False
-                    self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+                    if not other.registered:
+                        self._listen(conn, other)
 
     def _leave(self, conn: Any) -> _Reading:
         reading = self._reading.pop(conn)
-        if not reading.paused:
+        if reading.registered:  # (unregistering a socket the poller does not know costs an exception and its text)
             try:
                 self.poller.unregister(conn.sock)
             except (KeyError, ValueError, OSError):
                 pass
-        reading.paused = True  # not registered any more
+            reading.registered = False
+        reading.paused = True  # never read again
         self._release(reading)
         return reading
 
@@ -308,7 +310,6 @@ class BufferingWorker(ThreadWorker):
         conn.parser.unreader.unread(reading.framing.buffer)
         reading.framing.buffer = bytearray()
         conn.data_ready = True
-        conn.aptk_buffered = True
         conn.sock.setblocking(True)
         super().enqueue_req(conn)
 

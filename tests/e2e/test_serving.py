@@ -298,6 +298,47 @@ def _read_all(sock: socket.socket) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.parametrize("body", [False, True], ids=["header-lines", "body-bytes"])
+def test_a_kept_alive_connection_trickling_its_next_request_holds_no_thread(start_server, body):
+    # Each connection is answered once, kept alive, and then starts its next request without finishing it. With
+    # 2 threads, a worker that read those next requests on its threads would be stalled by 2 such connections.
+    server = start_server(workers=1, args=["--threads", "2"], tokens={"alice": {"identity": ALICE}})
+    token = server.minted["alice"]
+    slow = SlowClients(server.port, 0, body=body)
+    try:
+        for _ in range(6):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(b"GET /hello/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _read_answer(sock).startswith(b"HTTP/1.1 200 ")
+            sock.sendall(b"POST /hello/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100000\r\n\r\n{" if body else b"GET /hello/ HTTP/1.1\r\nHost: x\r\n")
+            slow.sockets.append(sock)
+        timings = []
+        for _ in range(8):
+            assert slow.trickle() == 6
+            started = time.monotonic()
+            answer = requests.get(server.hello + "/", timeout=10,
+                                  headers={"Authorization": f"Bearer {token}", "Connection": "close"})
+            timings.append(time.monotonic() - started)
+            assert answer.status_code == 200
+            time.sleep(0.1)
+    finally:
+        slow.close()
+    assert max(timings) < 2.0, timings
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """One whole answer with a Content-Length, read off a connection that stays open."""
+    data = bytearray()
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = bytes(data).partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return head + b"\r\n\r\n" + rest
+
+
 def test_clients_that_never_close_after_their_answer_do_not_stall_the_worker(start_server):
     server = start_server(workers=1)
     lingering = []
