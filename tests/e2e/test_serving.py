@@ -374,15 +374,21 @@ def test_keep_alive_and_pipelined_requests_still_work(start_server):
         sock.sendall(b"GET /hello/ HTTP/1.1\r\nHost: x\r\n\r\nGET /hello/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         both = _read_all(sock)
     assert both.count(b"HTTP/1.1 200 ") == 2, both[:500]
+    # More than a thread answers in a row (toolkit.worker.KEEP_SERVING): the rest go back through the event loop.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /hello/ HTTP/1.1\r\nHost: x\r\n\r\n" * 70
+                     + b"GET /hello/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        many = _read_all(sock)
+    assert many.count(b"HTTP/1.1 200 ") == 71, many.count(b"HTTP/1.1 200 ")
     # One access line per request, in gunicorn's default format (toolkit.accesslog builds it); a line is written
     # once its answer has gone out.
     give_up = time.monotonic() + 10
     while True:
         lines = server.stdout_path.read_text().splitlines()
-        if sum('"GET /hello/ HTTP/1.1" 200 ' in entry for entry in lines) >= 7 or time.monotonic() > give_up:
+        if sum('"GET /hello/ HTTP/1.1" 200 ' in entry for entry in lines) >= 78 or time.monotonic() > give_up:
             break
         time.sleep(0.05)
-    assert sum('"GET /hello/ HTTP/1.1" 200 ' in entry for entry in lines) == 7, lines[-10:]
+    assert sum('"GET /hello/ HTTP/1.1" 200 ' in entry for entry in lines) == 78, lines[-10:]
     assert any(entry.startswith("127.0.0.1 - - [") and '"POST /hello/run HTTP/1.1" 202 ' in entry
                and entry.endswith('"python-requests/' + requests.__version__ + '"') for entry in lines), lines[-10:]
 

@@ -1,10 +1,16 @@
-"""The gunicorn worker's quit signal: it never deadlocks on the thread pool's lock."""
+"""The gunicorn worker: its quit signal never deadlocks on the thread pool's lock; a thread takes a kept-alive
+connection's next request only when it has arrived whole."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import socket
 import threading
+import time
 import types
+
+import pytest
+from gunicorn.http.unreader import SocketUnreader
 
 from toolkit.worker import BufferingWorker
 
@@ -51,3 +57,55 @@ def test_a_quit_signal_elsewhere_shuts_the_pool_down_and_exits():
     [exc] = _quit_in_a_thread(worker, hold_pool_lock=False)
     assert isinstance(exc, SystemExit) and exc.code == 0
     assert worker.tpool._shutdown  # type: ignore[attr-defined]
+
+
+# --- the next request on a kept-alive connection, taken by the thread that answered the last one ----------------
+
+
+@pytest.fixture
+def connection():
+    """(worker, conn, client socket): a kept-alive connection as handle() leaves it, on a real socket pair."""
+    server_side, client = socket.socketpair()
+    worker = BufferingWorker.__new__(BufferingWorker)
+    worker._limits = (30.0, 1000)  # body limit 1000 bytes
+    worker.cfg = types.SimpleNamespace(limit_request_line=4094, limit_request_fields=100, limit_request_field_size=8190)
+    conn = types.SimpleNamespace(sock=server_side, is_http2=False,
+                                 parser=types.SimpleNamespace(unreader=SocketUnreader(server_side)))
+    yield worker, conn, client
+    server_side.close()
+    client.close()
+
+
+def test_a_whole_next_request_is_taken_at_once(connection):
+    worker, conn, client = connection
+    request = b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    client.sendall(request)
+    assert worker._next_request(conn) is True
+    assert conn.parser.unreader.take_buffered() == request  # for gunicorn's parser, whole and in order
+
+
+def test_a_next_request_read_ahead_by_the_last_one_is_used_first(connection):
+    worker, conn, client = connection
+    conn.parser.unreader.unread(b"GET /a HTTP/1.1\r\nHo")
+    client.sendall(b"st: x\r\n\r\n")
+    assert worker._next_request(conn) is True
+    assert conn.parser.unreader.take_buffered() == b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize("arrived", [b"", b"GET /a HTTP/1.1\r\nHost:", b"POST /run HTTP/1.1\r\nContent-Length: 9\r\n\r\nhal"],
+                         ids=["nothing", "half a head", "half a body"])
+def test_a_next_request_not_there_whole_is_left_to_the_event_loop_without_waiting(connection, arrived):
+    worker, conn, client = connection
+    client.sendall(arrived)
+    conn.sock.setblocking(True)  # as gthread's thread has it: the read must not wait all the same
+    started = time.monotonic()
+    assert worker._next_request(conn) is False
+    assert time.monotonic() - started < 1.0
+    # What arrived is kept, in order, for the event loop (gthread's finish_request hands it back to it).
+    assert conn.parser.unreader.take_buffered() == arrived
+
+
+def test_a_body_over_the_limit_goes_to_the_parser_at_once_to_be_refused(connection):
+    worker, conn, client = connection
+    client.sendall(b"POST /run HTTP/1.1\r\nContent-Length: 5000\r\n\r\n{")
+    assert worker._next_request(conn) is True
