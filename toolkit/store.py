@@ -428,8 +428,8 @@ class SQLStore:
         ``work`` does is one statement, which PostgreSQL then runs as its own transaction (autocommit).
 
         On SQLite, which has one writer at a time, the writes that threads of this process have waiting are
-        committed together (group commit): the first thread to arrive leads, takes every write queued so far,
-        runs them in one transaction, commits, and only then hands each thread its result; the next waiting
+        committed together (group commit): the first thread to arrive leads, waits for the write lock, takes
+        every write queued by then, runs them in one transaction, commits, and only then hands each thread its result; the next waiting
         thread then leads the next group. A write that fails is undone alone and its error raised in its own
         thread: a group of ``rerunnable`` writes (``work`` has no effect but on the cursor, so it may run again
         after a rollback) runs them one after the other and, should one fail, rolls back and runs the group again
@@ -458,9 +458,7 @@ class SQLStore:
             if not write.leads:
                 return write.outcome()
         try:
-            with self._group_lock:
-                group, self._group_pending = self._group_pending, []
-            self._commit_group(group)
+            self._commit_group()
         finally:
             with self._group_lock:
                 if self._group_pending:
@@ -503,13 +501,23 @@ class SQLStore:
         finally:
             self._checkpointing = False
 
-    def _commit_group(self, group: list["_GroupWrite"]) -> None:
-        several = len(group) > 1
+    def _taken_group(self) -> list["_GroupWrite"]:
+        with self._group_lock:
+            group, self._group_pending = self._group_pending, []
+        return group
+
+    def _commit_group(self) -> None:
+        """Commit the writes waiting (the leader's among them) in one transaction; see :meth:`_transact`."""
+        group: list[_GroupWrite] = []
         try:
             # The connection is checked out before the write lock is taken and returned after it is released:
             # the lock, which every writer of every process queues for, covers the transaction and nothing else.
+            # The group is taken once the lock is held: the writes that came while other processes held it (often
+            # as long again as a transaction) are committed with it instead of waiting for the next turn.
             with contextlib.closing(self.engine.raw_connection()) as connection, self._write_lock, \
                     self._writer_turn():
+                group = self._taken_group()
+                several = len(group) > 1
                 if several and all(write.rerunnable for write in group):
                     try:
                         with self._dbapi_transaction(self.sql, write=True, connection=connection) as cursor:
@@ -539,6 +547,8 @@ class SQLStore:
                             write.error = self._translated(exc)
                         cursor.execute("RELEASE aptk_write")
         except BaseException as exc:
+            if not group:  # no connection, or no turn: the writes waiting fail with that
+                group = self._taken_group()
             for write in group:
                 write.result, write.error = None, exc
             if not isinstance(exc, Exception):
