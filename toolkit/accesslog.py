@@ -2,8 +2,9 @@
 
 For every request gunicorn builds all the atoms an access-log format may name, including one per request header,
 response header and WSGI environ variable (about fifty on an API request), escapes each, and formats the time
-stamp again. The default format uses nine. :class:`AccessLogger` hands gunicorn's formatting only the variables
-that the configured ``access_log_format`` names, and formats the time stamp once a second; the lines are the same.
+stamp again. The default format uses nine. :class:`AccessLogger` writes the default format's line directly, hands
+gunicorn's formatting only the variables that any other ``access_log_format`` names, and formats the time stamp
+once a second; the lines are the same.
 
 Where the access log is gunicorn's own file or stream handler (``--access-logfile``), a line is written to its
 stream directly, under the handler's lock, as the handler would write it: the logging module's record, filters
@@ -20,11 +21,13 @@ import time
 import traceback
 from typing import Any
 
-from gunicorn.glogging import Logger
+from gunicorn.glogging import Logger, SafeAtoms
 
 # What gunicorn's fixed atoms read from the environ ('u' reads Authorization for a Basic user name).
 _BASE_VARIABLES = ("REMOTE_ADDR", "REQUEST_METHOD", "RAW_URI", "SERVER_PROTOCOL", "PATH_INFO", "QUERY_STRING",
                    "HTTP_REFERER", "HTTP_USER_AGENT", "HTTP_AUTHORIZATION")
+DEFAULT_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+"""gunicorn's default ``access_log_format``."""
 _KEYS = re.compile(r"%\(([^)]*)\)")
 _NAMED = re.compile(r"\{([^}]*)\}([ioe])")
 
@@ -55,7 +58,7 @@ class AccessLogger(Logger):
             super().access(resp, req, environ, request_time)
             return
         try:
-            text = self.cfg.access_log_format % self.atoms_wrapper_class(self.atoms(resp, req, environ, request_time))
+            text = self.line(resp, req, environ, request_time)
             handler.acquire()
             try:
                 handler.stream.write(text + handler.terminator)
@@ -82,6 +85,23 @@ class AccessLogger(Logger):
                 or type(formatter._style) is not logging.PercentStyle:
             return None
         return handler
+
+    def line(self, resp: Any, req: Any, environ: Any, request_time: Any) -> str:
+        """The access line of a request, as gunicorn's logger formats it."""
+        access_format = self.cfg.settings["access_log_format"].value
+        if access_format != DEFAULT_FORMAT or self.atoms_wrapper_class is not SafeAtoms:
+            return access_format % self.atoms_wrapper_class(self.atoms(resp, req, environ, request_time))
+        # gunicorn's default format (the one `aptk serve` uses), written out: the same atoms, escaped the same way.
+        status = resp.status
+        if isinstance(status, str):
+            status = status.split(None, 1)[0]
+        sent = getattr(resp, "sent", None)
+        parts = (environ.get("REMOTE_ADDR", "-"), self._get_user(environ) or "-", self.now(),
+                 f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}", status,
+                 sent is not None and str(sent) or "-", environ.get("HTTP_REFERER", "-"),
+                 environ.get("HTTP_USER_AGENT", "-"))
+        h, u, t, r, s, b, f, a = (p.replace('"', '\\"') if isinstance(p, str) else p for p in parts)
+        return f'{h} - {u} {t} "{r}" {s} {b} "{f}" "{a}"'
 
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
         keys, request_headers, response_headers, variables = self._named()

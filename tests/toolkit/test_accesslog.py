@@ -51,6 +51,27 @@ def test_every_access_format_gives_the_line_gunicorn_gives(access_format):
     assert line(AccessLogger, access_format) == line(Logger, access_format)
 
 
+class Bare:
+    status = 200
+    sent = None
+    headers: list[tuple[str, str]] = []
+
+
+@pytest.mark.parametrize("access_format", FORMATS)
+@pytest.mark.parametrize("answer, environ", [
+    (Answer(), ENVIRON),
+    (Bare(), {"REQUEST_METHOD": "GET", "RAW_URI": '/a"b', "SERVER_PROTOCOL": "HTTP/1.0"}),
+    (Bare(), {**ENVIRON, "HTTP_AUTHORIZATION": "Bearer abc", "REMOTE_ADDR": 'x"y', "HTTP_REFERER": ""}),
+], ids=["full", "bare", "bearer"])
+def test_the_written_line_is_gunicorns(access_format, answer, environ):
+    config = Config()
+    config.set("access_log_format", access_format)
+    ours, theirs = AccessLogger(config), Logger(config)
+    ours.now = theirs.now = lambda: "[03/Dec/2026:10:00:00 +0000]"  # type: ignore[method-assign]
+    expected = access_format % theirs.atoms_wrapper_class(theirs.atoms(answer, Asked(), environ, TOOK))
+    assert ours.line(answer, Asked(), environ, TOOK) == expected
+
+
 def test_the_default_line_names_the_request_and_escapes_quotes():
     text = line(AccessLogger, Config().access_log_format)
     assert text == ('10.0.0.7 - user [03/Dec/2026:10:00:00 +0000] "POST /hello/run?x=1 HTTP/1.1" 202 321 '
