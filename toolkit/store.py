@@ -429,14 +429,14 @@ class SQLStore:
 
         On SQLite, which has one writer at a time, the writes that threads of this process have waiting are
         committed together (group commit): the first thread to arrive leads, waits for the write lock, takes
-        every write queued by then, runs them in one transaction, commits, and only then hands each thread its result; the next waiting
-        thread then leads the next group. A write that fails is undone alone and its error raised in its own
-        thread: a group of ``rerunnable`` writes (``work`` has no effect but on the cursor, so it may run again
-        after a rollback) runs them one after the other and, should one fail, rolls back and runs the group again
-        with each write in a savepoint; other groups use savepoints from the start. No result is handed out
-        before the commit that made it durable: if the commit fails, every write of the group fails with that
-        error and none of them is in the database. Elsewhere (PostgreSQL) each write is its own transaction:
-        that database lets writers proceed side by side.
+        every write queued by then, runs them in one transaction, commits, and only then hands each thread its
+        result; the next waiting thread then leads the next group. A write that fails is undone alone and its
+        error raised in its own thread: a group of ``rerunnable`` writes (``work`` has no effect but on the
+        cursor, so it may run again after a rollback) runs them one after the other and, should one fail, rolls
+        back and runs the group again with each write in a savepoint; other groups use savepoints from the start.
+        No result is handed out before the commit that made it durable: if the commit fails, every write of the
+        group fails with that error and none of them is in the database. Elsewhere (PostgreSQL) each write is its
+        own transaction: that database lets writers proceed side by side.
         """
         if not self._sqlite:
             if single:
