@@ -26,6 +26,56 @@ from .documents import Action, Status
 
 _logger = logging.getLogger("toolkit.store")
 
+WRITER_WAIT_SECONDS = 0.005
+"""How long at most :func:`wait_for_writer` waits."""
+
+
+class _WriterGate:
+    """Open unless a write transaction of this process holds a SQLite file's write lock (see
+    :func:`wait_for_writer`). A count, for the odd process with several SQLite stores."""
+
+    def __init__(self) -> None:
+        self._reset()
+        # A child forked while a thread of its parent held a lock holds none.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._open = threading.Event()
+        self._open.set()
+        self._holders = 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._holders += 1
+            self._open.clear()
+
+    def open(self) -> None:
+        with self._lock:
+            self._holders = max(0, self._holders - 1)
+            if not self._holders:
+                self._open.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._open.wait(timeout)
+
+
+_writer_gate = _WriterGate()
+
+
+def wait_for_writer(timeout: float = WRITER_WAIT_SECONDS) -> bool:
+    """Wait (``timeout`` seconds at most) while a write transaction of this process holds a SQLite write lock;
+    False if it still does.
+
+    Every process writing to a SQLite file takes the write lock in turn (see :meth:`SQLStore._writer_turn`), and
+    a transaction holds it until it commits, while each of its statements lets go of the GIL and must take it
+    back from whichever thread of the process took it meanwhile. Under load the holder spent most of its turn
+    waiting for the other threads of its own process, while the other processes waited for the lock. ``aptk
+    serve``'s worker therefore starts a request only once no transaction of its process holds the lock (or
+    after this short wait): the transaction finishes sooner, and so does every writer's wait.
+    """
+    return _writer_gate.wait(timeout)
+
 metadata = sa.MetaData()
 
 LIVE_CONDITION = "status IN ('ACTIVE', 'INACTIVE')"
@@ -320,9 +370,11 @@ class SQLStore:
             return
         fd = self._lock_file()
         fcntl.flock(fd, fcntl.LOCK_EX)
+        _writer_gate.close()
         try:
             yield
         finally:
+            _writer_gate.open()
             fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _lock_file(self) -> int:

@@ -34,6 +34,7 @@ from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import ThreadWorker
 
 from .server import DEFAULT_READ_TIMEOUT
+from .store import wait_for_writer
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 SMALL_REQUEST = 64 * 1024
@@ -223,10 +224,15 @@ class BufferingWorker(ThreadWorker):
         thread switches and the loop's bookkeeping per request, more than a status read itself. Only a request
         that has arrived whole is taken here, with one read that does not wait; anything less goes back to the
         event loop, which reads the rest under the request's deadline as for any other request.
+
+        A request starts once no write transaction of this process holds the SQLite write lock, or after a few
+        milliseconds (see :func:`toolkit.store.wait_for_writer`).
         """
+        wait_for_writer()
         result = super().handle(conn)
         served = 1
         while result is True and served < KEEP_SERVING and self.alive and self._next_request(conn):
+            wait_for_writer()
             result = super().handle(conn)
             served += 1
         return result

@@ -109,3 +109,28 @@ def test_a_body_over_the_limit_goes_to_the_parser_at_once_to_be_refused(connecti
     worker, conn, client = connection
     client.sendall(b"POST /run HTTP/1.1\r\nContent-Length: 5000\r\n\r\n{")
     assert worker._next_request(conn) is True
+
+
+def test_a_request_starts_once_no_write_of_its_process_holds_the_sqlite_lock(monkeypatch):
+    from gunicorn.workers.gthread import ThreadWorker
+
+    from toolkit import store as store_module
+
+    started: list[float] = []
+    monkeypatch.setattr(ThreadWorker, "handle", lambda self, conn: started.append(time.monotonic()) or False)
+    worker = BufferingWorker.__new__(BufferingWorker)
+    worker.alive = True
+    store_module._writer_gate.close()
+    opened = threading.Timer(0.2, store_module._writer_gate.open)
+    try:
+        begun = time.monotonic()
+        worker.handle(object())  # the lock is held well past the longest wait: the request goes ahead after it
+        assert started and started[0] - begun < 0.15
+        opened.start()
+        monkeypatch.setattr("toolkit.worker.wait_for_writer", lambda: store_module.wait_for_writer(5.0))
+        begun = time.monotonic()
+        worker.handle(object())
+        assert 0.15 < started[1] - begun < 2.0  # waited for the transaction to end
+    finally:
+        opened.cancel()
+        store_module._writer_gate.open()

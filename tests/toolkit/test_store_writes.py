@@ -1,5 +1,6 @@
 """The store's write path: group commit, the writers' lock file, what a crash leaves, and the status document."""
 
+import contextlib
 import json
 import os
 import signal
@@ -627,3 +628,59 @@ def test_on_postgresql_a_restart_costs_reads_nothing_and_fails_only_a_write_alre
     finally:
         store.dispose()
         server.stop()
+
+
+# --- the writer gate: a process's other threads hold back while its transaction holds the SQLite write lock ----
+
+
+def test_a_request_waits_while_a_transaction_of_its_process_holds_the_write_lock(tmp_path):
+    from toolkit.store import wait_for_writer
+
+    store = SQLStore(f"sqlite:///{tmp_path / 'aptk.db'}")
+    store.create_schema()
+    inside, finish = threading.Event(), threading.Event()
+
+    def slow_write(cursor):
+        inside.set()
+        finish.wait(10)
+        cursor.execute("INSERT INTO aptk_action_log (action_id, time, code, description) VALUES ('a', 1, 'c', 'd')")
+
+    def failing_write(cursor):
+        inside.set()
+        finish.wait(10)
+        raise RuntimeError("the write fails")
+
+    try:
+        assert wait_for_writer(0) is True  # open: nothing waits
+        for work in (slow_write, failing_write):
+            inside.clear()
+            finish.clear()
+            writer = threading.Thread(target=lambda: contextlib.suppress(RuntimeError)(store._transact)(work))
+            writer.start()
+            assert inside.wait(10)
+            started = time.monotonic()
+            assert wait_for_writer(0.2) is False  # still held after the longest wait: a request goes ahead
+            assert 0.15 < time.monotonic() - started < 2.0
+            threading.Timer(0.1, finish.set).start()
+            assert wait_for_writer(10) is True  # opens as soon as the transaction ends, failed or not
+            writer.join(10)
+            assert wait_for_writer(0) is True
+    finally:
+        finish.set()
+        store.dispose()
+
+
+def test_a_child_forked_while_its_parent_held_the_write_lock_does_not_wait_for_it(tmp_path):
+    from toolkit import store as store_module
+
+    store_module._writer_gate.close()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its gate is open
+            os._exit(0 if store_module.wait_for_writer(0) else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store_module.wait_for_writer(0) is False  # the parent still holds it
+    finally:
+        store_module._writer_gate.open()
+    assert store_module.wait_for_writer(0) is True
