@@ -655,7 +655,7 @@ def test_a_request_waits_while_a_transaction_of_its_process_holds_the_write_lock
         for work in (slow_write, failing_write):
             inside.clear()
             finish.clear()
-            writer = threading.Thread(target=lambda: contextlib.suppress(RuntimeError)(store._transact)(work))
+            writer = threading.Thread(target=_write_quietly, args=(store, work))
             writer.start()
             assert inside.wait(10)
             started = time.monotonic()
@@ -668,6 +668,11 @@ def test_a_request_waits_while_a_transaction_of_its_process_holds_the_write_lock
     finally:
         finish.set()
         store.dispose()
+
+
+def _write_quietly(store, work):
+    with contextlib.suppress(RuntimeError):
+        store._transact(work)
 
 
 def test_a_child_forked_while_its_parent_held_the_write_lock_does_not_wait_for_it(tmp_path):
