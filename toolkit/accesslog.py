@@ -88,7 +88,7 @@ class AccessLogger(Logger):
 
     def line(self, resp: Any, req: Any, environ: Any, request_time: Any) -> str:
         """The access line of a request, as gunicorn's logger formats it."""
-        access_format = self.cfg.settings["access_log_format"].value
+        access_format = self.cfg.access_log_format
         if access_format != DEFAULT_FORMAT or self.atoms_wrapper_class is not SafeAtoms:
             return access_format % self.atoms_wrapper_class(self.atoms(resp, req, environ, request_time))
         # gunicorn's default format (the one `aptk serve` uses), written out: the same atoms, escaped the same way.

@@ -248,9 +248,7 @@ class BufferingWorker(ThreadWorker):
         if not complete:
             try:  # (the thread's socket is in blocking mode, without a timeout: this read does not wait)
                 data = conn.sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                data = None
-            except OSError:  # the event loop sees the broken connection and closes it
+            except OSError:  # nothing yet; or a broken connection, which the event loop sees and closes
                 data = None
             if data:
                 complete = framing.feed(data)

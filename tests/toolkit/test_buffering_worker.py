@@ -134,3 +134,33 @@ def test_a_request_starts_once_no_write_of_its_process_holds_the_sqlite_lock(mon
     finally:
         opened.cancel()
         store_module._writer_gate.open()
+
+
+def test_a_thread_answers_whole_requests_waiting_in_a_row_up_to_the_limit(connection, monkeypatch):
+    from gunicorn.workers.gthread import ThreadWorker
+
+    from toolkit.worker import KEEP_SERVING
+
+    worker, conn, client = connection
+    answered: list[bytes] = []
+
+    def answer(self, conn):  # as gthread's handle: parse one request off the connection, keep the connection
+        data = conn.parser.unreader.take_buffered()
+        head, _, rest = data.partition(b"\r\n\r\n")
+        conn.parser.unreader.unread(rest)
+        answered.append(head.split(b" ")[1])
+        return True
+
+    monkeypatch.setattr(ThreadWorker, "handle", answer)
+    conn.parser.unreader.unread(b"GET /0 HTTP/1.1\r\nHost: x\r\n\r\n")  # the first, read by the event loop
+    client.sendall(b"".join(f"GET /{n} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for n in range(1, 40)))
+    worker.alive = True
+    assert worker.handle(conn) is True
+    assert answered == [f"/{n}".encode() for n in range(KEEP_SERVING)]  # in order, then back to the event loop
+    assert conn.parser.unreader.take_buffered().startswith(f"GET /{KEEP_SERVING} ".encode())  # kept for it
+
+    answered.clear()
+    conn.parser.unreader.unread(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    worker.alive = False  # a stopping worker answers what it has begun, and no more in a row
+    worker.handle(conn)
+    assert answered == [b"/a"]
