@@ -10,7 +10,6 @@ import smtplib
 import socket
 import ssl
 import string
-import time
 import urllib.parse
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -413,7 +412,7 @@ def deliver(attempt_once: Callable[[], dict[str, Any]], ctx: RunContext, what: s
         except Transient as exc:
             attempt += 1
             wait = min(60.0, 2.0 ** (attempt - 1))
-            if ctx.deadline is not None and time.time() + wait >= ctx.deadline:
+            if ctx.deadline is not None and ctx.clock() + wait >= ctx.deadline:
                 raise ActionFailed(exc.code, f"{exc.description} Gave up at the deadline after {attempt} "
                                              "attempts.", attempts=attempt) from None
             ctx.log(f"Attempt {attempt}: {exc.description} Retrying in {wait:.0f} s.")

@@ -40,7 +40,7 @@ class Control:
         self.event.set()
 
     def past_deadline(self) -> bool:
-        return self.deadline is not None and time.time() >= self.deadline
+        return self.deadline is not None and self.ctx.clock() >= self.deadline
 
     def poll(self) -> None:
         """Notice a cancel or the deadline (the thread that waits for the copying threads)."""

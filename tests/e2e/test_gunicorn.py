@@ -117,7 +117,8 @@ def test_actions_of_a_killed_server_run_again_after_a_restart(start_server):
     server = start_server(workers=2, env={"APTK_LEASE_SECONDS": "2"}, tokens=A_USER)
     api = Api(server.hello, server.minted["user"])
     names = [f"crash-{i}" for i in range(4)]
-    ids = [api.run({"echo_string": name, "sleep_time": 3}).json()["action_id"] for name in names]
+    # Long enough that the first is still sleeping when the last has started, on a busy machine too.
+    ids = [api.run({"echo_string": name, "sleep_time": 8}).json()["action_id"] for name in names]
     for action_id in ids:  # every callback is running when the server dies
         api.wait_until_sleeping(action_id)
 
@@ -125,7 +126,7 @@ def test_actions_of_a_killed_server_run_again_after_a_restart(start_server):
     server.start()
     api.base = server.hello
 
-    finished = [api.wait_for(action_id, {"SUCCEEDED", "FAILED"}, timeout=20) for action_id in ids]
+    finished = [api.wait_for(action_id, {"SUCCEEDED", "FAILED"}, timeout=30) for action_id in ids]
     assert [s["status"] for s in finished] == ["SUCCEEDED"] * len(ids)
     assert [s["details"] for s in finished] == [{"hello": name} for name in names]
     logs = [[e["code"] for e in api.get(f"/{action_id}/log", params={"limit": 100}).json()["entries"]]

@@ -236,7 +236,10 @@ def test_json_logs_carry_the_action_id_on_every_line_about_an_action_and_never_a
     api.wait_for(crashed, {"FAILED"}, timeout=10)
     sleeping = api.run({"sleep": 30}).json()["action_id"]
     api.wait_for(sleeping, {"ACTIVE"}, timeout=10)
-    time.sleep(0.5)
+    give_up = time.monotonic() + 10  # its callback has started (and logged) before it is cancelled
+    while not any("working" in line and sleeping in line for line in server.stderr().splitlines()):
+        assert time.monotonic() < give_up, "the callback never started"
+        time.sleep(0.05)
     assert api.post(f"/{sleeping}/cancel").status_code == 200
     requests.get(f"{server.url}/chatty/{crashed}/status", headers={"Authorization": "Bearer " + token + "x"},
                  timeout=REQUEST_TIMEOUT)

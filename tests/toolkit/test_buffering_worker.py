@@ -125,10 +125,10 @@ def test_a_request_starts_once_no_write_of_its_process_holds_the_sqlite_lock(mon
     try:
         begun = time.monotonic()
         worker.handle(object())  # the lock is held well past the longest wait: the request goes ahead after it
-        assert started and started[0] - begun < 0.15
-        opened.start()
+        assert started and started[0] - begun < 1.0  # not the whole hold (forever here): a few milliseconds
         monkeypatch.setattr("toolkit.worker.wait_for_writer", lambda: store_module.wait_for_writer(5.0))
         begun = time.monotonic()
+        opened.start()
         worker.handle(object())
         assert 0.15 < started[1] - begun < 2.0  # waited for the transaction to end
     finally:

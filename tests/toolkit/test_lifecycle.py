@@ -191,15 +191,16 @@ def test_completed_actions_disappear_after_release_after(tmp_path, clock):
     assert runtime.store.get(default) is None
 
 
-def orphan(client, clock, provider, attempts=1, request_id=None) -> str:
-    """An ACTIVE action whose process died long ago (its heartbeat stopped)."""
+def orphan(client, clock, provider, attempts=1, request_id=None, runner="gone:1:dead", heartbeat=None) -> str:
+    """An ACTIVE action whose process died long ago (its heartbeat stopped), unless ``runner`` and ``heartbeat``
+    say otherwise: the row is created as it is meant to be, so that no sweep ever sees it in between."""
     runtime = get_toolkit(client.app).runtime
     runtime.start()
     action = Action(
         action_id=uuid.uuid4().hex, provider=provider.name, request_id=request_id or f"r{attempts}", request_hash="h",
         creator_id=client.status(client.run({"ready": True})["action_id"])["creator_id"],
-        status=Status.ACTIVE, body={}, start_time=clock.now - 100, attempts=attempts, runner="gone:1:dead",
-        heartbeat=clock.now - 100,
+        status=Status.ACTIVE, body={}, start_time=clock.now - 100, attempts=attempts, runner=runner,
+        heartbeat=clock.now - 100 if heartbeat is None else heartbeat,
     )
     runtime.store.create(action, log=(clock.now - 100, "ActionStarted", "Action started"), now=clock.now)
     return action.action_id
@@ -241,9 +242,7 @@ def test_rerun_stops_after_max_attempts(tmp_path, clock):
 
 def local_orphan(client, clock, provider, runner: str) -> str:
     """An ACTIVE action held by ``runner``, with a heartbeat of just now (its lease far from over)."""
-    action_id = orphan(client, clock, provider, request_id=runner)
-    get_toolkit(client.app).runtime.store.update(action_id, where={}, runner=runner, heartbeat=clock.now)
-    return action_id
+    return orphan(client, clock, provider, request_id=runner, runner=runner, heartbeat=clock.now)
 
 
 def local_runner(pid: int, start: int | None = None) -> str:
@@ -599,7 +598,7 @@ def test_the_log_refuses_writes_once_the_action_ended(tmp_path):
         "Action started", "working", "Action SUCCEEDED"]
 
     held = client.run({"hold": True})["action_id"]
-    wait_for(lambda: len(contexts) == 2)
+    wait_for(lambda: len(client.log(held, limit=10)["entries"]) == 2)  # "working" is written: cancel now
     client.cancel(held)
     release.set()
     time.sleep(0.3)

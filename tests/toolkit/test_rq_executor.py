@@ -230,7 +230,7 @@ def test_cancel_reaches_a_callback_on_a_worker_within_a_second(deployment):
 def test_a_worker_killed_mid_callback_is_taken_up_again_or_failed(deployment, prefix, expect):
     first = deployment.start_worker()
     client = deployment.client(prefix)
-    action_id = client.run({"sleep": 2}, request_id="r1")["action_id"]
+    action_id = client.run({"sleep": 5}, request_id="r1")["action_id"]  # still sleeping when killed
     wait_for(lambda: client.status(action_id).get("display_status") == "sleeping")
     first.send_signal(signal.SIGKILL)
     first.wait()
